@@ -1,0 +1,30 @@
+# Two commands do the whole set-up: `make demo` and `make test` each create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GPQ := $(VENV)/bin/gpq
+DEMO_DIR ?= runs/demo
+DEMO_EPOCHS ?= 40
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(GPQ) train --data digits --output $(DEMO_DIR) --epochs $(DEMO_EPOCHS) --batch-size 100
+	$(GPQ) evaluate --model $(DEMO_DIR)/model.keras --data digits --json $(DEMO_DIR)/eval.json \
+		--figure $(DEMO_DIR)/ranked.png
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_train_step.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

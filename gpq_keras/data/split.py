@@ -1,0 +1,72 @@
+"""The paper's retrieval protocol: query / labeled / unlabeled (= database) splits."""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Split:
+    """One data set split as the paper uses it. Images are uint8 (N, H, W, C).
+
+    Labels are int class ids (N,) or multi-hot (N, classes). `x_unlabeled` defaults to the database,
+    as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database).
+    """
+
+    x_query: np.ndarray
+    y_query: np.ndarray
+    x_db: np.ndarray
+    y_db: np.ndarray
+    x_labeled: np.ndarray = None
+    y_labeled: np.ndarray = None
+    x_unlabeled: np.ndarray = None
+    n_classes: int = None
+    name: str = "data"
+
+    def __post_init__(self):
+        if self.x_unlabeled is None:
+            self.x_unlabeled = self.x_db
+        if self.n_classes is None:
+            labels = [y for y in (self.y_query, self.y_db, self.y_labeled) if y is not None]
+            self.n_classes = (labels[0].shape[1] if labels[0].ndim == 2
+                              else int(max(int(y.max()) for y in labels)) + 1)
+        for prefix in ("query", "db", "labeled"):
+            x, y = getattr(self, f"x_{prefix}"), getattr(self, f"y_{prefix}")
+            if x is None and y is None:
+                continue
+            if x is None or y is None or len(x) != len(y):
+                raise ValueError(f"{self.name}: x_{prefix} and y_{prefix} must have the same length "
+                                 f"(got {None if x is None else x.shape} and {None if y is None else y.shape})")
+            if x.ndim != 4:
+                raise ValueError(f"{self.name}: x_{prefix} must be images (N, H, W, C); got shape {x.shape}")
+
+    @property
+    def has_training_data(self):
+        return self.x_labeled is not None and self.x_unlabeled is not None
+
+
+def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="data"):
+    """Split labelled images as the paper does for CIFAR-10.
+
+    Sort by label (stably), take every `query_every`-th image as a query, then in each class the first
+    `labeled_per_class` of the rest are labeled training data and the others the unlabeled set, which is
+    also the retrieval database. CIFAR-10's 60,000 give 1,000 / 5,000 / 54,000.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{name}: expected one int label per image; got labels {labels.shape} "
+                         f"for images {np.shape(images)}")
+    order = np.argsort(labels, kind="stable")
+    images, labels = images[order], labels[order]
+    is_query = np.zeros(len(labels), bool)
+    is_query[::query_every] = True
+    rest = np.flatnonzero(~is_query)
+    rank_in_class = np.empty(len(rest), np.int64)
+    for c in np.unique(labels[rest]):
+        members = labels[rest] == c
+        rank_in_class[members] = np.arange(members.sum())
+    labeled, unlabeled = rest[rank_in_class < labeled_per_class], rest[rank_in_class >= labeled_per_class]
+    return Split(x_query=images[is_query], y_query=labels[is_query],
+                 x_db=images[unlabeled], y_db=labels[unlabeled],
+                 x_labeled=images[labeled], y_labeled=labels[labeled],
+                 n_classes=int(labels.max()) + 1, name=name)

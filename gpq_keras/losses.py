@@ -1,0 +1,72 @@
+"""GPQ's training objective: N-pair PQ loss, classification loss, subspace entropy mini-max loss.
+
+Labels are given as a float matrix Y of shape (B, classes): one-hot or multi-hot.
+"""
+
+from keras import ops
+
+_LOG_EPSILON = 1e-5  # the original's guard inside log(p + eps)
+
+
+def _l2_normalize(x):
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+
+def _row_normalize(y):
+    return y / ops.maximum(ops.sum(y, axis=-1, keepdims=True), 1e-12)
+
+
+def _soft_cross_entropy(targets, logits):
+    """mean_b of -sum_c targets[b, c] log softmax(logits)[b, c]."""
+    return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
+
+
+def n_pair_pq_loss(labels, features, descriptors, num_subspaces, reg_lambda=0.002):
+    """N-pair product quantisation loss.
+
+    S = row-normalised Y Y^T (items sharing a label are positives; an unlabelled row contributes 0);
+    logits = M * l2n(f) @ l2n(q)^T; loss = mean_b CE(S_b, softmax(logits_b))
+    + 0.25 * reg_lambda * (mean ||f||^2 + mean ||q||^2).
+
+    Args:
+        labels: Y, (B, classes) one-hot or multi-hot.
+        features: f, (B, M*d) intra-normalised features of the labeled images.
+        descriptors: q, (B, M*d) their soft-quantised descriptors.
+        num_subspaces: M.
+        reg_lambda: weight of the norm regulariser.
+    Returns:
+        A scalar.
+    """
+    labels = ops.cast(labels, features.dtype)
+    similarity = _row_normalize(ops.matmul(labels, ops.transpose(labels)))
+    regulariser = 0.25 * reg_lambda * (ops.mean(ops.sum(ops.square(features), axis=-1))
+                                       + ops.mean(ops.sum(ops.square(descriptors), axis=-1)))
+    logits = num_subspaces * ops.matmul(_l2_normalize(features), ops.transpose(_l2_normalize(descriptors)))
+    return _soft_cross_entropy(similarity, logits) + regulariser
+
+
+def classification_loss(labels, logits):
+    """Softmax cross-entropy of the subspace classifier.
+
+    Args:
+        labels: Y, (B, classes) one-hot; multi-hot rows are normalised to sum to one.
+        logits: (B, classes).
+    Returns:
+        A scalar, the mean over the batch.
+    """
+    return _soft_cross_entropy(_row_normalize(ops.cast(labels, logits.dtype)), logits)
+
+
+def subspace_entropy_loss(logits):
+    """Subspace entropy mini-max loss: mean_b sum_c p log(p + 1e-5), p = softmax(logits).
+
+    This is the negative entropy: minimising it raises the entropy (moves the prototypes C towards the
+    unlabeled features); gradient reversal makes the feature extractor lower it.
+
+    Args:
+        logits: (B, classes), classifier logits of the unlabeled features.
+    Returns:
+        A scalar.
+    """
+    p = ops.softmax(logits, axis=-1)
+    return ops.mean(ops.sum(p * ops.log(p + _LOG_EPSILON), axis=-1))

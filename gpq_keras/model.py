@@ -1,0 +1,179 @@
+"""The GPQ task model: backbone F, codebook Z, prototypes C, and the semi-supervised objective."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from gpq_keras.backbones import VGGBackbone
+from gpq_keras.config import GPQConfig
+from gpq_keras.layers import GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier
+from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
+
+
+def learning_rate_schedule(config):
+    """lr = learning_rate * decay_rate ** floor(step / decay_steps) (the original's staircase)."""
+    return keras.optimizers.schedules.ExponentialDecay(
+        config.learning_rate, config.decay_steps, config.decay_rate, staircase=True)
+
+
+def default_optimizer(config):
+    """Adam(beta_1=0.5, epsilon=1e-8) on the staircase schedule, as the original trains."""
+    return keras.optimizers.Adam(learning_rate_schedule(config), beta_1=config.beta_1,
+                                 epsilon=config.epsilon)
+
+
+@keras.saving.register_keras_serializable(package="gpq_keras")
+class GPQ(keras.Model):
+    """Generalized Product Quantization network.
+
+    `fit` takes `({"labeled": x_l, "unlabeled": x_u}, y)` batches, y int class ids (B,) or multi-hot
+    (B, classes); `predict`/`encode` return raw features F(x) (B, M*d).
+
+    ```python
+    model = GPQ(config=GPQConfig())
+    model.compile()  # Adam(2e-4 * 0.95**(step // 100), beta_1=0.5)
+    model.fit(dataset, epochs=300)
+    ```
+
+    Args:
+        config: `GPQConfig` (or its dict). Default: the original 48-bit CIFAR-10 setting.
+        backbone: the feature extractor F, images -> (B, M*d). Default `VGGBackbone` from the config.
+    """
+
+    def __init__(self, config=None, backbone=None, **kwargs):
+        super().__init__(**kwargs)
+        if config is None:
+            config = GPQConfig()
+        elif isinstance(config, dict):
+            config = GPQConfig.from_dict(config)
+        self.gpq_config = config
+        if backbone is None:
+            backbone = VGGBackbone(config.feature_dim, filters=config.filters,
+                                   image_shape=config.image_shape, name="backbone")
+        if backbone.output_shape[-1] != config.feature_dim:
+            raise ValueError(
+                f"The backbone's output ({backbone.output_shape[-1]}) must equal n_book * len_code = "
+                f"{config.feature_dim}")
+        self.backbone = backbone
+        self.intra_norm = IntraNormalization(config.n_book, name="intra_norm")
+        self.quantizer = SoftProductQuantizer(config.n_book, config.n_word, config.alpha, name="quantizer")
+        self.classifier = SubspaceClassifier(config.n_classes, config.n_book, config.beta, name="classifier")
+        self.reversal = GradientReversal(name="gradient_reversal")
+        self.quantizer.build((None, config.feature_dim))
+        self.classifier.build((None, config.feature_dim))
+        self.intra_norm.build((None, config.feature_dim))
+        self.reversal.build((None, config.feature_dim))
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.npq_tracker = keras.metrics.Mean(name="npq_loss")
+        self.cls_tracker = keras.metrics.Mean(name="cls_loss")
+        self.entropy_tracker = keras.metrics.Mean(name="entropy_loss")
+
+    def build(self, input_shape=None):
+        """All weights are created in `__init__`; nothing is left to build."""
+        self.built = True
+
+    # --- inference -------------------------------------------------------------------------------
+    def call(self, images, training=False):
+        """F(x): raw features (B, M*d)."""
+        return self.backbone(images, training=training)
+
+    def encode(self, images, batch_size=500, verbose=0):
+        """Raw features F(x) as a float32 NumPy array (N, M*d)."""
+        return np.asarray(self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32)
+
+    @property
+    def codebook(self):
+        """The raw learned codebook Z (K, M*d), as the original uses it at retrieval."""
+        return ops.convert_to_numpy(self.quantizer.Z).astype(np.float32)
+
+    @property
+    def refined_codebook(self):
+        """Z' = SA(intra_norm(C), Z) (K, M*d), the codebook training quantises with."""
+        return ops.convert_to_numpy(self.quantizer.codebook(self.classifier.prototypes)).astype(np.float32)
+
+    @property
+    def prototypes(self):
+        """The raw class prototypes C (classes, M*d)."""
+        return ops.convert_to_numpy(self.classifier.C).astype(np.float32)
+
+    # --- training --------------------------------------------------------------------------------
+    def compile(self, optimizer=None, **kwargs):
+        """As `keras.Model.compile`; the optimiser defaults to the original's (`default_optimizer`)."""
+        super().compile(optimizer=optimizer or default_optimizer(self.gpq_config), **kwargs)
+
+    def get_compile_config(self):
+        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)} if self.compiled else None
+
+    def compile_from_config(self, config):
+        self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
+        self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.npq_tracker, self.cls_tracker, self.entropy_tracker]
+
+    def _label_matrix(self, labels):
+        """Y (B, classes) float from int class ids (B,) or multi-hot (B, classes)."""
+        if len(labels.shape) == 1:
+            return ops.one_hot(ops.cast(labels, "int32"), self.gpq_config.n_classes)
+        return ops.cast(labels, "float32")
+
+    def _unpack(self, data):
+        inputs, labels = data[0], data[1]
+        if isinstance(inputs, dict):
+            return inputs["labeled"], inputs.get("unlabeled"), labels
+        return inputs, None, labels
+
+    def compute_losses(self, labeled, unlabeled, labels, training):
+        """The paper's objective on one labeled and one unlabeled batch -> (loss, npq, cls, ent)."""
+        cfg = self.gpq_config
+        y = self._label_matrix(labels)
+        # Each stream goes through F on its own, so batch norm uses (and updates) per-stream statistics.
+        f = self.intra_norm(self(labeled, training=training))
+        g = self.intra_norm(self.reversal(self(unlabeled, training=training)))
+        q = self.quantizer(f, prototypes=self.classifier.prototypes)  # SA(Z', f), Z' = SA(P, Z)
+        f, g, q = (ops.cast(t, "float32") for t in (f, g, q))
+        npq = n_pair_pq_loss(y, f, q, cfg.n_book, cfg.reg_lambda)
+        cls = classification_loss(y, ops.cast(self.classifier(f), "float32"))
+        ent = subspace_entropy_loss(ops.cast(self.classifier(g), "float32"))
+        loss = npq + cfg.lambda1 * ent + cfg.lambda2 * cls
+        return loss, npq, cls, ent
+
+    def _update_trackers(self, loss, npq, cls, ent):
+        self.loss_tracker.update_state(loss)
+        self.npq_tracker.update_state(npq)
+        self.cls_tracker.update_state(cls)
+        self.entropy_tracker.update_state(ent)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        labeled, unlabeled, labels = self._unpack(data)
+        if unlabeled is None:
+            raise ValueError('GPQ.fit needs inputs {"labeled": images, "unlabeled": images}')
+        with tf.GradientTape() as tape:
+            loss, npq, cls, ent = self.compute_losses(labeled, unlabeled, labels, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._update_trackers(loss, npq, cls, ent)
+
+    def test_step(self, data):
+        labeled, unlabeled, labels = self._unpack(data)
+        if unlabeled is None:  # held-out labeled data only: entropy measured on the same images
+            unlabeled = labeled
+        return self._update_trackers(*self.compute_losses(labeled, unlabeled, labels, training=False))
+
+    # --- serialisation ---------------------------------------------------------------------------
+    def get_config(self):
+        return {
+            "name": self.name,
+            "config": self.gpq_config.to_dict(),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
