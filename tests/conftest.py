@@ -1,0 +1,25 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import sys  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))  # test helpers (numpy_reference, tf1_reference)
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+from gpq_keras.config import GPQConfig  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+    """A small GPQ (M=3, K=4, d=4, narrow VGG on 16x16 images) so tests stay fast."""
+    return GPQConfig(n_book=3, n_word=4, len_code=4, n_classes=5, image_shape=(16, 16, 3), filters=(4, 8, 8, 8))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)

@@ -1,0 +1,53 @@
+import pytest
+
+from gpq_keras.config import PRESETS, GPQConfig, get_preset
+
+
+def test_defaults_are_the_original_48_bit_setting():
+    c = GPQConfig()
+    assert (c.n_book, c.n_word, c.len_code, c.n_classes) == (12, 16, 12, 10)
+    assert (c.alpha, c.beta, c.lambda1, c.lambda2, c.reg_lambda) == (20.0, 4.0, 0.1, 0.1, 0.002)
+    assert (c.learning_rate, c.decay_steps, c.decay_rate, c.beta_1, c.epsilon) == (2e-4, 100, 0.95, 0.5, 1e-8)
+    assert c.feature_dim == 144 and c.bits == 48 and c.image_shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("bits, books", [(12, 3), (24, 6), (32, 8), (48, 12)])
+def test_from_bits_and_presets(bits, books):
+    c = GPQConfig.from_bits(bits)
+    assert c.n_book == books and c.bits == bits
+    assert PRESETS[f"gpq_cifar10_{bits}bit"] == c
+    assert get_preset(f"gpq_cifar10_{bits}bit").bits == bits
+
+
+def test_dict_round_trip():
+    c = GPQConfig(n_book=4, filters=(8, 8, 8, 8), retrieval_mode="consistent")
+    assert GPQConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"n_word": 12}, "n_word"),
+    ({"n_word": 1}, "n_word"),
+    ({"n_word": 512}, "n_word"),
+    ({"n_book": 0}, "n_book"),
+    ({"len_code": 2.0}, "len_code"),
+    ({"alpha": -1.0}, "alpha"),
+    ({"beta": -4}, "beta"),
+    ({"lambda1": float("nan")}, "lambda1"),
+    ({"reg_lambda": -0.1}, "reg_lambda"),
+    ({"beta_1": 1.0}, "beta_1"),
+    ({"filters": (8, 8, 8)}, "filters"),
+    ({"image_shape": (32, 32)}, "image_shape"),
+    ({"retrieval_mode": "fast"}, "retrieval_mode"),
+])
+def test_bad_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"GPQConfig.{field}"):
+        GPQConfig(**kwargs)
+
+
+def test_bad_bits_unknown_fields_and_presets():
+    with pytest.raises(ValueError, match="bits=30"):
+        GPQConfig.from_bits(30)
+    with pytest.raises(ValueError, match="n_bok"):
+        GPQConfig.from_dict({"n_bok": 3})
+    with pytest.raises(ValueError, match="gpq_cifar10_64bit"):
+        get_preset("gpq_cifar10_64bit")

@@ -1,0 +1,110 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import numpy_reference as ref
+from gpq_keras.layers import (GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier,
+                              intra_normalize, soft_assignment)
+
+RNG = np.random.default_rng(0)
+M, D, K, CLASSES = 4, 5, 8, 6
+
+
+def _features(n=7):
+    return RNG.normal(size=(n, M * D)).astype(np.float32)
+
+
+def test_intra_normalization_matches_numpy():
+    x = _features()
+    x[0, :D] = 0.0  # an all-zero sub-vector stays zero, as with tf.nn.l2_normalize
+    out = keras.ops.convert_to_numpy(IntraNormalization(M)(x))
+    np.testing.assert_allclose(out, ref.intra_norm(x, M), rtol=1e-5, atol=1e-7)
+    norms = np.linalg.norm(out.reshape(-1, M, D), axis=-1)
+    np.testing.assert_allclose(norms[1:], 1.0, rtol=1e-5)
+    assert np.all(out[0, :D] == 0)
+
+
+def test_soft_assignment_matches_numpy_loop():
+    x, z = ref.intra_norm(_features(), M).astype(np.float32), RNG.normal(size=(K, M * D)).astype(np.float32)
+    out = keras.ops.convert_to_numpy(soft_assignment(x, z, M, 20.0))
+    np.testing.assert_allclose(out, ref.soft_assignment(z, x, M, 20.0), rtol=1e-5, atol=1e-6)
+
+
+def test_soft_product_quantizer_with_and_without_prototypes():
+    x = ref.intra_norm(_features(), M).astype(np.float32)
+    layer = SoftProductQuantizer(M, K, alpha=20.0)
+    out = keras.ops.convert_to_numpy(layer(x))
+    z = keras.ops.convert_to_numpy(layer.Z)
+    assert z.shape == (K, M * D)
+    np.testing.assert_allclose(out, ref.soft_assignment(z, x, M, 20.0), rtol=1e-5, atol=1e-6)
+
+    p = ref.intra_norm(RNG.normal(size=(CLASSES, M * D)), M).astype(np.float32)
+    z_refined = ref.soft_assignment(p, z, M, 20.0)  # Z' = SA(P, Z)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.codebook(p)), z_refined, rtol=1e-5, atol=1e-6)
+    out = keras.ops.convert_to_numpy(layer(x, prototypes=p))
+    np.testing.assert_allclose(out, ref.soft_assignment(z_refined, x, M, 20.0), rtol=1e-5, atol=1e-6)
+
+
+def test_subspace_classifier_matches_numpy():
+    f = ref.intra_norm(_features(), M).astype(np.float32)
+    layer = SubspaceClassifier(CLASSES, M, beta=4.0)
+    logits = keras.ops.convert_to_numpy(layer(f))
+    c = keras.ops.convert_to_numpy(layer.C)
+    assert c.shape == (CLASSES, M * D)
+    np.testing.assert_allclose(logits, ref.classifier_logits(f, ref.intra_norm(c, M), M, 4.0), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_reversal_identity_forward_negated_backward():
+    x = tf.constant(_features())
+    layer = GradientReversal(scale=1.0)
+    weights = tf.constant(RNG.normal(size=(M * D,)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = layer(x)
+        plain, reversed_ = tf.reduce_sum(x * weights), tf.reduce_sum(y * weights)
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_allclose(tape.gradient(reversed_, x).numpy(), -tape.gradient(plain, x).numpy(), rtol=1e-6)
+    half = GradientReversal(scale=0.5)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(half(x) * weights)
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), -0.5 * np.broadcast_to(weights, x.shape), rtol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [
+    IntraNormalization(M),
+    SoftProductQuantizer(M, K, alpha=10.0, name="pq"),
+    SubspaceClassifier(CLASSES, M, beta=2.0),
+    GradientReversal(scale=0.5),
+])
+def test_layer_config_round_trip(layer):
+    x = ref.intra_norm(_features(), M).astype(np.float32)
+    out = keras.ops.convert_to_numpy(layer(x))
+    config = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(config)
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
+    assert clone.built == layer.built  # the build config travels with the layer
+    if layer.weights:
+        clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(x)), out, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: IntraNormalization(0), "num_subspaces=0"),
+    (lambda: SoftProductQuantizer(4, 2.5), "num_codewords=2.5"),
+    (lambda: SoftProductQuantizer(4, 16, alpha=-1.0), "alpha=-1.0"),
+    (lambda: SubspaceClassifier(10, 4, beta=-2), "beta=-2"),
+    (lambda: GradientReversal(scale="x"), "scale='x'"),
+])
+def test_bad_layer_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_indivisible_feature_dimension_is_refused():
+    with pytest.raises(ValueError, match="divisible by num_subspaces=4"):
+        SoftProductQuantizer(4, 8)(np.zeros((2, 10), np.float32))
+    with pytest.raises(ValueError, match="divisible by num_subspaces=3"):
+        intra_normalize(np.zeros((2, 10), np.float32), 3)

@@ -1,0 +1,172 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpq_keras import GPQ, GPQConfig, VGGBackbone
+from gpq_keras.data import digits, protocol_split, train_dataset
+from gpq_keras.losses import subspace_entropy_loss
+from gpq_keras.model import default_optimizer
+
+RNG = np.random.default_rng(2)
+
+
+def _images(n, shape=(16, 16, 3)):
+    return RNG.normal(size=(n, *shape)).astype(np.float32)
+
+
+def test_backbone_shapes_and_tf1_layer_names(tiny_config):
+    backbone = VGGBackbone(12, filters=(4, 8, 8, 8), image_shape=(16, 16, 3))
+    assert backbone(_images(2)).shape == (2, 12)
+    names = [layer.name for layer in backbone.layers if layer.weights]
+    assert names[:3] == ["conv0", "batch0", "conv0_1"] and names[-1] == "feature_vector"
+    assert backbone.get_layer("feature_vector").kernel.shape == (8 + 8, 12)  # [GAP(stage 3), GAP(stage 2)]
+    bn = backbone.get_layer("batch0")
+    assert (bn.momentum, bn.epsilon) == (0.9, 1e-3)
+    full = VGGBackbone(144)
+    assert full.count_params() > 7_000_000  # VGG-16's first ten conv layers
+    assert full.get_layer("feature_vector").kernel.shape == (768, 144)
+
+
+def test_predict_encode_and_codebooks(tiny_config):
+    model = GPQ(tiny_config)
+    x = _images(5)
+    features = model.encode(x)
+    assert features.shape == (5, 12) and features.dtype == np.float32
+    np.testing.assert_allclose(features, model.predict(x, verbose=0), rtol=1e-6)
+    assert model.codebook.shape == (4, 12) and model.prototypes.shape == (5, 12)
+    refined = model.refined_codebook
+    assert refined.shape == (4, 12)
+    np.testing.assert_allclose(np.linalg.norm(refined.reshape(4, 3, 4), axis=-1), 1.0, rtol=1e-5)
+
+
+def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
+    model = GPQ(tiny_config)
+    x = tf.constant(_images(8))
+    dense = model.backbone.get_layer("feature_vector").kernel
+    prototypes = model.classifier.C
+
+    def entropy(reverse):
+        features = model(x, training=False)
+        if reverse:
+            features = model.reversal(features)
+        return subspace_entropy_loss(model.classifier(model.intra_norm(features)))
+
+    grads = {}
+    for reverse in (True, False):
+        with tf.GradientTape() as tape:
+            loss = entropy(reverse)
+        grads[reverse] = [g.numpy() for g in tape.gradient(loss, [dense, prototypes])]
+    np.testing.assert_allclose(grads[True][0], -grads[False][0], rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(grads[True][1], grads[False][1], rtol=1e-6, atol=1e-10)
+    assert np.abs(grads[True][0]).max() > 0 and np.abs(grads[True][1]).max() > 0
+
+    # Numerically: a small step against the reported gradient lowers the entropy loss for the prototypes C
+    # (they maximise entropy) and raises it for the backbone (it minimises entropy).
+    base = float(entropy(True))
+    eps = 1e-2
+    for variable, grad, direction in ((prototypes, grads[True][1], -1), (dense, grads[True][0], +1)):
+        original = variable.numpy()
+        variable.assign(original - eps * grad / np.abs(grad).max())
+        moved = float(entropy(True))
+        variable.assign(original)
+        assert np.sign(moved - base) == direction, (variable.name, base, moved)
+
+
+def test_each_stream_updates_batch_norm_with_its_own_statistics(tiny_config):
+    model = GPQ(tiny_config)
+    model.compile(optimizer=keras.optimizers.Adam(0.0))
+    x_l, x_u = _images(6), _images(6) + 2.0
+    conv0 = keras.Model(model.backbone.input, model.backbone.get_layer("conv0").output)
+    mean_l = conv0(x_l).numpy().mean(axis=(0, 1, 2))
+    mean_u = conv0(x_u).numpy().mean(axis=(0, 1, 2))
+    model.train_on_batch({"labeled": x_l, "unlabeled": x_u}, np.arange(6) % 5)
+    moving = model.backbone.get_layer("batch0").moving_mean.numpy()
+    expected = 0.9 * (0.1 * mean_l) + 0.1 * mean_u  # labeled call first, then unlabeled
+    np.testing.assert_allclose(moving, expected, rtol=1e-4, atol=1e-6)
+    concatenated = 0.1 * np.concatenate([conv0(x_l), conv0(x_u)]).mean(axis=(0, 1, 2))
+    assert not np.allclose(moving, concatenated, rtol=1e-3)
+
+
+def _digits_split(n_per_class=30):
+    images, labels = digits.load_images()
+    keep = np.concatenate([np.flatnonzero(labels == c)[:n_per_class] for c in range(10)])
+    return protocol_split(images[keep], labels[keep], query_every=10, labeled_per_class=15)
+
+
+class _StepLosses(keras.callbacks.Callback):
+    """Per-step values recovered from fit's running means."""
+
+    def on_train_begin(self, logs=None):
+        self.means, self.steps = {}, {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, mean in logs.items():
+            previous = self.means.get(key, 0.0) if batch else 0.0
+            self.steps.setdefault(key, []).append((batch + 1) * mean - batch * previous)
+            self.means[key] = mean
+
+
+def test_fit_one_epoch_on_digits_losses_finite_and_decreasing():
+    split = _digits_split()  # 300 images: 30 queries, 150 labeled, 120 unlabeled
+    config = GPQConfig(n_book=4, n_word=8, len_code=6, filters=(8, 16, 16, 16), learning_rate=3e-3)
+    model = GPQ(config)
+    model.compile()
+    dataset, steps = train_dataset(split, batch_size=30, seed=0, augmented=False)
+    assert steps == 5
+    record = _StepLosses()
+    history = model.fit(dataset, steps_per_epoch=steps * 4, epochs=1, verbose=0, callbacks=[record])
+    assert set(history.history) == {"loss", "npq_loss", "cls_loss", "entropy_loss"}
+    for key, values in record.steps.items():
+        assert np.all(np.isfinite(values)), key
+    total = np.array(record.steps["loss"])
+    assert total[-5:].mean() < total[:3].mean() - 0.1, total
+    lr = model.optimizer.learning_rate
+    assert float(lr) == pytest.approx(3e-3)  # 20 steps < decay_steps
+
+
+def test_fit_accepts_multi_hot_labels_and_evaluate_reports_the_same_metrics(tiny_config):
+    model = GPQ(tiny_config)
+    model.compile()
+    x = _images(8)
+    y = (RNG.random((8, 5)) < 0.4).astype(np.float32)
+    logs = model.train_on_batch({"labeled": x, "unlabeled": _images(8)}, y, return_dict=True)
+    assert all(np.isfinite(v) for v in logs.values())
+    results = model.evaluate(x, np.arange(8) % 5, verbose=0, return_dict=True)
+    assert set(results) == {"loss", "npq_loss", "cls_loss", "entropy_loss"}
+    assert results["entropy_loss"] < 0
+    with pytest.raises(ValueError, match="unlabeled"):
+        model.train_on_batch(x, np.arange(8) % 5)
+
+
+def test_default_optimizer_is_the_original_schedule():
+    opt = default_optimizer(GPQConfig())
+    schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
+    values = [float(schedule(step)) for step in (0, 99, 100, 250)]
+    np.testing.assert_allclose(values, [2e-4, 2e-4, 2e-4 * 0.95, 2e-4 * 0.95 ** 2], rtol=1e-6)
+    assert opt.beta_1 == 0.5 and opt.epsilon == 1e-8
+
+
+def test_save_and_load_round_trip(tmp_path, tiny_config):
+    model = GPQ(tiny_config.replace(retrieval_mode="consistent"))
+    model.compile()
+    x = _images(6)
+    model.train_on_batch({"labeled": x, "unlabeled": _images(6)}, np.arange(6) % 5)
+    path = tmp_path / "gpq.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert isinstance(loaded, GPQ)
+    assert loaded.gpq_config == model.gpq_config
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_array_equal(loaded.codebook, model.codebook)
+    np.testing.assert_array_equal(loaded.prototypes, model.prototypes)
+    assert int(loaded.optimizer.iterations) == 1
+    config = GPQ.from_config(model.get_config()).get_config()
+    assert config == model.get_config()
+    loaded.train_on_batch({"labeled": x, "unlabeled": _images(6)}, np.arange(6) % 5)
+    assert int(loaded.optimizer.iterations) == 2
+
+
+def test_backbone_with_wrong_output_size_is_refused(tiny_config):
+    with pytest.raises(ValueError, match="n_book \\* len_code = 12"):
+        GPQ(tiny_config, backbone=VGGBackbone(10, filters=(4, 4, 4, 4), image_shape=(16, 16, 3)))
