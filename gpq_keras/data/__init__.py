@@ -1,4 +1,78 @@
-"""Data sources and input pipelines."""
+"""Data sources and input pipelines.
 
-from gpq_keras.data.pipeline import eval_dataset, normalize, train_dataset
+`load_data(spec)` turns a data spec of the CLI into a `Split`:
+
+| spec                         | source                                                              |
+|------------------------------|---------------------------------------------------------------------|
+| `digits`                     | scikit-learn's digits, embedded (the default)                       |
+| `cifar10:DIR`                | the original release's folder of python batches                     |
+| `tfds:cifar10[:DATA_DIR]`    | TensorFlow Datasets; offline from DATA_DIR/downloads/manual/        |
+|                              | cifar-10-binary.tar.gz                                              |
+| `nuswide:LIST_DIR:IMAGE_ROOT`| HashNet list files (database.txt, test.txt, train.txt) + images     |
+| `npz:FILE`                   | x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)  |
+| `folder:DIR`                 | class sub-folders of images, split like the paper                   |
+"""
+
+import os
+
+from gpq_keras.data.pipeline import denormalize, eval_dataset, normalize, train_dataset
 from gpq_keras.data.split import Split, protocol_split
+
+SPEC_FORMS = ("digits", "cifar10:DIR", "tfds:cifar10[:DATA_DIR]", "nuswide:LIST_DIR:IMAGE_ROOT",
+              "npz:FILE", "folder:DIR")
+
+
+def _bad_spec(spec, why):
+    return ValueError(f"bad data spec {spec!r}: {why}; accepted: {', '.join(SPEC_FORMS)}")
+
+
+def _existing(path, what):
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def load_data(spec, **options):
+    """Load the `Split` a data spec names (see the module docstring); `options` go to the loader.
+
+    Options by source: cifar10 `similarity`, `query_every`, `labeled_per_class`; tfds `manual_dir`,
+    `download`, `similarity`; nuswide `image_size`; npz `name`; folder `image_size`, `query_every`,
+    `labeled_per_class`; digits `query_every`, `labeled_per_class`.
+
+    Raises ValueError naming the spec and the accepted forms for a malformed spec, FileNotFoundError
+    naming the path for missing files.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise _bad_spec(spec, "empty")
+    kind, _, rest = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind == "digits":
+        if rest:
+            raise _bad_spec(spec, "digits takes no path")
+        from gpq_keras.data import digits
+        return digits.load_split(**options)
+    if kind not in ("cifar10", "tfds", "nuswide", "npz", "folder"):
+        raise _bad_spec(spec, f"unknown source {kind!r}")
+    if not rest:
+        raise _bad_spec(spec, f"{kind} needs a path")
+    if kind == "cifar10":
+        from gpq_keras.data import cifar10
+        return cifar10.load_split(_existing(rest, "CIFAR-10 folder"), **options)
+    if kind == "tfds":
+        name, _, data_dir = rest.partition(":")
+        if name != "cifar10":
+            raise _bad_spec(spec, f"only tfds:cifar10 is supported, not tfds:{name}")
+        from gpq_keras.data import cifar10
+        return cifar10.load_split(from_tfds=True, data_dir=os.path.expanduser(data_dir) or None, **options)
+    if kind == "nuswide":
+        list_dir, sep, image_root = rest.partition(":")
+        if not sep or not list_dir or not image_root:
+            raise _bad_spec(spec, "nuswide needs LIST_DIR:IMAGE_ROOT")
+        from gpq_keras.data import nuswide
+        return nuswide.load_split(_existing(list_dir, "NUS-WIDE list folder"),
+                                  _existing(image_root, "NUS-WIDE image folder"), **options)
+    from gpq_keras.data import user
+    if kind == "npz":
+        return user.load_npz(_existing(rest, "npz file"), **options)
+    return user.load_folder(_existing(rest, "image folder"), **options)

@@ -21,5 +21,7 @@ def load_images(image_size=32):
 def load_split(query_every=10, labeled_per_class=50):
     """The paper's protocol scaled down: 180 queries, 500 labeled, 1,117 unlabeled = database."""
     images, labels = load_images()
-    return protocol_split(images, labels, query_every=query_every,
-                          labeled_per_class=labeled_per_class, name="digits")
+    split = protocol_split(images, labels, query_every=query_every,
+                           labeled_per_class=labeled_per_class, name="digits")
+    split.class_names = tuple(str(d) for d in range(10))
+    return split

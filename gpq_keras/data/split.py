@@ -10,7 +10,8 @@ class Split:
     """One data set split as the paper uses it. Images are uint8 (N, H, W, C).
 
     Labels are int class ids (N,) or multi-hot (N, classes). `x_unlabeled` defaults to the database,
-    as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database).
+    as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database). `class_names`,
+    when the source has them, names the classes in label order.
     """
 
     x_query: np.ndarray
@@ -22,6 +23,7 @@ class Split:
     x_unlabeled: np.ndarray = None
     n_classes: int = None
     name: str = "data"
+    class_names: tuple = None
 
     def __post_init__(self):
         if self.x_unlabeled is None:

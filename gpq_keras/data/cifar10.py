@@ -1,0 +1,363 @@
+"""CIFAR-10: the original release's python folder, TensorFlow Datasets, and `cifar10_Similarity.mat`.
+
+```python
+split = cifar10.load_split("cifar10/")                       # the python batches of the original
+split = cifar10.load_split(from_tfds=True, data_dir="~/tfds")  # or TensorFlow Datasets, offline
+```
+
+Both give the paper's protocol (`protocol_split` with query_every=60, labeled_per_class=500): 1,000
+queries, 5,000 labeled images and 54,000 unlabeled ones that are also the retrieval database. Images
+stay uint8 (N, 32, 32, 3); `pipeline.normalize` applies the original's channel statistics.
+"""
+
+import io
+import os
+import pickle
+import socket
+import tempfile
+import threading
+
+import numpy as np
+
+from gpq_keras.data.split import protocol_split
+
+try:  # NumPy 2
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover - NumPy 1
+    from numpy.core import multiarray as _multiarray
+
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+IMAGE_SHAPE = (32, 32, 3)
+ARCHIVE_NAME = "cifar-10-binary.tar.gz"
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/" + ARCHIVE_NAME
+SIMILARITY_KEY = "label_Similarity"
+
+
+class DataFormatError(ValueError):
+    """A data file exists but is not what it claims to be (wrong types, truncated, bad shapes)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Restricted unpickling of the python batches
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("object arrays are not allowed")
+    return dtype
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # Python 3 writes bytes at protocol < 3 as _codecs.encode(str, "latin1"); allow that and nothing else.
+    if encoding.lower().replace("-", "") != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode is only allowed with latin1 text, got {encoding!r}")
+    return text.encode("latin1")
+
+
+# Everything a CIFAR-10 batch may reference by name: the pieces NumPy arrays are rebuilt from.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+_ALLOWED_VALUES = (dict, list, bytes, str, int, np.ndarray, np.generic)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An `Unpickler` that rebuilds only plain data and NumPy arrays; any other global is refused.
+
+    Python 2 pickles (the original CIFAR-10 release) are read with `encoding="bytes"`, so their keys
+    are bytes (`b"data"`).
+    """
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global '{module}.{name}'") from None
+
+
+def _check_plain(value, where="top level"):
+    if not isinstance(value, _ALLOWED_VALUES) or isinstance(value, bool):
+        raise pickle.UnpicklingError(f"unexpected {type(value).__name__} at {where}")
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        raise pickle.UnpicklingError(f"object array at {where}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, f"a key of {where}")
+            _check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, list):
+        for item in value:
+            _check_plain(item, f"an item of {where}")
+
+
+def load_pickle(path):
+    """Load one CIFAR-10 python batch (a dict) with `RestrictedUnpickler`.
+
+    Raises FileNotFoundError if the file is missing and `DataFormatError` (a ValueError) naming the file
+    if it is truncated, is not a pickle, or holds anything but dicts, lists, bytes, str, ints and arrays.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CIFAR-10 file not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        value = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        if not isinstance(value, dict):
+            raise pickle.UnpicklingError(f"expected a dict, got {type(value).__name__}")
+        _check_plain(value)
+    except (pickle.UnpicklingError, EOFError) as exc:
+        what = "truncated" if isinstance(exc, EOFError) or "truncated" in str(exc) else "refused"
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({what}: {exc})") from None
+    except Exception as exc:  # malformed opcodes raise all sorts of errors
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+    return value
+
+
+def _get(batch, key, path):
+    for k in (key.encode(), key):
+        if k in batch:
+            return batch[k]
+    raise DataFormatError(f"{path}: no '{key}' entry (keys: {sorted(map(repr, batch))})")
+
+
+def read_batch(path):
+    """One python batch -> uint8 images (N, 32, 32, 3) and int64 labels (N,)."""
+    batch = load_pickle(path)
+    data, labels = _get(batch, "data", path), _get(batch, "labels", path)
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != int(np.prod(IMAGE_SHAPE)):
+        raise DataFormatError(f"{path}: 'data' must be uint8 (N, 3072); got {data.dtype} {data.shape}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (len(data),):
+        raise DataFormatError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+    # Rows are channel-major (3 x 32 x 32): red plane, green plane, blue plane.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def read_label_names(directory):
+    """The class names from `batches.meta` (str)."""
+    path = os.path.join(os.fspath(directory), META_FILE)
+    names = _get(load_pickle(path), "label_names", path)
+    if not isinstance(names, list):
+        raise DataFormatError(f"{path}: 'label_names' must be a list; got {type(names).__name__}")
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def read_folder(directory):
+    """The original release's `cifar10/` folder -> (images uint8 (60000, 32, 32, 3), labels, names).
+
+    The order is the original's: data_batch_1..5, then test_batch.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"CIFAR-10 folder not found: {directory}")
+    names = read_label_names(directory)
+    parts = [read_batch(os.path.join(directory, f)) for f in TRAIN_FILES + (TEST_FILE,)]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    bad = (labels < 0) | (labels >= len(names))
+    if bad.any():
+        raise DataFormatError(f"{directory}: label {labels[bad][0]} outside the {len(names)} classes "
+                              f"of {META_FILE}")
+    return images, labels, names
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorFlow Datasets
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _online(host="www.cs.toronto.edu", port=443, timeout=3.0):
+    """Whether the archive's host answers within `timeout` seconds (DNS included)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
+        return True  # let the proxy decide; tfds honours it
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def default_tfds_dir():
+    """TensorFlow Datasets' data directory: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+
+
+def read_tfds(data_dir=None, manual_dir=None, download="auto"):
+    """CIFAR-10 through `tfds.load("cifar10")` -> (images uint8 (60000, 32, 32, 3), labels, names).
+
+    Train then test, each back in the original's order (tfds shuffles records; its `id` keeps the
+    index), so the split equals the one from the python folder.
+
+    Offline: put `cifar-10-binary.tar.gz` into `manual_dir` (default `DATA_DIR/downloads/manual`, tfds'
+    own convention); tfds checks it against its registered checksum and prepares the data set once.
+
+    Args:
+        data_dir: tfds' data directory. Default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
+        manual_dir: where a manually downloaded archive lies. Default `data_dir/downloads/manual`.
+        download: "auto" downloads only if the host answers now; False never goes online; True always
+            lets tfds try.
+
+    Raises FileNotFoundError at once (before tfds retries for minutes) when the data set is not prepared,
+    the archive is not in `manual_dir`, and downloading is off or the network is unreachable.
+    """
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+
+    if download not in ("auto", True, False):
+        raise ValueError(f"download must be 'auto', True or False; received download={download!r}")
+    data_dir = os.path.expanduser(os.fspath(data_dir or default_tfds_dir()))
+    manual_dir = os.path.expanduser(os.fspath(manual_dir or os.path.join(data_dir, "downloads", "manual")))
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    if not builder.is_prepared():
+        archive = os.path.join(manual_dir, ARCHIVE_NAME)
+        if os.path.isfile(archive):
+            config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+            try:
+                builder.download_and_prepare(download_config=config)
+            except NonMatchingChecksumError:
+                raise DataFormatError(f"{archive}: not the official CIFAR-10 archive (checksum differs "
+                                      f"from {ARCHIVE_URL})") from None
+        elif download is True or (download == "auto" and _online()):
+            builder.download_and_prepare()
+        else:
+            why = "downloading is off" if download is False else "the network is unreachable"
+            raise FileNotFoundError(
+                f"tfds:cifar10: no prepared data set in {data_dir} and {why}; download {ARCHIVE_URL} "
+                f"and put it at {archive}")
+    images, labels = [], []
+    for part in tfds.load("cifar10", split=["train", "test"], data_dir=data_dir, batch_size=10000,
+                          download=False):
+        batches = list(tfds.as_numpy(part))
+        ids = np.concatenate([b["id"] for b in batches]).astype(str)
+        order = np.argsort(ids, kind="stable")
+        images.append(np.concatenate([b["image"] for b in batches]).astype(np.uint8)[order])
+        labels.append(np.concatenate([b["label"] for b in batches]).astype(np.int64)[order])
+    names = list(builder.info.features["label"].names)
+    return np.concatenate(images), np.concatenate(labels), names
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The paper's split and cifar10_Similarity.mat
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_split(directory=None, *, from_tfds=False, data_dir=None, manual_dir=None, download="auto",
+               similarity=None, query_every=60, labeled_per_class=500):
+    """CIFAR-10 split as the paper does: 1,000 queries, 5,000 labeled, 54,000 unlabeled = database.
+
+    Args:
+        directory: the original release's `cifar10/` folder of python batches.
+        from_tfds: read through TensorFlow Datasets instead (`data_dir`, `manual_dir`, `download` as in
+            `read_tfds`).
+        similarity: optional path of `cifar10_Similarity.mat`; checked against the split's labels
+            (`check_similarity`), a ValueError if it does not match.
+        query_every, labeled_per_class: the protocol (60 and 500 in the paper).
+    """
+    if from_tfds == (directory is not None):
+        raise ValueError("load_split: pass either a CIFAR-10 folder or from_tfds=True; received "
+                         f"directory={directory!r}, from_tfds={from_tfds!r}")
+    if from_tfds:
+        images, labels, names = read_tfds(data_dir, manual_dir, download)
+    else:
+        images, labels, names = read_folder(directory)
+    split = protocol_split(images, labels, query_every=query_every, labeled_per_class=labeled_per_class,
+                           name="cifar10")
+    split.n_classes = len(names)
+    split.class_names = tuple(names)
+    if similarity is not None:
+        check_similarity(load_similarity(similarity), split.y_query, split.y_db, source=similarity)
+    return split
+
+
+def similarity_matrix(y_query, y_db):
+    """Sparse 0/1 relevance (queries, database) as float64 CSR: same class, or >= 1 shared label."""
+    from scipy import sparse
+
+    y_query, y_db = np.asarray(y_query), np.asarray(y_db)
+    if y_query.ndim == 1 and y_db.ndim == 1:
+        classes = int(max(y_query.max(initial=0), y_db.max(initial=0))) + 1
+        y_query, y_db = np.eye(classes, dtype=np.float64)[y_query], np.eye(classes, dtype=np.float64)[y_db]
+    elif y_query.ndim != 2 or y_db.ndim != 2 or y_query.shape[1] != y_db.shape[1]:
+        raise ValueError(f"labels must both be int (N,) or both multi-hot (N, classes); got "
+                         f"{y_query.shape} and {y_db.shape}")
+    query, db = sparse.csr_matrix(y_query > 0, dtype=np.float64), sparse.csr_matrix(y_db > 0, dtype=np.float64)
+    relevant = query @ db.T  # shared labels per pair
+    relevant.data[:] = 1.0
+    relevant.eliminate_zeros()
+    return relevant.tocsr()
+
+
+def save_similarity(path, y_query, y_db):
+    """Write `cifar10_Similarity.mat` (`label_Similarity`, sparse) for these labels, atomically."""
+    import scipy.io
+
+    path = os.fspath(path)
+    matrix = similarity_matrix(y_query, y_db)
+    fd, tmp = tempfile.mkstemp(suffix=".mat", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            scipy.io.savemat(f, {SIMILARITY_KEY: matrix}, do_compression=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return matrix
+
+
+def load_similarity(path):
+    """Read `label_Similarity` from a `.mat` file as a 0/1 CSR matrix (queries, database)."""
+    import scipy.io
+    from scipy import sparse
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"similarity file not found: {path}")
+    try:
+        contents = scipy.io.loadmat(path)
+    except Exception as exc:
+        raise DataFormatError(f"{path}: not a readable .mat file ({exc})") from None
+    if SIMILARITY_KEY not in contents:
+        keys = sorted(k for k in contents if not k.startswith("__"))
+        raise DataFormatError(f"{path}: no '{SIMILARITY_KEY}' variable (found {keys})")
+    matrix = sparse.csr_matrix(contents[SIMILARITY_KEY])
+    return (matrix != 0).astype(np.float64).tocsr()
+
+
+def check_similarity(matrix, y_query, y_db, source="similarity matrix"):
+    """Raise ValueError unless `matrix` (queries, database) equals the relevance the labels give."""
+    from scipy import sparse
+
+    expected = similarity_matrix(y_query, y_db)
+    matrix = sparse.csr_matrix(matrix)
+    if matrix.shape != expected.shape:
+        raise ValueError(f"{source}: shape {matrix.shape} does not match this split's "
+                         f"{expected.shape[0]} queries x {expected.shape[1]} database items")
+    diff = (matrix != 0).astype(np.int8) - (expected != 0).astype(np.int8)
+    diff.eliminate_zeros()
+    if diff.nnz:
+        rows, cols = diff.nonzero()
+        raise ValueError(
+            f"{source}: {diff.nnz} of {matrix.shape[0] * matrix.shape[1]} entries differ from the labels "
+            f"of this split (first at query {rows[0]}, database item {cols[0]}); it was made for another "
+            f"order or data (the original sorts unstably). Leave it out: relevance comes from the labels")
