@@ -1,5 +1,8 @@
 """The GPQ task model: backbone F, codebook Z, prototypes C, and the semi-supervised objective."""
 
+import os
+import tempfile
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -21,6 +24,38 @@ def default_optimizer(config):
     """Adam(beta_1=0.5, epsilon=1e-8) on the staircase schedule, as the original trains."""
     return keras.optimizers.Adam(learning_rate_schedule(config), beta_1=config.beta_1,
                                  epsilon=config.epsilon)
+
+
+def save_atomic(model, path):
+    """`model.save(path)` through a temporary file in the same folder, renamed into place at the end,
+    so an existing file at `path` is never left half-written."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"A Keras model file must end in .keras. Received: {path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
+    os.close(handle)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_gpq(path):
+    """Load a `GPQ` from a `.keras` file in Keras' safe mode; a clear error for anything else."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path}")
+    try:
+        model = keras.models.load_model(path, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a file that is not a model
+        raise ValueError(f"{path}: not a loadable Keras model ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(model, GPQ):
+        raise ValueError(f"{path}: holds a {type(model).__name__}, not a GPQ model")
+    return model
 
 
 @keras.saving.register_keras_serializable(package="gpq_keras")
@@ -68,6 +103,7 @@ class GPQ(keras.Model):
         self.npq_tracker = keras.metrics.Mean(name="npq_loss")
         self.cls_tracker = keras.metrics.Mean(name="cls_loss")
         self.entropy_tracker = keras.metrics.Mean(name="entropy_loss")
+        self.built = True  # every weight exists now
 
     def build(self, input_shape=None):
         """All weights are created in `__init__`; nothing is left to build."""
@@ -79,23 +115,31 @@ class GPQ(keras.Model):
         return self.backbone(images, training=training)
 
     def encode(self, images, batch_size=500, verbose=0):
-        """Raw features F(x) as a float32 NumPy array (N, M*d)."""
+        """Raw features F(x) as a float32 NumPy array (N, M*d).
+
+        uint8 images are first normalised with the original's channel statistics
+        (`gpq_keras.data.normalize`); float images are taken as already normalised.
+        """
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+            from gpq_keras.data.pipeline import eval_dataset
+
+            images, batch_size = eval_dataset(images, batch_size), None
         return np.asarray(self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32)
 
     @property
     def codebook(self):
         """The raw learned codebook Z (K, M*d), as the original uses it at retrieval."""
-        return ops.convert_to_numpy(self.quantizer.Z).astype(np.float32)
+        return np.asarray(self.quantizer.Z.numpy(), np.float32)
 
     @property
     def refined_codebook(self):
         """Z' = SA(intra_norm(C), Z) (K, M*d), the codebook training quantises with."""
-        return ops.convert_to_numpy(self.quantizer.codebook(self.classifier.prototypes)).astype(np.float32)
+        return np.asarray(self.quantizer.codebook(self.classifier.prototypes), np.float32)
 
     @property
     def prototypes(self):
         """The raw class prototypes C (classes, M*d)."""
-        return ops.convert_to_numpy(self.classifier.C).astype(np.float32)
+        return np.asarray(self.classifier.C.numpy(), np.float32)
 
     # --- training --------------------------------------------------------------------------------
     def compile(self, optimizer=None, **kwargs):

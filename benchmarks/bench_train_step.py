@@ -1,0 +1,67 @@
+"""Train-step throughput: GPQ's full objective against a plain backbone forward+backward.
+
+Both run on the same labeled and unlabeled batches (two backbone calls, batch norm in training mode, Adam),
+so the difference is the cost of GPQ's heads and losses. Run by hand:
+
+    .venv/bin/python benchmarks/bench_train_step.py [--batch-size 500] [--steps 3]
+"""
+
+import argparse
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gpq_keras import GPQ, GPQConfig
+
+
+def _time(step, steps):
+    step()  # trace and warm up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=500, help="per stream (default 500, the original's)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--bits", type=int, default=48)
+    args = parser.parse_args()
+
+    config = GPQConfig.from_bits(args.bits)
+    rng = np.random.default_rng(0)
+    x_l = tf.constant(rng.normal(size=(args.batch_size, *config.image_shape)).astype(np.float32))
+    x_u = tf.constant(rng.normal(size=(args.batch_size, *config.image_shape)).astype(np.float32))
+    y = tf.constant(rng.integers(0, config.n_classes, args.batch_size))
+
+    model = GPQ(config)
+    model.compile()
+    gpq_step = tf.function(lambda: model.train_step(({"labeled": x_l, "unlabeled": x_u}, y)))
+
+    backbone = GPQ(config).backbone
+    optimizer = keras.optimizers.Adam(2e-4, beta_1=0.5)
+    optimizer.build(backbone.trainable_variables)
+
+    @tf.function
+    def plain_step():
+        with tf.GradientTape() as tape:
+            loss = (tf.reduce_mean(tf.square(backbone(x_l, training=True)))
+                    + tf.reduce_mean(tf.square(backbone(x_u, training=True))))
+        optimizer.apply(tape.gradient(loss, backbone.trainable_variables), backbone.trainable_variables)
+        return loss
+
+    images = 2 * args.batch_size
+    plain = _time(plain_step, args.steps)
+    full = _time(gpq_step, args.steps)
+    print(f"| step ({args.batch_size} labeled + {args.batch_size} unlabeled, {config.bits} bits) "
+          "| s/step | images/s | vs backbone |")
+    print("|---|---:|---:|---:|")
+    print(f"| backbone forward+backward | {plain:.3f} | {images / plain:.1f} | 1.00 |")
+    print(f"| GPQ train_step | {full:.3f} | {images / full:.1f} | {full / plain:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

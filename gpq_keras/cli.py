@@ -1,0 +1,330 @@
+"""The `gpq` command line: wires data -> model -> codes -> index -> metrics; holds no algorithm itself."""
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _write_json_atomic(data, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _config_from_args(args, split):
+    from gpq_keras.config import GPQConfig
+
+    base = {"n_classes": split.n_classes, "image_shape": tuple(split.x_query.shape[1:])}
+    if args.filters:
+        base["filters"] = tuple(int(v) for v in args.filters.split(","))
+    if args.learning_rate is not None:
+        base["learning_rate"] = args.learning_rate
+    if args.retrieval_mode:
+        base["retrieval_mode"] = args.retrieval_mode
+    if args.n_book is not None or args.n_word is not None:
+        if args.bits is not None:
+            raise CLIError("give either --bits or --n-book/--n-word, not both")
+        return GPQConfig(n_book=args.n_book or 12, n_word=args.n_word or 16, **base)
+    return GPQConfig.from_bits(args.bits or 48, **base)
+
+
+def _check_images(model, images, spec):
+    expected = tuple(model.gpq_config.image_shape)
+    if tuple(images.shape[1:]) != expected:
+        raise CLIError(f"data {spec!r} has images of shape {tuple(images.shape[1:])}, "
+                       f"but the model expects {expected}")
+
+
+def _features(model, images, label):
+    """Raw features of uint8 images, with Keras' progress bar on a terminal."""
+    print(f"encoding {len(images)} {label} images", file=sys.stderr)
+    return model.encode(images, verbose=1 if sys.stderr.isatty() else 0)
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+def cmd_train(args):
+    import keras
+
+    from gpq_keras.data import load_data, train_dataset
+    from gpq_keras.model import GPQ, save_atomic
+
+    split = load_data(args.data)
+    if not split.has_training_data:
+        raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
+    config = _config_from_args(args, split)
+    keras.utils.set_random_seed(args.seed)
+    model = GPQ(config)
+    if args.imagenet_mat:
+        from gpq_keras.convert import load_imagenet_mat
+
+        load_imagenet_mat(model, args.imagenet_mat)
+        print(f"backbone initialised from {args.imagenet_mat}")
+    model.compile()
+    dataset, steps = train_dataset(split, batch_size=args.batch_size, seed=args.seed)
+    os.makedirs(args.output, exist_ok=True)
+    callbacks = [keras.callbacks.CSVLogger(os.path.join(args.output, "log.csv"))]
+    if args.save_every:
+        os.makedirs(os.path.join(args.output, "checkpoints"), exist_ok=True)
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            os.path.join(args.output, "checkpoints", "epoch_{epoch:03d}.keras"),
+            save_freq=args.save_every * steps))
+    print(f"GPQ {config.bits} bits (M={config.n_book}, K={config.n_word}, d={config.len_code}) on "
+          f"{split.name}: {len(split.x_labeled)} labeled, {len(split.x_unlabeled)} unlabeled, "
+          f"{steps} steps/epoch")
+    model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
+              verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
+    path = os.path.join(args.output, "model.keras")
+    save_atomic(model, path)
+    print(f"saved {path}")
+
+
+def _evaluate(model, split, mode, top_k):
+    from gpq_keras import metrics
+    from gpq_keras.retrieval import PQIndex
+
+    index = PQIndex.from_model(model, mode=mode)
+    index.add(_features(model, split.x_db, "database"))
+    queries = _features(model, split.x_query, "queries")
+    result = metrics.evaluate_index(index, queries, split.y_query, split.y_db, top_k=top_k)
+    return index, queries, result
+
+
+def cmd_evaluate(args):
+    from gpq_keras.data import load_data
+    from gpq_keras.model import load_gpq
+
+    model = load_gpq(args.model)
+    split = load_data(args.data)
+    _check_images(model, split.x_query, args.data)
+    mode = args.mode or model.gpq_config.retrieval_mode
+    top_k = args.top_k or len(split.x_db)
+    index, queries, result = _evaluate(model, split, mode, top_k)
+    print(f"mAP: {result['mAP']:.4f}")
+    for k, value in sorted(result["precision"].items()):
+        print(f"precision@{k}: {value:.4f}")
+    report = {"mAP": result["mAP"], "top_k": top_k, "bits": model.gpq_config.bits,
+              "n_query": len(split.x_query), "n_database": len(split.x_db), "mode": mode,
+              "precision_at_k": {str(k): v for k, v in result["precision"].items()},
+              "data": args.data, "model": os.path.abspath(args.model)}
+    if args.json:
+        _write_json_atomic(report, args.json)
+        print(f"wrote {args.json}")
+    if args.figure:
+        from gpq_keras import viz
+
+        query = args.query if args.query is not None else 0
+        if not 0 <= query < len(split.x_query):
+            raise CLIError(f"--query {query} is out of range (0..{len(split.x_query) - 1})")
+        _, ids = index.search(queries[query:query + 1], 15)
+        viz.plot_ranked_list(split.x_query[query], split.x_db[ids[0]],
+                             viz.is_relevant(split.y_query[query], split.y_db[ids[0]]), args.figure)
+        print(f"wrote {args.figure}")
+
+
+def cmd_encode(args):
+    import numpy as np
+
+    from gpq_keras.data import load_data
+    from gpq_keras.model import load_gpq
+    from gpq_keras.retrieval import PQIndex
+
+    model = load_gpq(args.model)
+    split = load_data(args.data)
+    _check_images(model, split.x_db, args.data)
+    mode = args.mode or model.gpq_config.retrieval_mode
+    features = _features(model, split.x_db, "database")
+    index = PQIndex.from_model(model, mode=mode)
+    codes = index.encode(features)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}.npz")
+    np.savez(tmp, features=features, codes=codes, labels=np.asarray(split.y_db))
+    os.replace(tmp, args.output)
+    print(f"wrote {args.output}: {len(codes)} codes of {model.gpq_config.bits} bits ({mode} mode)")
+
+
+def cmd_convert(args):
+    from gpq_keras.convert import convert_tf1_checkpoint
+    from gpq_keras.model import save_atomic
+
+    config = None
+    if args.config:  # fields to set; the rest is inferred from the checkpoint
+        with open(args.config) as fh:
+            try:
+                config = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise CLIError(f"{args.config}: not valid JSON ({exc})") from None
+        if not isinstance(config, dict):
+            raise CLIError(f"{args.config}: expected a JSON object of GPQConfig fields")
+    model, report = convert_tf1_checkpoint(args.checkpoint, config=config, return_report=True)
+    print(report.table())
+    save_atomic(model, args.output)
+    print(f"wrote {args.output}")
+
+
+def cmd_index_build(args):
+    from gpq_keras.data import load_data
+    from gpq_keras.model import load_gpq
+    from gpq_keras.retrieval import PQIndex
+
+    model = load_gpq(args.model)
+    split = load_data(args.data)
+    _check_images(model, split.x_db, args.data)
+    index = PQIndex.from_model(model, mode=args.mode)
+    index.add(_features(model, split.x_db, "database"), labels=split.y_db)
+    if args.faiss:
+        import faiss
+
+        faiss.write_index(index.to_faiss(), args.output)
+    else:
+        index.save(args.output)
+    print(f"wrote {args.output}: {index.ntotal} items, {model.gpq_config.bits} bits ({index.mode} mode)")
+
+
+def cmd_index_search(args):
+    import numpy as np
+
+    from gpq_keras.data import load_data
+    from gpq_keras.model import load_gpq
+    from gpq_keras.retrieval import PQIndex
+
+    model = load_gpq(args.model)
+    index = PQIndex.load(args.index)
+    split = load_data(args.data)
+    _check_images(model, split.x_query, args.data)
+    queries = _features(model, split.x_query, "queries")
+    distances, ids = index.search(queries, args.k)
+    if args.output:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".tmp-{os.getpid()}.npz")
+        np.savez(tmp, distances=distances, ids=ids)
+        os.replace(tmp, args.output)
+        print(f"wrote {args.output}: top {args.k} of {len(ids)} queries")
+    for q in range(min(len(ids), args.show)):
+        print(f"query {q}: " + " ".join(f"{i}({d:.3f})" for i, d in zip(ids[q], distances[q])))
+
+
+# --- parser ---------------------------------------------------------------------------------------
+
+DATA_HELP = ("data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
+             "npz:FILE | folder:DIR")
+
+
+def _command(sub, name, help_text, example, func):
+    parser = sub.add_parser(name, help=help_text, description=help_text,
+                            epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="gpq", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="GPQ (Generalized Product Quantization network): train, convert, encode, index, evaluate.",
+        epilog=textwrap.dedent("""\
+            example:
+              gpq train --data digits --output runs/demo --epochs 40
+              gpq evaluate --model runs/demo/model.keras --data digits"""))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = _command(sub, "train", "train GPQ with model.fit on a data set's labeled and unlabeled images",
+                 "gpq train --data cifar10:cifar10 --output runs/cifar48 --bits 48 --epochs 300 "
+                 "--imagenet-mat checkpoints/original/ImageNet_pretrained.mat", cmd_train)
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--output", required=True, help="folder for model.keras, log.csv and checkpoints/")
+    p.add_argument("--epochs", type=int, default=300, help="epochs of len(labeled) // batch-size steps (300)")
+    p.add_argument("--batch-size", type=int, default=500, help="images per stream and step (500)")
+    p.add_argument("--bits", type=int, choices=(12, 24, 32, 48), help="code length with K=16 (default 48)")
+    p.add_argument("--n-book", type=int, help="M, number of codebooks (instead of --bits)")
+    p.add_argument("--n-word", type=int, help="K, codewords per codebook, a power of two")
+    p.add_argument("--filters", help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)")
+    p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
+    p.add_argument("--retrieval-mode", choices=("original", "consistent"),
+                   help="default retrieval mode stored in the model")
+    p.add_argument("--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat")
+    p.add_argument("--save-every", type=int, default=0, help="also save checkpoints/epoch_NNN.keras every N epochs")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = _command(sub, "evaluate", "mAP (the paper's protocol) of a model on a data set's queries and database",
+                 "gpq evaluate --model runs/demo/model.keras --data digits --json eval.json --figure ranked.png",
+                 cmd_evaluate)
+    p.add_argument("--model", required=True, help="a GPQ .keras file")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--mode", choices=("original", "consistent"), help="codebook at retrieval (model's default)")
+    p.add_argument("--top-k", type=int, help="mAP over the top K (default: the whole database)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--figure", help="write the ranked list of one query (top 15) to this PNG")
+    p.add_argument("--query", type=int, help="which query the figure shows (default 0)")
+
+    p = _command(sub, "encode", "encode a data set's database into PQ codes",
+                 "gpq encode --model runs/demo/model.keras --data digits --output codes.npz", cmd_encode)
+    p.add_argument("--model", required=True, help="a GPQ .keras file")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--output", required=True, help=".npz with features, codes (uint8) and labels")
+    p.add_argument("--mode", choices=("original", "consistent"), help="codebook for the codes (model's default)")
+
+    p = _command(sub, "convert", "convert the original TF1 checkpoint into a Keras model",
+                 "gpq convert --checkpoint checkpoints/original/48bits_example.ckpt "
+                 "--output checkpoints/converted/gpq_cifar10_48bit.keras", cmd_convert)
+    p.add_argument("--checkpoint", required=True, help="TF1 checkpoint prefix (without .index)")
+    p.add_argument("--output", required=True, help="the .keras file to write")
+    p.add_argument("--config", help='JSON object of GPQConfig fields to set, e.g. {"image_shape": [32, 32, 3]}; '
+                   "the rest is inferred from the checkpoint")
+
+    p = _command(sub, "index", "build or search a saved PQ index",
+                 "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
+                 None)
+    index_sub = p.add_subparsers(dest="index_command", required=True)
+    b = _command(index_sub, "build", "encode a data set's database into a saved index",
+                 "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
+                 cmd_index_build)
+    b.add_argument("--model", required=True, help="a GPQ .keras file")
+    b.add_argument("--data", required=True, help=DATA_HELP)
+    b.add_argument("--output", required=True, help="index file (.npz PQIndex, or a faiss index with --faiss)")
+    b.add_argument("--mode", choices=("original", "consistent"), help="codebook (model's default)")
+    b.add_argument("--faiss", action="store_true", help="write a faiss IndexPQ instead of a PQIndex")
+    s = _command(index_sub, "search", "search a saved PQIndex with a data set's queries",
+                 "gpq index search --model runs/demo/model.keras --index runs/demo/index.npz --data digits -k 10",
+                 cmd_index_search)
+    s.add_argument("--model", required=True, help="the GPQ .keras file that built the index")
+    s.add_argument("--index", required=True, help="a PQIndex .npz")
+    s.add_argument("--data", required=True, help=DATA_HELP)
+    s.add_argument("-k", type=int, default=10, help="results per query (10)")
+    s.add_argument("--output", help="write distances and ids to this .npz")
+    s.add_argument("--show", type=int, default=3, help="print the results of the first N queries (3)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    _quiet_tensorflow()
+    try:
+        args.func(args)
+    except (CLIError, ValueError, OSError, KeyError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"gpq {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

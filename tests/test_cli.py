@@ -1,0 +1,146 @@
+"""The `gpq` command line end to end on a tiny npz data set (16x16 digits, narrow VGG)."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpq_keras import cli
+from gpq_keras.data import digits
+from gpq_keras.model import load_gpq
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    images, labels = digits.load_images()
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(images))[:140]
+    small = tf.image.resize(images[pick], (16, 16)).numpy().round().astype(np.uint8)
+    y = labels[pick]
+    data = root / "tiny.npz"
+    np.savez(data, x_query=small[:20], y_query=y[:20], x_db=small[20:80], y_db=y[20:80],
+             x_labeled=small[80:], y_labeled=y[80:])
+    out = root / "run"
+    rc = cli.main(["train", "--data", f"npz:{data}", "--output", str(out), "--epochs", "2", "--batch-size", "20",
+                   "--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8", "--save-every", "1"])
+    assert rc == 0
+    return root, f"npz:{data}", out
+
+
+def test_train_writes_model_checkpoints_and_log(workspace):
+    _, _, out = workspace
+    model = load_gpq(out / "model.keras")
+    assert (model.gpq_config.n_book, model.gpq_config.n_word, model.gpq_config.filters) == (3, 4, (4, 8, 8, 8))
+    assert model.gpq_config.image_shape == (16, 16, 3) and model.gpq_config.n_classes == 10
+    assert sorted(os.listdir(out / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
+    with open(out / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2
+    assert {"loss", "npq_loss", "cls_loss", "entropy_loss"} <= set(rows[0])
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def _reference_map(model, split_npz, mode):
+    """The original's evaluation re-stated with loops (NumPy float64), for the CLI's figures."""
+    data = np.load(split_npz)
+    q = model.encode(data["x_query"]).astype(np.float64)
+    db = model.encode(data["x_db"]).astype(np.float64)
+    m = model.gpq_config.n_book
+    z = (model.codebook if mode == "original" else model.refined_codebook).astype(np.float64)
+    zs = np.split(z, m, axis=1)
+    zn = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in zs]
+    codes = np.stack([np.argmax(np.split(db, m, 1)[i] @ zn[i].T, axis=1) for i in range(m)], 1)
+    if mode == "consistent":
+        q = np.concatenate([p / np.linalg.norm(p, axis=1, keepdims=True) for p in np.split(q, m, 1)], 1)
+    aps = []
+    for i in range(len(q)):
+        table = [1 - zs[j] @ np.split(q, m, 1)[j][i] for j in range(m)]
+        dist = np.array([sum(table[j][codes[n, j]] for j in range(m)) for n in range(len(db))])
+        order = np.argsort(dist, kind="stable")
+        hits, total = 0, 0.0
+        for rank, n in enumerate(order):
+            if data["y_db"][n] == data["y_query"][i]:
+                hits += 1
+                total += hits / (rank + 1)
+        aps.append(total / hits if hits else 0.0)
+    return float(np.mean(aps)), codes
+
+
+@pytest.mark.parametrize("mode", ["original", "consistent"])
+def test_evaluate_prints_map_and_writes_json_and_figure(workspace, capsys, mode):
+    root, spec, out = workspace
+    report, figure = root / f"eval-{mode}.json", root / f"ranked-{mode}.png"
+    rc = cli.main(["evaluate", "--model", str(out / "model.keras"), "--data", spec, "--mode", mode,
+                   "--json", str(report), "--figure", str(figure)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    result = json.loads(report.read_text())
+    assert f"mAP: {result['mAP']:.4f}" in printed
+    assert (result["top_k"], result["bits"], result["n_query"], result["n_database"], result["mode"]) == \
+        (60, 6, 20, 60, mode)
+    expected, _ = _reference_map(load_gpq(out / "model.keras"), spec[4:], mode)
+    assert result["mAP"] == pytest.approx(expected, abs=1e-6)
+    assert figure.stat().st_size > 1000
+
+
+def test_encode_writes_codes_matching_the_reference(workspace):
+    root, spec, out = workspace
+    target = root / "codes.npz"
+    assert cli.main(["encode", "--model", str(out / "model.keras"), "--data", spec, "--output", str(target),
+                     "--mode", "original"]) == 0
+    data = np.load(target)
+    assert data["features"].dtype == np.float32 and data["features"].shape == (60, 36)
+    assert data["codes"].dtype == np.uint8 and data["codes"].shape == (60, 3)
+    _, codes = _reference_map(load_gpq(out / "model.keras"), spec[4:], "original")
+    np.testing.assert_array_equal(data["codes"], codes)
+    np.testing.assert_array_equal(data["labels"], np.load(spec[4:])["y_db"])
+
+
+def test_index_build_and_search(workspace, capsys):
+    root, spec, out = workspace
+    index, hits = root / "index.npz", root / "hits.npz"
+    model = str(out / "model.keras")
+    assert cli.main(["index", "build", "--model", model, "--data", spec, "--output", str(index)]) == 0
+    assert cli.main(["index", "search", "--model", model, "--index", str(index), "--data", spec, "-k", "5",
+                     "--output", str(hits)]) == 0
+    result = np.load(hits)
+    assert result["ids"].shape == (20, 5) and result["distances"].shape == (20, 5)
+    assert np.all(np.diff(result["distances"], axis=1) >= 0)
+    assert "query 0:" in capsys.readouterr().out
+    faiss_path = root / "index.faiss"
+    assert cli.main(["index", "build", "--model", model, "--data", spec, "--output", str(faiss_path),
+                     "--faiss"]) == 0
+    import faiss
+
+    assert faiss.read_index(str(faiss_path)).ntotal == 60
+
+
+def test_errors_are_one_line_with_status_2(workspace, capsys, tmp_path):
+    root, spec, out = workspace
+    cases = [
+        (["evaluate", "--model", str(tmp_path / "missing.keras"), "--data", spec], "missing.keras"),
+        (["evaluate", "--model", str(out / "model.keras"), "--data", "cifar100:x"], "cifar100"),
+        (["evaluate", "--model", str(out / "model.keras"), "--data", "digits"], "expects (16, 16, 3)"),
+        (["train", "--data", spec, "--output", str(tmp_path / "r"), "--n-word", "6"], "n_word"),
+        (["convert", "--checkpoint", str(tmp_path / "nothing.ckpt"), "--output", str(tmp_path / "m.keras")],
+         "nothing.ckpt"),
+    ]
+    for argv, needle in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"gpq {argv[0]}: error:") and needle in err[0], err
+    assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["encode"], ["convert"], ["index", "build"],
+                                     ["index", "search"]])
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(command + ["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "example:" in text and "gpq " + command[0] in text
