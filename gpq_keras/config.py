@@ -27,7 +27,10 @@ class GPQConfig:
         decay_rate: float, learning-rate factor per period. Default 0.95.
         beta_1: float, Adam beta_1. Default 0.5.
         epsilon: float, Adam epsilon. Default 1e-8.
-        retrieval_mode: `"original"` or `"consistent"`, the codebook used at retrieval.
+        retrieval_mode: the codebook used at retrieval. `"consistent"` (default for models trained
+            here; it retrieves better, see README): codes and queries use Z' = SA(intra_norm(C), Z), the
+            codebook training quantises with, and intra-normalised queries. `"original"`: the original
+            code's raw Z and raw queries (converted checkpoints use it).
     """
 
     n_book: int = 12
@@ -46,7 +49,7 @@ class GPQConfig:
     decay_rate: float = 0.95
     beta_1: float = 0.5
     epsilon: float = 1e-8
-    retrieval_mode: str = "original"
+    retrieval_mode: str = "consistent"
 
     def __post_init__(self):
         object.__setattr__(self, "image_shape", tuple(self.image_shape))

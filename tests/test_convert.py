@@ -176,7 +176,8 @@ def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
                                rtol=1e-5, atol=1e-5)
 
     config_json = tmp_path / "config.json"
-    config_json.write_text(__import__("json").dumps(TINY_CONFIG.to_dict()))
+    # Only what the shapes cannot tell; the rest (and retrieval_mode="original") is inferred.
+    config_json.write_text(__import__("json").dumps({"image_shape": [16, 16, 3], "n_book": 3}))
     output = tmp_path / "converted" / "gpq_cifar10_48bit.keras"
     assert cli.main(["convert", "--checkpoint", tiny["prefix"], "--output", str(output),
                      "--config", str(config_json)]) == 0

@@ -1,0 +1,205 @@
+"""mAP, precision@k and precision-recall against the original's loop definition, on random data."""
+
+import numpy as np
+import pytest
+
+from gpq_keras import metrics, retrieval
+from gpq_keras.retrieval import PQIndex
+
+# --- references -----------------------------------------------------------------------------------
+
+
+def ref_cat_apcal(label_similarity, ix, top_n):
+    """The original's `cat_apcal`, loop for loop: IX is (database, queries), one ranked column per query."""
+    numtest = ix.shape[1]
+    apall = np.zeros(numtest)
+    for i in range(numtest):
+        y = ix[:, i]
+        x = 0
+        p = 0
+        for j in range(top_n):
+            if label_similarity[i, y[j]] == 1:
+                x = x + 1
+                p = p + float(x) / (j + 1)
+        apall[i] = 0 if p == 0 else p / x
+    return np.mean(apall)
+
+
+def ref_similarity(query_labels, db_labels):
+    sim = np.zeros((len(query_labels), len(db_labels)), int)
+    for i, q in enumerate(query_labels):
+        for j, d in enumerate(db_labels):
+            if np.ndim(q) == 0:
+                sim[i, j] = int(q == d)
+            else:
+                sim[i, j] = int(any(a and b for a, b in zip(q, d)))
+    return sim
+
+
+def ref_precision_at_k(sim, ranking, k):
+    return np.mean([sum(sim[i, ranking[i, j]] for j in range(k)) / k for i in range(len(ranking))])
+
+
+def ref_stable_ranking(distances):
+    return np.array([sorted(range(len(row)), key=lambda j: (row[j], j)) for row in distances])
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def random_problem(rng, q=12, n=90, classes=5, multi=False):
+    if multi:
+        yq = (rng.random((q, classes)) < 0.3).astype(np.uint8)
+        ydb = (rng.random((n, classes)) < 0.3).astype(np.uint8)
+        yq[0] = 0  # a query with no label: nothing is relevant
+    else:
+        yq = rng.integers(0, classes - 1, q)
+        ydb = rng.integers(0, classes - 1, n)
+        yq[0] = classes - 1  # a class absent from the database: nothing is relevant
+    ranking = np.array([rng.permutation(n) for _ in range(q)])
+    return yq, ydb, ranking
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_average_precision_by_hand():
+    rel = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]], bool)
+    np.testing.assert_allclose(metrics.average_precision(rel),
+                               [(1 + 2 / 3) / 2, 0.0, (1 / 2 + 2 / 3 + 3 / 4) / 3], rtol=1e-12)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_relevance(rng, multi):
+    yq, ydb, _ = random_problem(rng, multi=multi)
+    rel = metrics.relevance(yq, ydb)
+    assert rel.dtype == bool and rel.shape == (12, 90)
+    np.testing.assert_array_equal(rel, ref_similarity(yq, ydb) == 1)
+    assert not rel[0].any()
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("top_k", [None, 1, 7, 45])
+def test_mean_average_precision_equals_the_originals_loop(rng, multi, top_k):
+    yq, ydb, ranking = random_problem(rng, multi=multi)
+    sim = ref_similarity(yq, ydb)
+    want = ref_cat_apcal(sim, ranking.T, top_k or ranking.shape[1])
+    got = metrics.mean_average_precision(ranking, yq, ydb, top_k=top_k)
+    assert abs(got - want) < 1e-12
+    assert 0 < got < 1 or (top_k == 1 and got == 0)
+
+
+def test_mean_average_precision_chunks_give_the_same_answer(rng, monkeypatch):
+    yq, ydb, ranking = random_problem(rng, q=40, n=300)
+    full = metrics.mean_average_precision(ranking, yq, ydb)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 301)  # one query per chunk
+    assert metrics.mean_average_precision(ranking, yq, ydb) == pytest.approx(full, abs=1e-15)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_precision_at_k(rng, multi):
+    yq, ydb, ranking = random_problem(rng, multi=multi)
+    sim = ref_similarity(yq, ydb)
+    for k in (1, 5, 90):
+        want = ref_precision_at_k(sim, ranking, k)
+        assert metrics.precision_at_k(ranking, yq, ydb, k) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match=r"`k` must be an int in \[1, 90\]"):
+        metrics.precision_at_k(ranking, yq, ydb, 91)
+
+
+def test_precision_recall_curve(rng):
+    yq, ydb, ranking = random_problem(rng)
+    sim = ref_similarity(yq, ydb)
+    cutoffs = np.array([1, 2, 10, 50, 90])
+    precision, recall, c = metrics.precision_recall_curve(ranking, yq, ydb, cutoffs)
+    keep = [i for i in range(len(yq)) if sim[i].sum() > 0]  # query 0 has no relevant item: left out
+    assert len(keep) == len(yq) - 1
+    want_p = [np.mean([sim[i, ranking[i, :c_]].sum() / c_ for i in keep]) for c_ in cutoffs]
+    want_r = [np.mean([sim[i, ranking[i, :c_]].sum() / sim[i].sum() for i in keep]) for c_ in cutoffs]
+    np.testing.assert_allclose(precision, want_p, rtol=1e-12)
+    np.testing.assert_allclose(recall, want_r, rtol=1e-12)
+    assert recall[-1] == pytest.approx(1.0)
+    np.testing.assert_array_equal(c, cutoffs)
+    p2, r2, c2 = metrics.precision_recall_curve(ranking, yq, ydb)
+    assert c2[0] == 1 and c2[-1] == 90 and np.all(np.diff(c2) > 0) and np.all(np.diff(r2) >= 0)
+
+
+def test_bad_inputs_are_refused(rng):
+    yq, ydb, ranking = random_problem(rng)
+    with pytest.raises(ValueError, match="both be int class ids"):
+        metrics.relevance(yq, np.eye(90, 5))
+    with pytest.raises(ValueError, match=r"database positions in \[0, 90\)"):
+        metrics.mean_average_precision(np.where(ranking == 3, -1, ranking), yq, ydb)
+    with pytest.raises(ValueError, match="shape"):
+        metrics.mean_average_precision(ranking[:3], yq, ydb)
+
+
+# --- evaluating an index: chunked ranking with ties against the loops -------------------------------
+
+
+def _tied_index(rng, n=150, labels="int"):
+    z = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(4, 3 * 3)).astype(np.float32)  # exact arithmetic
+    codes = rng.integers(0, 4, size=(n, 3)).astype(np.uint8)
+    queries = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(11, 9)).astype(np.float32)
+    if labels == "int":
+        ydb, yq = rng.integers(0, 4, n), rng.integers(0, 5, 11)
+        yq[3] = 4  # no relevant item
+    else:
+        ydb, yq = (rng.random((n, 4)) < 0.4), (rng.random((11, 4)) < 0.4)
+        yq[3] = False
+    return PQIndex(z, 3).add(codes, labels=ydb), queries, yq, ydb
+
+
+@pytest.mark.parametrize("labels", ["int", "multi"])
+@pytest.mark.parametrize("top_k", [None, 1, 10, 149])
+def test_evaluate_index_equals_the_originals_loop_with_ties(rng, labels, top_k):
+    index, queries, yq, ydb = _tied_index(rng, labels=labels)
+    distances = retrieval.asymmetric_distances(queries, index.codes, index.codebook, 3)
+    ranking = ref_stable_ranking(distances)
+    assert len(np.unique(distances[0])) < 40  # plenty of ties
+    sim = ref_similarity(yq, ydb)
+    want = ref_cat_apcal(sim, ranking.T, top_k or index.ntotal)
+    result = metrics.evaluate_index(index, queries, yq, top_k=top_k, precision_at=(1, 5, 100))
+    assert abs(result["mAP"] - want) < 1e-12
+    assert result["ap"][3] == 0.0 and result["top_k"] == (top_k or 150)
+    for k, value in result["precision"].items():
+        assert k <= result["top_k"]
+        assert value == pytest.approx(ref_precision_at_k(sim, ranking, k), abs=1e-12)
+    # The same through search + mean_average_precision.
+    _, ids = index.search(queries, top_k or index.ntotal)
+    assert metrics.mean_average_precision(ids, yq, ydb) == pytest.approx(want, abs=1e-12)
+
+
+def test_evaluate_index_is_independent_of_chunks_and_threads(rng):
+    index, queries, yq, _ = _tied_index(rng, n=400)
+    base = metrics.evaluate_index(index, queries, yq, curve=True)
+    try:
+        retrieval.set_num_threads(1)
+        single = metrics.evaluate_index(index, queries, yq, chunk_size=1, curve=True)
+        retrieval.set_num_threads(3)
+        many = metrics.evaluate_index(index, np.concatenate([queries] * 4), np.concatenate([yq] * 4),
+                                      chunk_size=40, curve=True)
+    finally:
+        retrieval.set_num_threads(None)
+    np.testing.assert_array_equal(single["ap"], base["ap"])
+    np.testing.assert_array_equal(many["ap"], np.concatenate([base["ap"]] * 4))
+    for key in ("precision", "recall"):
+        np.testing.assert_allclose(single["curve"][key], base["curve"][key], rtol=1e-12)
+        np.testing.assert_allclose(many["curve"][key], base["curve"][key], rtol=1e-12)
+    # The curve agrees with precision_recall_curve on the full stable ranking.
+    ranking = index.search(queries, index.ntotal)[1]
+    p, r, _ = metrics.precision_recall_curve(ranking, yq, index.labels, base["curve"]["cutoffs"])
+    np.testing.assert_allclose(base["curve"]["precision"], p, rtol=1e-12)
+    np.testing.assert_allclose(base["curve"]["recall"], r, rtol=1e-12)
+
+
+def test_evaluate_index_validates(rng):
+    index, queries, yq, ydb = _tied_index(rng)
+    with pytest.raises(ValueError, match="no labels"):
+        metrics.evaluate_index(PQIndex(index.codebook, 3).add(index.codes), queries, yq)
+    with pytest.raises(ValueError, match="db_labels has 3 rows"):
+        metrics.evaluate_index(index, queries, yq, db_labels=ydb[:3])
+    with pytest.raises(ValueError, match="top_k"):
+        metrics.evaluate_index(index, queries, yq, top_k=151)

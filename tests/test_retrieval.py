@@ -1,0 +1,422 @@
+"""PQ codes, asymmetric search, files and faiss export against loop-by-loop NumPy float64 references."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gpq_keras import retrieval
+from gpq_keras.retrieval import (PQIndex, asymmetric_distances, encode_codes, intra_normalize_np,
+                                 lookup_tables, pack_codes, top_k, unpack_codes)
+
+# --- references: the original's loops, restated in float64 -------------------------------------------
+
+
+def ref_intra_norm(x, m):
+    parts = np.split(np.asarray(x, np.float64), m, axis=1)
+    return np.concatenate([p / np.sqrt(np.maximum((p ** 2).sum(1, keepdims=True), 1e-12)) for p in parts], 1)
+
+
+def ref_indexing(z, features, m):
+    """The original's `Indexing`: per sub-space, arg-max dot product with intra_norm(Z). Also the gap
+    between the best and second-best dot product (to skip float32/float64 near-ties)."""
+    zs = np.split(ref_intra_norm(z, m), m, 1)
+    xs = np.split(np.asarray(features, np.float64), m, 1)
+    codes = np.zeros((len(features), m), np.int64)
+    gaps = np.zeros((len(features), m))
+    for i in range(m):
+        dots = xs[i] @ zs[i].T
+        codes[:, i] = dots.argmax(1)
+        top2 = np.sort(dots, 1)[:, -2:]
+        gaps[:, i] = top2[:, 1] - top2[:, 0]
+    return codes, gaps
+
+
+def ref_pq_dist(z, m, codes, queries):
+    """The original's `pqDist` (one row per query): a table per query and sub-space, summed over the
+    items' codes."""
+    q_split = np.split(np.asarray(queries, np.float64), m, 1)
+    z_split = np.split(np.asarray(z, np.float64), m, 1)
+    out = np.zeros((len(queries), len(codes)))
+    for i in range(len(queries)):
+        y = np.zeros(len(codes))
+        for j in range(m):
+            table = np.array([1 - np.dot(q_split[j][i], z_split[j][k]) for k in range(len(z))])
+            y += table[codes[:, j]]
+        out[i] = y
+    return out
+
+
+def ref_stable_top_k(distances, k):
+    """Sort each row by (distance, position) with Python's sorted; pad like faiss."""
+    ids = np.full((len(distances), k), -1, np.int64)
+    dist = np.full((len(distances), k), np.inf)
+    for q, row in enumerate(distances):
+        order = sorted(range(len(row)), key=lambda j: (row[j], j))[:k]
+        ids[q, :len(order)] = order
+        dist[q, :len(order)] = row[order]
+    return dist, ids
+
+
+DYADIC = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+
+
+def dyadic_problem(rng, m, k, d, n, q):
+    """Codebook and queries in multiples of 1/2, so every dot product and distance is exact in float32
+    and many distances tie (equal codes and different codes with equal sums)."""
+    z = rng.choice(DYADIC, size=(k, m * d)).astype(np.float32)
+    codes = rng.integers(0, k, size=(n, m)).astype(np.uint8)
+    dup = min(10, n // 2)
+    codes[n // 2:n // 2 + dup] = codes[:dup]  # duplicated codes
+    queries = rng.choice(DYADIC, size=(q, m * d)).astype(np.float32)
+    return z, codes, queries
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+# --- encoding and distances -----------------------------------------------------------------------------
+
+
+def test_intra_normalize_np_matches_reference(rng):
+    x = rng.standard_normal((7, 12)).astype(np.float32)
+    x[0, :4] = 0.0  # a zero sub-vector stays zero (the 1e-12 floor)
+    np.testing.assert_allclose(intra_normalize_np(x, 3), ref_intra_norm(x, 3), rtol=1e-6, atol=1e-7)
+    assert np.all(intra_normalize_np(x, 3)[0, :4] == 0)
+
+
+def test_encode_codes_is_the_originals_indexing(rng):
+    z = rng.standard_normal((16, 4 * 5)).astype(np.float32) * 3
+    features = rng.standard_normal((300, 4 * 5)).astype(np.float32)
+    codes = encode_codes(features, z, 4)
+    want, gaps = ref_indexing(z, features, 4)
+    assert codes.dtype == np.uint8 and codes.shape == (300, 4)
+    clear = gaps > 1e-5
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(codes[clear], want[clear])
+    # Scaling Z or a feature sub-vector does not change the codes (both are normalised away / arg-max).
+    np.testing.assert_array_equal(encode_codes(features * 2.0, z * 5.0, 4), codes)
+
+
+def test_encode_ties_pick_the_lowest_codeword():
+    z = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)  # M=1, duplicate words
+    codes = encode_codes(np.array([[2.0, 0.1], [0.0, 3.0]], np.float32), z, 1)
+    np.testing.assert_array_equal(codes[:, 0], [0, 2])
+
+
+def test_original_mode_distance_is_the_originals_pqdist(rng):
+    z = rng.standard_normal((16, 3 * 4)).astype(np.float32)
+    codes = rng.integers(0, 16, size=(200, 3)).astype(np.uint8)
+    queries = rng.standard_normal((6, 3 * 4)).astype(np.float32) * 2  # raw, un-normalised queries
+    got = asymmetric_distances(queries, codes, z, 3, mode="original")
+    want = ref_pq_dist(z, 3, codes, queries)
+    assert got.dtype == np.float32 and got.shape == (6, 200)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    tables = lookup_tables(queries, z, 3, mode="original")
+    assert tables.shape == (6, 3, 16)
+    np.testing.assert_allclose(tables[2, 1, 5], 1 - queries[2, 4:8].astype(np.float64) @ z[5, 4:8], rtol=1e-6)
+
+
+def test_consistent_mode_normalises_queries_and_codebook(rng):
+    z = rng.standard_normal((8, 3 * 4)).astype(np.float32)
+    codes = rng.integers(0, 8, size=(100, 3)).astype(np.uint8)
+    queries = rng.standard_normal((5, 3 * 4)).astype(np.float32) * 4
+    got = asymmetric_distances(queries, codes, z, 3, mode="consistent")
+    want = ref_pq_dist(ref_intra_norm(z, 3), 3, codes, ref_intra_norm(queries, 3))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert got.min() >= -1e-5 and got.max() <= 2 * 3 + 1e-5  # sum of M terms 1 - cos in [0, 2]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        asymmetric_distances(queries, codes, z, 3, mode="cosine")
+
+
+def test_equal_codes_get_bit_identical_distances(rng):
+    z = rng.standard_normal((16, 4 * 3)).astype(np.float32)
+    codes = rng.integers(0, 16, size=(500, 4)).astype(np.uint8)
+    codes[250:] = codes[:250]
+    dist = asymmetric_distances(rng.standard_normal((9, 12)).astype(np.float32), codes, z, 4)
+    np.testing.assert_array_equal(dist[:, 250:], dist[:, :250])
+
+
+# --- ranking --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["original", "consistent"])
+def test_search_matches_stable_loop_reference_with_ties(rng, mode):
+    z, codes, queries = dyadic_problem(rng, m=3, k=4, d=3, n=120, q=7)
+    if mode == "consistent":  # one non-zero entry per sub-vector keeps intra-normalisation exact
+        def axis_vectors(n):
+            out = np.zeros((n, 9), np.float32)
+            out[np.arange(n)[:, None], np.arange(3) * 3 + rng.integers(0, 3, (n, 3))] = rng.choice(
+                [-2.0, -1.0, 0.5, 4.0], size=(n, 3))
+            return out
+
+        z, queries = axis_vectors(4), axis_vectors(7)
+    index = PQIndex(z, 3, mode=mode).add(codes)
+    want_d = ref_pq_dist(retrieval.retrieval_codebook(z, 3, mode), 3, codes,
+                         retrieval.prepare_queries(queries, 3, mode))
+    for k in (1, 5, 37, 120, 125):
+        d, i = index.search(queries, k)
+        rd, ri = ref_stable_top_k(want_d, k)
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_array_equal(d, rd.astype(np.float32))
+    assert len(np.unique(want_d[0])) < 60  # the data really has ties
+    # Chunking does not change anything.
+    d1, i1 = index.search(queries, 50, chunk_size=1)
+    d2, i2 = index.search(queries, 50)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+
+
+def test_search_random_data_against_reference(rng):
+    z = rng.standard_normal((16, 4 * 6)).astype(np.float32)
+    features = rng.standard_normal((400, 24)).astype(np.float32)
+    queries = rng.standard_normal((10, 24)).astype(np.float32)
+    index = PQIndex(z, 4).add(features)
+    want = ref_pq_dist(z, 4, index.codes, queries)
+    d, i = index.search(queries, 30)
+    np.testing.assert_allclose(d, np.sort(want, 1)[:, :30], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(want[np.arange(10)[:, None], i], d, rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(d, axis=1) >= 0)
+
+
+def test_top_k_orders_signed_values_and_zero_ties():
+    dist = np.array([[0.5, -0.0, -2.0, 0.0, np.float32(1e-45), -1e-45, 3.0, -2.0]], np.float32)
+    d, i = top_k(dist, 8)
+    np.testing.assert_array_equal(i[0], [2, 7, 5, 1, 3, 4, 0, 6])  # -0.0 and +0.0 tie: lower index first
+    np.testing.assert_array_equal(d[0], dist[0, i[0]])
+    d, i = top_k(dist, 10)
+    assert list(i[0, 8:]) == [-1, -1] and np.all(np.isinf(d[0, 8:]))
+
+
+def test_search_pads_and_validates(rng):
+    z, codes, queries = dyadic_problem(rng, m=3, k=4, d=3, n=5, q=2)
+    index = PQIndex(z, 3).add(codes)
+    d, i = index.search(queries, 8)
+    assert i.dtype == np.int64 and d.dtype == np.float32
+    assert np.all(i[:, 5:] == -1) and np.all(np.isinf(d[:, 5:]))
+    with pytest.raises(ValueError, match=r"queries.*\(N, 9\)"):
+        index.search(queries[:, :5], 3)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.full((1, 9), np.nan, np.float32), 3)
+    with pytest.raises(ValueError, match="positive int"):
+        index.search(queries, 0)
+    empty = PQIndex(z, 3)
+    assert empty.ntotal == 0 and empty.search(queries, 2)[1].tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_add_codes_features_ids_and_labels(rng):
+    z = rng.standard_normal((8, 6)).astype(np.float32)
+    index = PQIndex(z, 2)
+    features = rng.standard_normal((20, 6)).astype(np.float32)
+    index.add(features[:10], ids=np.arange(100, 110), labels=np.arange(10))
+    index.add(encode_codes(features[10:], z, 2), ids=np.arange(200, 210), labels=np.arange(10))
+    assert index.ntotal == 20 and len(index) == 20
+    np.testing.assert_array_equal(index.codes, encode_codes(features, z, 2))
+    _, ids = index.search(features[:1], 20)
+    assert set(ids[0]) == set(range(100, 110)) | set(range(200, 210))
+    with pytest.raises(ValueError, match="give `ids`"):
+        index.add(features[:2], labels=np.arange(2))
+    with pytest.raises(ValueError, match="give `labels`"):
+        index.add(features[:2], ids=np.arange(2))
+    with pytest.raises(ValueError, match=r"codes \(N, 2\) or features \(N, 6\)"):
+        index.add(features[0])
+    with pytest.raises(ValueError, match="only K=8"):
+        PQIndex(z, 2).add(np.full((1, 2), 9, np.uint8))
+    with pytest.raises(ValueError, match="divisible"):
+        PQIndex(z, 4)
+    with pytest.raises(ValueError, match="power of two"):
+        PQIndex(z[:6], 2)
+    with pytest.raises(ValueError, match="read-only"):
+        index.codes[0, 0] = 1
+
+
+# --- packing and faiss ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nbits", [1, 3, 4, 5, 8])
+def test_pack_unpack_round_trip(rng, nbits):
+    codes = rng.integers(0, 1 << nbits, size=(50, 7)).astype(np.uint8)
+    packed = pack_codes(codes, nbits)
+    assert packed.shape == (50, (7 * nbits + 7) // 8) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(unpack_codes(packed, 7, nbits), codes)
+
+
+@pytest.mark.parametrize("nbits", [3, 4])
+def test_packing_is_faiss_layout(rng, nbits):
+    faiss = pytest.importorskip("faiss")
+    m, d, k = 5, 3, 1 << nbits
+    pq = faiss.ProductQuantizer(m * d, m, nbits)
+    centroids = rng.standard_normal((m, k, d)).astype(np.float32)
+    faiss.copy_array_to_vector(centroids.ravel(), pq.centroids)
+    codes = rng.integers(0, k, size=(40, m)).astype(np.uint8)
+    decoded = pq.decode(pack_codes(codes, nbits))
+    want = centroids[np.arange(m), codes].reshape(40, m * d)
+    np.testing.assert_array_equal(decoded, want)
+
+
+def _assert_same_ranking_up_to_ties(ours_d, ours_i, faiss_d, faiss_i, m):
+    """Equal distances; within each run of equal distances the same ids (faiss orders ties its own way)."""
+    np.testing.assert_array_equal(ours_d, np.float32(m) - faiss_d)
+    for row_d, row_i, frow_i in zip(ours_d, ours_i, faiss_i):
+        for value in np.unique(row_d[:-1]):  # the last run may be cut at k differently
+            if value == row_d[-1]:
+                continue
+            run = row_d == value
+            assert set(row_i[run]) == set(frow_i[run])
+
+
+def test_faiss_index_ranks_identically_exact_data(rng):
+    pytest.importorskip("faiss")
+    z, codes, queries = dyadic_problem(rng, m=4, k=16, d=3, n=300, q=12)
+    index = PQIndex(z, 4).add(codes)
+    fx = index.to_faiss()
+    assert fx.ntotal == 300 and fx.metric_type == 0  # METRIC_INNER_PRODUCT
+    for k in (10, 300):
+        d, i = index.search(queries, k)
+        fd, fi = fx.search(index.prepare_queries(queries), k)
+        _assert_same_ranking_up_to_ties(d, i, fd, fi, 4)
+
+
+@pytest.mark.parametrize("mode", ["original", "consistent"])
+def test_faiss_index_ranks_identically_random_data(rng, mode):
+    pytest.importorskip("faiss")
+    z = rng.standard_normal((16, 6 * 4)).astype(np.float32)
+    features = rng.standard_normal((500, 24)).astype(np.float32)
+    index = PQIndex(z, 6, mode=mode).add(features, ids=np.arange(500) * 3)
+    assert len(np.unique(index.codes, axis=0)) == 500  # no tie-producing duplicates
+    queries = rng.standard_normal((15, 24)).astype(np.float32)
+    d, i = index.search(queries, 500)
+    fd, fi = index.to_faiss().search(index.prepare_queries(queries), 500)
+    np.testing.assert_allclose(d, 6 - fd, atol=2e-5)
+    separated = np.diff(d, axis=1, prepend=-np.inf, append=np.inf)
+    clear = (separated[:, :-1] > 1e-4) & (separated[:, 1:] > 1e-4)  # no near-tie on either side
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(i[clear], fi[clear])  # custom ids through faiss.IndexIDMap
+
+
+def test_to_faiss_round_trips_through_faiss_files(rng, tmp_path):
+    faiss = pytest.importorskip("faiss")
+    z, codes, queries = dyadic_problem(rng, m=4, k=16, d=3, n=50, q=3)
+    index = PQIndex(z, 4).add(codes)
+    faiss.write_index(index.to_faiss(), str(tmp_path / "x.faiss"))
+    back = faiss.read_index(str(tmp_path / "x.faiss"))
+    np.testing.assert_array_equal(back.search(queries, 5)[0], index.to_faiss().search(queries, 5)[0])
+
+
+# --- files ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", ["int", "multi", None])
+def test_save_load_round_trip(rng, tmp_path, labels):
+    z = rng.standard_normal((16, 12)).astype(np.float32)
+    index = PQIndex(z, 4, mode="consistent")
+    lab = {"int": rng.integers(0, 10, 60), "multi": rng.integers(0, 2, (60, 5)).astype(np.uint8),
+           None: None}[labels]
+    index.add(rng.standard_normal((60, 12)).astype(np.float32), ids=np.arange(60) + 7, labels=lab)
+    path = tmp_path / "sub" / "db.npz"
+    index.save(path)
+    assert os.listdir(tmp_path / "sub") == ["db.npz"]  # no temporary file left
+    back = PQIndex.load(path)
+    assert (back.mode, back.num_subspaces, back.ntotal) == ("consistent", 4, 60)
+    np.testing.assert_array_equal(back.codebook, index.codebook)
+    np.testing.assert_array_equal(back.codes, index.codes)
+    np.testing.assert_array_equal(back.ids, index.ids)
+    if lab is None:
+        assert back.labels is None
+    else:
+        np.testing.assert_array_equal(back.labels, lab)
+        assert back.labels.dtype == lab.dtype
+    queries = rng.standard_normal((4, 12)).astype(np.float32)
+    for a, b in zip(back.search(queries, 9), index.search(queries, 9)):
+        np.testing.assert_array_equal(a, b)
+    with np.load(path) as data:  # codes are stored packed: M * log2(K) = 16 bits per item
+        assert data["codes"].shape == (60, 2)
+
+
+def _rewrite(path, **changes):
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    for key, value in changes.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"format_version": np.array(2)}, "'format_version' is 2; this gpq_keras reads version 1"),
+    ({"format_version": None}, "missing key 'format_version'"),
+    ({"format": np.array("something.else")}, "key 'format'"),
+    ({"codes": np.zeros((6, 3), np.uint8)}, r"key 'codes' must be uint8 \(N, 2\)"),
+    ({"codes": np.zeros((6, 2), np.int64)}, "key 'codes' must be uint8"),
+    ({"codebook": np.zeros((16, 12), np.float64)}, "key 'codebook' must be float32"),
+    ({"codebook": np.zeros((16, 10), np.float32)}, "key 'codebook'.*divisible"),
+    ({"ids": np.arange(5)}, r"key 'ids' must be int64 \(6,\)"),
+    ({"mode": np.array("cosine")}, "key 'mode'"),
+    ({"labels": np.zeros(4, np.int64)}, "key 'labels'"),
+    ({"num_subspaces": np.array(0)}, "key 'num_subspaces'"),
+])
+def test_load_refuses_bad_files(rng, tmp_path, changes, message):
+    path = tmp_path / "db.npz"
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4)
+    index.add(rng.standard_normal((6, 12)).astype(np.float32), labels=np.arange(6)).save(path)
+    _rewrite(path, **changes)
+    with pytest.raises(ValueError, match=message) as info:
+        PQIndex.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_refuses_corrupt_and_missing_files(tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="cannot be read as .npz"):
+        PQIndex.load(garbage)
+    index = PQIndex(np.eye(16, 12, dtype=np.float32), 4).add(np.zeros((100, 4), np.uint8))
+    index.save(tmp_path / "ok.npz")
+    data = (tmp_path / "ok.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.npz: not a valid PQIndex file"):
+        PQIndex.load(tmp_path / "truncated.npz")
+    with pytest.raises(FileNotFoundError, match="No index file"):
+        PQIndex.load(tmp_path / "absent.npz")
+
+
+def test_save_keeps_the_old_file_when_writing_fails(rng, tmp_path, monkeypatch):
+    path = tmp_path / "db.npz"
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(np.zeros((3, 4), np.uint8))
+    index.save(path)
+    before = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["db.npz"]
+
+
+# --- from a model ---------------------------------------------------------------------------------------
+
+
+def test_from_model_picks_the_codebook_of_the_mode(tiny_config):
+    from gpq_keras.model import GPQ
+
+    model = GPQ(tiny_config.replace(retrieval_mode="original"))
+    original = PQIndex.from_model(model)
+    assert original.mode == "original"
+    np.testing.assert_array_equal(original.codebook, model.codebook)
+    consistent = PQIndex.from_model(model, mode="consistent")
+    np.testing.assert_allclose(consistent.codebook, model.refined_codebook)
+    assert PQIndex.from_model(GPQ(tiny_config)).mode == tiny_config.retrieval_mode == "consistent"
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
+    original.add_images(images, labels=np.arange(6))
+    from gpq_keras.data.pipeline import normalize
+
+    features = model.encode(normalize(images).numpy())
+    np.testing.assert_array_equal(original.codes, encode_codes(features, model.codebook, 3))
+    with pytest.raises(ValueError, match="from_model"):
+        PQIndex(model.codebook, 3).add_images(images)
