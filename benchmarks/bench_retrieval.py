@@ -109,7 +109,6 @@ def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
     from gpq_keras.config import GPQConfig
     from gpq_keras.data import load_data, train_dataset
     from gpq_keras.model import GPQ
-    from gpq_keras.retrieval import features_from_images
 
     split = load_data("digits")
     print(f"# Retrieval modes on digits: {len(split.x_query)} queries, {len(split.x_db)} database items, "
@@ -123,7 +122,7 @@ def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
         model.compile()
         dataset, steps = train_dataset(split, batch_size=batch_size, seed=seed)
         model.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=0)
-        db, queries = features_from_images(model, split.x_db), features_from_images(model, split.x_query)
+        db, queries = model.encode(split.x_db), model.encode(split.x_query)
         for mode in ("original", "consistent"):
             index = PQIndex.from_model(model, mode=mode).add(db, labels=split.y_db)
             full = metrics.evaluate_index(index, queries, split.y_query)

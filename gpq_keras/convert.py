@@ -15,7 +15,7 @@ Left-overs of training are skipped: zero-debias accumulators (`.../biased`, `...
 
 ```python
 model = convert_tf1_checkpoint("checkpoints/original/48bits_example.ckpt")
-save_model_atomic(model, "checkpoints/converted/gpq_cifar10_48bit.keras")
+save_atomic(model, "checkpoints/converted/gpq_cifar10_48bit.keras")  # from gpq_keras.model
 ```
 """
 
@@ -394,10 +394,3 @@ def load_imagenet_mat(model, path):
         variable.assign(value.astype(variable.dtype))
     return MatLoadReport(source=path, loaded=[(k, p, tuple(v.shape)) for k, p, v, _ in ready],
                          unexpected=unexpected)
-
-
-def save_model_atomic(model, path):
-    """Write `model` to the `.keras` file `path` via a temporary file in the same folder and `os.replace`."""
-    from gpq_keras.model import save_atomic
-
-    save_atomic(model, path)

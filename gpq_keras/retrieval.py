@@ -497,7 +497,7 @@ class PQIndex:
         the original's colour statistics; float images are taken as already normalised."""
         if self._model is None:
             raise ValueError("add_images needs an index made by PQIndex.from_model(model)")
-        self.add(features_from_images(self._model, images, batch_size), ids=ids, labels=labels)
+        self.add(self._model.encode(np.asarray(images), batch_size=batch_size), ids=ids, labels=labels)
         return self
 
     # --- search -----------------------------------------------------------------------------------
@@ -719,14 +719,3 @@ class PQIndex:
             raise bad(f"key 'codes' holds an index >= K={index.num_codewords}")
         index.add(unpacked, ids=ids, labels=labels)
         return index
-
-
-def features_from_images(model, images, batch_size=500):
-    """Raw features F(x) (N, M*d) float32 of images: uint8 images are normalised as the original does,
-    float images are taken as already normalised."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        from gpq_keras.data.pipeline import eval_dataset
-
-        return model.encode(eval_dataset(images, batch_size))
-    return model.encode(images.astype(np.float32), batch_size=batch_size)

@@ -13,9 +13,8 @@ import scipy.io
 
 import tf1_reference as ref
 from gpq_keras.config import GPQConfig
-from gpq_keras.convert import (ConversionError, convert_tf1_checkpoint, infer_config, load_imagenet_mat,
-                               save_model_atomic)
-from gpq_keras.model import GPQ, load_gpq
+from gpq_keras.convert import ConversionError, convert_tf1_checkpoint, infer_config, load_imagenet_mat
+from gpq_keras.model import GPQ, load_gpq, save_atomic
 
 TINY = dict(filters=(4, 8, 8, 8), n_book=3, n_word=4, len_code=4, n_classes=5)
 TINY_CONFIG = GPQConfig(n_book=3, n_word=4, len_code=4, n_classes=5, image_shape=(16, 16, 3),
@@ -170,7 +169,7 @@ def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
 
     model = convert_tf1_checkpoint(tiny["prefix"], config=TINY_CONFIG)
     path = tmp_path / "lib" / "gpq.keras"
-    save_model_atomic(model, path)
+    save_atomic(model, path)
     assert os.listdir(path.parent) == ["gpq.keras"]
     np.testing.assert_allclose(load_gpq(path).encode(tiny["images"][:4]), tiny["features"][:4],
                                rtol=1e-5, atol=1e-5)
