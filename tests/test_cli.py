@@ -144,3 +144,33 @@ def test_every_command_has_help_with_an_example(command, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "example:" in text and "gpq " + command[0] in text
+
+
+def test_train_initialises_the_backbone_from_imagenet_mat(workspace, tmp_path, capsys):
+    """`gpq train --imagenet-mat`: the original's .mat keys (TF1 names with :0, (1, N) vectors) land in F."""
+    import scipy.io
+
+    from gpq_keras.backbones import tf1_layer_names
+
+    _, spec, _ = workspace
+    rng = np.random.default_rng(3)
+    values, expected = {}, {}
+    reference = load_gpq(workspace[2] / "model.keras").backbone
+    for layer_name, scope in tf1_layer_names().items():
+        if layer_name == "feature_vector":
+            continue  # the original does not initialise the dense layer from the file
+        layer = reference.get_layer(layer_name)
+        names = ("kernel", "bias") if layer_name.startswith("conv") else ("gamma", "beta")
+        for name in names:
+            value = rng.normal(size=getattr(layer, name).shape).astype(np.float32)
+            values[f"{scope}/{name}:0"] = value if value.ndim > 1 else value[None]
+            expected[(layer_name, name)] = value
+    mat = tmp_path / "ImageNet_pretrained.mat"
+    scipy.io.savemat(mat, values)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", spec, "--output", str(out), "--epochs", "0", "--n-book", "3",
+                     "--n-word", "4", "--filters", "4,8,8,8", "--imagenet-mat", str(mat)]) == 0
+    assert f"backbone initialised from {mat}" in capsys.readouterr().out
+    backbone = load_gpq(out / "model.keras").backbone
+    for (layer_name, name), value in expected.items():
+        np.testing.assert_array_equal(getattr(backbone.get_layer(layer_name), name).numpy(), value)
