@@ -102,7 +102,7 @@ def _evaluate(model, split, mode, top_k):
 
     index = PQIndex.from_model(model, mode=mode)
     index.add(_features(model, split.x_db, "database"))
-    queries = _features(model, split.x_query, "queries")
+    queries = _features(model, split.x_query, "query")
     result = metrics.evaluate_index(index, queries, split.y_query, split.y_db, top_k=top_k)
     return index, queries, result
 
@@ -210,7 +210,7 @@ def cmd_index_search(args):
     index = PQIndex.load(args.index)
     split = load_data(args.data)
     _check_images(model, split.x_query, args.data)
-    queries = _features(model, split.x_query, "queries")
+    queries = _features(model, split.x_query, "query")
     distances, ids = index.search(queries, args.k)
     if args.output:
         folder = os.path.dirname(os.path.abspath(args.output))
