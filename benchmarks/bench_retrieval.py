@@ -38,41 +38,40 @@ from gpq_keras.retrieval import PQIndex  # noqa: E402
 
 # --- the original's algorithm (utils/RetrievalTest.py), restated --------------------------------------
 
-def original_pq_dist(z, num_seg, g_x, q_x):
-    """`pqDist`: for each query, a table per sub-space by np.dot, summed over the items' codes -> (Q, N)."""
-    n1, n2 = q_x.shape[0], g_x.shape[0]
-    l1 = z.shape[0]
-    d_z_split = np.split(np.zeros((l1, num_seg), dtype=np.float32), num_seg, 1)
-    q_x_split = np.split(q_x, num_seg, 1)
-    g_x_split = np.split(g_x, num_seg, 1)
-    z_split = np.split(z, num_seg, 1)
-    dpq = np.zeros((n1, n2), dtype=np.float32)
-    for i in range(n1):
-        for j in range(num_seg):
-            for k in range(l1):
-                d_z_split[j][k] = 1 - np.dot(q_x_split[j][i], z_split[j][k])
-            if j == 0:
-                y = d_z_split[j][g_x_split[j]]
-            else:
-                y = np.add(y, d_z_split[j][g_x_split[j]])
-        dpq[i, :] = np.squeeze(y)
-    return dpq
+def original_pq_dist(codebook, num_books, db_codes, queries):
+    """The original's `pqDist` algorithm: per query, per sub-space, a Python loop over the codewords filling
+    a distance table with np.dot, then the table gathered at the items' codes and summed -> (Q, N)."""
+    words = codebook.shape[0]
+    word_parts = np.split(codebook, num_books, axis=1)
+    query_parts = np.split(queries, num_books, axis=1)
+    code_columns = np.split(db_codes, num_books, axis=1)
+    out = np.zeros((queries.shape[0], db_codes.shape[0]), dtype=np.float32)
+    for qi in range(queries.shape[0]):
+        total = None
+        for book in range(num_books):
+            table = np.zeros(words, dtype=np.float32)
+            for word in range(words):
+                table[word] = 1 - np.dot(query_parts[book][qi], word_parts[book][word])
+            gathered = table[code_columns[book]]
+            total = gathered if total is None else total + gathered
+        out[qi] = np.squeeze(total)
+    return out
 
 
-def original_cat_apcal(label_similarity, ix, top_n):
-    """`cat_apcal`: Python loops over the queries (columns of IX) and the top N ranks."""
-    numtest = ix.shape[1]
-    apall = np.zeros(numtest)
-    for i in range(numtest):
-        y = ix[:, i]
-        x = 0
-        p = 0
-        for j in range(top_n):
-            if label_similarity[i, y[j]] == 1:
-                x = x + 1
-                p = p + float(x) / (j + 1)
-        apall[i] = 0 if p == 0 else p / x
-    return np.mean(apall), apall
+def original_cat_apcal(relevant_matrix, ranks, depth):
+    """The original's `cat_apcal` algorithm: Python loops over the queries (columns of `ranks`) and the top
+    `depth` ranks, reading relevance from a dense matrix -> (mAP, AP per query)."""
+    n_queries = ranks.shape[1]
+    per_query = np.zeros(n_queries)
+    for qi in range(n_queries):
+        column = ranks[:, qi]
+        found, summed = 0, 0.0
+        for position in range(depth):
+            if relevant_matrix[qi, column[position]] == 1:
+                found += 1
+                summed += found / (position + 1)
+        per_query[qi] = summed / found if found else 0.0
+    return np.mean(per_query), per_query
 
 
 def run_original(z, m, codes, queries, query_labels, db_labels):

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf1_reference as ref
+
 from gpq_keras import cli
 from gpq_keras.data import digits
 from gpq_keras.model import load_gpq
@@ -45,29 +47,17 @@ def test_train_writes_model_checkpoints_and_log(workspace):
 
 
 def _reference_map(model, split_npz, mode):
-    """The original's evaluation re-stated with loops (NumPy float64), for the CLI's figures."""
+    """The original's evaluation re-stated with loops (tests/tf1_reference.py, NumPy float64); the
+    consistent mode is the same algorithm with Z' and intra-normalised queries."""
     data = np.load(split_npz)
-    q = model.encode(data["x_query"]).astype(np.float64)
-    db = model.encode(data["x_db"]).astype(np.float64)
     m = model.gpq_config.n_book
-    z = (model.codebook if mode == "original" else model.refined_codebook).astype(np.float64)
-    zs = np.split(z, m, axis=1)
-    zn = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in zs]
-    codes = np.stack([np.argmax(np.split(db, m, 1)[i] @ zn[i].T, axis=1) for i in range(m)], 1)
+    queries, database = model.encode(data["x_query"]), model.encode(data["x_db"])
+    codebook = model.codebook if mode == "original" else model.refined_codebook
     if mode == "consistent":
-        q = np.concatenate([p / np.linalg.norm(p, axis=1, keepdims=True) for p in np.split(q, m, 1)], 1)
-    aps = []
-    for i in range(len(q)):
-        table = [1 - zs[j] @ np.split(q, m, 1)[j][i] for j in range(m)]
-        dist = np.array([sum(table[j][codes[n, j]] for j in range(m)) for n in range(len(db))])
-        order = np.argsort(dist, kind="stable")
-        hits, total = 0, 0.0
-        for rank, n in enumerate(order):
-            if data["y_db"][n] == data["y_query"][i]:
-                hits += 1
-                total += hits / (rank + 1)
-        aps.append(total / hits if hits else 0.0)
-    return float(np.mean(aps)), codes
+        queries = ref.intra_norm(queries, m)
+    relevant = (data["y_query"][:, None] == data["y_db"][None, :]).astype(int)
+    mean_ap, codes, _ = ref.original_map(codebook, m, database, queries, relevant)
+    return mean_ap, codes
 
 
 @pytest.mark.parametrize("mode", ["original", "consistent"])

@@ -9,20 +9,18 @@ from gpq_keras.retrieval import PQIndex
 # --- references -----------------------------------------------------------------------------------
 
 
-def ref_cat_apcal(label_similarity, ix, top_n):
-    """The original's `cat_apcal`, loop for loop: IX is (database, queries), one ranked column per query."""
-    numtest = ix.shape[1]
-    apall = np.zeros(numtest)
-    for i in range(numtest):
-        y = ix[:, i]
-        x = 0
-        p = 0
-        for j in range(top_n):
-            if label_similarity[i, y[j]] == 1:
-                x = x + 1
-                p = p + float(x) / (j + 1)
-        apall[i] = 0 if p == 0 else p / x
-    return np.mean(apall)
+def ref_cat_apcal(relevant, ranks, depth):
+    """AP as the original defines it, with plain loops: `ranks` is (database, queries), one ranked column
+    per query; AP = sum over relevant positions p <= depth of (hits so far / p), divided by the hits."""
+    scores = []
+    for qi in range(ranks.shape[1]):
+        hits, total = 0, 0.0
+        for position, item in enumerate(ranks[:depth, qi], start=1):
+            if relevant[qi, item] == 1:
+                hits += 1
+                total += hits / position
+        scores.append(total / hits if hits else 0.0)
+    return float(np.mean(scores))
 
 
 def ref_similarity(query_labels, db_labels):
