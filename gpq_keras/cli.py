@@ -19,13 +19,20 @@ class CLIError(Exception):
 
 
 def _write_json_atomic(data, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    with open(tmp, "w") as fh:
+    from gpq_keras.files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
-    os.replace(tmp, path)
+
+
+def _write_npz_atomic(path, **arrays):
+    import numpy as np
+
+    from gpq_keras.files import atomic_path
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def _config_from_args(args, split):
@@ -153,11 +160,7 @@ def cmd_encode(args):
     features = _features(model, split.x_db, "database")
     index = PQIndex.from_model(model, mode=mode)
     codes = index.encode(features)
-    folder = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, features=features, codes=codes, labels=np.asarray(split.y_db))
-    os.replace(tmp, args.output)
+    _write_npz_atomic(args.output, features=features, codes=codes, labels=np.asarray(split.y_db))
     print(f"wrote {args.output}: {len(codes)} codes of {model.gpq_config.bits} bits ({mode} mode)")
 
 
@@ -193,15 +196,16 @@ def cmd_index_build(args):
     if args.faiss:
         import faiss
 
-        faiss.write_index(index.to_faiss(), args.output)
+        from gpq_keras.files import atomic_path
+
+        with atomic_path(args.output) as tmp:
+            faiss.write_index(index.to_faiss(), tmp)
     else:
         index.save(args.output)
     print(f"wrote {args.output}: {index.ntotal} items, {model.gpq_config.bits} bits ({index.mode} mode)")
 
 
 def cmd_index_search(args):
-    import numpy as np
-
     from gpq_keras.data import load_data
     from gpq_keras.model import load_gpq
     from gpq_keras.retrieval import PQIndex
@@ -213,11 +217,7 @@ def cmd_index_search(args):
     queries = _features(model, split.x_query, "query")
     distances, ids = index.search(queries, args.k)
     if args.output:
-        folder = os.path.dirname(os.path.abspath(args.output))
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".tmp-{os.getpid()}.npz")
-        np.savez(tmp, distances=distances, ids=ids)
-        os.replace(tmp, args.output)
+        _write_npz_atomic(args.output, distances=distances, ids=ids)
         print(f"wrote {args.output}: top {args.k} of {len(ids)} queries")
     for q in range(min(len(ids), args.show)):
         print(f"query {q}: " + " ".join(f"{i}({d:.3f})" for i, d in zip(ids[q], distances[q])))

@@ -1,7 +1,6 @@
 """The GPQ task model: backbone F, codebook Z, prototypes C, and the semi-supervised objective."""
 
 import os
-import tempfile
 
 import keras
 import numpy as np
@@ -10,6 +9,7 @@ from keras import ops
 
 from gpq_keras.backbones import VGGBackbone
 from gpq_keras.config import GPQConfig
+from gpq_keras.files import atomic_path
 from gpq_keras.layers import GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
 
@@ -32,16 +32,8 @@ def save_atomic(model, path):
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"A Keras model file must end in .keras. Received: {path}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_gpq(path):

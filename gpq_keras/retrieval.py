@@ -25,7 +25,6 @@ codes always get bit-identical distances and tie; the float32 sum itself comes f
 
 import math
 import os
-import tempfile
 import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from gpq_keras.config import RETRIEVAL_MODES
+from gpq_keras.files import atomic_path
 
 FORMAT_VERSION = 1
 _FORMAT_NAME = "gpq_keras.PQIndex"
@@ -641,9 +641,6 @@ class PQIndex:
         Keys: format, format_version, mode, num_subspaces, codebook float32 (K, M*d), codes uint8
         packed (N, ceil(M*log2 K / 8)), ids int64 (N,), and labels when present.
         """
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         arrays = {
             "format": np.array(_FORMAT_NAME),
             "format_version": np.array(FORMAT_VERSION, np.int64),
@@ -655,14 +652,8 @@ class PQIndex:
         }
         if self._labels is not None:
             arrays["labels"] = self._labels
-        handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(handle, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path):

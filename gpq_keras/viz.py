@@ -4,9 +4,10 @@ Matplotlib with the non-interactive Agg canvas; files are written atomically (te
 """
 
 import os
-import tempfile
 
 import numpy as np
+
+from gpq_keras.files import atomic_path
 
 GRID_ROWS, GRID_COLS = 2, 8
 MAX_RESULTS = GRID_ROWS * GRID_COLS - 1  # 15: the first cell holds the query
@@ -23,17 +24,9 @@ def _figure(figsize):
 
 def _save_atomic(fig, path, dpi):
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     ext = os.path.splitext(path)[1].lower().lstrip(".") or "png"
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{ext}", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_path(path, suffix=f".{ext}") as tmp:
         fig.savefig(tmp, dpi=dpi, format=ext)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -14,12 +14,12 @@ import io
 import os
 import pickle
 import socket
-import tempfile
 import threading
 
 import numpy as np
 
 from gpq_keras.data.split import protocol_split
+from gpq_keras.files import atomic_path
 
 try:  # NumPy 2
     from numpy._core import multiarray as _multiarray
@@ -313,15 +313,8 @@ def save_similarity(path, y_query, y_db):
 
     path = os.fspath(path)
     matrix = similarity_matrix(y_query, y_db)
-    fd, tmp = tempfile.mkstemp(suffix=".mat", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            scipy.io.savemat(f, {SIMILARITY_KEY: matrix}, do_compression=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, suffix=".mat") as tmp, open(tmp, "wb") as f:
+        scipy.io.savemat(f, {SIMILARITY_KEY: matrix}, do_compression=True)
     return matrix
 
 

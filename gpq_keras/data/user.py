@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from gpq_keras.data.split import Split, protocol_split
+from gpq_keras.files import atomic_path
 
 REQUIRED_KEYS = ("x_query", "y_query", "x_db", "y_db")
 OPTIONAL_KEYS = ("x_labeled", "y_labeled", "x_unlabeled")
@@ -75,13 +76,8 @@ def save_npz(path, split):
     arrays = {k: getattr(split, k) for k in REQUIRED_KEYS + OPTIONAL_KEYS if getattr(split, k) is not None}
     if arrays.get("x_unlabeled") is split.x_db:
         del arrays["x_unlabeled"]  # the default; don't store the database twice
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    try:
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_folder(directory, image_size=32, query_every=10, labeled_per_class=None, batch_size=256):
