@@ -22,7 +22,11 @@ def _figure(figsize):
     return Figure(figsize=figsize)  # its own Agg canvas: no pyplot state, safe in threads and tests
 
 
-def _save_atomic(fig, path, dpi):
+def _finish(fig, path, dpi):
+    """Lay out `fig`; write it to `path` atomically and return the path, or return the figure."""
+    fig.tight_layout()
+    if path is None:
+        return fig
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower().lstrip(".") or "png"
     with atomic_path(path, suffix=f".{ext}") as tmp:
@@ -118,10 +122,7 @@ def plot_ranked_list(query_image, result_images, relevant=None, path=None, norma
                 spine.set_linewidth(4)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    if path is None:
-        return fig
-    return _save_atomic(fig, path, dpi)
+    return _finish(fig, path, dpi)
 
 
 def plot_precision_recall(curves, path=None, title="Precision-recall", figsize=(5.0, 4.0), dpi=100):
@@ -157,7 +158,4 @@ def plot_precision_recall(curves, path=None, title="Precision-recall", figsize=(
     ax.legend(loc="best")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    if path is None:
-        return fig
-    return _save_atomic(fig, path, dpi)
+    return _finish(fig, path, dpi)
