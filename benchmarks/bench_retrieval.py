@@ -117,7 +117,7 @@ def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
     print("|---|---|---:|---:|---:|---:|")
     for seed in seeds:
         keras.utils.set_random_seed(seed)
-        model = GPQ(GPQConfig(n_classes=split.n_classes, filters=tuple(filters)))
+        model = GPQ(GPQConfig(num_classes=split.num_classes, filters=tuple(filters)))
         model.compile()
         dataset, steps = train_dataset(split, batch_size=batch_size, seed=seed)
         model.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=0)

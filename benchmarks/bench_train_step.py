@@ -40,7 +40,7 @@ def main():
     rng = np.random.default_rng(0)
     x_l = tf.constant(rng.normal(size=(args.batch_size, *config.image_shape)).astype(np.float32))
     x_u = tf.constant(rng.normal(size=(args.batch_size, *config.image_shape)).astype(np.float32))
-    y = tf.constant(rng.integers(0, config.n_classes, args.batch_size))
+    y = tf.constant(rng.integers(0, config.num_classes, args.batch_size))
 
     model = GPQ(config)
     model.compile()

@@ -2,33 +2,20 @@
 
 import keras
 
-# Keras layer name -> TF1 variable scope of the original release (`Fixed_VGG/...`). Conv and batch norm
-# layers appear in network order; TF1 numbers the convs `conv2d`, `conv2d_1`, ... in that same order.
+# The ten conv -> batch norm -> ReLU blocks in network order: (stage, conv layer, batch-norm layer).
 CONV_BLOCKS = (
-    # (stage, conv name, batch-norm name, TF1 conv scope, TF1 batch-norm scope)
-    (0, "conv0", "batch0", "conv2d", "batch0"),
-    (0, "conv0_1", "batch0_1", "conv2d_1", "batch0-1"),
-    (1, "conv1", "batch1", "conv2d_2", "batch1"),
-    (1, "conv1_1", "batch1_1", "conv2d_3", "batch1-1"),
-    (2, "conv2", "batch2", "conv2d_4", "batch2"),
-    (2, "conv2_1", "batch2_1", "conv2d_5", "batch2-1"),
-    (2, "conv2_2", "batch2_2", "conv2d_6", "batch2-2"),
-    (3, "conv3", "batch3", "conv2d_7", "batch3"),
-    (3, "conv3_1", "batch3_1", "conv2d_8", "batch3-1"),
-    (3, "conv3_2", "batch3_2", "conv2d_9", "batch3-2"),
+    (0, "conv0", "batch0"),
+    (0, "conv0_1", "batch0_1"),
+    (1, "conv1", "batch1"),
+    (1, "conv1_1", "batch1_1"),
+    (2, "conv2", "batch2"),
+    (2, "conv2_1", "batch2_1"),
+    (2, "conv2_2", "batch2_2"),
+    (3, "conv3", "batch3"),
+    (3, "conv3_1", "batch3_1"),
+    (3, "conv3_2", "batch3_2"),
 )
-FEATURE_LAYER = ("feature_vector", "dense")  # (Keras name, TF1 scope)
-TF1_SCOPE = "Fixed_VGG"
-
-
-def tf1_layer_names():
-    """{Keras layer name: TF1 scope} for every layer with weights, e.g. 'batch0_1' -> 'Fixed_VGG/batch0-1'."""
-    names = {}
-    for _, conv, bn, tf1_conv, tf1_bn in CONV_BLOCKS:
-        names[conv] = f"{TF1_SCOPE}/{tf1_conv}"
-        names[bn] = f"{TF1_SCOPE}/{tf1_bn}"
-    names[FEATURE_LAYER[0]] = f"{TF1_SCOPE}/{FEATURE_LAYER[1]}"
-    return names
+FEATURE_LAYER = "feature_vector"  # the dense layer that maps the two-scale pooled vector to M * d
 
 
 @keras.saving.register_keras_serializable(package="gpq_keras")
@@ -63,7 +50,7 @@ class VGGBackbone(keras.Model):
         inputs = keras.Input(shape=image_shape, name="images")
         x = inputs
         branch = None
-        for stage, conv_name, bn_name, _, _ in CONV_BLOCKS:
+        for stage, conv_name, bn_name in CONV_BLOCKS:
             x = keras.layers.Conv2D(filters[stage], 3, padding="same", name=conv_name)(x)
             x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=bn_name)(x)
             x = keras.layers.ReLU(name=f"{conv_name}_relu")(x)
@@ -73,7 +60,7 @@ class VGGBackbone(keras.Model):
                 branch = keras.layers.GlobalAveragePooling2D(name="pool2_gap")(x)
         x = keras.layers.GlobalAveragePooling2D(name="pool3_gap")(x)
         x = keras.layers.Concatenate(name="two_scale_concat")([x, branch])
-        outputs = keras.layers.Dense(feature_dim, name=FEATURE_LAYER[0])(x)
+        outputs = keras.layers.Dense(feature_dim, name=FEATURE_LAYER)(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===

@@ -38,17 +38,17 @@ def _write_npz_atomic(path, **arrays):
 def _config_from_args(args, split):
     from gpq_keras.config import GPQConfig
 
-    base = {"n_classes": split.n_classes, "image_shape": tuple(split.x_query.shape[1:])}
+    base = {"num_classes": split.num_classes, "image_shape": tuple(split.x_query.shape[1:])}
     if args.filters:
         base["filters"] = tuple(int(v) for v in args.filters.split(","))
     if args.learning_rate is not None:
         base["learning_rate"] = args.learning_rate
     if args.retrieval_mode:
         base["retrieval_mode"] = args.retrieval_mode
-    if args.n_book is not None or args.n_word is not None:
+    if args.num_subspaces is not None or args.num_codewords is not None:
         if args.bits is not None:
             raise CLIError("give either --bits or --n-book/--n-word, not both")
-        return GPQConfig(n_book=args.n_book or 12, n_word=args.n_word or 16, **base)
+        return GPQConfig(num_subspaces=args.num_subspaces or 12, num_codewords=args.num_codewords or 16, **base)
     return GPQConfig.from_bits(args.bits or 48, **base)
 
 
@@ -93,7 +93,7 @@ def cmd_train(args):
         callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(args.output, "checkpoints", "epoch_{epoch:03d}.keras"),
             save_freq=args.save_every * steps))
-    print(f"GPQ {config.bits} bits (M={config.n_book}, K={config.n_word}, d={config.len_code}) on "
+    print(f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, d={config.subspace_dim}) on "
           f"{split.name}: {len(split.x_labeled)} labeled, {len(split.x_unlabeled)} unlabeled, "
           f"{steps} steps/epoch")
     model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
@@ -254,8 +254,10 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=300, help="epochs of len(labeled) // batch-size steps (300)")
     p.add_argument("--batch-size", type=int, default=500, help="images per stream and step (500)")
     p.add_argument("--bits", type=int, choices=(12, 24, 32, 48), help="code length with K=16 (default 48)")
-    p.add_argument("--n-book", type=int, help="M, number of codebooks (instead of --bits)")
-    p.add_argument("--n-word", type=int, help="K, codewords per codebook, a power of two")
+    p.add_argument("--n-book", type=int, dest="num_subspaces",
+                   help="M, number of codebooks (sets GPQConfig.num_subspaces; instead of --bits)")
+    p.add_argument("--n-word", type=int, dest="num_codewords",
+                   help="K, codewords per codebook, a power of two (sets GPQConfig.num_codewords)")
     p.add_argument("--filters", help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)")
     p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
     p.add_argument("--retrieval-mode", choices=("original", "consistent"),

@@ -1,9 +1,38 @@
-"""GPQ hyper-parameters: one validated object, the original release's values as defaults."""
+"""GPQ hyper-parameters: one validated object, the original release's values as defaults.
+
+Also the few constants and argument checks that layers, retrieval and the config share.
+"""
 
 import dataclasses
 import math
+import numbers
 
 RETRIEVAL_MODES = ("original", "consistent")
+L2_EPSILON = 1e-12  # the floor tf.nn.l2_normalize puts under a squared norm (intra-normalisation)
+# Keys of GPQConfig before the KerasHub-style names; `.keras` files saved with them still load.
+LEGACY_KEYS = {"n_book": "num_subspaces", "n_word": "num_codewords", "len_code": "subspace_dim",
+               "n_classes": "num_classes"}
+
+
+def check_positive_int(name, value):
+    """`value` as an int if it is one (NumPy ints too) and >= 1; a ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"Expected a positive int for `{name}`. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_non_negative(name, value):
+    """`value` as a float if it is a number >= 0 (not NaN); a ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"Expected a non-negative number for `{name}`. Received: {name}={value!r}")
+    return float(value)
+
+
+def check_mode(mode):
+    """`mode` if it is one of `RETRIEVAL_MODES`; a ValueError otherwise."""
+    if mode not in RETRIEVAL_MODES:
+        raise ValueError(f"Expected a retrieval mode in {RETRIEVAL_MODES}. Received: mode={mode!r}")
+    return mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11,15 +40,15 @@ class GPQConfig:
     """Hyper-parameters of a GPQ network (defaults: the original `config.py`, 48 bits).
 
     Args:
-        n_book: int, M, the number of codebooks (sub-spaces). Default 12.
-        n_word: int, K, codewords per codebook; a power of two. Default 16.
-        len_code: int, d, dimensions of one sub-vector. The feature is M * d. Default 12.
+        num_subspaces: int, M, the number of codebooks (sub-spaces). Default 12.
+        num_codewords: int, K, codewords per codebook; a power of two. Default 16.
+        subspace_dim: int, d, dimensions of one sub-vector. The feature is M * d. Default 12.
         alpha: float, soft-assignment scale. Default 20.
         beta: float, classifier scale. Default 4.
         lambda1: float, weight of the subspace entropy mini-max loss. Default 0.1.
         lambda2: float, weight of the classification loss. Default 0.1.
         reg_lambda: float, N-pair regulariser on feature norms. Default 0.002.
-        n_classes: int, number of label classes. Default 10.
+        num_classes: int, number of label classes. Default 10.
         image_shape: (height, width, channels) of the input images. Default (32, 32, 3).
         filters: widths of the four VGG conv stages. Default (64, 128, 256, 512).
         learning_rate: float, initial Adam learning rate. Default 2e-4.
@@ -33,15 +62,15 @@ class GPQConfig:
             code's raw Z and raw queries (converted checkpoints use it).
     """
 
-    n_book: int = 12
-    n_word: int = 16
-    len_code: int = 12
+    num_subspaces: int = 12
+    num_codewords: int = 16
+    subspace_dim: int = 12
     alpha: float = 20.0
     beta: float = 4.0
     lambda1: float = 0.1
     lambda2: float = 0.1
     reg_lambda: float = 0.002
-    n_classes: int = 10
+    num_classes: int = 10
     image_shape: tuple = (32, 32, 3)
     filters: tuple = (64, 128, 256, 512)
     learning_rate: float = 2e-4
@@ -54,56 +83,55 @@ class GPQConfig:
     def __post_init__(self):
         object.__setattr__(self, "image_shape", tuple(self.image_shape))
         object.__setattr__(self, "filters", tuple(self.filters))
-        for name in ("n_book", "n_word", "len_code", "n_classes", "decay_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPQConfig.{name} must be a positive int. Received: {name}={value!r}")
-        if self.n_word < 2 or self.n_word & (self.n_word - 1):
-            raise ValueError(
-                f"GPQConfig.n_word (K) must be a power of two >= 2. Received: n_word={self.n_word!r}")
-        if self.n_word > 256:
-            raise ValueError(
-                f"GPQConfig.n_word (K) must be <= 256 so codes fit uint8. Received: n_word={self.n_word!r}")
+
+        def field_error(name, what):
+            return ValueError(f"GPQConfig.{name} must be {what}. Received: {name}={getattr(self, name)!r}")
+
+        for name in ("num_subspaces", "num_codewords", "subspace_dim", "num_classes", "decay_steps"):
+            try:
+                object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
+            except ValueError:
+                raise field_error(name, "a positive int") from None
+        k = self.num_codewords
+        if k < 2 or k > 256 or k & (k - 1):
+            raise field_error("num_codewords", "a power of two in [2, 256] (K; codes are uint8)")
         for name in ("alpha", "beta", "lambda1", "lambda2", "reg_lambda", "learning_rate",
                      "decay_rate", "epsilon"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(
-                    f"GPQConfig.{name} must be a non-negative number. Received: {name}={value!r}")
+            try:
+                check_non_negative(name, getattr(self, name))
+            except ValueError:
+                raise field_error(name, "a non-negative number") from None
         if not 0 <= self.beta_1 < 1:
-            raise ValueError(f"GPQConfig.beta_1 must be in [0, 1). Received: beta_1={self.beta_1!r}")
+            raise field_error("beta_1", "in [0, 1)")
         if len(self.image_shape) != 3 or not all(isinstance(v, int) and v > 0 for v in self.image_shape):
-            raise ValueError(
-                "GPQConfig.image_shape must be three positive ints (height, width, channels). "
-                f"Received: image_shape={self.image_shape!r}")
+            raise field_error("image_shape", "three positive ints (height, width, channels)")
         if len(self.filters) != 4 or not all(isinstance(v, int) and v > 0 for v in self.filters):
-            raise ValueError(
-                f"GPQConfig.filters must be four positive ints. Received: filters={self.filters!r}")
+            raise field_error("filters", "four positive ints")
         if self.retrieval_mode not in RETRIEVAL_MODES:
-            raise ValueError(
-                f"GPQConfig.retrieval_mode must be one of {RETRIEVAL_MODES}. "
-                f"Received: retrieval_mode={self.retrieval_mode!r}")
+            raise field_error("retrieval_mode", f"one of {RETRIEVAL_MODES}")
 
     @property
     def feature_dim(self):
         """M * d, the length of a feature vector."""
-        return self.n_book * self.len_code
+        return self.num_subspaces * self.subspace_dim
 
     @property
     def bits(self):
         """M * log2(K), the length of a code in bits."""
-        return self.n_book * int(math.log2(self.n_word))
+        return self.num_subspaces * int(math.log2(self.num_codewords))
 
     @classmethod
-    def from_bits(cls, bits, n_word=16, **kwargs):
-        """A config with `bits / log2(n_word)` codebooks (12, 24, 32 or 48 bits with K=16)."""
-        per_book = int(math.log2(n_word)) if n_word >= 2 else 0
-        if per_book < 1 or (n_word & (n_word - 1)):
-            raise ValueError(f"GPQConfig.n_word (K) must be a power of two >= 2. Received: n_word={n_word!r}")
-        if not isinstance(bits, int) or bits < per_book or bits % per_book:
+    def from_bits(cls, bits, num_codewords=16, **kwargs):
+        """A config with M = `bits / log2(num_codewords)` codebooks (12, 24, 32 or 48 bits with K=16)."""
+        valid_k = isinstance(num_codewords, int) and num_codewords >= 2 and not num_codewords & (num_codewords - 1)
+        if not valid_k:
+            raise ValueError("GPQConfig.num_codewords (K) must be a power of two >= 2. "
+                             f"Received: num_codewords={num_codewords!r}")
+        per_book = int(math.log2(num_codewords))
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits < per_book or bits % per_book:
             raise ValueError(
-                f"bits must be a positive multiple of log2(n_word)={per_book}. Received: bits={bits!r}")
-        return cls(n_book=bits // per_book, n_word=n_word, **kwargs)
+                f"bits must be a positive multiple of log2(num_codewords)={per_book}. Received: bits={bits!r}")
+        return cls(num_subspaces=bits // per_book, num_codewords=num_codewords, **kwargs)
 
     def replace(self, **changes):
         """A copy with some fields changed (validated again)."""
@@ -117,7 +145,17 @@ class GPQConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """Build from a dict (e.g. `get_config` or JSON); unknown keys raise a ValueError naming them."""
+        """Build from a dict (e.g. `get_config` or JSON); unknown keys raise a ValueError naming them.
+
+        The names of earlier versions (`n_book`, `n_word`, `len_code`, `n_classes`) are read as
+        `num_subspaces`, `num_codewords`, `subspace_dim`, `num_classes`.
+        """
+        values = dict(values)
+        for old, new in LEGACY_KEYS.items():
+            if old in values:
+                if new in values:
+                    raise ValueError(f"GPQConfig: both {old!r} and its new name {new!r} are given")
+                values[new] = values.pop(old)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

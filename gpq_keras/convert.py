@@ -26,10 +26,22 @@ import warnings
 
 import numpy as np
 
-from gpq_keras.backbones import CONV_BLOCKS, FEATURE_LAYER, TF1_SCOPE
+from gpq_keras.backbones import CONV_BLOCKS, FEATURE_LAYER
 from gpq_keras.config import GPQConfig
 
-ORIGINAL_LEN_CODE = 12  # d of every released configuration (config.py: len_code = 12 for 12..48 bits)
+# --- the original's names: Keras layer (gpq_keras.backbones) -> TF1 scope under `Fixed_VGG` -------------
+TF1_SCOPE = "Fixed_VGG"
+# TF1 numbers the convs conv2d, conv2d_1, ... conv2d_9 in network order (`_conv_scopes` resolves the suffixes).
+TF1_CONV_SCOPES = ("conv2d",) + tuple(f"conv2d_{i}" for i in range(1, len(CONV_BLOCKS)))
+TF1_BATCH_NORM_SCOPES = {
+    "batch0": "batch0", "batch0_1": "batch0-1",
+    "batch1": "batch1", "batch1_1": "batch1-1",
+    "batch2": "batch2", "batch2_1": "batch2-1", "batch2_2": "batch2-2",
+    "batch3": "batch3", "batch3_1": "batch3-1", "batch3_2": "batch3-2",
+}
+TF1_FEATURE_SCOPE = "dense"
+
+ORIGINAL_SUBSPACE_DIM = 12  # d of every released configuration (config.py: subspace_dim = 12 for 12..48 bits)
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 _CONV_RE = re.compile(rf"^{TF1_SCOPE}/conv2d(?:_(\d+))?/")
 _SKIP_RULES = (
@@ -107,8 +119,8 @@ class ConversionReport:
     def table(self):
         """A plain-text table of the mapping, then the skipped variables counted by kind."""
         cfg = self.config
-        lines = [f"{self.source}: GPQ M={cfg.n_book} K={cfg.n_word} d={cfg.len_code} ({cfg.bits} bits), "
-                 f"{cfg.n_classes} classes, filters={list(cfg.filters)}, "
+        lines = [f"{self.source}: GPQ M={cfg.num_subspaces} K={cfg.num_codewords} d={cfg.subspace_dim} ({cfg.bits} bits), "
+                 f"{cfg.num_classes} classes, filters={list(cfg.filters)}, "
                  f"image_shape={list(cfg.image_shape)}, retrieval_mode={cfg.retrieval_mode}"]
         width = max([len("TF1 variable")] + [len(n) for n, _, _ in self.mapped])
         kwidth = max([len("Keras weight")] + [len(k) for _, k, _ in self.mapped])
@@ -158,16 +170,27 @@ def _conv_scopes(names):
     """
     suffixes = sorted({int(m.group(1) or 0) for m in map(_CONV_RE.match, names) if m})
     count = len(CONV_BLOCKS)
-    base = 0
-    if len(suffixes) == count and suffixes == list(range(suffixes[0], suffixes[0] + count)):
-        base = suffixes[0]
-    return [f"{TF1_SCOPE}/conv2d" + (f"_{base + i}" if base + i else "") for i in range(count)]
+    if len(suffixes) == count and suffixes[0] and suffixes == list(range(suffixes[0], suffixes[0] + count)):
+        return [f"{TF1_SCOPE}/conv2d_{suffixes[0] + i}" for i in range(count)]
+    return [f"{TF1_SCOPE}/{scope}" for scope in TF1_CONV_SCOPES]
+
+
+def tf1_layer_names():
+    """{Keras layer name: TF1 scope} for every backbone layer with weights, in the standard numbering,
+    e.g. 'conv0_1' -> 'Fixed_VGG/conv2d_1', 'batch0_1' -> 'Fixed_VGG/batch0-1'."""
+    names = {}
+    for (_, conv, bn), tf1_conv in zip(CONV_BLOCKS, TF1_CONV_SCOPES):
+        names[conv] = f"{TF1_SCOPE}/{tf1_conv}"
+        names[bn] = f"{TF1_SCOPE}/{TF1_BATCH_NORM_SCOPES[bn]}"
+    names[FEATURE_LAYER] = f"{TF1_SCOPE}/{TF1_FEATURE_SCOPE}"
+    return names
 
 
 def _backbone_targets(backbone, names, with_moving_stats=True, with_dense=True):
     """{TF1 name: (Keras weight path, variable)} for the backbone, conv scopes resolved from `names`."""
     targets = {}
-    for (_, conv, bn, _, tf1_bn), scope in zip(CONV_BLOCKS, _conv_scopes(names)):
+    for (_, conv, bn), scope in zip(CONV_BLOCKS, _conv_scopes(names)):
+        tf1_bn = TF1_BATCH_NORM_SCOPES[bn]
         layer = backbone.get_layer(conv)
         targets[f"{scope}/kernel"] = (f"backbone/{conv}/kernel", layer.kernel)
         targets[f"{scope}/bias"] = (f"backbone/{conv}/bias", layer.bias)
@@ -175,10 +198,10 @@ def _backbone_targets(backbone, names, with_moving_stats=True, with_dense=True):
         for weight in _BN_WEIGHTS if with_moving_stats else ("gamma", "beta"):
             targets[f"{TF1_SCOPE}/{tf1_bn}/{weight}"] = (f"backbone/{bn}/{weight}", getattr(layer, weight))
     if with_dense:
-        layer = backbone.get_layer(FEATURE_LAYER[0])
+        layer = backbone.get_layer(FEATURE_LAYER)
         for weight in ("kernel", "bias"):
-            targets[f"{TF1_SCOPE}/{FEATURE_LAYER[1]}/{weight}"] = (
-                f"backbone/{FEATURE_LAYER[0]}/{weight}", getattr(layer, weight))
+            targets[f"{TF1_SCOPE}/{TF1_FEATURE_SCOPE}/{weight}"] = (
+                f"backbone/{FEATURE_LAYER}/{weight}", getattr(layer, weight))
     return targets
 
 
@@ -216,7 +239,7 @@ def infer_config(shapes, overrides=None):
 
     K and the number of classes come from `Z` (K, M*d) and `C` (classes, M*d); the stage widths and image
     channels from the conv kernels. Shapes fix only M*d, not M and d apart: d defaults to the original's 12
-    (M = M*d / 12) unless `overrides` gives `n_book` or `len_code`. Height and width default to 32x32.
+    (M = M*d / 12) unless `overrides` gives `num_subspaces` or `subspace_dim`. Height and width default to 32x32.
     `retrieval_mode` defaults to `"original"`.
     """
     overrides = dict(overrides or {})
@@ -226,25 +249,25 @@ def infer_config(shapes, overrides=None):
     if missing:
         raise ConversionError(source, missing=missing, note="Z and C (2-D) are needed to infer the config; "
                                                             "pass a full config otherwise")
-    (n_word, dim), (n_classes, c_dim) = shapes["Z"], shapes["C"]
+    (num_codewords, dim), (num_classes, c_dim) = shapes["Z"], shapes["C"]
     if dim != c_dim:
-        raise ConversionError(source, mismatched=[("C", shapes["C"], "classifier/C", (n_classes, dim))],
+        raise ConversionError(source, mismatched=[("C", shapes["C"], "classifier/C", (num_classes, dim))],
                               note=f"Z holds {dim}-d codewords but C {c_dim}-d prototypes")
-    values = {"n_word": n_word, "n_classes": n_classes}
-    n_book, len_code = overrides.get("n_book"), overrides.get("len_code")
-    if n_book is None and len_code is None:
-        if dim % ORIGINAL_LEN_CODE:
+    values = {"num_codewords": num_codewords, "num_classes": num_classes}
+    num_subspaces, subspace_dim = overrides.get("num_subspaces"), overrides.get("subspace_dim")
+    if num_subspaces is None and subspace_dim is None:
+        if dim % ORIGINAL_SUBSPACE_DIM:
             raise ConversionError(source, note=f"M*d = {dim} is not a multiple of the original d = "
-                                               f"{ORIGINAL_LEN_CODE}; give n_book or len_code in the config")
-        len_code = ORIGINAL_LEN_CODE
-    for name, given in (("len_code", len_code), ("n_book", n_book)):
+                                               f"{ORIGINAL_SUBSPACE_DIM}; give num_subspaces or subspace_dim in the config")
+        subspace_dim = ORIGINAL_SUBSPACE_DIM
+    for name, given in (("subspace_dim", subspace_dim), ("num_subspaces", num_subspaces)):
         if isinstance(given, int) and given > 0 and dim % given:
             raise ConversionError(source, note=f"{name}={given} does not divide M*d = {dim} (the width of Z)")
-    if n_book is None and isinstance(len_code, int) and len_code > 0:
-        n_book = dim // len_code
-    if len_code is None and isinstance(n_book, int) and n_book > 0:
-        len_code = dim // n_book
-    values.update(n_book=n_book, len_code=len_code)
+    if num_subspaces is None and isinstance(subspace_dim, int) and subspace_dim > 0:
+        num_subspaces = dim // subspace_dim
+    if subspace_dim is None and isinstance(num_subspaces, int) and num_subspaces > 0:
+        subspace_dim = dim // num_subspaces
+    values.update(num_subspaces=num_subspaces, subspace_dim=subspace_dim)
     kernels = [shapes.get(f"{scope}/kernel") for scope in _conv_scopes(shapes)]
     if all(k is not None and len(k) == 4 for k in kernels):
         first = {}
@@ -277,7 +300,7 @@ def convert_tf1_checkpoint(prefix, config=None, return_report=False):
         config: None, a dict or a `GPQConfig`. None infers everything from the shapes (`infer_config`): M, K,
             d (d = 12, the original's), classes, stage widths, channels, 32x32 images,
             `retrieval_mode="original"`. A dict overrides some inferred fields, e.g.
-            `{"image_shape": [16, 16, 3], "n_book": 3}`. A `GPQConfig` is used as given and checked against
+            `{"image_shape": [16, 16, 3], "num_subspaces": 3}`. A `GPQConfig` is used as given and checked against
             the shapes.
         return_report: bool, also return a `ConversionReport` (the mapping table). Default False.
 

@@ -6,17 +6,7 @@ Shapes: B = batch, M = `num_subspaces` (codebooks), d = sub-vector length, K = c
 import keras
 from keras import ops
 
-_L2_EPSILON = 1e-12  # the floor tf.nn.l2_normalize uses on the squared norm
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected a positive int for `{name}`. Received: {name}={value!r}")
-
-
-def _check_non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"Expected a non-negative number for `{name}`. Received: {name}={value!r}")
+from gpq_keras.config import L2_EPSILON, check_non_negative, check_positive_int
 
 
 def _split_subspaces(x, num_subspaces):
@@ -33,7 +23,7 @@ def intra_normalize(x, num_subspaces):
     """L2-normalise each of the M sub-vectors of x (B, M*d) separately -> (B, M*d)."""
     parts = _split_subspaces(x, num_subspaces)
     sq = ops.sum(ops.square(parts), axis=-1, keepdims=True)
-    parts = parts * ops.rsqrt(ops.maximum(sq, _L2_EPSILON))
+    parts = parts * ops.rsqrt(ops.maximum(sq, L2_EPSILON))
     return ops.reshape(parts, (-1, x.shape[-1]))
 
 
@@ -73,7 +63,7 @@ class IntraNormalization(keras.layers.Layer):
 
     def __init__(self, num_subspaces, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("num_subspaces", num_subspaces)
+        check_positive_int("num_subspaces", num_subspaces)
         self.num_subspaces = num_subspaces
         self.supports_masking = True
 
@@ -109,9 +99,9 @@ class SoftProductQuantizer(keras.layers.Layer):
     def __init__(self, num_subspaces, num_codewords, alpha=20.0,
                  codebook_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("num_subspaces", num_subspaces)
-        _check_positive_int("num_codewords", num_codewords)
-        _check_non_negative("alpha", alpha)
+        check_positive_int("num_subspaces", num_subspaces)
+        check_positive_int("num_codewords", num_codewords)
+        check_non_negative("alpha", alpha)
         self.num_subspaces = num_subspaces
         self.num_codewords = num_codewords
         self.alpha = float(alpha)
@@ -172,9 +162,9 @@ class SubspaceClassifier(keras.layers.Layer):
     def __init__(self, num_classes, num_subspaces, beta=4.0,
                  prototype_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("num_subspaces", num_subspaces)
-        _check_non_negative("beta", beta)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("num_subspaces", num_subspaces)
+        check_non_negative("beta", beta)
         self.num_classes = num_classes
         self.num_subspaces = num_subspaces
         self.beta = float(beta)
@@ -227,7 +217,7 @@ class GradientReversal(keras.layers.Layer):
 
     def __init__(self, scale=1.0, **kwargs):
         super().__init__(**kwargs)
-        _check_non_negative("scale", scale)
+        check_non_negative("scale", scale)
         self.scale = float(scale)
         self.supports_masking = True
 

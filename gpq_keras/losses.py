@@ -5,15 +5,18 @@ Labels are given as a float matrix Y of shape (B, classes): one-hot or multi-hot
 
 from keras import ops
 
+from gpq_keras.config import L2_EPSILON
+from gpq_keras.layers import intra_normalize
+
 _LOG_EPSILON = 1e-5  # the original's guard inside log(p + eps)
 
 
 def _l2_normalize(x):
-    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+    return intra_normalize(x, 1)  # one sub-space: the whole vector
 
 
 def _row_normalize(y):
-    return y / ops.maximum(ops.sum(y, axis=-1, keepdims=True), 1e-12)
+    return y / ops.maximum(ops.sum(y, axis=-1, keepdims=True), L2_EPSILON)
 
 
 def _soft_cross_entropy(targets, logits):

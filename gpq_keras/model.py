@@ -80,12 +80,12 @@ class GPQ(keras.Model):
                                    image_shape=config.image_shape, name="backbone")
         if backbone.output_shape[-1] != config.feature_dim:
             raise ValueError(
-                f"The backbone's output ({backbone.output_shape[-1]}) must equal n_book * len_code = "
+                f"The backbone's output ({backbone.output_shape[-1]}) must equal num_subspaces * subspace_dim = "
                 f"{config.feature_dim}")
         self.backbone = backbone
-        self.intra_norm = IntraNormalization(config.n_book, name="intra_norm")
-        self.quantizer = SoftProductQuantizer(config.n_book, config.n_word, config.alpha, name="quantizer")
-        self.classifier = SubspaceClassifier(config.n_classes, config.n_book, config.beta, name="classifier")
+        self.intra_norm = IntraNormalization(config.num_subspaces, name="intra_norm")
+        self.quantizer = SoftProductQuantizer(config.num_subspaces, config.num_codewords, config.alpha, name="quantizer")
+        self.classifier = SubspaceClassifier(config.num_classes, config.num_subspaces, config.beta, name="classifier")
         self.reversal = GradientReversal(name="gradient_reversal")
         self.quantizer.build((None, config.feature_dim))
         self.classifier.build((None, config.feature_dim))
@@ -152,7 +152,7 @@ class GPQ(keras.Model):
     def _label_matrix(self, labels):
         """Y (B, classes) float from int class ids (B,) or multi-hot (B, classes)."""
         if len(labels.shape) == 1:
-            return ops.one_hot(ops.cast(labels, "int32"), self.gpq_config.n_classes)
+            return ops.one_hot(ops.cast(labels, "int32"), self.gpq_config.num_classes)
         return ops.cast(labels, "float32")
 
     def _unpack(self, data):
@@ -170,7 +170,7 @@ class GPQ(keras.Model):
         g = self.intra_norm(self.reversal(self(unlabeled, training=training)))
         q = self.quantizer(f, prototypes=self.classifier.prototypes)  # SA(Z', f), Z' = SA(P, Z)
         f, g, q = (ops.cast(t, "float32") for t in (f, g, q))
-        npq = n_pair_pq_loss(y, f, q, cfg.n_book, cfg.reg_lambda)
+        npq = n_pair_pq_loss(y, f, q, cfg.num_subspaces, cfg.reg_lambda)
         cls = classification_loss(y, ops.cast(self.classifier(f), "float32"))
         ent = subspace_entropy_loss(ops.cast(self.classifier(g), "float32"))
         loss = npq + cfg.lambda1 * ent + cfg.lambda2 * cls

@@ -387,7 +387,7 @@ class PQIndex:
         config = model.gpq_config
         mode = _check_mode(config.retrieval_mode if mode is None else mode)
         codebook = model.codebook if mode == "original" else model.refined_codebook
-        index = cls(codebook, config.n_book, mode)
+        index = cls(codebook, config.num_subspaces, mode)
         index._model = model
         return index
 

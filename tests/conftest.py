@@ -17,7 +17,7 @@ from gpq_keras.config import GPQConfig  # noqa: E402
 @pytest.fixture
 def tiny_config():
     """A small GPQ (M=3, K=4, d=4, narrow VGG on 16x16 images) so tests stay fast."""
-    return GPQConfig(n_book=3, n_word=4, len_code=4, n_classes=5, image_shape=(16, 16, 3), filters=(4, 8, 8, 8))
+    return GPQConfig(num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5, image_shape=(16, 16, 3), filters=(4, 8, 8, 8))
 
 
 @pytest.fixture(autouse=True)

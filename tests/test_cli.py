@@ -36,8 +36,8 @@ def workspace(tmp_path_factory):
 def test_train_writes_model_checkpoints_and_log(workspace):
     _, _, out = workspace
     model = load_gpq(out / "model.keras")
-    assert (model.gpq_config.n_book, model.gpq_config.n_word, model.gpq_config.filters) == (3, 4, (4, 8, 8, 8))
-    assert model.gpq_config.image_shape == (16, 16, 3) and model.gpq_config.n_classes == 10
+    assert (model.gpq_config.num_subspaces, model.gpq_config.num_codewords, model.gpq_config.filters) == (3, 4, (4, 8, 8, 8))
+    assert model.gpq_config.image_shape == (16, 16, 3) and model.gpq_config.num_classes == 10
     assert sorted(os.listdir(out / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
     with open(out / "log.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -50,7 +50,7 @@ def _reference_map(model, split_npz, mode):
     """The original's evaluation re-stated with loops (tests/tf1_reference.py, NumPy float64); the
     consistent mode is the same algorithm with Z' and intra-normalised queries."""
     data = np.load(split_npz)
-    m = model.gpq_config.n_book
+    m = model.gpq_config.num_subspaces
     queries, database = model.encode(data["x_query"]), model.encode(data["x_db"])
     codebook = model.codebook if mode == "original" else model.refined_codebook
     if mode == "consistent":
@@ -115,7 +115,7 @@ def test_errors_are_one_line_with_status_2(workspace, capsys, tmp_path):
         (["evaluate", "--model", str(tmp_path / "missing.keras"), "--data", spec], "missing.keras"),
         (["evaluate", "--model", str(out / "model.keras"), "--data", "cifar100:x"], "cifar100"),
         (["evaluate", "--model", str(out / "model.keras"), "--data", "digits"], "expects (16, 16, 3)"),
-        (["train", "--data", spec, "--output", str(tmp_path / "r"), "--n-word", "6"], "n_word"),
+        (["train", "--data", spec, "--output", str(tmp_path / "r"), "--n-word", "6"], "num_codewords"),
         (["convert", "--checkpoint", str(tmp_path / "nothing.ckpt"), "--output", str(tmp_path / "m.keras")],
          "nothing.ckpt"),
     ]
@@ -140,7 +140,7 @@ def test_train_initialises_the_backbone_from_imagenet_mat(workspace, tmp_path, c
     """`gpq train --imagenet-mat`: the original's .mat keys (TF1 names with :0, (1, N) vectors) land in F."""
     import scipy.io
 
-    from gpq_keras.backbones import tf1_layer_names
+    from gpq_keras.convert import tf1_layer_names
 
     _, spec, _ = workspace
     rng = np.random.default_rng(3)

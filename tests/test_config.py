@@ -5,7 +5,7 @@ from gpq_keras.config import PRESETS, GPQConfig, get_preset
 
 def test_defaults_are_the_original_48_bit_setting():
     c = GPQConfig()
-    assert (c.n_book, c.n_word, c.len_code, c.n_classes) == (12, 16, 12, 10)
+    assert (c.num_subspaces, c.num_codewords, c.subspace_dim, c.num_classes) == (12, 16, 12, 10)
     assert (c.alpha, c.beta, c.lambda1, c.lambda2, c.reg_lambda) == (20.0, 4.0, 0.1, 0.1, 0.002)
     assert (c.learning_rate, c.decay_steps, c.decay_rate, c.beta_1, c.epsilon) == (2e-4, 100, 0.95, 0.5, 1e-8)
     assert c.feature_dim == 144 and c.bits == 48 and c.image_shape == (32, 32, 3)
@@ -15,22 +15,22 @@ def test_defaults_are_the_original_48_bit_setting():
 @pytest.mark.parametrize("bits, books", [(12, 3), (24, 6), (32, 8), (48, 12)])
 def test_from_bits_and_presets(bits, books):
     c = GPQConfig.from_bits(bits)
-    assert c.n_book == books and c.bits == bits
+    assert c.num_subspaces == books and c.bits == bits
     assert PRESETS[f"gpq_cifar10_{bits}bit"] == c
     assert get_preset(f"gpq_cifar10_{bits}bit").bits == bits
 
 
 def test_dict_round_trip():
-    c = GPQConfig(n_book=4, filters=(8, 8, 8, 8), retrieval_mode="original")
+    c = GPQConfig(num_subspaces=4, filters=(8, 8, 8, 8), retrieval_mode="original")
     assert GPQConfig.from_dict(c.to_dict()) == c
 
 
 @pytest.mark.parametrize("kwargs, field", [
-    ({"n_word": 12}, "n_word"),
-    ({"n_word": 1}, "n_word"),
-    ({"n_word": 512}, "n_word"),
-    ({"n_book": 0}, "n_book"),
-    ({"len_code": 2.0}, "len_code"),
+    ({"num_codewords": 12}, "num_codewords"),
+    ({"num_codewords": 1}, "num_codewords"),
+    ({"num_codewords": 512}, "num_codewords"),
+    ({"num_subspaces": 0}, "num_subspaces"),
+    ({"subspace_dim": 2.0}, "subspace_dim"),
     ({"alpha": -1.0}, "alpha"),
     ({"beta": -4}, "beta"),
     ({"lambda1": float("nan")}, "lambda1"),

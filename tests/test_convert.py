@@ -16,8 +16,8 @@ from gpq_keras.config import GPQConfig
 from gpq_keras.convert import ConversionError, convert_tf1_checkpoint, infer_config, load_imagenet_mat
 from gpq_keras.model import GPQ, load_gpq, save_atomic
 
-TINY = dict(filters=(4, 8, 8, 8), n_book=3, n_word=4, len_code=4, n_classes=5)
-TINY_CONFIG = GPQConfig(n_book=3, n_word=4, len_code=4, n_classes=5, image_shape=(16, 16, 3),
+TINY = dict(filters=(4, 8, 8, 8), num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5)
+TINY_CONFIG = GPQConfig(num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5, image_shape=(16, 16, 3),
                         filters=(4, 8, 8, 8))
 N_QUERY, N_DB = 12, 48
 
@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
     """The original architecture at tiny widths on 16x16 images, saved as `48bits_example.ckpt`."""
     rng = np.random.default_rng(1)
     images = rng.standard_normal((N_QUERY + N_DB, 16, 16, 3)).astype(np.float32)
-    labels = rng.integers(0, TINY["n_classes"], N_QUERY + N_DB)
+    labels = rng.integers(0, TINY["num_classes"], N_QUERY + N_DB)
     prefix = tmp_path_factory.mktemp("original") / "48bits_example.ckpt"
     out = ref.make_tf1_checkpoint(prefix, images, seed=2, **TINY)
     return dict(out, prefix=str(prefix), images=images, labels=labels)
@@ -38,9 +38,9 @@ def _similarity(labels):
 
 
 def test_converted_model_matches_tf1_features_codes_and_map(tiny):
-    model = convert_tf1_checkpoint(tiny["prefix"], config={"n_book": 3, "image_shape": [16, 16, 3]})
+    model = convert_tf1_checkpoint(tiny["prefix"], config={"num_subspaces": 3, "image_shape": [16, 16, 3]})
     cfg = model.gpq_config
-    assert (cfg.n_book, cfg.n_word, cfg.len_code, cfg.n_classes) == (3, 4, 4, 5)
+    assert (cfg.num_subspaces, cfg.num_codewords, cfg.subspace_dim, cfg.num_classes) == (3, 4, 4, 5)
     assert cfg.filters == (4, 8, 8, 8) and cfg.retrieval_mode == "original"
 
     features = model.encode(tiny["images"])
@@ -51,7 +51,7 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
     sim = _similarity(tiny["labels"])
     tf1 = tiny["features"]
     want_map, want_codes, want_dist = ref.original_map(tiny["Z"], 3, tf1[N_QUERY:], tf1[:N_QUERY], sim)
-    got_map, got_codes, got_dist = ref.original_map(model.codebook, cfg.n_book, features[N_QUERY:],
+    got_map, got_codes, got_dist = ref.original_map(model.codebook, cfg.num_subspaces, features[N_QUERY:],
                                                     features[:N_QUERY], sim)
     assert len(np.unique(want_codes)) > 1 and 0.0 < want_map < 1.0  # a test that could fail
     np.testing.assert_array_equal(got_codes, want_codes)
@@ -61,10 +61,10 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
     # The package's retrieval (what `gpq evaluate --mode original` runs) agrees with the original's loops.
     from gpq_keras import metrics, retrieval
 
-    np.testing.assert_array_equal(retrieval.encode_codes(features[N_QUERY:], model.codebook, cfg.n_book),
+    np.testing.assert_array_equal(retrieval.encode_codes(features[N_QUERY:], model.codebook, cfg.num_subspaces),
                                   want_codes)
     np.testing.assert_allclose(retrieval.asymmetric_distances(features[:N_QUERY], want_codes, model.codebook,
-                                                              cfg.n_book, mode="original"),
+                                                              cfg.num_subspaces, mode="original"),
                                want_dist, atol=1e-5)
     labels = tiny["labels"]
     index = retrieval.PQIndex.from_model(model)  # the config's retrieval_mode: "original"
@@ -76,7 +76,7 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
 
 
 def test_report_maps_every_weight_once_and_skips_training_leftovers(tiny):
-    overrides = {"n_book": 3, "image_shape": [16, 16, 3]}
+    overrides = {"num_subspaces": 3, "image_shape": [16, 16, 3]}
     # A path to one of the prefix's files works too.
     model, report = convert_tf1_checkpoint(tiny["prefix"] + ".index", config=overrides, return_report=True)
     assert report.source == tiny["prefix"]
@@ -99,7 +99,7 @@ def test_full_width_48bit_checkpoint_converts_with_inferred_config(tmp_path):
     out = ref.make_tf1_checkpoint(prefix, images, seed=4)  # the original: 64..512, M=12, K=16, d=12
     model = convert_tf1_checkpoint(prefix)
     cfg = model.gpq_config
-    assert (cfg.n_book, cfg.n_word, cfg.len_code, cfg.n_classes, cfg.bits) == (12, 16, 12, 10, 48)
+    assert (cfg.num_subspaces, cfg.num_codewords, cfg.subspace_dim, cfg.num_classes, cfg.bits) == (12, 16, 12, 10, 48)
     assert cfg.filters == (64, 128, 256, 512) and cfg.image_shape == (32, 32, 3)
     assert cfg.retrieval_mode == "original"
     features = model.encode(images)
@@ -154,14 +154,14 @@ def test_missing_checkpoint_is_a_file_not_found_error(tmp_path):
 
 def test_infer_config_needs_z_and_c_and_a_divisible_width():
     shapes = {"Z": (16, 144), "C": (10, 144)}
-    assert infer_config(shapes).n_book == 12
-    assert infer_config(shapes, {"len_code": 24}).n_book == 6
+    assert infer_config(shapes).num_subspaces == 12
+    assert infer_config(shapes, {"subspace_dim": 24}).num_subspaces == 6
     with pytest.raises(ConversionError, match=r"cannot convert: 1 missing \(C \[\?\]\)"):
         infer_config({"Z": (16, 144)})
     with pytest.raises(ConversionError, match="not a multiple of the original d = 12"):
         infer_config({"Z": (16, 20), "C": (10, 20)})
-    with pytest.raises(ConversionError, match="n_book=7 does not divide"):
-        infer_config(shapes, {"n_book": 7})
+    with pytest.raises(ConversionError, match="num_subspaces=7 does not divide"):
+        infer_config(shapes, {"num_subspaces": 7})
 
 
 def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
@@ -176,7 +176,7 @@ def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
 
     config_json = tmp_path / "config.json"
     # Only what the shapes cannot tell; the rest (and retrieval_mode="original") is inferred.
-    config_json.write_text(__import__("json").dumps({"image_shape": [16, 16, 3], "n_book": 3}))
+    config_json.write_text(__import__("json").dumps({"image_shape": [16, 16, 3], "num_subspaces": 3}))
     output = tmp_path / "converted" / "gpq_cifar10_48bit.keras"
     assert cli.main(["convert", "--checkpoint", tiny["prefix"], "--output", str(output),
                      "--config", str(config_json)]) == 0

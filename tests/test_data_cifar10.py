@@ -69,7 +69,7 @@ def test_load_split_follows_the_protocol_on_a_scaled_down_count(folder, fake):
     assert split.x_unlabeled is split.x_db
     np.testing.assert_array_equal(split.y_db, fake[1][unlabeled])
     assert (len(split.x_query), len(split.x_labeled), len(split.x_db)) == (20, 50, 50)
-    assert split.x_query.dtype == np.uint8 and split.n_classes == 10
+    assert split.x_query.dtype == np.uint8 and split.num_classes == 10
     assert split.class_names == tuple(CLASS_NAMES)
 
 
@@ -199,7 +199,7 @@ def test_tfds_load_path_with_mock_data(tmp_path):
         reference = next(iter(tfds.load("cifar10", split="train", data_dir=str(tmp_path), batch_size=60)))
     assert len(split.x_query) == 20 and len(split.x_query) + len(split.x_labeled) + len(split.x_db) == 120
     assert split.x_db.dtype == np.uint8 and split.x_db.shape[1:] == (32, 32, 3)
-    assert split.y_db.dtype == np.int64 and split.n_classes == 10
+    assert split.y_db.dtype == np.int64 and split.num_classes == 10
     labels = np.asarray(reference["label"])
     np.testing.assert_array_equal(np.sort(np.concatenate([split.y_query, split.y_labeled, split.y_db])),
                                   np.sort(np.concatenate([labels, labels])))

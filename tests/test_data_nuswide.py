@@ -53,7 +53,7 @@ def test_load_split_decodes_and_resizes_in_tf_data(nus):
     split = nuswide.load_split(lists, root, image_size=16)
     assert (len(split.x_query), len(split.x_labeled), len(split.x_db)) == (3, 4, 6)
     assert split.x_db.shape == (6, 16, 16, 3) and split.x_db.dtype == np.uint8
-    assert split.x_unlabeled is split.x_db and split.n_classes == 21 and split.y_db.shape == (6, 21)
+    assert split.x_unlabeled is split.x_db and split.num_classes == 21 and split.y_db.shape == (6, 21)
     parts = ((split.x_query, "test.txt"), (split.x_labeled, "train.txt"), (split.x_db, "database.txt"))
     for x, name in parts:
         colours = COLOURS[[row[0] for row in entries[name]]]

@@ -67,7 +67,7 @@ def test_npz_round_trip(tmp_path, multi_hot):
     loaded = load_data(f"npz:{path}")
     for key in ("x_query", "y_query", "x_db", "y_db", "x_labeled", "y_labeled", "x_unlabeled"):
         np.testing.assert_array_equal(getattr(loaded, key), getattr(split, key))
-    assert loaded.name == "mine" and loaded.n_classes == 5 and loaded.has_training_data
+    assert loaded.name == "mine" and loaded.num_classes == 5 and loaded.has_training_data
     assert os.listdir(tmp_path) == ["mine.npz"]
 
 
@@ -110,7 +110,7 @@ def test_folder_of_class_subfolders(tmp_path):
             tf.io.write_file(str(tmp_path / "pics" / name / f"{i:02d}.png"), tf.io.encode_png(image))
     (tmp_path / "pics" / "README.txt").write_text("not an image, not a class")
     split = load_data(f"folder:{tmp_path / 'pics'}", image_size=16)
-    assert split.class_names == ("cat", "dog", "emu") and split.n_classes == 3
+    assert split.class_names == ("cat", "dog", "emu") and split.num_classes == 3
     assert split.name == "pics" and split.x_db.shape[1:] == (16, 16, 3) and split.x_db.dtype == np.uint8
     # 60 images: every 10th is a query (6); of the 18 per class left, a tenth (1) is labeled.
     assert (len(split.x_query), len(split.x_labeled), len(split.x_db)) == (6, 3, 51)

@@ -15,7 +15,7 @@ def _images(n, shape=(16, 16, 3)):
     return RNG.normal(size=(n, *shape)).astype(np.float32)
 
 
-def test_backbone_shapes_and_tf1_layer_names(tiny_config):
+def test_backbone_shapes_and_layer_names(tiny_config):
     backbone = VGGBackbone(12, filters=(4, 8, 8, 8), image_shape=(16, 16, 3))
     assert backbone(_images(2)).shape == (2, 12)
     names = [layer.name for layer in backbone.layers if layer.weights]
@@ -109,7 +109,7 @@ class _StepLosses(keras.callbacks.Callback):
 
 def test_fit_one_epoch_on_digits_losses_finite_and_decreasing():
     split = _digits_split()  # 300 images: 30 queries, 150 labeled, 120 unlabeled
-    config = GPQConfig(n_book=4, n_word=8, len_code=6, filters=(8, 16, 16, 16), learning_rate=3e-3)
+    config = GPQConfig(num_subspaces=4, num_codewords=8, subspace_dim=6, filters=(8, 16, 16, 16), learning_rate=3e-3)
     model = GPQ(config)
     model.compile()
     dataset, steps = train_dataset(split, batch_size=30, seed=0, augmented=False)
@@ -168,5 +168,5 @@ def test_save_and_load_round_trip(tmp_path, tiny_config):
 
 
 def test_backbone_with_wrong_output_size_is_refused(tiny_config):
-    with pytest.raises(ValueError, match="n_book \\* len_code = 12"):
+    with pytest.raises(ValueError, match="num_subspaces \\* subspace_dim = 12"):
         GPQ(tiny_config, backbone=VGGBackbone(10, filters=(4, 4, 4, 4), image_shape=(16, 16, 3)))

@@ -82,22 +82,22 @@ def _value_for(name, shape, rng):
     return (rng.standard_normal(shape) * 0.3).astype(np.float32)  # biases, beta, moving_mean, Z, C, slots
 
 
-def make_tf1_checkpoint(prefix, images, *, filters=(64, 128, 256, 512), n_book=12, n_word=16, len_code=12,
-                        n_classes=10, seed=0):
+def make_tf1_checkpoint(prefix, images, *, filters=(64, 128, 256, 512), num_subspaces=12, num_codewords=16, subspace_dim=12,
+                        num_classes=10, seed=0):
     """Build the original's variables and graph, fill them randomly, save to `prefix` with a TF1 Saver.
 
     Returns a dict: `features` (N, M*d) float32, F(images) computed by the TF1 graph in inference mode;
     `values` {checkpoint name: array} of every saved variable; `Z` and `C`.
     """
     rng = np.random.default_rng(seed)
-    feature_dim = n_book * len_code
+    feature_dim = num_subspaces * subspace_dim
     images = np.asarray(images, np.float32)
     graph = tf.Graph()
     with graph.as_default():
         # GPQ.__init__ creates Z and C first; F then runs twice in training mode (labeled and unlabeled
         # streams, AUTO_REUSE) and once for inference (Demo.py).
-        z = tf.compat.v1.get_variable("Z", [n_word, feature_dim])
-        c = tf.compat.v1.get_variable("C", [n_classes, feature_dim])
+        z = tf.compat.v1.get_variable("Z", [num_codewords, feature_dim])
+        c = tf.compat.v1.get_variable("C", [num_classes, feature_dim])
         x = tf.compat.v1.placeholder(tf.float32, [None, *images.shape[1:]], name="x")
         x_t = tf.compat.v1.placeholder(tf.float32, [None, *images.shape[1:]], name="x_T")
         f_s = _forward(x, filters, feature_dim, training=True)

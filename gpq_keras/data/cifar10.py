@@ -282,7 +282,7 @@ def load_split(directory=None, *, from_tfds=False, data_dir=None, manual_dir=Non
         images, labels, names = read_folder(directory)
     split = protocol_split(images, labels, query_every=query_every, labeled_per_class=labeled_per_class,
                            name="cifar10")
-    split.n_classes = len(names)
+    split.num_classes = len(names)
     split.class_names = tuple(names)
     if similarity is not None:
         check_similarity(load_similarity(similarity), split.y_query, split.y_db, source=similarity)

@@ -113,4 +113,4 @@ def load_split(list_dir, image_root, image_size=32, n_labels=N_LABELS):
     for part, (_, labels) in lists.items():
         parts[f"x_{part}"] = decode_images(files[part], image_size)
         parts[f"y_{part}"] = labels
-    return Split(**parts, n_classes=n_labels, name="nuswide")
+    return Split(**parts, num_classes=n_labels, name="nuswide")

@@ -21,16 +21,16 @@ class Split:
     x_labeled: np.ndarray = None
     y_labeled: np.ndarray = None
     x_unlabeled: np.ndarray = None
-    n_classes: int = None
+    num_classes: int = None
     name: str = "data"
     class_names: tuple = None
 
     def __post_init__(self):
         if self.x_unlabeled is None:
             self.x_unlabeled = self.x_db
-        if self.n_classes is None:
+        if self.num_classes is None:
             labels = [y for y in (self.y_query, self.y_db, self.y_labeled) if y is not None]
-            self.n_classes = (labels[0].shape[1] if labels[0].ndim == 2
+            self.num_classes = (labels[0].shape[1] if labels[0].ndim == 2
                               else int(max(int(y.max()) for y in labels)) + 1)
         for prefix in ("query", "db", "labeled"):
             x, y = getattr(self, f"x_{prefix}"), getattr(self, f"y_{prefix}")
@@ -71,4 +71,4 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
     return Split(x_query=images[is_query], y_query=labels[is_query],
                  x_db=images[unlabeled], y_db=labels[unlabeled],
                  x_labeled=images[labeled], y_labeled=labels[labeled],
-                 n_classes=int(labels.max()) + 1, name=name)
+                 num_classes=int(labels.max()) + 1, name=name)

@@ -110,6 +110,6 @@ def load_folder(directory, image_size=32, query_every=10, labeled_per_class=None
     if not len(split.x_db):
         raise ValueError(f"{directory}: too few images for a database ({len(images)} images, "
                          f"labeled_per_class={labeled_per_class})")
-    split.n_classes = len(class_names)
+    split.num_classes = len(class_names)
     split.class_names = class_names
     return split
