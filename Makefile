@@ -8,7 +8,7 @@ DEMO_EPOCHS ?= 40
 # A narrower VGG than the original's (64,128,256,512) so the demo trains in minutes on 2 CPU cores.
 DEMO_FILTERS ?= 16,32,64,64
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+# Everything but the slow end-to-end tests (@pytest.mark.large): under a minute.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not large" tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_train_step.py

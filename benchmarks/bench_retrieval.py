@@ -6,10 +6,12 @@
 On random data of the paper's size (1,000 queries, 54,000 items, M=12, K=16, d=12, 10 classes) it times,
 in one run:
 
-- the original's `PQ_retrieval` tail, restated from `utils/RetrievalTest.py`: `pqDist` (Python loops over
-  queries, sub-spaces and codewords), `np.argsort` of the (N, Q) distance matrix, `cat_apcal` (Python
-  loops over queries and the whole ranked database, relevance read from a dense `np.matrix`);
-- ours: `PQIndex.add` of the codes and `metrics.evaluate_index` (mAP over the whole database);
+- the original's `PQ_retrieval` tail (`tests/original_retrieval.py`, the one restatement the tests use
+  too): `pqDist` (Python loops over queries, sub-spaces and codewords), `np.argsort` of the (N, Q)
+  distance matrix, `cat_apcal` (Python loops over queries and the whole ranked database, relevance read
+  from a dense `np.matrix`);
+- ours: `PQIndex.add` of the codes, `PQIndex.rank` and `metrics.evaluate_ranking` (mAP over the whole
+  database);
 - top-1000 search: `PQIndex.search` against faiss `IndexPQ` (inner product, the same codes) built by
   `PQIndex.to_faiss()`.
 
@@ -30,75 +32,46 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 
-from gpq_keras import metrics, retrieval  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import original_retrieval as original  # noqa: E402
+
+from gpq_keras import metrics, parallel  # noqa: E402
 from gpq_keras.retrieval import PQIndex  # noqa: E402
 
 
-# --- the original's algorithm (utils/RetrievalTest.py), restated --------------------------------------
-
-def original_pq_dist(codebook, num_books, db_codes, queries):
-    """The original's `pqDist` algorithm: per query, per sub-space, a Python loop over the codewords filling
-    a distance table with np.dot, then the table gathered at the items' codes and summed -> (Q, N)."""
-    words = codebook.shape[0]
-    word_parts = np.split(codebook, num_books, axis=1)
-    query_parts = np.split(queries, num_books, axis=1)
-    code_columns = np.split(db_codes, num_books, axis=1)
-    out = np.zeros((queries.shape[0], db_codes.shape[0]), dtype=np.float32)
-    for qi in range(queries.shape[0]):
-        total = None
-        for book in range(num_books):
-            table = np.zeros(words, dtype=np.float32)
-            for word in range(words):
-                table[word] = 1 - np.dot(query_parts[book][qi], word_parts[book][word])
-            gathered = table[code_columns[book]]
-            total = gathered if total is None else total + gathered
-        out[qi] = np.squeeze(total)
-    return out
-
-
-def original_cat_apcal(relevant_matrix, ranks, depth):
-    """The original's `cat_apcal` algorithm: Python loops over the queries (columns of `ranks`) and the top
-    `depth` ranks, reading relevance from a dense matrix -> (mAP, AP per query)."""
-    n_queries = ranks.shape[1]
-    per_query = np.zeros(n_queries)
-    for qi in range(n_queries):
-        column = ranks[:, qi]
-        found, summed = 0, 0.0
-        for position in range(depth):
-            if relevant_matrix[qi, column[position]] == 1:
-                found += 1
-                summed += found / (position + 1)
-        per_query[qi] = summed / found if found else 0.0
-    return np.mean(per_query), per_query
-
+# --- the original's loops (tests/original_retrieval.py), as the original runs them ----------------------
 
 def run_original(z, m, codes, queries, query_labels, db_labels):
+    """`pqDist` (float32, as the original), `np.argsort` of the (N, Q) distances, `cat_apcal` reading a dense
+    `np.matrix` of relevance -> (times, mAP, AP per query)."""
     times = {}
-    label_similarity = np.asmatrix((query_labels[:, None] == db_labels[None, :]).astype(np.uint8))
+    similarity = np.asmatrix((query_labels[:, None] == db_labels[None, :]).astype(np.uint8))
     start = time.perf_counter()
-    distances = original_pq_dist(z, m, codes.astype(int), queries).T  # (N, Q), as the original
+    distances = original.pq_dist(z, m, codes, queries, dtype=np.float32).T  # (N, Q), as the original
     times["distances"] = time.perf_counter() - start
     start = time.perf_counter()
     rank = np.argsort(distances, axis=0)
     times["ranking"] = time.perf_counter() - start
     start = time.perf_counter()
-    mean_ap, ap = original_cat_apcal(label_similarity, rank, len(db_labels))
+    mean_ap, ap = original.cat_apcal(similarity, rank, len(db_labels))
     times["ap"] = time.perf_counter() - start
     times["total"] = times["distances"] + times["ranking"] + times["ap"]
     return times, mean_ap, ap
 
 
-# --- ours -------------------------------------------------------------------------------------------
-
-def best_of(repeat, func):
-    best, result = np.inf, None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = func()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def interleaved(rounds, **funcs):
+    """Run each function once per round, in turn; -> {name: (best s, median s, last result)}."""
+    times, results = {name: [] for name in funcs}, {}
+    for _ in range(rounds):
+        for name, func in funcs.items():
+            start = time.perf_counter()
+            results[name] = func()
+            times[name].append(time.perf_counter() - start)
+    return {name: (min(t), float(np.median(t)), results[name]) for name, t in times.items()}
 
 
 def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
@@ -124,8 +97,9 @@ def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
         db, queries = model.encode(split.x_db), model.encode(split.x_query)
         for mode in ("original", "consistent"):
             index = PQIndex.from_model(model, mode=mode).add(db, labels=split.y_db)
-            full = metrics.evaluate_index(index, queries, split.y_query)
-            top = metrics.evaluate_index(index, queries, split.y_query, top_k=100)
+            full = metrics.evaluate_ranking(index.rank(queries, with_distances=False), split.y_query, split.y_db)
+            top = metrics.evaluate_ranking(index.rank(queries, 100, with_distances=False), split.y_query,
+                                           split.y_db)
             print(f"| {seed} | {mode} | {full['mAP']:.4f} | {top['mAP']:.4f} | {full['precision'][10]:.4f} | "
                   f"{full['precision'][100]:.4f} |", flush=True)
 
@@ -136,7 +110,7 @@ def main(argv=None):
     parser.add_argument("--database", type=int, default=54000)
     parser.add_argument("--original-queries", type=int, default=None,
                         help="run the original's loops on this many queries and scale (default: all)")
-    parser.add_argument("--repeat", type=int, default=3, help="ours and faiss: best of this many runs")
+    parser.add_argument("--repeat", type=int, default=3, help="ours and faiss: interleaved rounds")
     parser.add_argument("--threads", type=int, default=None, help="ranking threads (default: all CPUs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare-modes", action="store_true",
@@ -154,24 +128,29 @@ def main(argv=None):
     codes = rng.integers(0, k, (args.database, m)).astype(np.uint8)
     query_labels = rng.integers(0, classes, args.queries)
     db_labels = rng.integers(0, classes, args.database)
-    retrieval.set_num_threads(args.threads)
+    parallel.set_num_threads(args.threads)
 
-    import faiss
+    from gpq_keras.retrieval import import_faiss
 
+    faiss = import_faiss()
     print(f"# Retrieval benchmark: {args.queries} queries x {args.database} items, M={m}, K={k}, d={d}")
     print(f"numpy {np.__version__}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
-          f"{retrieval.get_num_threads()} ranking threads, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()})")
+          f"{parallel.get_num_threads()} ranking threads, {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}); {args.repeat} interleaved rounds, best / median")
     print()
 
-    # Ours: the whole evaluation (index build + distances + ranking + AP).
-    def evaluate():
+    def evaluate():  # the whole evaluation: index build, distances, ranking, AP
         index = PQIndex(z, m).add(codes, labels=db_labels)
-        return metrics.evaluate_index(index, queries, query_labels)
+        return metrics.evaluate_ranking(index.rank(queries, with_distances=False), query_labels, db_labels)
 
-    t_eval, result = best_of(args.repeat, evaluate)
     index = PQIndex(z, m).add(codes, labels=db_labels)
-    t_dist, _ = best_of(args.repeat, lambda: [None for _ in index.iter_distances(queries)])
+    fx = index.to_faiss()
+    top = min(1000, args.database)
+    runs = interleaved(args.repeat, evaluate=evaluate,
+                       distances=lambda: [None for _ in index.rank(queries, 1, with_distances=False)],
+                       search=lambda: index.search(queries, top),
+                       faiss=lambda: fx.search(queries, top))
+    result = runs["evaluate"][2]
 
     # The original's loops, on all queries or a prefix scaled up.
     n_orig = args.queries if args.original_queries is None else min(args.original_queries, args.queries)
@@ -180,34 +159,32 @@ def main(argv=None):
     times = {key: value * scale for key, value in times.items()}
     ap_diff = np.abs(result["ap"][:n_orig] - orig_ap).max()
 
-    # Top-1000 search: ours and faiss IndexPQ on the same codes.
-    top = min(1000, args.database)
-    t_search, (dist, ids) = best_of(args.repeat, lambda: index.search(queries, top))
-    fx = index.to_faiss()
-    t_faiss, (fdist, fids) = best_of(args.repeat, lambda: fx.search(queries, top))
-    same_ids = float((fids == ids).mean())
-    max_dist_diff = float(np.abs((m - fdist) - dist).max())
+    def fmt(name):
+        return f"{runs[name][0]:.2f} s / {runs[name][1]:.2f} s"
 
     scaled = "" if n_orig == args.queries else f" (run on {n_orig} queries, scaled x{scale:g})"
-    print(f"| step | original loops{scaled} | gpq_keras | speed-up |")
+    print(f"| step | original loops{scaled} | gpq_keras (best / median) | speed-up (best) |")
     print("|---|---:|---:|---:|")
-    print(f"| asymmetric distances (Q x N) | {times['distances']:.2f} s | {t_dist:.2f} s | "
-          f"{times['distances'] / t_dist:.0f}x |")
+    print(f"| asymmetric distances + top-1 (Q x N) | {times['distances']:.2f} s | {fmt('distances')} | "
+          f"{times['distances'] / runs['distances'][0]:.0f}x |")
     print(f"| ranking (`np.argsort`) | {times['ranking']:.2f} s | (fused) | |")
     print(f"| AP over the whole database (`cat_apcal`) | {times['ap']:.2f} s | (fused) | |")
-    print(f"| **whole mAP evaluation** | **{times['total']:.2f} s** | **{t_eval:.2f} s** | "
-          f"**{times['total'] / t_eval:.0f}x** |")
+    print(f"| **whole mAP evaluation** | **{times['total']:.2f} s** | **{fmt('evaluate')}** | "
+          f"**{times['total'] / runs['evaluate'][0]:.0f}x** |")
     print()
     print(f"mAP: original {orig_map:.6f} on {n_orig} queries; ours {result['ap'][:n_orig].mean():.6f} "
           f"(max per-query AP difference {ap_diff:.1e}); ours on all queries {result['mAP']:.6f}")
     print()
-    print("| top-1000 search | time | queries/s |")
+    dist, ids = runs["search"][2]
+    fdist, fids = runs["faiss"][2]
+    print(f"| top-{top} search | best / median | queries/s (best) |")
     print("|---|---:|---:|")
-    print(f"| faiss IndexPQ (inner product, same codes) | {t_faiss:.2f} s | {args.queries / t_faiss:.0f} |")
-    print(f"| gpq_keras PQIndex.search | {t_search:.2f} s | {args.queries / t_search:.0f} |")
+    print(f"| faiss IndexPQ (inner product, same codes) | {fmt('faiss')} | {args.queries / runs['faiss'][0]:.0f} |")
+    print(f"| gpq_keras PQIndex.search | {fmt('search')} | {args.queries / runs['search'][0]:.0f} |")
     print()
-    print(f"ours / faiss time: {t_search / t_faiss:.2f}; same id at the same rank: {same_ids:.4%}; "
-          f"max |distance difference|: {max_dist_diff:.1e} (float32 summation order)")
+    print(f"ours / faiss time (best): {runs['search'][0] / runs['faiss'][0]:.2f}; same id at the same rank: "
+          f"{float((fids == ids).mean()):.4%}; max |distance difference|: "
+          f"{float(np.abs((m - fdist) - dist).max()):.1e} (float32 summation order)")
 
 
 if __name__ == "__main__":

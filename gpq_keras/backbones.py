@@ -37,10 +37,11 @@ class VGGBackbone(keras.Model):
         image_shape: (height, width, channels). Default (32, 32, 3).
         bn_momentum: float, batch-norm moving-average momentum. Default 0.9.
         bn_epsilon: float, batch-norm epsilon. Default 1e-3.
+        dtype: the dtype policy of every layer, e.g. `"mixed_bfloat16"`. Default: Keras' global policy.
     """
 
     def __init__(self, feature_dim, filters=(64, 128, 256, 512), image_shape=(32, 32, 3),
-                 bn_momentum=0.9, bn_epsilon=1e-3, **kwargs):
+                 bn_momentum=0.9, bn_epsilon=1e-3, dtype=None, **kwargs):
         filters = tuple(filters)
         image_shape = tuple(image_shape)
         if len(filters) != 4:
@@ -51,17 +52,20 @@ class VGGBackbone(keras.Model):
         x = inputs
         branch = None
         for stage, conv_name, bn_name in CONV_BLOCKS:
-            x = keras.layers.Conv2D(filters[stage], 3, padding="same", name=conv_name)(x)
-            x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=bn_name)(x)
-            x = keras.layers.ReLU(name=f"{conv_name}_relu")(x)
+            x = keras.layers.Conv2D(filters[stage], 3, padding="same", name=conv_name, dtype=dtype)(x)
+            x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=bn_name,
+                                                dtype=dtype)(x)
+            x = keras.layers.ReLU(name=f"{conv_name}_relu", dtype=dtype)(x)
             if conv_name in ("conv0_1", "conv1_1", "conv2_2"):
-                x = keras.layers.MaxPooling2D(2, strides=2, padding="valid", name=f"pool{stage}")(x)
+                x = keras.layers.MaxPooling2D(2, strides=2, padding="valid", name=f"pool{stage}", dtype=dtype)(x)
             if conv_name == "conv2_2":
-                branch = keras.layers.GlobalAveragePooling2D(name="pool2_gap")(x)
-        x = keras.layers.GlobalAveragePooling2D(name="pool3_gap")(x)
-        x = keras.layers.Concatenate(name="two_scale_concat")([x, branch])
-        outputs = keras.layers.Dense(feature_dim, name=FEATURE_LAYER)(x)
+                branch = keras.layers.GlobalAveragePooling2D(name="pool2_gap", dtype=dtype)(x)
+        x = keras.layers.GlobalAveragePooling2D(name="pool3_gap", dtype=dtype)(x)
+        x = keras.layers.Concatenate(name="two_scale_concat", dtype=dtype)([x, branch])
+        outputs = keras.layers.Dense(feature_dim, name=FEATURE_LAYER, dtype=dtype)(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        if dtype is not None:  # the functional constructor drops `dtype`; keep it for get_config
+            self.dtype_policy = keras.dtype_policies.get(dtype)
 
         # === Config ===
         self.feature_dim = feature_dim
@@ -79,6 +83,7 @@ class VGGBackbone(keras.Model):
             "image_shape": list(self.image_shape),
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
     @classmethod

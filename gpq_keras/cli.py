@@ -1,4 +1,8 @@
-"""The `gpq` command line: wires data -> model -> codes -> index -> metrics; holds no algorithm itself."""
+"""The `gpq` command line: wires data -> model -> codes -> index -> metrics; holds no algorithm itself.
+
+Parsing imports nothing heavy: `gpq --help` and argument errors answer without loading TensorFlow, and
+TensorFlow's own start-up logging is silenced (`TF_CPP_MIN_LOG_LEVEL`) before it is first imported.
+"""
 
 import argparse
 import json
@@ -6,16 +10,18 @@ import os
 import sys
 import textwrap
 
-
-def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import absl.logging
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
+RETRIEVAL_MODES = ("original", "consistent")  # gpq_keras.config.RETRIEVAL_MODES, without importing it
+DATA_HELP = ("data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
+             "npz:FILE | folder:DIR")
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+def _quiet_tensorflow():
+    """Silence TensorFlow's C++ start-up lines (unless the user set the level) before it is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _write_json_atomic(data, path):
@@ -35,6 +41,23 @@ def _write_npz_atomic(path, **arrays):
         np.savez(tmp, **arrays)
 
 
+def _features(model, images, label):
+    """Raw features of uint8 images, with Keras' progress bar on a terminal."""
+    print(f"encoding {len(images)} {label} images", file=sys.stderr)
+    return model.encode(images, verbose=1 if sys.stderr.isatty() else 0)
+
+
+def _load_model_and_data(args):
+    from gpq_keras.data import load_data
+    from gpq_keras.model import load_gpq
+
+    model, split = load_gpq(args.model), load_data(args.data)
+    model.check_images(split.x_db)
+    return model, split
+
+
+# --- commands -------------------------------------------------------------------------------------
+
 def _config_from_args(args, split):
     from gpq_keras.config import GPQConfig
 
@@ -46,26 +69,9 @@ def _config_from_args(args, split):
     if args.retrieval_mode:
         base["retrieval_mode"] = args.retrieval_mode
     if args.num_subspaces is not None or args.num_codewords is not None:
-        if args.bits is not None:
-            raise CLIError("give either --bits or --n-book/--n-word, not both")
         return GPQConfig(num_subspaces=args.num_subspaces or 12, num_codewords=args.num_codewords or 16, **base)
     return GPQConfig.from_bits(args.bits or 48, **base)
 
-
-def _check_images(model, images, spec):
-    expected = tuple(model.gpq_config.image_shape)
-    if tuple(images.shape[1:]) != expected:
-        raise CLIError(f"data {spec!r} has images of shape {tuple(images.shape[1:])}, "
-                       f"but the model expects {expected}")
-
-
-def _features(model, images, label):
-    """Raw features of uint8 images, with Keras' progress bar on a terminal."""
-    print(f"encoding {len(images)} {label} images", file=sys.stderr)
-    return model.encode(images, verbose=1 if sys.stderr.isatty() else 0)
-
-
-# --- commands -------------------------------------------------------------------------------------
 
 def cmd_train(args):
     import keras
@@ -93,9 +99,9 @@ def cmd_train(args):
         callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(args.output, "checkpoints", "epoch_{epoch:03d}.keras"),
             save_freq=args.save_every * steps))
-    print(f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, d={config.subspace_dim}) on "
-          f"{split.name}: {len(split.x_labeled)} labeled, {len(split.x_unlabeled)} unlabeled, "
-          f"{steps} steps/epoch")
+    print(f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
+          f"d={config.subspace_dim}) on {split.name}: {len(split.x_labeled)} labeled, "
+          f"{len(split.x_unlabeled)} unlabeled, {steps} steps/epoch")
     model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
     path = os.path.join(args.output, "model.keras")
@@ -103,32 +109,25 @@ def cmd_train(args):
     print(f"saved {path}")
 
 
-def _evaluate(model, split, mode, top_k):
+def cmd_evaluate(args):
     from gpq_keras import metrics
     from gpq_keras.retrieval import PQIndex
 
-    index = PQIndex.from_model(model, mode=mode)
-    index.add(_features(model, split.x_db, "database"))
-    queries = _features(model, split.x_query, "query")
-    result = metrics.evaluate_index(index, queries, split.y_query, split.y_db, top_k=top_k)
-    return index, queries, result
-
-
-def cmd_evaluate(args):
-    from gpq_keras.data import load_data
-    from gpq_keras.model import load_gpq
-
-    model = load_gpq(args.model)
-    split = load_data(args.data)
-    _check_images(model, split.x_query, args.data)
-    mode = args.mode or model.gpq_config.retrieval_mode
+    model, split = _load_model_and_data(args)
+    if args.query is not None and not 0 <= args.query < len(split.x_query):
+        raise CLIError(f"--query {args.query} is out of range (0..{len(split.x_query) - 1})")
     top_k = args.top_k or len(split.x_db)
-    index, queries, result = _evaluate(model, split, mode, top_k)
+    if top_k > len(split.x_db):
+        raise CLIError(f"--top-k {top_k} exceeds the {len(split.x_db)} database items")
+    index = PQIndex.from_model(model, mode=args.mode).add(_features(model, split.x_db, "database"))
+    queries = _features(model, split.x_query, "query")
+    result = metrics.evaluate_ranking(index.rank(queries, top_k, with_distances=False), split.y_query,
+                                      split.y_db)
     print(f"mAP: {result['mAP']:.4f}")
     for k, value in sorted(result["precision"].items()):
         print(f"precision@{k}: {value:.4f}")
     report = {"mAP": result["mAP"], "top_k": top_k, "bits": model.gpq_config.bits,
-              "n_query": len(split.x_query), "n_database": len(split.x_db), "mode": mode,
+              "n_query": len(split.x_query), "n_database": len(split.x_db), "mode": index.mode,
               "precision_at_k": {str(k): v for k, v in result["precision"].items()},
               "data": args.data, "model": os.path.abspath(args.model)}
     if args.json:
@@ -137,29 +136,23 @@ def cmd_evaluate(args):
     if args.figure:
         from gpq_keras import viz
 
-        query = args.query if args.query is not None else 0
-        if not 0 <= query < len(split.x_query):
-            raise CLIError(f"--query {query} is out of range (0..{len(split.x_query) - 1})")
-        _, ids = index.search(queries[query:query + 1], 15)
-        viz.plot_ranked_list(split.x_query[query], split.x_db[ids[0]],
-                             viz.is_relevant(split.y_query[query], split.y_db[ids[0]]), args.figure)
+        query = args.query or 0
+        _, ids = index.search(queries[query:query + 1], viz.MAX_RESULTS)
+        relevant = metrics.relevance(split.y_query[query:query + 1], split.y_db[ids[0]])[0]
+        viz.plot_ranked_list(split.x_query[query], split.x_db[ids[0]], relevant, args.figure)
         print(f"wrote {args.figure}")
 
 
 def cmd_encode(args):
     import numpy as np
 
-    from gpq_keras.data import load_data
-    from gpq_keras.model import load_gpq
-    from gpq_keras.retrieval import PQIndex
+    from gpq_keras.retrieval import ProductQuantizer
 
-    model = load_gpq(args.model)
-    split = load_data(args.data)
-    _check_images(model, split.x_db, args.data)
-    mode = args.mode or model.gpq_config.retrieval_mode
+    model, split = _load_model_and_data(args)
     features = _features(model, split.x_db, "database")
-    index = PQIndex.from_model(model, mode=mode)
-    codes = index.encode(features)
+    mode = args.mode or model.gpq_config.retrieval_mode
+    codebook = model.codebook if mode == "original" else model.refined_codebook
+    codes = ProductQuantizer(codebook, model.gpq_config.num_subspaces, mode).encode(features)
     _write_npz_atomic(args.output, features=features, codes=codes, labels=np.asarray(split.y_db))
     print(f"wrote {args.output}: {len(codes)} codes of {model.gpq_config.bits} bits ({mode} mode)")
 
@@ -184,20 +177,16 @@ def cmd_convert(args):
 
 
 def cmd_index_build(args):
-    from gpq_keras.data import load_data
-    from gpq_keras.model import load_gpq
     from gpq_keras.retrieval import PQIndex
 
-    model = load_gpq(args.model)
-    split = load_data(args.data)
-    _check_images(model, split.x_db, args.data)
+    model, split = _load_model_and_data(args)
     index = PQIndex.from_model(model, mode=args.mode)
     index.add(_features(model, split.x_db, "database"), labels=split.y_db)
     if args.faiss:
-        import faiss
-
         from gpq_keras.files import atomic_path
+        from gpq_keras.retrieval import import_faiss
 
+        faiss = import_faiss()
         with atomic_path(args.output) as tmp:
             faiss.write_index(index.to_faiss(), tmp)
     else:
@@ -206,14 +195,10 @@ def cmd_index_build(args):
 
 
 def cmd_index_search(args):
-    from gpq_keras.data import load_data
-    from gpq_keras.model import load_gpq
     from gpq_keras.retrieval import PQIndex
 
-    model = load_gpq(args.model)
     index = PQIndex.load(args.index)
-    split = load_data(args.data)
-    _check_images(model, split.x_query, args.data)
+    model, split = _load_model_and_data(args)
     queries = _features(model, split.x_query, "query")
     distances, ids = index.search(queries, args.k)
     if args.output:
@@ -225,15 +210,112 @@ def cmd_index_search(args):
 
 # --- parser ---------------------------------------------------------------------------------------
 
-DATA_HELP = ("data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
-             "npz:FILE | folder:DIR")
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _command(sub, name, help_text, example, func):
-    parser = sub.add_parser(name, help=help_text, description=help_text,
-                            epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(func=func)
     return parser
+
+
+def _model_and_data(parser, model_help="a GPQ .keras file"):
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--data", required=True, help=DATA_HELP)
+
+
+def _add_train(sub):
+    p = _command(sub, "train", "train GPQ with model.fit on a data set's labeled and unlabeled images",
+                 "gpq train --data cifar10:cifar10 --output runs/cifar48 --bits 48 --epochs 300 "
+                 "--imagenet-mat checkpoints/original/ImageNet_pretrained.mat", cmd_train)
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--output", required=True, help="folder for model.keras, log.csv and checkpoints/")
+    p.add_argument("--epochs", type=_non_negative_int, default=300,
+                   help="epochs of len(labeled) // batch-size steps (300)")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="images per stream and step (500)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--bits", type=int, choices=(12, 24, 32, 48), help="code length with K=16 (default 48)")
+    size.add_argument("--n-book", type=_positive_int, dest="num_subspaces",
+                      help="M, number of codebooks (sets GPQConfig.num_subspaces; instead of --bits)")
+    p.add_argument("--n-word", type=_positive_int, dest="num_codewords",
+                   help="K, codewords per codebook, a power of two (sets GPQConfig.num_codewords)")
+    p.add_argument("--filters", help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)")
+    p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
+    p.add_argument("--retrieval-mode", choices=RETRIEVAL_MODES, help="default retrieval mode stored in the model")
+    p.add_argument("--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat")
+    p.add_argument("--save-every", type=_non_negative_int, default=0,
+                   help="also save checkpoints/epoch_NNN.keras every N epochs")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_evaluate(sub):
+    p = _command(sub, "evaluate", "mAP (the paper's protocol) of a model on a data set's queries and database",
+                 "gpq evaluate --model runs/demo/model.keras --data digits --json eval.json --figure ranked.png",
+                 cmd_evaluate)
+    _model_and_data(p)
+    p.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook at retrieval (model's default)")
+    p.add_argument("--top-k", type=_positive_int, help="mAP over the top K (default: the whole database)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--figure", help="write the ranked list of one query (top 15) to this PNG")
+    p.add_argument("--query", type=_non_negative_int, help="which query the figure shows (default 0)")
+
+
+def _add_encode(sub):
+    p = _command(sub, "encode", "encode a data set's database into PQ codes",
+                 "gpq encode --model runs/demo/model.keras --data digits --output codes.npz", cmd_encode)
+    _model_and_data(p)
+    p.add_argument("--output", required=True, help=".npz with features, codes (uint8) and labels")
+    p.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook for the codes (model's default)")
+
+
+def _add_convert(sub):
+    p = _command(sub, "convert", "convert the original TF1 checkpoint into a Keras model",
+                 "gpq convert --checkpoint checkpoints/original/48bits_example.ckpt "
+                 "--output checkpoints/converted/gpq_cifar10_48bit.keras", cmd_convert)
+    p.add_argument("--checkpoint", required=True, help="TF1 checkpoint prefix (without .index)")
+    p.add_argument("--output", required=True, help="the .keras file to write")
+    p.add_argument("--config", help='JSON object of GPQConfig fields to set, e.g. {"image_shape": [32, 32, 3]}; '
+                   "the rest is inferred from the checkpoint")
+
+
+def _add_index(sub):
+    p = _command(sub, "index", "build or search a saved PQ index",
+                 "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
+                 None)
+    index_sub = p.add_subparsers(dest="index_command", required=True)
+    b = _command(index_sub, "build", "encode a data set's database into a saved index",
+                 "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
+                 cmd_index_build)
+    _model_and_data(b)
+    b.add_argument("--output", required=True, help="index file (.npz PQIndex, or a faiss index with --faiss)")
+    b.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook (model's default)")
+    b.add_argument("--faiss", action="store_true", help="write a faiss IndexPQ instead (needs gpq-keras[faiss])")
+    s = _command(index_sub, "search", "search a saved PQIndex with a data set's queries",
+                 "gpq index search --model runs/demo/model.keras --index runs/demo/index.npz --data digits -k 10",
+                 cmd_index_search)
+    _model_and_data(s, "the GPQ .keras file that built the index")
+    s.add_argument("--index", required=True, help="a PQIndex .npz")
+    s.add_argument("-k", type=_positive_int, default=10, help="results per query (10)")
+    s.add_argument("--output", help="write distances and ids to this .npz")
+    s.add_argument("--show", type=_non_negative_int, default=3, help="print the results of the first N queries (3)")
 
 
 def build_parser():
@@ -245,74 +327,8 @@ def build_parser():
               gpq train --data digits --output runs/demo --epochs 40
               gpq evaluate --model runs/demo/model.keras --data digits"""))
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = _command(sub, "train", "train GPQ with model.fit on a data set's labeled and unlabeled images",
-                 "gpq train --data cifar10:cifar10 --output runs/cifar48 --bits 48 --epochs 300 "
-                 "--imagenet-mat checkpoints/original/ImageNet_pretrained.mat", cmd_train)
-    p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--output", required=True, help="folder for model.keras, log.csv and checkpoints/")
-    p.add_argument("--epochs", type=int, default=300, help="epochs of len(labeled) // batch-size steps (300)")
-    p.add_argument("--batch-size", type=int, default=500, help="images per stream and step (500)")
-    p.add_argument("--bits", type=int, choices=(12, 24, 32, 48), help="code length with K=16 (default 48)")
-    p.add_argument("--n-book", type=int, dest="num_subspaces",
-                   help="M, number of codebooks (sets GPQConfig.num_subspaces; instead of --bits)")
-    p.add_argument("--n-word", type=int, dest="num_codewords",
-                   help="K, codewords per codebook, a power of two (sets GPQConfig.num_codewords)")
-    p.add_argument("--filters", help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)")
-    p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
-    p.add_argument("--retrieval-mode", choices=("original", "consistent"),
-                   help="default retrieval mode stored in the model")
-    p.add_argument("--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat")
-    p.add_argument("--save-every", type=int, default=0, help="also save checkpoints/epoch_NNN.keras every N epochs")
-    p.add_argument("--seed", type=int, default=0)
-
-    p = _command(sub, "evaluate", "mAP (the paper's protocol) of a model on a data set's queries and database",
-                 "gpq evaluate --model runs/demo/model.keras --data digits --json eval.json --figure ranked.png",
-                 cmd_evaluate)
-    p.add_argument("--model", required=True, help="a GPQ .keras file")
-    p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--mode", choices=("original", "consistent"), help="codebook at retrieval (model's default)")
-    p.add_argument("--top-k", type=int, help="mAP over the top K (default: the whole database)")
-    p.add_argument("--json", help="write the results here")
-    p.add_argument("--figure", help="write the ranked list of one query (top 15) to this PNG")
-    p.add_argument("--query", type=int, help="which query the figure shows (default 0)")
-
-    p = _command(sub, "encode", "encode a data set's database into PQ codes",
-                 "gpq encode --model runs/demo/model.keras --data digits --output codes.npz", cmd_encode)
-    p.add_argument("--model", required=True, help="a GPQ .keras file")
-    p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--output", required=True, help=".npz with features, codes (uint8) and labels")
-    p.add_argument("--mode", choices=("original", "consistent"), help="codebook for the codes (model's default)")
-
-    p = _command(sub, "convert", "convert the original TF1 checkpoint into a Keras model",
-                 "gpq convert --checkpoint checkpoints/original/48bits_example.ckpt "
-                 "--output checkpoints/converted/gpq_cifar10_48bit.keras", cmd_convert)
-    p.add_argument("--checkpoint", required=True, help="TF1 checkpoint prefix (without .index)")
-    p.add_argument("--output", required=True, help="the .keras file to write")
-    p.add_argument("--config", help='JSON object of GPQConfig fields to set, e.g. {"image_shape": [32, 32, 3]}; '
-                   "the rest is inferred from the checkpoint")
-
-    p = _command(sub, "index", "build or search a saved PQ index",
-                 "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
-                 None)
-    index_sub = p.add_subparsers(dest="index_command", required=True)
-    b = _command(index_sub, "build", "encode a data set's database into a saved index",
-                 "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
-                 cmd_index_build)
-    b.add_argument("--model", required=True, help="a GPQ .keras file")
-    b.add_argument("--data", required=True, help=DATA_HELP)
-    b.add_argument("--output", required=True, help="index file (.npz PQIndex, or a faiss index with --faiss)")
-    b.add_argument("--mode", choices=("original", "consistent"), help="codebook (model's default)")
-    b.add_argument("--faiss", action="store_true", help="write a faiss IndexPQ instead of a PQIndex")
-    s = _command(index_sub, "search", "search a saved PQIndex with a data set's queries",
-                 "gpq index search --model runs/demo/model.keras --index runs/demo/index.npz --data digits -k 10",
-                 cmd_index_search)
-    s.add_argument("--model", required=True, help="the GPQ .keras file that built the index")
-    s.add_argument("--index", required=True, help="a PQIndex .npz")
-    s.add_argument("--data", required=True, help=DATA_HELP)
-    s.add_argument("-k", type=int, default=10, help="results per query (10)")
-    s.add_argument("--output", help="write distances and ids to this .npz")
-    s.add_argument("--show", type=int, default=3, help="print the results of the first N queries (3)")
+    for add in (_add_train, _add_evaluate, _add_encode, _add_convert, _add_index):
+        add(sub)
     return parser
 
 
@@ -321,7 +337,7 @@ def main(argv=None):
     _quiet_tensorflow()
     try:
         args.func(args)
-    except (CLIError, ValueError, OSError, KeyError) as exc:
+    except (CLIError, ValueError, OSError, KeyError, ImportError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"gpq {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -20,11 +20,16 @@ def _split_subspaces(x, num_subspaces):
 
 
 def intra_normalize(x, num_subspaces):
-    """L2-normalise each of the M sub-vectors of x (B, M*d) separately -> (B, M*d)."""
-    parts = _split_subspaces(x, num_subspaces)
+    """L2-normalise each of the M sub-vectors of x (B, M*d) separately -> (B, M*d), in x's dtype.
+
+    Computed in float32 whatever x's dtype: in float16 the `L2_EPSILON` floor would round to 0 and
+    squared norms leave the range, giving inf/NaN for tiny or huge sub-vectors.
+    """
+    dtype = x.dtype
+    parts = _split_subspaces(ops.cast(x, "float32"), num_subspaces)
     sq = ops.sum(ops.square(parts), axis=-1, keepdims=True)
     parts = parts * ops.rsqrt(ops.maximum(sq, L2_EPSILON))
-    return ops.reshape(parts, (-1, x.shape[-1]))
+    return ops.cast(ops.reshape(parts, (-1, x.shape[-1])), dtype)
 
 
 def soft_assignment(x, codebook, num_subspaces, alpha):

@@ -13,6 +13,8 @@ from gpq_keras.files import atomic_path
 from gpq_keras.layers import GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
 
+LOSS_NAMES = ("loss", "npq_loss", "cls_loss", "entropy_loss")  # what fit/evaluate report
+
 
 def learning_rate_schedule(config):
     """lr = learning_rate * decay_rate ** floor(step / decay_steps) (the original's staircase)."""
@@ -80,22 +82,22 @@ class GPQ(keras.Model):
                                    image_shape=config.image_shape, name="backbone")
         if backbone.output_shape[-1] != config.feature_dim:
             raise ValueError(
-                f"The backbone's output ({backbone.output_shape[-1]}) must equal num_subspaces * subspace_dim = "
-                f"{config.feature_dim}")
+                f"The backbone's output ({backbone.output_shape[-1]}) must equal num_subspaces * subspace_dim "
+                f"= {config.feature_dim}")
         self.backbone = backbone
-        self.intra_norm = IntraNormalization(config.num_subspaces, name="intra_norm")
-        self.quantizer = SoftProductQuantizer(config.num_subspaces, config.num_codewords, config.alpha, name="quantizer")
-        self.classifier = SubspaceClassifier(config.num_classes, config.num_subspaces, config.beta, name="classifier")
-        self.reversal = GradientReversal(name="gradient_reversal")
-        self.quantizer.build((None, config.feature_dim))
-        self.classifier.build((None, config.feature_dim))
-        self.intra_norm.build((None, config.feature_dim))
-        self.reversal.build((None, config.feature_dim))
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.npq_tracker = keras.metrics.Mean(name="npq_loss")
-        self.cls_tracker = keras.metrics.Mean(name="cls_loss")
-        self.entropy_tracker = keras.metrics.Mean(name="entropy_loss")
+        self._build_heads(config)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.built = True  # every weight exists now
+
+    def _build_heads(self, config):
+        """intra_norm, the quantiser (Z), the classifier (C) and gradient reversal, built for (B, M*d)."""
+        m, shape = config.num_subspaces, (None, config.feature_dim)
+        self.intra_norm = IntraNormalization(m, name="intra_norm")
+        self.quantizer = SoftProductQuantizer(m, config.num_codewords, config.alpha, name="quantizer")
+        self.classifier = SubspaceClassifier(config.num_classes, m, config.beta, name="classifier")
+        self.reversal = GradientReversal(name="gradient_reversal")
+        for layer in (self.intra_norm, self.quantizer, self.classifier, self.reversal):
+            layer.build(shape)
 
     def build(self, input_shape=None):
         """All weights are created in `__init__`; nothing is left to build."""
@@ -106,16 +108,26 @@ class GPQ(keras.Model):
         """F(x): raw features (B, M*d)."""
         return self.backbone(images, training=training)
 
+    def check_images(self, images):
+        """Raise a ValueError unless `images` (N, H, W, C) have the model's `image_shape`."""
+        shape = tuple(np.shape(images)[1:])
+        if shape != tuple(self.gpq_config.image_shape):
+            raise ValueError(f"images of shape {shape} given, but the model expects "
+                             f"{tuple(self.gpq_config.image_shape)}")
+
     def encode(self, images, batch_size=500, verbose=0):
         """Raw features F(x) as a float32 NumPy array (N, M*d).
 
         uint8 images are first normalised with the original's channel statistics
-        (`gpq_keras.data.normalize`); float images are taken as already normalised.
+        (`gpq_keras.data.normalize`); float images are taken as already normalised. A `tf.data.Dataset`
+        of batches is used as it is.
         """
-        if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-            from gpq_keras.data.pipeline import eval_dataset
+        if isinstance(images, np.ndarray):
+            self.check_images(images)
+            if images.dtype == np.uint8:
+                from gpq_keras.data.pipeline import eval_dataset
 
-            images, batch_size = eval_dataset(images, batch_size), None
+                images, batch_size = eval_dataset(images, batch_size), None
         return np.asarray(self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32)
 
     @property
@@ -147,24 +159,19 @@ class GPQ(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.npq_tracker, self.cls_tracker, self.entropy_tracker]
+        return list(self.trackers.values())
 
-    def _label_matrix(self, labels):
-        """Y (B, classes) float from int class ids (B,) or multi-hot (B, classes)."""
+    def label_matrix(self, labels):
+        """Y (B, classes) float32 from int class ids (B,) or multi-hot (B, classes)."""
         if len(labels.shape) == 1:
             return ops.one_hot(ops.cast(labels, "int32"), self.gpq_config.num_classes)
         return ops.cast(labels, "float32")
 
-    def _unpack(self, data):
-        inputs, labels = data[0], data[1]
-        if isinstance(inputs, dict):
-            return inputs["labeled"], inputs.get("unlabeled"), labels
-        return inputs, None, labels
-
     def compute_losses(self, labeled, unlabeled, labels, training):
-        """The paper's objective on one labeled and one unlabeled batch -> (loss, npq, cls, ent)."""
+        """The paper's objective on one labeled and one unlabeled batch -> {name: scalar} for
+        `LOSS_NAMES`: loss = npq + lambda1 * entropy + lambda2 * cls."""
         cfg = self.gpq_config
-        y = self._label_matrix(labels)
+        y = self.label_matrix(labels)
         # Each stream goes through F on its own, so batch norm uses (and updates) per-stream statistics.
         f = self.intra_norm(self(labeled, training=training))
         g = self.intra_norm(self.reversal(self(unlabeled, training=training)))
@@ -174,31 +181,36 @@ class GPQ(keras.Model):
         cls = classification_loss(y, ops.cast(self.classifier(f), "float32"))
         ent = subspace_entropy_loss(ops.cast(self.classifier(g), "float32"))
         loss = npq + cfg.lambda1 * ent + cfg.lambda2 * cls
-        return loss, npq, cls, ent
+        return {"loss": loss, "npq_loss": npq, "cls_loss": cls, "entropy_loss": ent}
 
-    def _update_trackers(self, loss, npq, cls, ent):
-        self.loss_tracker.update_state(loss)
-        self.npq_tracker.update_state(npq)
-        self.cls_tracker.update_state(cls)
-        self.entropy_tracker.update_state(ent)
-        return {m.name: m.result() for m in self.metrics}
+    def _unpack(self, data):
+        """(labeled images, unlabeled images or None, labels) of a `fit`/`evaluate` batch."""
+        inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(inputs, dict):
+            return inputs["labeled"], inputs.get("unlabeled"), labels
+        return inputs, None, labels
+
+    def _record(self, losses):
+        for name, value in losses.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, data):
         labeled, unlabeled, labels = self._unpack(data)
         if unlabeled is None:
             raise ValueError('GPQ.fit needs inputs {"labeled": images, "unlabeled": images}')
         with tf.GradientTape() as tape:
-            loss, npq, cls, ent = self.compute_losses(labeled, unlabeled, labels, training=True)
-            scaled = self.optimizer.scale_loss(loss)
+            losses = self.compute_losses(labeled, unlabeled, labels, training=True)
+            scaled = self.optimizer.scale_loss(losses["loss"])
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        return self._update_trackers(loss, npq, cls, ent)
+        return self._record(losses)
 
     def test_step(self, data):
         labeled, unlabeled, labels = self._unpack(data)
         if unlabeled is None:  # held-out labeled data only: entropy measured on the same images
             unlabeled = labeled
-        return self._update_trackers(*self.compute_losses(labeled, unlabeled, labels, training=False))
+        return self._record(self.compute_losses(labeled, unlabeled, labels, training=False))
 
     # --- serialisation ---------------------------------------------------------------------------
     def get_config(self):

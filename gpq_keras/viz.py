@@ -60,14 +60,6 @@ def to_display(image, normalized=None):
     return denormalize(image)
 
 
-def is_relevant(query_label, db_labels):
-    """Relevance of database items to one query -> bool (n,): the same class id, or multi-hot labels
-    sharing a class."""
-    from gpq_keras.metrics import relevance
-
-    return relevance(np.asarray(query_label)[None], np.asarray(db_labels))[0]
-
-
 def plot_ranked_list(query_image, result_images, relevant=None, path=None, normalized=None,
                      figsize=(12.8, 3.6), dpi=100, title=None):
     """The original Demo's figure: the query and its top results in a 2x8 grid.
@@ -79,7 +71,8 @@ def plot_ranked_list(query_image, result_images, relevant=None, path=None, norma
     Args:
         query_image: (H, W, 3) uint8, or float normalised as model inputs (see `to_display`).
         result_images: (n, H, W, 3), n <= 15, best first.
-        relevant: optional bool (n,); None draws no frames.
+        relevant: optional bool (n,), e.g. `metrics.relevance(query_label[None], result_labels)[0]`;
+            None draws no frames.
         path: file to write (format from the extension, default PNG); None returns the Figure.
         normalized: passed to `to_display` (None: float images are normalised model inputs).
         figsize: inches (width, height). Default (12.8, 3.6), i.e. 1280x360 pixels at dpi 100.
@@ -130,7 +123,7 @@ def plot_precision_recall(curves, path=None, title="Precision-recall", figsize=(
 
     Args:
         curves: dict name -> (precision, recall) arrays, or name -> the "curve" dict of
-            `metrics.evaluate_index(..., curve=True)`.
+            `metrics.evaluate_ranking(..., curve=True)`.
         path: file to write; None returns the Figure.
 
     Returns:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tf1_reference as ref
+import original_retrieval as original
+from numpy_reference import intra_norm
 
 from gpq_keras import cli
 from gpq_keras.data import digits
@@ -33,6 +34,7 @@ def workspace(tmp_path_factory):
     return root, f"npz:{data}", out
 
 
+@pytest.mark.large
 def test_train_writes_model_checkpoints_and_log(workspace):
     _, _, out = workspace
     model = load_gpq(out / "model.keras")
@@ -47,20 +49,21 @@ def test_train_writes_model_checkpoints_and_log(workspace):
 
 
 def _reference_map(model, split_npz, mode):
-    """The original's evaluation re-stated with loops (tests/tf1_reference.py, NumPy float64); the
+    """The original's evaluation re-stated with loops (tests/original_retrieval.py, NumPy float64); the
     consistent mode is the same algorithm with Z' and intra-normalised queries."""
     data = np.load(split_npz)
     m = model.gpq_config.num_subspaces
     queries, database = model.encode(data["x_query"]), model.encode(data["x_db"])
     codebook = model.codebook if mode == "original" else model.refined_codebook
     if mode == "consistent":
-        queries = ref.intra_norm(queries, m)
+        queries = intra_norm(queries, m)
     relevant = (data["y_query"][:, None] == data["y_db"][None, :]).astype(int)
-    mean_ap, codes, _ = ref.original_map(codebook, m, database, queries, relevant)
+    mean_ap, codes, _ = original.original_map(codebook, m, database, queries, relevant)
     return mean_ap, codes
 
 
 @pytest.mark.parametrize("mode", ["original", "consistent"])
+@pytest.mark.large
 def test_evaluate_prints_map_and_writes_json_and_figure(workspace, capsys, mode):
     root, spec, out = workspace
     report, figure = root / f"eval-{mode}.json", root / f"ranked-{mode}.png"
@@ -77,6 +80,7 @@ def test_evaluate_prints_map_and_writes_json_and_figure(workspace, capsys, mode)
     assert figure.stat().st_size > 1000
 
 
+@pytest.mark.large
 def test_encode_writes_codes_matching_the_reference(workspace):
     root, spec, out = workspace
     target = root / "codes.npz"
@@ -90,6 +94,7 @@ def test_encode_writes_codes_matching_the_reference(workspace):
     np.testing.assert_array_equal(data["labels"], np.load(spec[4:])["y_db"])
 
 
+@pytest.mark.large
 def test_index_build_and_search(workspace, capsys):
     root, spec, out = workspace
     index, hits = root / "index.npz", root / "hits.npz"
@@ -109,6 +114,7 @@ def test_index_build_and_search(workspace, capsys):
     assert faiss.read_index(str(faiss_path)).ntotal == 60
 
 
+@pytest.mark.large
 def test_errors_are_one_line_with_status_2(workspace, capsys, tmp_path):
     root, spec, out = workspace
     cases = [
@@ -136,6 +142,7 @@ def test_every_command_has_help_with_an_example(command, capsys):
     assert "example:" in text and "gpq " + command[0] in text
 
 
+@pytest.mark.large
 def test_train_initialises_the_backbone_from_imagenet_mat(workspace, tmp_path, capsys):
     """`gpq train --imagenet-mat`: the original's .mat keys (TF1 names with :0, (1, N) vectors) land in F."""
     import scipy.io
@@ -164,3 +171,35 @@ def test_train_initialises_the_backbone_from_imagenet_mat(workspace, tmp_path, c
     backbone = load_gpq(out / "model.keras").backbone
     for (layer_name, name), value in expected.items():
         np.testing.assert_array_equal(getattr(backbone.get_layer(layer_name), name).numpy(), value)
+
+
+def _run_python(code, **env):
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**environment, **env})
+
+
+@pytest.mark.parametrize("argv, status", [
+    (["--help"], 0),
+    (["train", "--help"], 0),
+    (["train", "--data", "digits", "--output", "x", "--epochs", "-1"], 2),
+    (["index", "search", "--model", "m.keras"], 2),
+])
+def test_help_and_argument_errors_do_not_import_tensorflow(argv, status):
+    code = ("import sys\nfrom gpq_keras import cli\ntry:\n    cli.main(%r)\nexcept SystemExit as exc:\n"
+            "    code = exc.code\nprint('status', code, 'tensorflow' in sys.modules, 'keras' in sys.modules)" % argv)
+    result = _run_python(code)
+    assert f"status {status} False False" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_failing_run_prints_one_line_and_no_tensorflow_logging(tmp_path):
+    """TensorFlow is imported (to load a model) but its start-up logging is silenced first."""
+    code = "import sys\nfrom gpq_keras import cli\nsys.exit(cli.main(%r))" % (
+        ["evaluate", "--model", str(tmp_path / "absent.keras"), "--data", "digits"])
+    result = _run_python(code)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"gpq evaluate: error: No model file at {tmp_path / 'absent.keras'}"], result.stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+import original_retrieval as original
 import tf1_reference as ref
 from gpq_keras.config import GPQConfig
 from gpq_keras.convert import ConversionError, convert_tf1_checkpoint, infer_config, load_imagenet_mat
@@ -50,8 +51,8 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
 
     sim = _similarity(tiny["labels"])
     tf1 = tiny["features"]
-    want_map, want_codes, want_dist = ref.original_map(tiny["Z"], 3, tf1[N_QUERY:], tf1[:N_QUERY], sim)
-    got_map, got_codes, got_dist = ref.original_map(model.codebook, cfg.num_subspaces, features[N_QUERY:],
+    want_map, want_codes, want_dist = original.original_map(tiny["Z"], 3, tf1[N_QUERY:], tf1[:N_QUERY], sim)
+    got_map, got_codes, got_dist = original.original_map(model.codebook, cfg.num_subspaces, features[N_QUERY:],
                                                     features[:N_QUERY], sim)
     assert len(np.unique(want_codes)) > 1 and 0.0 < want_map < 1.0  # a test that could fail
     np.testing.assert_array_equal(got_codes, want_codes)
@@ -61,15 +62,12 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
     # The package's retrieval (what `gpq evaluate --mode original` runs) agrees with the original's loops.
     from gpq_keras import metrics, retrieval
 
-    np.testing.assert_array_equal(retrieval.encode_codes(features[N_QUERY:], model.codebook, cfg.num_subspaces),
-                                  want_codes)
-    np.testing.assert_allclose(retrieval.asymmetric_distances(features[:N_QUERY], want_codes, model.codebook,
-                                                              cfg.num_subspaces, mode="original"),
-                               want_dist, atol=1e-5)
     labels = tiny["labels"]
     index = retrieval.PQIndex.from_model(model)  # the config's retrieval_mode: "original"
     index.add(features[N_QUERY:])
-    result = metrics.evaluate_index(index, features[:N_QUERY], labels[:N_QUERY], labels[N_QUERY:])
+    np.testing.assert_array_equal(index.codes, want_codes)
+    np.testing.assert_allclose(index.distances(features[:N_QUERY]), want_dist, atol=1e-5)
+    result = metrics.evaluate_ranking(index.rank(features[:N_QUERY]), labels[:N_QUERY], labels[N_QUERY:])
     assert abs(result["mAP"] - want_map) <= 1e-6
     ranking = np.argsort(got_dist, axis=1, kind="stable")
     assert abs(metrics.mean_average_precision(ranking, labels[:N_QUERY], labels[N_QUERY:]) - want_map) <= 1e-6
@@ -93,6 +91,7 @@ def test_report_maps_every_weight_once_and_skips_training_leftovers(tiny):
     assert "M=3 K=4 d=4" in table
 
 
+@pytest.mark.large
 def test_full_width_48bit_checkpoint_converts_with_inferred_config(tmp_path):
     images = np.random.default_rng(3).standard_normal((3, 32, 32, 3)).astype(np.float32)
     prefix = tmp_path / "48bits_example.ckpt"
@@ -104,8 +103,8 @@ def test_full_width_48bit_checkpoint_converts_with_inferred_config(tmp_path):
     assert cfg.retrieval_mode == "original"
     features = model.encode(images)
     np.testing.assert_allclose(features, out["features"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(ref.indexing(model.codebook, features, 12),
-                                  ref.indexing(out["Z"], out["features"], 12))
+    np.testing.assert_array_equal(original.indexing(model.codebook, features, 12),
+                                  original.indexing(out["Z"], out["features"], 12))
 
 
 def test_conv_scopes_are_ordered_by_numeric_suffix(tiny, tmp_path):
@@ -164,6 +163,7 @@ def test_infer_config_needs_z_and_c_and_a_divisible_width():
         infer_config(shapes, {"num_subspaces": 7})
 
 
+@pytest.mark.large
 def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
     from gpq_keras import cli
 

@@ -1,18 +1,23 @@
 """CIFAR-10 sources: the python folder (restricted unpickling), TensorFlow Datasets, the split, the .mat."""
 
+import io
 import os
 import pickle
+import re
+import socket
 import time
 
 import numpy as np
 import pytest
+import requests
 import scipy.io
 from scipy import sparse
 from data_fakes import (CLASS_NAMES, fake_cifar_images, image_ids, py2_pickle_bytes,
                              write_cifar_binary_archive, write_cifar_folder)
 
-from gpq_keras.data import cifar10, protocol_split
+from gpq_keras.data import cifar10, load_data, protocol_split
 from gpq_keras.data.cifar10 import DataFormatError
+from gpq_keras.data.labels import relevance
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +80,19 @@ def test_load_split_follows_the_protocol_on_a_scaled_down_count(folder, fake):
 
 def test_protocol_counts_at_full_size():
     labels = np.random.default_rng(1).permutation(np.repeat(np.arange(10), 6000))
-    images = np.arange(60000, dtype=np.int64).reshape(-1, 1, 1, 1)  # the image is its index
+    index = np.arange(60000)
+    images = np.zeros((60000, 1, 1, 3), np.uint8)  # 1x1 RGB images whose pixel holds their index
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = index % 256, index // 256
     split = protocol_split(images, labels)
     assert (len(split.x_query), len(split.x_labeled), len(split.x_db)) == (1000, 5000, 54000)
     assert np.bincount(split.y_query).tolist() == [100] * 10
     assert np.bincount(split.y_labeled).tolist() == [500] * 10
     # Stable sort: inside a class the order of the original is kept.
     for part in (split.x_query, split.x_labeled, split.x_db):
-        ids = part.ravel()
+        ids = image_ids(part)
         for c in range(10):
             assert np.all(np.diff(ids[labels[ids] == c]) > 0)
-    all_ids = np.concatenate([split.x_query.ravel(), split.x_labeled.ravel(), split.x_db.ravel()])
+    all_ids = np.concatenate([image_ids(split.x_query), image_ids(split.x_labeled), image_ids(split.x_db)])
     assert sorted(all_ids.tolist()) == list(range(60000))
 
 
@@ -171,19 +178,86 @@ def test_similarity_of_multi_hot_labels_is_one_shared_label():
                                   [[1, 0, 0], [1, 1, 0]])
 
 
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_similarity_matrix_is_labels_relevance_as_sparse_float64(multi_hot):
+    rng = np.random.default_rng(3)
+    if multi_hot:
+        y_query = rng.integers(0, 2, (70, 21), dtype=np.uint8)
+        y_db = rng.integers(0, 2, (90, 21), dtype=np.uint8)
+    else:
+        y_query, y_db = rng.integers(0, 10, 70), rng.integers(0, 10, 90)
+    matrix = cifar10.similarity_matrix(y_query, y_db, chunk=16)  # 5 blocks of queries
+    assert sparse.isspmatrix_csr(matrix) and matrix.dtype == np.float64 and matrix.shape == (70, 90)
+    assert set(matrix.data.tolist()) == {1.0} and matrix.has_sorted_indices
+    np.testing.assert_array_equal(matrix.toarray(), relevance(y_query, y_db).astype(np.float64))
+    assert cifar10.similarity_matrix(y_query[:0], y_db).shape == (0, 90)
+    other_kind = np.zeros(90, np.int64) if multi_hot else np.zeros((90, 21), np.uint8)
+    with pytest.raises(ValueError, match="labels must both be int class ids"):
+        cifar10.similarity_matrix(y_query, other_kind)
+
+
 # --- TensorFlow Datasets -------------------------------------------------------------------------------
 
 
-def test_tfds_fails_fast_without_archive_or_network(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar10, "_online", lambda: False)
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to resolve a host or open a connection fails the test."""
+    def refuse(*args, **kwargs):
+        pytest.fail(f"must not go online (called with {args})")
+
+    for name in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, name, refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_tfds_is_offline_by_default_and_fails_fast_without_archive(tmp_path, no_network):
     archive = os.path.join(str(tmp_path), "downloads", "manual", "cifar-10-binary.tar.gz")
-    for download in ("auto", False):
+    for options in ({}, {"download": False}):  # load_data("tfds:cifar10:DIR") passes no download option
         start = time.perf_counter()
         with pytest.raises(FileNotFoundError) as info:
-            cifar10.load_split(from_tfds=True, data_dir=str(tmp_path), download=download)
+            cifar10.load_split(from_tfds=True, data_dir=str(tmp_path), **options)
         assert time.perf_counter() - start < 5
-        assert f"put it at {archive}" in str(info.value)
-        assert "cifar-10-binary.tar.gz" in str(info.value) and "\n" not in str(info.value)
+        message = str(info.value)
+        assert message == (f"tfds:cifar10: no prepared data set in {tmp_path} and downloading is off "
+                           f"(download=False); download {cifar10.ARCHIVE_URL} and put it at {archive}")
+    with pytest.raises(FileNotFoundError, match="downloading is off"):
+        load_data(f"tfds:cifar10:{tmp_path}")
+    with pytest.raises(ValueError, match="download must be True or False; received download='auto'"):
+        cifar10.read_tfds(str(tmp_path), download="auto")
+
+
+def _refused(self, url, **kwargs):
+    raise requests.exceptions.ConnectionError(
+        f"HTTPSConnectionPool: Max retries exceeded with url: {url}\n(Caused by NameResolutionError)")
+
+
+def _not_found(self, url, **kwargs):
+    response = requests.Response()
+    response.status_code, response.url, response.raw = 404, url, io.BytesIO(b"not found")
+    return response
+
+
+@pytest.mark.parametrize("get, reason", [
+    (_refused, r"ConnectionError: HTTPSConnectionPool: Max retries exceeded with url: "
+               r"https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz \(Caused by NameResolutionError\)"),
+    (_not_found, r"DownloadError: Failed to get url https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz. "
+                 r"HTTP code: 404."),
+])
+def test_tfds_download_failure_is_the_same_one_line_message_with_the_reason(tmp_path, monkeypatch, get,
+                                                                           reason):
+    # tfds' own download (requests, through its thread pool and retries) fails at the first request.
+    monkeypatch.setattr(requests.Session, "get", get)
+    archive = os.path.join(str(tmp_path), "downloads", "manual", "cifar-10-binary.tar.gz")
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as info:
+        cifar10.load_split(from_tfds=True, data_dir=str(tmp_path), download=True)
+    assert time.perf_counter() - start < 30
+    message = str(info.value)
+    assert type(info.value) is FileNotFoundError and "\n" not in message
+    assert message.startswith(f"tfds:cifar10: no prepared data set in {tmp_path} and the download failed (")
+    assert re.search(reason, message), message
+    assert message.endswith(f"); download {cifar10.ARCHIVE_URL} and put it at {archive}")
+    assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
 def test_tfds_load_path_with_mock_data(tmp_path):
@@ -205,12 +279,11 @@ def test_tfds_load_path_with_mock_data(tmp_path):
                                   np.sort(np.concatenate([labels, labels])))
 
 
-def test_tfds_prepares_offline_from_a_manual_archive(tmp_path, fake, monkeypatch):
+def test_tfds_prepares_offline_from_a_manual_archive(tmp_path, fake, monkeypatch, no_network):
     from tensorflow_datasets.core.download import download_manager
 
     archive = write_cifar_binary_archive(str(tmp_path / "downloads" / "manual" / "cifar-10-binary.tar.gz"),
                                          *fake)
-    monkeypatch.setattr(cifar10, "_online", lambda: pytest.fail("must not probe the network"))
     # Our fake is not the official archive: tfds' checksum check refuses it, with a clear message ...
     with pytest.raises(DataFormatError, match="not the official CIFAR-10 archive"):
         cifar10.load_split(from_tfds=True, data_dir=str(tmp_path))

@@ -59,14 +59,14 @@ def test_augment_shifts_a_known_pattern():
     assert len(moves) > 20 and {m[0] for m in moves} == {False, True}
 
 
-def split_of_constant_images(n_labeled=40, n_unlabeled=60, size=32):
+def split_of_constant_images(num_labeled=40, num_unlabeled=60, size=32):
     """Image i has value (i % 250) + 1 everywhere (labeled: value = label * 10 + 1)."""
-    y = np.arange(n_labeled) % 10
+    y = np.arange(num_labeled) % 10
     values = (y * 10 + 1).astype(np.uint8)
-    x_l = np.broadcast_to(values[:, None, None, None], (n_labeled, size, size, 3)).copy()
-    ids_u = (np.arange(n_unlabeled) % 250 + 1).astype(np.uint8)
-    x_u = np.broadcast_to(ids_u[:, None, None, None], (n_unlabeled, size, size, 3)).copy()
-    return Split(x_query=x_l[:5], y_query=y[:5], x_db=x_u, y_db=np.zeros(n_unlabeled, np.int64),
+    x_l = np.broadcast_to(values[:, None, None, None], (num_labeled, size, size, 3)).copy()
+    ids_u = (np.arange(num_unlabeled) % 250 + 1).astype(np.uint8)
+    x_u = np.broadcast_to(ids_u[:, None, None, None], (num_unlabeled, size, size, 3)).copy()
+    return Split(x_query=x_l[:5], y_query=y[:5], x_db=x_u, y_db=np.zeros(num_unlabeled, np.int64),
                  x_labeled=x_l, y_labeled=y)
 
 
@@ -108,7 +108,7 @@ def test_padding_is_zero_after_normalisation():
 
 
 def test_streams_are_shuffled_independently_and_cover_each_pass():
-    split = split_of_constant_images(n_labeled=40, n_unlabeled=40)
+    split = split_of_constant_images(num_labeled=40, num_unlabeled=40)
     split.x_unlabeled = split.x_labeled.copy()  # same images in both streams
     ds, steps = train_dataset(split, batch_size=10, seed=0, augmented=False)
     lab, unl = [], []
@@ -135,7 +135,7 @@ def test_seed_makes_the_stream_reproducible():
 
 
 def test_batch_size_is_capped_and_multi_hot_labels_pass():
-    split = split_of_constant_images(n_labeled=12, n_unlabeled=30)
+    split = split_of_constant_images(num_labeled=12, num_unlabeled=30)
     split.y_labeled = np.eye(21, dtype=np.uint8)[np.arange(12)]
     ds, steps = train_dataset(split, batch_size=500)
     x, y = next(iter(ds))

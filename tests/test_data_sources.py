@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from data_fakes import fake_cifar_images, image_ids, write_cifar_folder
 
-from gpq_keras.data import SPEC_FORMS, Split, load_data, user
+from gpq_keras.data import SPEC_FORMS, Split, check_images, load_data, user
 
 
 @pytest.mark.parametrize("spec, why", [
@@ -99,6 +99,27 @@ def test_npz_errors_name_the_file_and_array(tmp_path, change, message):
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match=f"bad.npz: .*{message}"):
         load_data(f"npz:{path}")
+
+
+@pytest.mark.parametrize("images", [np.zeros((4, 8, 8, 3), np.float32), np.zeros((4, 8, 8), np.uint8),
+                                    np.zeros((4, 8, 8, 1), np.uint8), np.zeros((4, 8, 8, 4), np.uint8)])
+def test_one_image_check_for_splits_and_files(images):
+    message = f"must be uint8 images (N, H, W, 3); got {images.dtype} {images.shape}"
+    with pytest.raises(ValueError) as info:
+        check_images(images, "mine.npz: 'x_db'")
+    assert str(info.value) == f"mine.npz: 'x_db' {message}"
+    split = make_split()
+    for key in ("x_query", "x_db", "x_labeled", "x_unlabeled"):
+        parts = {k: getattr(split, k)
+                 for k in ("x_query", "y_query", "x_db", "y_db", "x_labeled", "y_labeled")}
+        parts[key] = images
+        if key != "x_unlabeled":
+            parts[f"y{key[1:]}"] = parts[f"y{key[1:]}"][:len(images)]
+        with pytest.raises(ValueError) as info:
+            Split(**parts, name="mine")
+        assert str(info.value) == f"mine: {key} {message}"
+    ok = np.zeros((2, 4, 4, 3), np.uint8)
+    assert check_images(ok, "x") is ok
 
 
 def test_folder_of_class_subfolders(tmp_path):

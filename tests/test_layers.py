@@ -6,6 +6,7 @@ import tensorflow as tf
 import numpy_reference as ref
 from gpq_keras.layers import (GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier,
                               intra_normalize, soft_assignment)
+from test_case import run_layer_test, run_precision_test
 
 RNG = np.random.default_rng(0)
 M, D, K, CLASSES = 4, 5, 8, 6
@@ -72,23 +73,55 @@ def test_gradient_reversal_identity_forward_negated_backward():
     np.testing.assert_allclose(tape.gradient(loss, x).numpy(), -0.5 * np.broadcast_to(weights, x.shape), rtol=1e-6)
 
 
-@pytest.mark.parametrize("layer", [
-    IntraNormalization(M),
-    SoftProductQuantizer(M, K, alpha=10.0, name="pq"),
-    SubspaceClassifier(CLASSES, M, beta=2.0),
-    GradientReversal(scale=0.5),
-])
-def test_layer_config_round_trip(layer):
-    x = ref.intra_norm(_features(), M).astype(np.float32)
-    out = keras.ops.convert_to_numpy(layer(x))
-    config = keras.saving.serialize_keras_object(layer)
-    clone = keras.saving.deserialize_keras_object(config)
-    assert type(clone) is type(layer)
-    assert clone.get_config() == layer.get_config()
-    assert clone.built == layer.built  # the build config travels with the layer
-    if layer.weights:
-        clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(x)), out, rtol=1e-6)
+def _normalized(rows):
+    return ref.intra_norm(RNG.normal(size=(rows, M * D)), M).astype(np.float32)
+
+
+def test_intra_normalization_basics():
+    run_layer_test(
+        IntraNormalization,
+        init_kwargs={"num_subspaces": M},
+        input_data=_features(3),
+        expected_output_shape=(3, M * D),
+    )
+
+
+def test_soft_product_quantizer_basics():
+    run_layer_test(
+        SoftProductQuantizer,
+        init_kwargs={"num_subspaces": M, "num_codewords": K, "alpha": 10.0},
+        input_data=_normalized(3),
+        call_kwargs={"prototypes": _normalized(CLASSES)},
+        expected_output_shape=(3, M * D),
+        expected_num_trainable_weights=1,
+    )
+
+
+def test_subspace_classifier_basics():
+    run_layer_test(
+        SubspaceClassifier,
+        init_kwargs={"num_classes": CLASSES, "num_subspaces": M, "beta": 2.0},
+        input_data=_normalized(3),
+        expected_output_shape=(3, CLASSES),
+        expected_num_trainable_weights=1,
+    )
+
+
+def test_gradient_reversal_basics():
+    run_layer_test(
+        GradientReversal,
+        init_kwargs={"scale": 0.5},
+        input_data=_features(3),
+        expected_output_shape=(3, M * D),
+    )
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("sub_vector_scale", [0.0, 1e-5, 1e3])
+def test_intra_normalization_mixed_precision_extreme_norms(policy, sub_vector_scale):
+    x = _features(3)
+    x[1, D:2 * D] *= sub_vector_scale  # one zero, tiny or huge sub-vector among ordinary ones
+    run_precision_test(IntraNormalization, {"num_subspaces": M}, x, policies=(policy,))
 
 
 @pytest.mark.parametrize("make, message", [

@@ -3,43 +3,18 @@
 import numpy as np
 import pytest
 
-from gpq_keras import metrics, retrieval
+import original_retrieval as original
+from gpq_keras import metrics, parallel
 from gpq_keras.retrieval import PQIndex
-
-# --- references -----------------------------------------------------------------------------------
-
-
-def ref_cat_apcal(relevant, ranks, depth):
-    """AP as the original defines it, with plain loops: `ranks` is (database, queries), one ranked column
-    per query; AP = sum over relevant positions p <= depth of (hits so far / p), divided by the hits."""
-    scores = []
-    for qi in range(ranks.shape[1]):
-        hits, total = 0, 0.0
-        for position, item in enumerate(ranks[:depth, qi], start=1):
-            if relevant[qi, item] == 1:
-                hits += 1
-                total += hits / position
-        scores.append(total / hits if hits else 0.0)
-    return float(np.mean(scores))
-
-
-def ref_similarity(query_labels, db_labels):
-    sim = np.zeros((len(query_labels), len(db_labels)), int)
-    for i, q in enumerate(query_labels):
-        for j, d in enumerate(db_labels):
-            if np.ndim(q) == 0:
-                sim[i, j] = int(q == d)
-            else:
-                sim[i, j] = int(any(a and b for a, b in zip(q, d)))
-    return sim
 
 
 def ref_precision_at_k(sim, ranking, k):
     return np.mean([sum(sim[i, ranking[i, j]] for j in range(k)) / k for i in range(len(ranking))])
 
 
-def ref_stable_ranking(distances):
-    return np.array([sorted(range(len(row)), key=lambda j: (row[j], j)) for row in distances])
+def ref_map(sim, ranking, depth):
+    """The original's cat_apcal on a (queries, n) ranking."""
+    return original.cat_apcal(sim, ranking.T, depth)[0]
 
 
 @pytest.fixture
@@ -74,7 +49,7 @@ def test_relevance(rng, multi):
     yq, ydb, _ = random_problem(rng, multi=multi)
     rel = metrics.relevance(yq, ydb)
     assert rel.dtype == bool and rel.shape == (12, 90)
-    np.testing.assert_array_equal(rel, ref_similarity(yq, ydb) == 1)
+    np.testing.assert_array_equal(rel, original.label_similarity(yq, ydb) == 1)
     assert not rel[0].any()
 
 
@@ -82,8 +57,8 @@ def test_relevance(rng, multi):
 @pytest.mark.parametrize("top_k", [None, 1, 7, 45])
 def test_mean_average_precision_equals_the_originals_loop(rng, multi, top_k):
     yq, ydb, ranking = random_problem(rng, multi=multi)
-    sim = ref_similarity(yq, ydb)
-    want = ref_cat_apcal(sim, ranking.T, top_k or ranking.shape[1])
+    sim = original.label_similarity(yq, ydb)
+    want = ref_map(sim, ranking, top_k or ranking.shape[1])
     got = metrics.mean_average_precision(ranking, yq, ydb, top_k=top_k)
     assert abs(got - want) < 1e-12
     assert 0 < got < 1 or (top_k == 1 and got == 0)
@@ -99,7 +74,7 @@ def test_mean_average_precision_chunks_give_the_same_answer(rng, monkeypatch):
 @pytest.mark.parametrize("multi", [False, True])
 def test_precision_at_k(rng, multi):
     yq, ydb, ranking = random_problem(rng, multi=multi)
-    sim = ref_similarity(yq, ydb)
+    sim = original.label_similarity(yq, ydb)
     for k in (1, 5, 90):
         want = ref_precision_at_k(sim, ranking, k)
         assert metrics.precision_at_k(ranking, yq, ydb, k) == pytest.approx(want, abs=1e-12)
@@ -109,7 +84,7 @@ def test_precision_at_k(rng, multi):
 
 def test_precision_recall_curve(rng):
     yq, ydb, ranking = random_problem(rng)
-    sim = ref_similarity(yq, ydb)
+    sim = original.label_similarity(yq, ydb)
     cutoffs = np.array([1, 2, 10, 50, 90])
     precision, recall, c = metrics.precision_recall_curve(ranking, yq, ydb, cutoffs)
     keep = [i for i in range(len(yq)) if sim[i].sum() > 0]  # query 0 has no relevant item: left out
@@ -130,8 +105,12 @@ def test_bad_inputs_are_refused(rng):
         metrics.relevance(yq, np.eye(90, 5))
     with pytest.raises(ValueError, match=r"database positions in \[0, 90\)"):
         metrics.mean_average_precision(np.where(ranking == 3, -1, ranking), yq, ydb)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="covers 3 of 12 queries"):
         metrics.mean_average_precision(ranking[:3], yq, ydb)
+    with pytest.raises(ValueError, match="ranked twice"):
+        metrics.evaluate_ranking([(0, ranking), (0, ranking[:1])], yq, ydb)
+    with pytest.raises(ValueError, match="int database positions"):
+        metrics.mean_average_precision(ranking[0], yq, ydb)
 
 
 # --- evaluating an index: chunked ranking with ties against the loops -------------------------------
@@ -152,14 +131,15 @@ def _tied_index(rng, n=150, labels="int"):
 
 @pytest.mark.parametrize("labels", ["int", "multi"])
 @pytest.mark.parametrize("top_k", [None, 1, 10, 149])
-def test_evaluate_index_equals_the_originals_loop_with_ties(rng, labels, top_k):
+def test_evaluating_index_rankings_equals_the_originals_loop_with_ties(rng, labels, top_k):
     index, queries, yq, ydb = _tied_index(rng, labels=labels)
-    distances = retrieval.asymmetric_distances(queries, index.codes, index.codebook, 3)
-    ranking = ref_stable_ranking(distances)
+    distances = original.pq_dist(index.codebook, 3, index.codes, queries)
+    _, ranking = original.stable_top_k(distances, index.ntotal)
     assert len(np.unique(distances[0])) < 40  # plenty of ties
-    sim = ref_similarity(yq, ydb)
-    want = ref_cat_apcal(sim, ranking.T, top_k or index.ntotal)
-    result = metrics.evaluate_index(index, queries, yq, top_k=top_k, precision_at=(1, 5, 100))
+    sim = original.label_similarity(yq, ydb)
+    want = ref_map(sim, ranking, top_k or index.ntotal)
+    result = metrics.evaluate_ranking(index.rank(queries, top_k, with_distances=False), yq, ydb,
+                                      precision_at=(1, 5, 100))
     assert abs(result["mAP"] - want) < 1e-12
     assert result["ap"][3] == 0.0 and result["top_k"] == (top_k or 150)
     for k, value in result["precision"].items():
@@ -170,17 +150,17 @@ def test_evaluate_index_equals_the_originals_loop_with_ties(rng, labels, top_k):
     assert metrics.mean_average_precision(ids, yq, ydb) == pytest.approx(want, abs=1e-12)
 
 
-def test_evaluate_index_is_independent_of_chunks_and_threads(rng):
+def test_evaluation_is_independent_of_chunks_and_threads(rng):
     index, queries, yq, _ = _tied_index(rng, n=400)
-    base = metrics.evaluate_index(index, queries, yq, curve=True)
+    base = metrics.evaluate_ranking(index.rank(queries), yq, index.labels, curve=True)
     try:
-        retrieval.set_num_threads(1)
-        single = metrics.evaluate_index(index, queries, yq, chunk_size=1, curve=True)
-        retrieval.set_num_threads(3)
-        many = metrics.evaluate_index(index, np.concatenate([queries] * 4), np.concatenate([yq] * 4),
-                                      chunk_size=40, curve=True)
+        parallel.set_num_threads(1)
+        single = metrics.evaluate_ranking(index.rank(queries, chunk_size=1), yq, index.labels, curve=True)
+        parallel.set_num_threads(3)
+        many = metrics.evaluate_ranking(index.rank(np.concatenate([queries] * 4), chunk_size=40),
+                                        np.concatenate([yq] * 4), index.labels, curve=True)
     finally:
-        retrieval.set_num_threads(None)
+        parallel.set_num_threads(None)
     np.testing.assert_array_equal(single["ap"], base["ap"])
     np.testing.assert_array_equal(many["ap"], np.concatenate([base["ap"]] * 4))
     for key in ("precision", "recall"):
@@ -193,11 +173,19 @@ def test_evaluate_index_is_independent_of_chunks_and_threads(rng):
     np.testing.assert_allclose(base["curve"]["recall"], r, rtol=1e-12)
 
 
-def test_evaluate_index_validates(rng):
+def test_rank_chunks_and_validation(rng):
     index, queries, yq, ydb = _tied_index(rng)
-    with pytest.raises(ValueError, match="no labels"):
-        metrics.evaluate_index(PQIndex(index.codebook, 3).add(index.codes), queries, yq)
-    with pytest.raises(ValueError, match="db_labels has 3 rows"):
-        metrics.evaluate_index(index, queries, yq, db_labels=ydb[:3])
+    chunks = [(c.start, c.positions.copy(), c.distances.copy()) for c in index.rank(queries, 7, chunk_size=4)]
+    assert [c[0] for c in chunks] == [0, 4, 8] and [len(c[1]) for c in chunks] == [4, 4, 3]
+    d, i = index.search(queries, 7)
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), i)  # default ids = positions
+    np.testing.assert_array_equal(np.concatenate([c[2] for c in chunks]), d)
+    assert all(c.distances is None for c in index.rank(queries, with_distances=False))
+    with pytest.raises(ValueError, match="empty"):
+        next(PQIndex(index.codebook, 3).rank(queries))
+    with pytest.raises(ValueError, match="exceeds the 150 items"):
+        next(index.rank(queries, 151))
     with pytest.raises(ValueError, match="top_k"):
-        metrics.evaluate_index(index, queries, yq, top_k=151)
+        metrics.evaluate_ranking(index.rank(queries, 10), yq, ydb, top_k=11)
+    with pytest.raises(ValueError, match=r"positions in \[0, 3\)"):
+        metrics.evaluate_ranking(index.rank(queries), yq, ydb[:3])

@@ -6,26 +6,13 @@ import tensorflow as tf
 from gpq_keras import GPQ, GPQConfig, VGGBackbone
 from gpq_keras.data import digits, protocol_split, train_dataset
 from gpq_keras.losses import subspace_entropy_loss
-from gpq_keras.model import default_optimizer
+from gpq_keras.model import default_optimizer, load_gpq
 
 RNG = np.random.default_rng(2)
 
 
 def _images(n, shape=(16, 16, 3)):
     return RNG.normal(size=(n, *shape)).astype(np.float32)
-
-
-def test_backbone_shapes_and_layer_names(tiny_config):
-    backbone = VGGBackbone(12, filters=(4, 8, 8, 8), image_shape=(16, 16, 3))
-    assert backbone(_images(2)).shape == (2, 12)
-    names = [layer.name for layer in backbone.layers if layer.weights]
-    assert names[:3] == ["conv0", "batch0", "conv0_1"] and names[-1] == "feature_vector"
-    assert backbone.get_layer("feature_vector").kernel.shape == (8 + 8, 12)  # [GAP(stage 3), GAP(stage 2)]
-    bn = backbone.get_layer("batch0")
-    assert (bn.momentum, bn.epsilon) == (0.9, 1e-3)
-    full = VGGBackbone(144)
-    assert full.count_params() > 7_000_000  # VGG-16's first ten conv layers
-    assert full.get_layer("feature_vector").kernel.shape == (768, 144)
 
 
 def test_predict_encode_and_codebooks(tiny_config):
@@ -73,6 +60,7 @@ def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
         assert np.sign(moved - base) == direction, (variable.name, base, moved)
 
 
+@pytest.mark.large
 def test_each_stream_updates_batch_norm_with_its_own_statistics(tiny_config):
     model = GPQ(tiny_config)
     model.compile(optimizer=keras.optimizers.Adam(0.0))
@@ -107,6 +95,7 @@ class _StepLosses(keras.callbacks.Callback):
             self.means[key] = mean
 
 
+@pytest.mark.large
 def test_fit_one_epoch_on_digits_losses_finite_and_decreasing():
     split = _digits_split()  # 300 images: 30 queries, 150 labeled, 120 unlabeled
     config = GPQConfig(num_subspaces=4, num_codewords=8, subspace_dim=6, filters=(8, 16, 16, 16), learning_rate=3e-3)
@@ -125,6 +114,7 @@ def test_fit_one_epoch_on_digits_losses_finite_and_decreasing():
     assert float(lr) == pytest.approx(3e-3)  # 20 steps < decay_steps
 
 
+@pytest.mark.large
 def test_fit_accepts_multi_hot_labels_and_evaluate_reports_the_same_metrics(tiny_config):
     model = GPQ(tiny_config)
     model.compile()
@@ -147,6 +137,7 @@ def test_default_optimizer_is_the_original_schedule():
     assert opt.beta_1 == 0.5 and opt.epsilon == 1e-8
 
 
+@pytest.mark.large
 def test_save_and_load_round_trip(tmp_path, tiny_config):
     model = GPQ(tiny_config.replace(retrieval_mode="consistent"))
     model.compile()
@@ -170,3 +161,31 @@ def test_save_and_load_round_trip(tmp_path, tiny_config):
 def test_backbone_with_wrong_output_size_is_refused(tiny_config):
     with pytest.raises(ValueError, match="num_subspaces \\* subspace_dim = 12"):
         GPQ(tiny_config, backbone=VGGBackbone(10, filters=(4, 4, 4, 4), image_shape=(16, 16, 3)))
+
+
+def test_a_file_saved_with_the_old_config_keys_still_loads(tmp_path, tiny_config):
+    """.keras files written before the rename (n_book, n_word, len_code, n_classes) load unchanged."""
+    import json
+    import zipfile
+
+    model = GPQ(tiny_config)
+    new, old = tmp_path / "new.keras", tmp_path / "old.keras"
+    model.save(new)
+    renames = {"num_subspaces": "n_book", "num_codewords": "n_word", "subspace_dim": "len_code",
+               "num_classes": "n_classes"}
+    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                gpq = config["config"]["config"]
+                config["config"]["config"] = {renames.get(k, k): v for k, v in gpq.items()}
+                assert "n_book" in config["config"]["config"]
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    loaded = load_gpq(old)
+    assert loaded.gpq_config == model.gpq_config
+    x = _images(3)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="both 'n_book' and its new name 'num_subspaces'"):
+        GPQConfig.from_dict({"n_book": 3, "num_subspaces": 3})

@@ -1,61 +1,21 @@
-"""PQ codes, asymmetric search, files and faiss export against loop-by-loop NumPy float64 references."""
+"""PQ codes, asymmetric search, files and faiss export against the original's loops (NumPy float64)."""
 
 import os
 
 import numpy as np
 import pytest
 
-from gpq_keras import retrieval
-from gpq_keras.retrieval import (PQIndex, asymmetric_distances, encode_codes, intra_normalize_np,
-                                 lookup_tables, pack_codes, top_k, unpack_codes)
-
-# --- references: the original's loops, restated in float64 -------------------------------------------
+import original_retrieval as original
+from gpq_keras.retrieval import PQIndex, ProductQuantizer, intra_normalize_np, pack_codes, top_k, unpack_codes
+from numpy_reference import intra_norm
 
 
-def ref_intra_norm(x, m):
-    parts = np.split(np.asarray(x, np.float64), m, axis=1)
-    return np.concatenate([p / np.sqrt(np.maximum((p ** 2).sum(1, keepdims=True), 1e-12)) for p in parts], 1)
+def codes_of(features, codebook, num_subspaces):
+    return ProductQuantizer(codebook, num_subspaces).encode(features)
 
 
-def ref_indexing(z, features, m):
-    """The original's `Indexing`: per sub-space, arg-max dot product with intra_norm(Z). Also the gap
-    between the best and second-best dot product (to skip float32/float64 near-ties)."""
-    zs = np.split(ref_intra_norm(z, m), m, 1)
-    xs = np.split(np.asarray(features, np.float64), m, 1)
-    codes = np.zeros((len(features), m), np.int64)
-    gaps = np.zeros((len(features), m))
-    for i in range(m):
-        dots = xs[i] @ zs[i].T
-        codes[:, i] = dots.argmax(1)
-        top2 = np.sort(dots, 1)[:, -2:]
-        gaps[:, i] = top2[:, 1] - top2[:, 0]
-    return codes, gaps
-
-
-def ref_pq_dist(z, m, codes, queries):
-    """The original's `pqDist` (one row per query): a table per query and sub-space, summed over the
-    items' codes."""
-    q_split = np.split(np.asarray(queries, np.float64), m, 1)
-    z_split = np.split(np.asarray(z, np.float64), m, 1)
-    out = np.zeros((len(queries), len(codes)))
-    for i in range(len(queries)):
-        y = np.zeros(len(codes))
-        for j in range(m):
-            table = np.array([1 - np.dot(q_split[j][i], z_split[j][k]) for k in range(len(z))])
-            y += table[codes[:, j]]
-        out[i] = y
-    return out
-
-
-def ref_stable_top_k(distances, k):
-    """Sort each row by (distance, position) with Python's sorted; pad like faiss."""
-    ids = np.full((len(distances), k), -1, np.int64)
-    dist = np.full((len(distances), k), np.inf)
-    for q, row in enumerate(distances):
-        order = sorted(range(len(row)), key=lambda j: (row[j], j))[:k]
-        ids[q, :len(order)] = order
-        dist[q, :len(order)] = row[order]
-    return dist, ids
+def distances_of(queries, codes, codebook, num_subspaces, mode="original"):
+    return PQIndex(codebook, num_subspaces, mode).add(codes).distances(queries)
 
 
 DYADIC = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
@@ -83,26 +43,26 @@ def rng():
 def test_intra_normalize_np_matches_reference(rng):
     x = rng.standard_normal((7, 12)).astype(np.float32)
     x[0, :4] = 0.0  # a zero sub-vector stays zero (the 1e-12 floor)
-    np.testing.assert_allclose(intra_normalize_np(x, 3), ref_intra_norm(x, 3), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(intra_normalize_np(x, 3), intra_norm(x, 3), rtol=1e-6, atol=1e-7)
     assert np.all(intra_normalize_np(x, 3)[0, :4] == 0)
 
 
-def test_encode_codes_is_the_originals_indexing(rng):
+def test_pq_encode_is_the_originals_indexing(rng):
     z = rng.standard_normal((16, 4 * 5)).astype(np.float32) * 3
     features = rng.standard_normal((300, 4 * 5)).astype(np.float32)
-    codes = encode_codes(features, z, 4)
-    want, gaps = ref_indexing(z, features, 4)
+    codes = codes_of(features, z, 4)
+    want, gaps = original.indexing(z, features, 4), original.indexing_gaps(z, features, 4)
     assert codes.dtype == np.uint8 and codes.shape == (300, 4)
     clear = gaps > 1e-5
     assert clear.mean() > 0.95
     np.testing.assert_array_equal(codes[clear], want[clear])
     # Scaling Z or a feature sub-vector does not change the codes (both are normalised away / arg-max).
-    np.testing.assert_array_equal(encode_codes(features * 2.0, z * 5.0, 4), codes)
+    np.testing.assert_array_equal(codes_of(features * 2.0, z * 5.0, 4), codes)
 
 
 def test_encode_ties_pick_the_lowest_codeword():
     z = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)  # M=1, duplicate words
-    codes = encode_codes(np.array([[2.0, 0.1], [0.0, 3.0]], np.float32), z, 1)
+    codes = codes_of(np.array([[2.0, 0.1], [0.0, 3.0]], np.float32), z, 1)
     np.testing.assert_array_equal(codes[:, 0], [0, 2])
 
 
@@ -110,11 +70,11 @@ def test_original_mode_distance_is_the_originals_pqdist(rng):
     z = rng.standard_normal((16, 3 * 4)).astype(np.float32)
     codes = rng.integers(0, 16, size=(200, 3)).astype(np.uint8)
     queries = rng.standard_normal((6, 3 * 4)).astype(np.float32) * 2  # raw, un-normalised queries
-    got = asymmetric_distances(queries, codes, z, 3, mode="original")
-    want = ref_pq_dist(z, 3, codes, queries)
+    got = distances_of(queries, codes, z, 3, mode="original")
+    want = original.pq_dist(z, 3, codes, queries)
     assert got.dtype == np.float32 and got.shape == (6, 200)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    tables = lookup_tables(queries, z, 3, mode="original")
+    tables = ProductQuantizer(z, 3, mode="original").lookup_tables(queries)
     assert tables.shape == (6, 3, 16)
     np.testing.assert_allclose(tables[2, 1, 5], 1 - queries[2, 4:8].astype(np.float64) @ z[5, 4:8], rtol=1e-6)
 
@@ -123,19 +83,19 @@ def test_consistent_mode_normalises_queries_and_codebook(rng):
     z = rng.standard_normal((8, 3 * 4)).astype(np.float32)
     codes = rng.integers(0, 8, size=(100, 3)).astype(np.uint8)
     queries = rng.standard_normal((5, 3 * 4)).astype(np.float32) * 4
-    got = asymmetric_distances(queries, codes, z, 3, mode="consistent")
-    want = ref_pq_dist(ref_intra_norm(z, 3), 3, codes, ref_intra_norm(queries, 3))
+    got = distances_of(queries, codes, z, 3, mode="consistent")
+    want = original.pq_dist(intra_norm(z, 3), 3, codes, intra_norm(queries, 3))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert got.min() >= -1e-5 and got.max() <= 2 * 3 + 1e-5  # sum of M terms 1 - cos in [0, 2]
-    with pytest.raises(ValueError, match="mode must be one of"):
-        asymmetric_distances(queries, codes, z, 3, mode="cosine")
+    with pytest.raises(ValueError, match="retrieval mode in"):
+        distances_of(queries, codes, z, 3, mode="cosine")
 
 
 def test_equal_codes_get_bit_identical_distances(rng):
     z = rng.standard_normal((16, 4 * 3)).astype(np.float32)
     codes = rng.integers(0, 16, size=(500, 4)).astype(np.uint8)
     codes[250:] = codes[:250]
-    dist = asymmetric_distances(rng.standard_normal((9, 12)).astype(np.float32), codes, z, 4)
+    dist = distances_of(rng.standard_normal((9, 12)).astype(np.float32), codes, z, 4)
     np.testing.assert_array_equal(dist[:, 250:], dist[:, :250])
 
 
@@ -154,11 +114,11 @@ def test_search_matches_stable_loop_reference_with_ties(rng, mode):
 
         z, queries = axis_vectors(4), axis_vectors(7)
     index = PQIndex(z, 3, mode=mode).add(codes)
-    want_d = ref_pq_dist(retrieval.retrieval_codebook(z, 3, mode), 3, codes,
-                         retrieval.prepare_queries(queries, 3, mode))
+    pq = index.pq
+    want_d = original.pq_dist(pq.words, 3, codes, pq.prepare_queries(queries))
     for k in (1, 5, 37, 120, 125):
         d, i = index.search(queries, k)
-        rd, ri = ref_stable_top_k(want_d, k)
+        rd, ri = original.stable_top_k(want_d, k)
         np.testing.assert_array_equal(i, ri)
         np.testing.assert_array_equal(d, rd.astype(np.float32))
     assert len(np.unique(want_d[0])) < 60  # the data really has ties
@@ -174,7 +134,7 @@ def test_search_random_data_against_reference(rng):
     features = rng.standard_normal((400, 24)).astype(np.float32)
     queries = rng.standard_normal((10, 24)).astype(np.float32)
     index = PQIndex(z, 4).add(features)
-    want = ref_pq_dist(z, 4, index.codes, queries)
+    want = original.pq_dist(z, 4, index.codes, queries)
     d, i = index.search(queries, 30)
     np.testing.assert_allclose(d, np.sort(want, 1)[:, :30], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(want[np.arange(10)[:, None], i], d, rtol=1e-5, atol=1e-5)
@@ -211,9 +171,9 @@ def test_add_codes_features_ids_and_labels(rng):
     index = PQIndex(z, 2)
     features = rng.standard_normal((20, 6)).astype(np.float32)
     index.add(features[:10], ids=np.arange(100, 110), labels=np.arange(10))
-    index.add(encode_codes(features[10:], z, 2), ids=np.arange(200, 210), labels=np.arange(10))
+    index.add(codes_of(features[10:], z, 2), ids=np.arange(200, 210), labels=np.arange(10))
     assert index.ntotal == 20 and len(index) == 20
-    np.testing.assert_array_equal(index.codes, encode_codes(features, z, 2))
+    np.testing.assert_array_equal(index.codes, codes_of(features, z, 2))
     _, ids = index.search(features[:1], 20)
     assert set(ids[0]) == set(range(100, 110)) | set(range(200, 210))
     with pytest.raises(ValueError, match="give `ids`"):
@@ -222,7 +182,7 @@ def test_add_codes_features_ids_and_labels(rng):
         index.add(features[:2], ids=np.arange(2))
     with pytest.raises(ValueError, match=r"codes \(N, 2\) or features \(N, 6\)"):
         index.add(features[0])
-    with pytest.raises(ValueError, match="only K=8"):
+    with pytest.raises(ValueError, match=r"codeword indices in \[0, 8\)"):
         PQIndex(z, 2).add(np.full((1, 2), 9, np.uint8))
     with pytest.raises(ValueError, match="divisible"):
         PQIndex(z, 4)
@@ -245,7 +205,7 @@ def test_pack_unpack_round_trip(rng, nbits):
 
 @pytest.mark.parametrize("nbits", [3, 4])
 def test_packing_is_faiss_layout(rng, nbits):
-    faiss = pytest.importorskip("faiss")
+    import faiss
     m, d, k = 5, 3, 1 << nbits
     pq = faiss.ProductQuantizer(m * d, m, nbits)
     centroids = rng.standard_normal((m, k, d)).astype(np.float32)
@@ -268,27 +228,25 @@ def _assert_same_ranking_up_to_ties(ours_d, ours_i, faiss_d, faiss_i, m):
 
 
 def test_faiss_index_ranks_identically_exact_data(rng):
-    pytest.importorskip("faiss")
     z, codes, queries = dyadic_problem(rng, m=4, k=16, d=3, n=300, q=12)
     index = PQIndex(z, 4).add(codes)
     fx = index.to_faiss()
     assert fx.ntotal == 300 and fx.metric_type == 0  # METRIC_INNER_PRODUCT
     for k in (10, 300):
         d, i = index.search(queries, k)
-        fd, fi = fx.search(index.prepare_queries(queries), k)
+        fd, fi = fx.search(index.pq.prepare_queries(queries), k)
         _assert_same_ranking_up_to_ties(d, i, fd, fi, 4)
 
 
 @pytest.mark.parametrize("mode", ["original", "consistent"])
 def test_faiss_index_ranks_identically_random_data(rng, mode):
-    pytest.importorskip("faiss")
     z = rng.standard_normal((16, 6 * 4)).astype(np.float32)
     features = rng.standard_normal((500, 24)).astype(np.float32)
     index = PQIndex(z, 6, mode=mode).add(features, ids=np.arange(500) * 3)
     assert len(np.unique(index.codes, axis=0)) == 500  # no tie-producing duplicates
     queries = rng.standard_normal((15, 24)).astype(np.float32)
     d, i = index.search(queries, 500)
-    fd, fi = index.to_faiss().search(index.prepare_queries(queries), 500)
+    fd, fi = index.to_faiss().search(index.pq.prepare_queries(queries), 500)
     np.testing.assert_allclose(d, 6 - fd, atol=2e-5)
     separated = np.diff(d, axis=1, prepend=-np.inf, append=np.inf)
     clear = (separated[:, :-1] > 1e-4) & (separated[:, 1:] > 1e-4)  # no near-tie on either side
@@ -297,7 +255,7 @@ def test_faiss_index_ranks_identically_random_data(rng, mode):
 
 
 def test_to_faiss_round_trips_through_faiss_files(rng, tmp_path):
-    faiss = pytest.importorskip("faiss")
+    import faiss
     z, codes, queries = dyadic_problem(rng, m=4, k=16, d=3, n=50, q=3)
     index = PQIndex(z, 4).add(codes)
     faiss.write_index(index.to_faiss(), str(tmp_path / "x.faiss"))
@@ -417,6 +375,16 @@ def test_from_model_picks_the_codebook_of_the_mode(tiny_config):
     from gpq_keras.data.pipeline import normalize
 
     features = model.encode(normalize(images).numpy())
-    np.testing.assert_array_equal(original.codes, encode_codes(features, model.codebook, 3))
+    np.testing.assert_array_equal(original.codes, codes_of(features, model.codebook, 3))
     with pytest.raises(ValueError, match="from_model"):
         PQIndex(model.codebook, 3).add_images(images)
+
+
+def test_faiss_is_optional_with_an_install_hint(rng, monkeypatch):
+    import sys
+
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(np.zeros((3, 4), np.uint8))
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss-cpu were not installed
+    with pytest.raises(ImportError, match=r"pip install 'gpq-keras\[faiss\]'"):
+        index.to_faiss()
+    assert index.search(np.zeros((1, 12), np.float32), 2)[1].tolist() == [[0, 1]]  # the rest needs no faiss

@@ -64,12 +64,6 @@ def test_ranked_list_validates():
         viz.to_display(np.zeros((4, 4, 2), np.uint8))
 
 
-def test_is_relevant():
-    np.testing.assert_array_equal(viz.is_relevant(3, np.array([1, 3, 3, 0])), [False, True, True, False])
-    multi = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]])
-    np.testing.assert_array_equal(viz.is_relevant(np.array([0, 1, 0]), multi), [False, True, False])
-
-
 def test_precision_recall_plot(tmp_path):
     recall = np.linspace(0, 1, 20)
     path = viz.plot_precision_recall({"original": (1 - 0.5 * recall, recall),

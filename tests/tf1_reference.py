@@ -10,8 +10,7 @@ and `AdamOptimizer(beta1=0.5).minimize` (slots `<var>/Adam`, `<var>/Adam_1`, `be
 Every variable gets random values, the batch-norm statistics non-trivial ones, and the whole is written with
 `tf.compat.v1.train.Saver`, as the original's train.py does.
 
-The retrieval of the original (utils/RetrievalTest.py) is re-stated in NumPy float64 with its loops:
-`indexing` (database codes), `pq_dist` (asymmetric distances with the raw Z), `cat_apcal` (mAP).
+The original's retrieval loops are restated in `original_retrieval.py`.
 """
 
 import numpy as np
@@ -138,60 +137,3 @@ def read_checkpoint(prefix):
     """{name: array} of every variable in a checkpoint."""
     reader = tf.train.load_checkpoint(str(prefix))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-
-
-# --- the original's retrieval (utils/RetrievalTest.py), loops kept, NumPy float64 -----------------------
-
-def intra_norm(x, num_seg):
-    """Intra_Norm: tf.nn.l2_normalize of each of the num_seg sub-vectors (epsilon 1e-12 on the square)."""
-    parts = np.split(np.asarray(x, np.float64), num_seg, axis=1)
-    return np.concatenate(
-        [p / np.sqrt(np.maximum((p * p).sum(axis=1, keepdims=True), 1e-12)) for p in parts], axis=1)
-
-
-def indexing(z, descriptor, num_seg):
-    """Indexing: per sub-space, argmax over codewords of raw descriptor . intra_norm(Z) -> (N, M) ints."""
-    zs = np.split(intra_norm(z, num_seg), num_seg, axis=1)
-    xs = np.split(np.asarray(descriptor, np.float64), num_seg, axis=1)
-    codes = np.zeros((len(descriptor), num_seg), dtype=np.int64)
-    for i in range(num_seg):
-        for n in range(len(descriptor)):
-            codes[n, i] = int(np.argmax([np.dot(xs[i][n], zs[i][k]) for k in range(len(z))]))
-    return codes
-
-
-def pq_dist(z, num_seg, gallery_codes, queries):
-    """pqDist: (n_query, n_db), sum over sub-spaces of 1 - q_m . Z_m[code_m] with the raw Z (a LUT/query)."""
-    zs = np.split(np.asarray(z, np.float64), num_seg, axis=1)
-    qs = np.split(np.asarray(queries, np.float64), num_seg, axis=1)
-    dist = np.zeros((len(queries), len(gallery_codes)))
-    for i in range(len(queries)):
-        for j in range(num_seg):
-            table = np.array([1.0 - np.dot(qs[j][i], zs[j][k]) for k in range(len(z))])
-            dist[i] += table[gallery_codes[:, j]]
-    return dist
-
-
-def cat_apcal(label_similarity, rank, top_n):
-    """cat_apcal: rank (n_db, n_query) of database indices; AP = mean precision at each relevant rank."""
-    _, num_test = rank.shape
-    ap_all = np.zeros(num_test)
-    for i in range(num_test):
-        hits, precision_sum = 0, 0.0
-        for j in range(top_n):
-            if label_similarity[i, rank[j, i]] == 1:
-                hits += 1
-                precision_sum += hits / (j + 1)
-        ap_all[i] = precision_sum / hits if hits else 0.0
-    return float(np.mean(ap_all))
-
-
-def original_map(z, num_seg, db_features, query_features, label_similarity, top_n=None):
-    """PQ_retrieval's mAP: codes of the database, raw query features, asymmetric distances, stable rank.
-
-    Returns (mAP, database codes, distances (n_query, n_db)).
-    """
-    codes = indexing(z, db_features, num_seg)
-    dist = pq_dist(z, num_seg, codes, query_features)
-    rank = np.argsort(dist.T, axis=0, kind="stable")  # the original's argsort is unstable: see ORIGINAL.md
-    return cat_apcal(label_similarity, rank, top_n or len(db_features)), codes, dist

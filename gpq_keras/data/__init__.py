@@ -4,19 +4,39 @@
 
 | spec                         | source                                                              |
 |------------------------------|---------------------------------------------------------------------|
-| `digits`                     | scikit-learn's digits, embedded (the default)                       |
+| `digits`                     | 1,797 handwritten digits packaged with gpq_keras (the default)      |
 | `cifar10:DIR`                | the original release's folder of python batches                     |
-| `tfds:cifar10[:DATA_DIR]`    | TensorFlow Datasets; offline from DATA_DIR/downloads/manual/        |
-|                              | cifar-10-binary.tar.gz                                              |
+| `tfds:cifar10[:DATA_DIR]`    | TensorFlow Datasets, offline from a manually placed archive:        |
+|                              | DATA_DIR/downloads/manual/cifar-10-binary.tar.gz                    |
 | `nuswide:LIST_DIR:IMAGE_ROOT`| HashNet list files (database.txt, test.txt, train.txt) + images     |
 | `npz:FILE`                   | x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)  |
 | `folder:DIR`                 | class sub-folders of images, split like the paper                   |
+
+The tf.data pipelines (`train_dataset`, `eval_dataset`, `normalize`, `denormalize`) load on first use, so
+importing this package, its specs and the NumPy loaders does not import TensorFlow or Keras.
 """
 
+import importlib
 import os
 
-from gpq_keras.data.pipeline import denormalize, eval_dataset, normalize, train_dataset
-from gpq_keras.data.split import Split, protocol_split
+from gpq_keras.data.split import Split, check_images, protocol_split
+
+_LAZY = {name: "gpq_keras.data.pipeline" for name in ("normalize", "denormalize", "train_dataset",
+                                                      "eval_dataset")}
+__all__ = sorted(["SPEC_FORMS", "Split", "check_images", "load_data", "protocol_split", *_LAZY])
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gpq_keras.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 SPEC_FORMS = ("digits", "cifar10:DIR", "tfds:cifar10[:DATA_DIR]", "nuswide:LIST_DIR:IMAGE_ROOT",
               "npz:FILE", "folder:DIR")
@@ -37,7 +57,7 @@ def load_data(spec, **options):
     """Load the `Split` a data spec names (see the module docstring); `options` go to the loader.
 
     Options by source: cifar10 `similarity`, `query_every`, `labeled_per_class`; tfds `manual_dir`,
-    `download`, `similarity`; nuswide `image_size`; npz `name`; folder `image_size`, `query_every`,
+    `download` (default False: offline), `similarity`, `query_every`, `labeled_per_class`; nuswide `image_size`; npz `name`; folder `image_size`, `query_every`,
     `labeled_per_class`; digits `query_every`, `labeled_per_class`.
 
     Raises ValueError naming the spec and the accepted forms for a malformed spec, FileNotFoundError

@@ -13,11 +13,10 @@ stay uint8 (N, 32, 32, 3); `pipeline.normalize` applies the original's channel s
 import io
 import os
 import pickle
-import socket
-import threading
 
 import numpy as np
 
+from gpq_keras.data.labels import relevance
 from gpq_keras.data.split import protocol_split
 from gpq_keras.files import atomic_path
 
@@ -178,53 +177,46 @@ def read_folder(directory):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _online(host="www.cs.toronto.edu", port=443, timeout=3.0):
-    """Whether the archive's host answers within `timeout` seconds (DNS included)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
-        return True  # let the proxy decide; tfds honours it
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
-
-
 def default_tfds_dir():
     """TensorFlow Datasets' data directory: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
     return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
-def read_tfds(data_dir=None, manual_dir=None, download="auto"):
+def _no_archive(data_dir, archive, why):
+    """The one-line FileNotFoundError of a missing data set: why, and where to put the archive."""
+    return FileNotFoundError(f"tfds:cifar10: no prepared data set in {data_dir} and {why}; download "
+                             f"{ARCHIVE_URL} and put it at {archive}")
+
+
+def read_tfds(data_dir=None, manual_dir=None, download=False):
     """CIFAR-10 through `tfds.load("cifar10")` -> (images uint8 (60000, 32, 32, 3), labels, names).
 
     Train then test, each back in the original's order (tfds shuffles records; its `id` keeps the
     index), so the split equals the one from the python folder.
 
-    Offline: put `cifar-10-binary.tar.gz` into `manual_dir` (default `DATA_DIR/downloads/manual`, tfds'
-    own convention); tfds checks it against its registered checksum and prepares the data set once.
+    Offline (the default): put `cifar-10-binary.tar.gz` into `manual_dir` (default
+    `DATA_DIR/downloads/manual`, tfds' own convention); tfds checks it against its registered checksum
+    and prepares the data set once. Nothing here probes the network.
 
     Args:
         data_dir: tfds' data directory. Default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
         manual_dir: where a manually downloaded archive lies. Default `data_dir/downloads/manual`.
-        download: "auto" downloads only if the host answers now; False never goes online; True always
-            lets tfds try.
+        download: False (default) never goes online; True lets tfds download the archive when the data
+            set is not prepared and the archive is not in `manual_dir` (tfds retries before giving up,
+            which can take minutes without a network).
 
-    Raises FileNotFoundError at once (before tfds retries for minutes) when the data set is not prepared,
-    the archive is not in `manual_dir`, and downloading is off or the network is unreachable.
+    Raises:
+        FileNotFoundError: one line saying where to put the archive, when the data set is not prepared
+            and the archive is not in `manual_dir`: at once with download=False; with download=True
+            when tfds' download fails, with its reason.
+        DataFormatError: the archive in `manual_dir` is not the official one (checksum).
     """
+    if download not in (True, False):
+        raise ValueError(f"download must be True or False; received download={download!r}")
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+    from tensorflow_datasets.core.download.util import DownloadError
 
-    if download not in ("auto", True, False):
-        raise ValueError(f"download must be 'auto', True or False; received download={download!r}")
     data_dir = os.path.expanduser(os.fspath(data_dir or default_tfds_dir()))
     manual_dir = os.path.expanduser(os.fspath(manual_dir or os.path.join(data_dir, "downloads", "manual")))
     builder = tfds.builder("cifar10", data_dir=data_dir)
@@ -237,13 +229,16 @@ def read_tfds(data_dir=None, manual_dir=None, download="auto"):
             except NonMatchingChecksumError:
                 raise DataFormatError(f"{archive}: not the official CIFAR-10 archive (checksum differs "
                                       f"from {ARCHIVE_URL})") from None
-        elif download is True or (download == "auto" and _online()):
-            builder.download_and_prepare()
+        elif not download:
+            raise _no_archive(data_dir, archive, "downloading is off (download=False)")
         else:
-            why = "downloading is off" if download is False else "the network is unreachable"
-            raise FileNotFoundError(
-                f"tfds:cifar10: no prepared data set in {data_dir} and {why}; download {ARCHIVE_URL} "
-                f"and put it at {archive}")
+            try:
+                builder.download_and_prepare()
+            # DownloadError: an HTTP status other than 200; OSError: requests' ConnectionError, Timeout
+            # and the other RequestExceptions, urllib's URLError; a checksum mismatch of the download.
+            except (DownloadError, OSError, NonMatchingChecksumError) as exc:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+                raise _no_archive(data_dir, archive, f"the download failed ({reason})") from None
     images, labels = [], []
     for part in tfds.load("cifar10", split=["train", "test"], data_dir=data_dir, batch_size=10000,
                           download=False):
@@ -261,14 +256,14 @@ def read_tfds(data_dir=None, manual_dir=None, download="auto"):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_split(directory=None, *, from_tfds=False, data_dir=None, manual_dir=None, download="auto",
+def load_split(directory=None, *, from_tfds=False, data_dir=None, manual_dir=None, download=False,
                similarity=None, query_every=60, labeled_per_class=500):
     """CIFAR-10 split as the paper does: 1,000 queries, 5,000 labeled, 54,000 unlabeled = database.
 
     Args:
         directory: the original release's `cifar10/` folder of python batches.
         from_tfds: read through TensorFlow Datasets instead (`data_dir`, `manual_dir`, `download` as in
-            `read_tfds`).
+            `read_tfds`; offline unless download=True).
         similarity: optional path of `cifar10_Similarity.mat`; checked against the split's labels
             (`check_similarity`), a ValueError if it does not match.
         query_every, labeled_per_class: the protocol (60 and 500 in the paper).
@@ -289,22 +284,21 @@ def load_split(directory=None, *, from_tfds=False, data_dir=None, manual_dir=Non
     return split
 
 
-def similarity_matrix(y_query, y_db):
-    """Sparse 0/1 relevance (queries, database) as float64 CSR: same class, or >= 1 shared label."""
+def similarity_matrix(y_query, y_db, chunk=1024):
+    """Sparse 0/1 relevance (queries, database) as float64 CSR: same class, or >= 1 shared label.
+
+    The relevance is `gpq_keras.data.labels.relevance`, taken `chunk` queries at a time so that only a
+    (chunk, database) dense block is held at once. Labels of two kinds raise its ValueError.
+    """
     from scipy import sparse
 
     y_query, y_db = np.asarray(y_query), np.asarray(y_db)
-    if y_query.ndim == 1 and y_db.ndim == 1:
-        classes = int(max(y_query.max(initial=0), y_db.max(initial=0))) + 1
-        y_query, y_db = np.eye(classes, dtype=np.float64)[y_query], np.eye(classes, dtype=np.float64)[y_db]
-    elif y_query.ndim != 2 or y_db.ndim != 2 or y_query.shape[1] != y_db.shape[1]:
-        raise ValueError(f"labels must both be int (N,) or both multi-hot (N, classes); got "
-                         f"{y_query.shape} and {y_db.shape}")
-    query, db = sparse.csr_matrix(y_query > 0, dtype=np.float64), sparse.csr_matrix(y_db > 0, dtype=np.float64)
-    relevant = query @ db.T  # shared labels per pair
-    relevant.data[:] = 1.0
-    relevant.eliminate_zeros()
-    return relevant.tocsr()
+    blocks = [sparse.csr_matrix(relevance(y_query[start:start + chunk], y_db), dtype=np.float64)
+              for start in range(0, len(y_query), chunk)]
+    if not blocks:
+        relevance(y_query, y_db)  # the same checks for no queries
+        return sparse.csr_matrix((0, len(y_db)), dtype=np.float64)
+    return sparse.vstack(blocks, format="csr", dtype=np.float64)
 
 
 def save_similarity(path, y_query, y_db):

@@ -1,21 +1,40 @@
-"""The embedded default data: scikit-learn's digits (1,797 8x8 images) as 32x32x3 uint8."""
+"""The embedded default data: the 1,797 8x8 handwritten digits, as 32x32x3 uint8.
+
+The arrays ship with the package as `digits.npz` (scikit-learn's copy of the UCI "Optical Recognition of
+Handwritten Digits" test set; sources and licences in `DIGITS_LICENSE.txt`), so no download and no
+scikit-learn are needed.
+"""
+
+from importlib import resources
 
 import numpy as np
 
 from gpq_keras.data.split import protocol_split
 
+DATA_FILE = "digits.npz"
+NUM_IMAGES = 1797
+MAX_VALUE = 16  # the raw pixels count "on" pixels in 4x4 blocks: 0..16
+
+
+def load_raw():
+    """The packaged arrays as stored: images uint8 (1797, 8, 8) with values 0..16, labels int64 (1797,)."""
+    with resources.files(__package__).joinpath(DATA_FILE).open("rb") as f, \
+            np.load(f, allow_pickle=False) as data:
+        return data["images"], data["labels"]
+
 
 def load_images(image_size=32):
-    """All digits as uint8 (1797, image_size, image_size, 3) and int labels (1797,)."""
-    from sklearn.datasets import load_digits
+    """All digits as uint8 (1797, image_size, image_size, 3) and int64 labels (1797,).
 
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
+    Raw values 0..16 are scaled to 0..255, resized bilinearly (TensorFlow) and repeated to 3 channels.
+    """
+    raw, labels = load_raw()
+    images = np.round(raw.astype(np.float64) * (255.0 / MAX_VALUE)).astype(np.uint8)  # 0..16 -> 0..255
     import tensorflow as tf
 
     images = tf.image.resize(images[..., None], (image_size, image_size), method="bilinear").numpy()
     images = np.repeat(np.clip(np.round(images), 0, 255).astype(np.uint8), 3, axis=-1)
-    return images, digits.target.astype(np.int64)
+    return images, labels.astype(np.int64)
 
 
 def load_split(query_every=10, labeled_per_class=50):

@@ -6,20 +6,19 @@ split = nuswide.load_split("lists/", "NUS-WIDE/images", image_size=32)
 
 LIST_DIR holds `database.txt` (retrieval database, also the unlabeled training set), `test.txt`
 (queries) and `train.txt` (labeled training set); labels are multi-hot (N, 21) uint8, and an item is
-relevant to a query when they share at least one label. Images are decoded and resized in `tf.data`
-(AUTOTUNE, no Python loop per image) into uint8 arrays, which take image_size**2 * 3 bytes per image:
-3 KiB at 32x32, about 600 MB for NUS-WIDE's ~196,000 images. For larger images use `image_dataset`,
-which decodes lazily.
+relevant to a query when they share at least one label (`gpq_keras.data.labels.relevance`). Images are
+decoded and resized in `tf.data` (AUTOTUNE, no Python loop per image) into uint8 arrays, which take
+image_size**2 * 3 bytes per image: 3 KiB at 32x32, about 600 MB for NUS-WIDE's ~196,000 images. For
+larger images use `image_dataset`, which decodes lazily. TensorFlow is imported only to decode.
 """
 
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from gpq_keras.data.split import Split
 
-N_LABELS = 21
+NUM_CLASSES = 21
 LIST_FILES = {"query": "test.txt", "db": "database.txt", "labeled": "train.txt"}
 
 
@@ -27,8 +26,8 @@ class ListFormatError(ValueError):
     """A malformed line in a list file; the message names the file and the line number."""
 
 
-def read_list(path, n_labels=N_LABELS):
-    """A list file -> (paths list[str], labels uint8 (N, n_labels)). Blank lines are skipped."""
+def read_list(path, num_classes=NUM_CLASSES):
+    """A list file -> (paths list[str], multi-hot labels uint8 (N, num_classes)). Blank lines are skipped."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"NUS-WIDE list file not found: {path}")
@@ -39,8 +38,8 @@ def read_list(path, n_labels=N_LABELS):
             if not fields:
                 continue
             values = fields[1:]
-            if len(values) != n_labels:
-                raise ListFormatError(f"{path}:{number}: expected a path and {n_labels} 0/1 labels, "
+            if len(values) != num_classes:
+                raise ListFormatError(f"{path}:{number}: expected a path and {num_classes} 0/1 labels, "
                                       f"found {len(values)} labels")
             if any(v not in ("0", "1") for v in values):
                 bad = next(v for v in values if v not in ("0", "1"))
@@ -49,7 +48,7 @@ def read_list(path, n_labels=N_LABELS):
             labels.append([v == "1" for v in values])
     if not paths:
         raise ListFormatError(f"{path}: no entries")
-    return paths, np.asarray(labels, dtype=np.uint8).reshape(len(paths), n_labels)
+    return paths, np.asarray(labels, dtype=np.uint8).reshape(len(paths), num_classes)
 
 
 def resolve(paths, image_root):
@@ -64,6 +63,8 @@ def resolve(paths, image_root):
 
 def decode_image(path, image_size=32):
     """tf op: file path -> uint8 (image_size, image_size, 3), any JPEG/PNG/GIF/BMP, resized with antialias."""
+    import tensorflow as tf
+
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
@@ -71,6 +72,8 @@ def decode_image(path, image_size=32):
 
 def image_dataset(paths, image_size=32, batch_size=256):
     """Lazily decoded uint8 batches (B, image_size, image_size, 3) of the files, in order."""
+    import tensorflow as tf
+
     return (tf.data.Dataset.from_tensor_slices(list(paths))
             .map(lambda p: decode_image(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch_size)
@@ -82,6 +85,8 @@ def decode_images(paths, image_size=32, batch_size=256):
 
     A file that does not decode raises ValueError naming it.
     """
+    import tensorflow as tf
+
     paths = list(paths)
     out = np.empty((len(paths), image_size, image_size, 3), np.uint8)
     iterator = iter(image_dataset(paths, image_size, batch_size))
@@ -99,18 +104,18 @@ def decode_images(paths, image_size=32, batch_size=256):
     return out
 
 
-def load_split(list_dir, image_root, image_size=32, n_labels=N_LABELS):
+def load_split(list_dir, image_root, image_size=32, num_classes=NUM_CLASSES):
     """NUS-WIDE as a `Split`: queries from test.txt, labeled from train.txt, database = unlabeled."""
     list_dir = os.fspath(list_dir)
     if not os.path.isdir(list_dir):
         raise FileNotFoundError(f"NUS-WIDE list folder not found: {list_dir}")
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"NUS-WIDE image folder not found: {image_root}")
-    lists = {part: read_list(os.path.join(list_dir, filename), n_labels)
+    lists = {part: read_list(os.path.join(list_dir, filename), num_classes)
              for part, filename in LIST_FILES.items()}  # every list checked before the slow decoding
     files = {part: resolve(paths, image_root) for part, (paths, _) in lists.items()}
     parts = {}
     for part, (_, labels) in lists.items():
         parts[f"x_{part}"] = decode_images(files[part], image_size)
         parts[f"y_{part}"] = labels
-    return Split(**parts, num_classes=n_labels, name="nuswide")
+    return Split(**parts, num_classes=num_classes, name="nuswide")

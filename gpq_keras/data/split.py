@@ -5,9 +5,21 @@ import dataclasses
 import numpy as np
 
 
+def check_images(images, where):
+    """Raise ValueError unless `images` are uint8 RGB images (N, H, W, 3); return them as an array.
+
+    `where` names the array in the message, e.g. "mydata.npz: 'x_db'" or "cifar10: x_query":
+    `mydata.npz: 'x_db' must be uint8 images (N, H, W, 3); got float32 (10, 32, 32)`.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{where} must be uint8 images (N, H, W, 3); got {images.dtype} {images.shape}")
+    return images
+
+
 @dataclasses.dataclass
 class Split:
-    """One data set split as the paper uses it. Images are uint8 (N, H, W, C).
+    """One data set split as the paper uses it. Images are uint8 (N, H, W, 3) (`check_images`).
 
     Labels are int class ids (N,) or multi-hot (N, classes). `x_unlabeled` defaults to the database,
     as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database). `class_names`,
@@ -39,8 +51,9 @@ class Split:
             if x is None or y is None or len(x) != len(y):
                 raise ValueError(f"{self.name}: x_{prefix} and y_{prefix} must have the same length "
                                  f"(got {None if x is None else x.shape} and {None if y is None else y.shape})")
-            if x.ndim != 4:
-                raise ValueError(f"{self.name}: x_{prefix} must be images (N, H, W, C); got shape {x.shape}")
+            check_images(x, f"{self.name}: x_{prefix}")
+        if self.x_unlabeled is not self.x_db:
+            check_images(self.x_unlabeled, f"{self.name}: x_unlabeled")
 
     @property
     def has_training_data(self):

@@ -10,16 +10,11 @@ import os
 
 import numpy as np
 
-from gpq_keras.data.split import Split, protocol_split
+from gpq_keras.data.split import Split, check_images, protocol_split
 from gpq_keras.files import atomic_path
 
 REQUIRED_KEYS = ("x_query", "y_query", "x_db", "y_db")
 OPTIONAL_KEYS = ("x_labeled", "y_labeled", "x_unlabeled")
-
-
-def _check_images(path, key, x):
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"{path}: '{key}' must be uint8 images (N, H, W, 3); got {x.dtype} {x.shape}")
 
 
 def _check_labels(path, key, y):
@@ -55,7 +50,7 @@ def load_npz(path, name=None):
         raise ValueError(f"{path}: x_labeled and y_labeled go together")
     for key, value in arrays.items():
         if key.startswith("x_"):
-            _check_images(path, key, value)
+            check_images(value, f"{path}: '{key}'")
         elif key.startswith("y_"):
             _check_labels(path, key, value)
     y_keys = [k for k in ("y_query", "y_db", "y_labeled") if k in arrays]
