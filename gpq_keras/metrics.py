@@ -73,7 +73,8 @@ def default_cutoffs(n, num=100):
     return np.unique(np.clip(np.round(points), 1, n).astype(np.int64))
 
 
-def _check_positions(positions, num_queries, num_db, start=0):
+def _check_positions(positions, num_queries, num_db, start=0, values=True):
+    """`positions` as an int array (queries, n) of the given queries; `values`: also check the range."""
     positions = np.asarray(positions)
     if positions.ndim != 2 or not np.issubdtype(positions.dtype, np.integer):
         raise ValueError(f"a ranking must be int database positions (queries, n). "
@@ -81,7 +82,7 @@ def _check_positions(positions, num_queries, num_db, start=0):
     if start + len(positions) > num_queries:
         raise ValueError(f"the ranking holds queries up to {start + len(positions)}, "
                          f"but there are {num_queries} query labels")
-    if positions.size and (positions.min() < 0 or positions.max() >= num_db):
+    if values and positions.size and (positions.min() < 0 or positions.max() >= num_db):
         raise ValueError(f"a ranking must hold database positions in [0, {num_db}); it holds "
                          f"{positions.min()}..{positions.max()} (-1 is search's padding for k > ntotal)")
     return positions
@@ -117,7 +118,7 @@ class _Scores:
 
     def add(self, start, positions):
         """Score the ranked lists of queries start .. start + len(positions) - 1."""
-        positions = _check_positions(positions, len(self.query_labels), len(self.db_labels), start)
+        positions = _check_positions(positions, len(self.query_labels), len(self.db_labels), start, values=False)
         if positions.shape[1] < self.top_k:
             raise ValueError(f"a ranking of {positions.shape[1]} items per query cannot give top_k={self.top_k}")
         rows = slice(start, start + len(positions))
@@ -125,9 +126,10 @@ class _Scores:
             raise ValueError(f"queries {start}..{rows.stop - 1} are ranked twice")
         self.seen[rows] = True
 
-        def score(part):
+        def score(part):  # on the row threads, the range check included
             labels = self.query_labels[start + part.start:start + part.stop]
-            rel = _ranked_relevance(positions[part, :self.top_k], labels, self.db_labels)
+            ranked = _check_positions(positions[part, :self.top_k], len(self.query_labels), len(self.db_labels))
+            rel = _ranked_relevance(ranked, labels, self.db_labels)
             counts = [np.count_nonzero(rel[:, :k]) for k in self.ks]
             sums = None
             if self.cutoffs is not None:

@@ -552,7 +552,8 @@ class PQIndex:
                 return smallest_k(sort_keys(dist[rows], out=keys[rows]), k)
 
             ranked = map_rows(rank_rows, len(dist))
-            ranked = ranked[0] if len(ranked) == 1 else np.concatenate(ranked)
+            # k = ntotal sorts the rows of `keys` in place: no copy; a smaller k gives new arrays.
+            ranked = keys[:len(dist)] if k == self.ntotal else np.concatenate(ranked)
             positions = ranked.view(np.int32)[:, 0::2]  # the low halves (little-endian): positions
             yield RankedChunk(start, positions, _decode_distances(ranked) if with_distances else None)
 
