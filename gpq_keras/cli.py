@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 RETRIEVAL_MODES = ("original", "consistent")  # gpq_keras.config.RETRIEVAL_MODES, without importing it
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DATA_HELP = ("data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
              "npz:FILE | folder:DIR")
 
@@ -19,17 +20,13 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C: printed as one line, exit status 130."""
+
+
 def _quiet_tensorflow():
     """Silence TensorFlow's C++ start-up lines (unless the user set the level) before it is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _write_json_atomic(data, path):
-    from gpq_keras.files import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
 
 
 def _write_npz_atomic(path, **arrays):
@@ -73,40 +70,110 @@ def _config_from_args(args, split):
     return GPQConfig.from_bits(args.bits or 48, **base)
 
 
+def _versions():
+    import platform
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import gpq_keras
+
+    return {"gpq_keras": gpq_keras.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _jit_compile(choice):
+    """--jit-compile: on, off, or auto (XLA where a GPU is visible; on CPU it is slower, see README)."""
+    if choice == "auto":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return choice == "on"
+
+
+def _resume_check(run, settings):
+    """Refuse to resume an interrupted run with other settings than it was started with."""
+    record = run.read_record() or {}
+    started = record.get("settings")
+    if started is not None and started != settings:
+        changed = sorted(k for k in set(started) | set(settings) if started.get(k) != settings.get(k))
+        raise CLIError(f"{run.path} holds an interrupted run with other settings ({', '.join(changed)}); rerun "
+                       "it with its own arguments to resume, or pass --restart to start over")
+    return record
+
+
 def cmd_train(args):
+    import datetime
+
     import keras
 
-    from gpq_keras.data import load_data, train_dataset
-    from gpq_keras.model import GPQ, save_atomic
+    from gpq_keras.data import load_data
+    from gpq_keras.data.split import default_validation_per_class, hold_out_validation
+    from gpq_keras.model import GPQ
+    from gpq_keras.training import RunDirectory, TrainingBackup, fit_run
 
+    run = RunDirectory(args.output)
+    state = run.state()
+    if state == "finished" and not args.overwrite:
+        raise CLIError(f"{args.output} holds a finished run ({run.model}); pass --overwrite to train a new one there")
     split = load_data(args.data)
     if not split.has_training_data:
         raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
+    per_class = default_validation_per_class(split) if args.val_per_class is None else args.val_per_class
+    split, x_val, y_val = hold_out_validation(split, per_class)
     config = _config_from_args(args, split)
+    settings = {"data": args.data, "config": config.to_dict(), "seed": args.seed, "batch_size": args.batch_size,
+                "val_per_class": per_class, "precision": args.precision}
+    record = {}
+    if state != "new" and (args.overwrite or args.restart):
+        run.clear()
+        print(f"removed the previous run in {args.output}")
+    elif state == "interrupted":
+        record = _resume_check(run, settings)
+    stale = run.prepare()
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) an interrupted write left in {args.output}")
+
     keras.utils.set_random_seed(args.seed)
-    model = GPQ(config)
-    if args.imagenet_mat:
+    model = GPQ(config, dtype=args.precision)
+    resuming = TrainingBackup.has_backup(run.backup)
+    if args.imagenet_mat and not resuming:
         from gpq_keras.convert import load_imagenet_mat
 
         load_imagenet_mat(model, args.imagenet_mat)
         print(f"backbone initialised from {args.imagenet_mat}")
-    model.compile()
-    dataset, steps = train_dataset(split, batch_size=args.batch_size, seed=args.seed)
-    os.makedirs(args.output, exist_ok=True)
-    callbacks = [keras.callbacks.CSVLogger(os.path.join(args.output, "log.csv"))]
-    if args.save_every:
-        os.makedirs(os.path.join(args.output, "checkpoints"), exist_ok=True)
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            os.path.join(args.output, "checkpoints", "epoch_{epoch:03d}.keras"),
-            save_freq=args.save_every * steps))
+    model.compile(jit_compile=_jit_compile(args.jit_compile))
+    if not record:
+        import tensorflow as tf
+
+        record = {"command": ["gpq"] + sys.argv[1:], "settings": settings, "config": config.to_dict(),
+                  "seed": args.seed, "versions": _versions(),
+                  "devices": [device.name for device in tf.config.list_logical_devices()],
+                  "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    record["jit_compile"] = bool(model.jit_compile)
     print(f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
           f"d={config.subspace_dim}) on {split.name}: {len(split.x_labeled)} labeled, "
-          f"{len(split.x_unlabeled)} unlabeled, {steps} steps/epoch")
-    model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=1 if sys.stdout.isatty() else 2, shuffle=False)
-    path = os.path.join(args.output, "model.keras")
-    save_atomic(model, path)
-    print(f"saved {path}")
+          f"{len(split.x_unlabeled)} unlabeled, {0 if x_val is None else len(x_val)} validation images; "
+          f"{args.precision}, XLA {'on' if model.jit_compile else 'off'}"
+          + ("; resuming from the backup in " + run.backup if resuming else ""))
+    try:
+        record = fit_run(model, split, run, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         validation=None if x_val is None else (x_val, y_val), eval_every=args.eval_every,
+                         backup_every_steps=args.backup_every_steps, save_every=args.save_every,
+                         keep_checkpoints=args.keep_checkpoints, record=record,
+                         verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        record = run.read_record() or record
+        record["status"] = "interrupted"
+        run.write_record(record)
+        raise Interrupted(f"interrupted; rerun the same command to resume from the last backup in {run.backup}")
+    record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    run.write_record(record)
+    best = (record.get("validation") or {}).get("best")
+    if best:
+        print(f"best val_mAP {best['val_mAP']:.4f} at epoch {best['epoch']}: {run.best}")
+    print(f"saved {run.model}")
 
 
 def cmd_evaluate(args):
@@ -131,7 +198,9 @@ def cmd_evaluate(args):
               "precision_at_k": {str(k): v for k, v in result["precision"].items()},
               "data": args.data, "model": os.path.abspath(args.model)}
     if args.json:
-        _write_json_atomic(report, args.json)
+        from gpq_keras.files import write_json
+
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     if args.figure:
         from gpq_keras import viz
@@ -243,12 +312,14 @@ def _model_and_data(parser, model_help="a GPQ .keras file"):
 
 
 def _add_train(sub):
-    p = _command(sub, "train", "train GPQ with model.fit on a data set's labeled and unlabeled images",
+    p = _command(sub, "train", "train GPQ with model.fit on a data set's labeled and unlabeled images; rerun the "
+                 "same command to resume an interrupted run",
                  "gpq train --data cifar10:cifar10 --output runs/cifar48 --bits 48 --epochs 300 "
                  "--imagenet-mat checkpoints/original/ImageNet_pretrained.mat", cmd_train)
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--output", required=True, help="folder for model.keras, log.csv and checkpoints/")
-    p.add_argument("--epochs", type=_non_negative_int, default=300,
+    p.add_argument("--output", required=True,
+                   help="run folder: model.keras, best.keras, log.csv, logs/ (TensorBoard), run.json, checkpoints/")
+    p.add_argument("--epochs", type=_positive_int, default=300,
                    help="epochs of len(labeled) // batch-size steps (300)")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per stream and step (500)")
     size = p.add_mutually_exclusive_group()
@@ -261,9 +332,25 @@ def _add_train(sub):
     p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
     p.add_argument("--retrieval-mode", choices=RETRIEVAL_MODES, help="default retrieval mode stored in the model")
     p.add_argument("--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat")
-    p.add_argument("--save-every", type=_non_negative_int, default=0,
-                   help="also save checkpoints/epoch_NNN.keras every N epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (0)")
+    run = p.add_argument_group("long runs")
+    start = run.add_mutually_exclusive_group()
+    start.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    start.add_argument("--restart", action="store_true", help="throw away an interrupted run's backup and start over")
+    run.add_argument("--backup-every-steps", type=_positive_int,
+                     help="back the training state up every N steps too (default: every epoch only)")
+    run.add_argument("--save-every", type=_non_negative_int, default=0,
+                     help="also save checkpoints/epoch_NNN.keras every N epochs (0: never)")
+    run.add_argument("--keep-checkpoints", type=_positive_int, default=3, help="periodic checkpoints kept (3)")
+    run.add_argument("--val-per-class", type=_non_negative_int,
+                     help="labeled images per class held out for validation (default: a tenth of the smallest "
+                          "class; 0: none)")
+    run.add_argument("--eval-every", type=_positive_int, default=5,
+                     help="validation mAP every N epochs and after the last (5)")
+    run.add_argument("--precision", choices=PRECISIONS, default="float32",
+                     help="Keras dtype policy of the backbone; the GPQ heads stay float32 (float32)")
+    run.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                     help="XLA: auto = on where a GPU is visible (it is slower on CPU) (auto)")
 
 
 def _add_evaluate(sub):
@@ -337,6 +424,10 @@ def main(argv=None):
     _quiet_tensorflow()
     try:
         args.func(args)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        message = str(exc) if isinstance(exc, Interrupted) else "interrupted"
+        print(f"gpq {args.command}: {message}", file=sys.stderr)
+        return 130
     except (CLIError, ValueError, OSError, KeyError, ImportError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"gpq {args.command}: error: {message}", file=sys.stderr)

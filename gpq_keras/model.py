@@ -68,10 +68,13 @@ class GPQ(keras.Model):
     Args:
         config: `GPQConfig` (or its dict). Default: the original 48-bit CIFAR-10 setting.
         backbone: the feature extractor F, images -> (B, M*d). Default `VGGBackbone` from the config.
+        dtype: the dtype policy of the backbone, e.g. `"mixed_bfloat16"` or `"mixed_float16"` (then `compile`
+            adds Keras' loss scaling). The heads (intra-normalisation, soft assignment, Z, C) and the losses
+            always compute in float32. Default: Keras' global policy.
     """
 
-    def __init__(self, config=None, backbone=None, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, config=None, backbone=None, dtype=None, **kwargs):
+        super().__init__(dtype=dtype, **kwargs)
         if config is None:
             config = GPQConfig()
         elif isinstance(config, dict):
@@ -79,7 +82,7 @@ class GPQ(keras.Model):
         self.gpq_config = config
         if backbone is None:
             backbone = VGGBackbone(config.feature_dim, filters=config.filters,
-                                   image_shape=config.image_shape, name="backbone")
+                                   image_shape=config.image_shape, dtype=self.dtype_policy, name="backbone")
         if backbone.output_shape[-1] != config.feature_dim:
             raise ValueError(
                 f"The backbone's output ({backbone.output_shape[-1]}) must equal num_subspaces * subspace_dim "
@@ -90,12 +93,15 @@ class GPQ(keras.Model):
         self.built = True  # every weight exists now
 
     def _build_heads(self, config):
-        """intra_norm, the quantiser (Z), the classifier (C) and gradient reversal, built for (B, M*d)."""
+        """intra_norm, the quantiser (Z), the classifier (C) and gradient reversal, built for (B, M*d), in
+        float32 whatever the model's policy (soft assignment, softmaxes and the 1e-12 floor need it)."""
         m, shape = config.num_subspaces, (None, config.feature_dim)
-        self.intra_norm = IntraNormalization(m, name="intra_norm")
-        self.quantizer = SoftProductQuantizer(m, config.num_codewords, config.alpha, name="quantizer")
-        self.classifier = SubspaceClassifier(config.num_classes, m, config.beta, name="classifier")
-        self.reversal = GradientReversal(name="gradient_reversal")
+        self.intra_norm = IntraNormalization(m, name="intra_norm", dtype="float32")
+        self.quantizer = SoftProductQuantizer(m, config.num_codewords, config.alpha, name="quantizer",
+                                              dtype="float32")
+        self.classifier = SubspaceClassifier(config.num_classes, m, config.beta, name="classifier",
+                                             dtype="float32")
+        self.reversal = GradientReversal(name="gradient_reversal", dtype="float32")
         for layer in (self.intra_norm, self.quantizer, self.classifier, self.reversal):
             layer.build(shape)
 
@@ -176,10 +182,9 @@ class GPQ(keras.Model):
         f = self.intra_norm(self(labeled, training=training))
         g = self.intra_norm(self.reversal(self(unlabeled, training=training)))
         q = self.quantizer(f, prototypes=self.classifier.prototypes)  # SA(Z', f), Z' = SA(P, Z)
-        f, g, q = (ops.cast(t, "float32") for t in (f, g, q))
         npq = n_pair_pq_loss(y, f, q, cfg.num_subspaces, cfg.reg_lambda)
-        cls = classification_loss(y, ops.cast(self.classifier(f), "float32"))
-        ent = subspace_entropy_loss(ops.cast(self.classifier(g), "float32"))
+        cls = classification_loss(y, self.classifier(f))
+        ent = subspace_entropy_loss(self.classifier(g))
         loss = npq + cfg.lambda1 * ent + cfg.lambda2 * cls
         return {"loss": loss, "npq_loss": npq, "cls_loss": cls, "entropy_loss": ent}
 
@@ -218,6 +223,7 @@ class GPQ(keras.Model):
             "name": self.name,
             "config": self.gpq_config.to_dict(),
             "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
     @classmethod

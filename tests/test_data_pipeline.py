@@ -153,3 +153,31 @@ def test_eval_dataset_is_ordered_and_normalised_without_augmentation():
     np.testing.assert_allclose(np.concatenate(batches), expected, atol=1e-5)
     np.testing.assert_allclose(pipeline.denormalize(np.concatenate(batches)), images / 255.0, atol=1e-5)
 
+
+
+def test_a_batch_never_holds_an_image_twice():
+    """43 labeled / 67 unlabeled images at batch 10: passes do not divide evenly, batches never span two."""
+    split = split_of_constant_images(num_labeled=43, num_unlabeled=67)
+    split.y_labeled = np.arange(43)  # labeled image i: its label, to identify it
+    split.x_unlabeled = np.broadcast_to(np.arange(1, 68, dtype=np.uint8)[:, None, None, None], (67, 32, 32, 3))
+    ds, steps = train_dataset(split, batch_size=10, seed=5, augmented=False)
+    assert steps == 4
+    unlabeled_passes = []
+    for x, y in ds.take(40):
+        assert len(set(y.numpy().tolist())) == 10
+        ids = pixel_values(x["unlabeled"].numpy())
+        assert len(set(ids.tolist())) == 10
+        unlabeled_passes.append(set(ids.tolist()))
+    for first in range(0, 36, 6):  # 6 batches per unlabeled pass: 60 distinct images, 7 left out
+        assert len(set().union(*unlabeled_passes[first:first + 6])) == 60
+
+
+def test_start_step_resumes_the_same_batches():
+    split = split_of_constant_images(num_labeled=43, num_unlabeled=67)
+    ds, _ = train_dataset(split, batch_size=10, seed=3)
+    later, _ = train_dataset(split, batch_size=10, seed=3, start_step=13)
+    whole = [(x["labeled"].numpy(), x["unlabeled"].numpy(), y.numpy()) for x, y in ds.take(20)]
+    resumed = [(x["labeled"].numpy(), x["unlabeled"].numpy(), y.numpy()) for x, y in later.take(7)]
+    for a, b in zip(whole[13:], resumed):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)

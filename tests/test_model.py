@@ -189,3 +189,33 @@ def test_a_file_saved_with_the_old_config_keys_still_loads(tmp_path, tiny_config
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     with pytest.raises(ValueError, match="both 'n_book' and its new name 'num_subspaces'"):
         GPQConfig.from_dict({"n_book": 3, "num_subspaces": 3})
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(tmp_path, tiny_config, policy):
+    batch = ({"labeled": _images(8), "unlabeled": _images(8)}, np.arange(8) % 5)
+    reference = GPQ(tiny_config)
+    model = GPQ(tiny_config, dtype=policy)
+    model.set_weights(reference.get_weights())
+    compute = keras.dtype_policies.get(policy).compute_dtype
+    assert model.backbone.get_layer("conv0").compute_dtype == compute
+    assert model.quantizer.Z.dtype == "float32" and model.quantizer.compute_dtype == "float32"
+    assert model.intra_norm.compute_dtype == "float32" and model.classifier.compute_dtype == "float32"
+    for m in (reference, model):
+        m.compile()
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    want = reference.train_on_batch(*batch, return_dict=True)
+    got = model.train_on_batch(*batch, return_dict=True)
+    for name in ("loss", "npq_loss", "cls_loss", "entropy_loss"):
+        assert np.isfinite(got[name]), name
+        assert got[name] == pytest.approx(want[name], rel=0.05, abs=0.02), name
+    np.testing.assert_allclose(model.codebook, reference.codebook, atol=1e-3)  # one step moved both alike
+    path = tmp_path / "mixed.keras"
+    model.save(path)
+    loaded = load_gpq(path)
+    assert loaded.dtype_policy.name == policy
+    assert loaded.backbone.get_layer("conv0").compute_dtype == compute
+    assert loaded.quantizer.compute_dtype == "float32"
+    np.testing.assert_array_equal(loaded.predict(batch[0]["labeled"], verbose=0),
+                                  model.predict(batch[0]["labeled"], verbose=0))

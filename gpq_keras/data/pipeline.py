@@ -1,7 +1,7 @@
 """tf.data pipelines: the two-stream training input of `GPQ.fit` and the evaluation input.
 
 ```python
-dataset, steps = train_dataset(split, batch_size=500, seed=0)  # endless; steps = one epoch
+dataset, steps = train_dataset(split, batch_size=500, seed=0)  # endless; steps = one epoch of labeled
 model.fit(dataset, steps_per_epoch=steps, epochs=300)
 features = model.predict(eval_dataset(split.x_db))
 ```
@@ -19,6 +19,7 @@ import tensorflow as tf
 CHANNEL_MEAN = (125.642, 123.738, 114.46)
 CHANNEL_STD = (63.01, 62.157, 66.94)
 PADDING = 4
+_ENDLESS = 2**62  # "for ever" for Dataset.range
 
 
 def normalize(images):
@@ -60,45 +61,55 @@ def augment(image, padding=PADDING, seed=None):
     return augment_batch(tf.convert_to_tensor(image)[None], seed, padding)[0]
 
 
-def _stream(arrays, batch_size, seed, augmented):
-    """Endless batches of `arrays` (images first), reshuffled every pass, normalised (and augmented).
+def _pass_batches(count, batch_size, seed, start_batch):
+    """Endless index batches (batch_size,) int64 from batch `start_batch` on: pass p is a fresh permutation
+    of range(count), seeded by (seed, p), cut into count // batch_size batches (the remainder dropped), so
+    a batch never holds an index twice and never spans two passes."""
+    per_pass = count // batch_size
 
-    Shuffles indices, not images, so no copy of the images sits in a shuffle buffer; each batch is one
-    `tf.gather` from the arrays held as tensors.
-    """
-    tensors = tuple(tf.constant(a) for a in arrays)
-    count = len(arrays[0])
-    indices = (tf.data.Dataset.range(count)
-               .shuffle(count, seed=seed, reshuffle_each_iteration=True)
-               .repeat()
-               .batch(batch_size, drop_remainder=True))
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    def one_pass(p):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=tf.stack([seed, p]))
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(order[:per_pass * batch_size], (per_pass, batch_size)))
 
-    def prepare(index, batch_seed):
-        images = normalize(tf.gather(tensors[0], index))
-        if augmented:
-            images = augment_batch(images, batch_seed)
-        return (images,) + tuple(tf.gather(t, index) for t in tensors[1:])
-
-    return tf.data.Dataset.zip((indices, seeds)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    first = start_batch // per_pass
+    return tf.data.Dataset.range(first, _ENDLESS).flat_map(one_pass).skip(start_batch - first * per_pass)
 
 
-def train_dataset(split, batch_size=500, seed=None, augmented=True):
+def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0):
     """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches, each stream shuffled on its own.
 
     Both streams are drawn at `batch_size` (capped at the smaller set's size), as the original trains.
+    Every pass over a stream is a fresh permutation and a batch never holds the same image twice. Batch g
+    is a function of (seed, g) alone, shuffles and augmentation included: `start_step=g` starts the stream
+    there, which is how an interrupted run resumes with the data it would have seen.
+
     Returns (dataset, steps_per_epoch) with steps_per_epoch = len(labeled) // batch_size (at least 1),
-    the original's epoch.
+    the original's epoch: one pass over the labeled images.
     """
     if not split.has_training_data:
         raise ValueError(f"{split.name}: no labeled/unlabeled training images in this data")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; received batch_size={batch_size}")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0; received start_step={start_step}")
     batch_size = min(batch_size, len(split.x_labeled), len(split.x_unlabeled))
-    labeled = _stream((split.x_labeled, split.y_labeled), batch_size, seed, augmented)
-    unlabeled = _stream((split.x_unlabeled,), batch_size, None if seed is None else seed + 1, augmented)
-    ds = tf.data.Dataset.zip((labeled, unlabeled)).map(
-        lambda lab, unl: ({"labeled": lab[0], "unlabeled": unl[0]}, lab[1]))
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31 - 1))
+    x_l, y_l, x_u = (tf.constant(a) for a in (split.x_labeled, split.y_labeled, split.x_unlabeled))
+    streams = (
+        tf.data.Dataset.range(start_step, _ENDLESS),  # the global step: the augmentation's seed
+        _pass_batches(len(split.x_labeled), batch_size, seed, start_step),
+        _pass_batches(len(split.x_unlabeled), batch_size, seed + 1, start_step),
+    )
+
+    def prepare(step, labeled, unlabeled):
+        images = [normalize(tf.gather(x, index)) for x, index in ((x_l, labeled), (x_u, unlabeled))]
+        if augmented:
+            seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64) + 2, step]), 2)
+            images = [augment_batch(x, s) for x, s in zip(images, tf.unstack(seeds))]
+        return {"labeled": images[0], "unlabeled": images[1]}, tf.gather(y_l, labeled)
+
+    ds = tf.data.Dataset.zip(streams).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE), max(1, len(split.x_labeled) // batch_size)
 
 

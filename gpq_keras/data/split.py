@@ -85,3 +85,40 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
                  x_db=images[unlabeled], y_db=labels[unlabeled],
                  x_labeled=images[labeled], y_labeled=labels[labeled],
                  num_classes=int(labels.max()) + 1, name=name)
+
+
+def default_validation_per_class(split):
+    """A tenth of the smallest labeled class (at least 1): the default of `hold_out_validation`."""
+    y = np.asarray(split.y_labeled)
+    counts = y.sum(0) if y.ndim == 2 else np.bincount(y, minlength=split.num_classes)
+    counts = counts[counts > 0]
+    return max(1, int(counts.min()) // 10) if len(counts) else 0
+
+
+def hold_out_validation(split, per_class):
+    """Hold labeled images out of training for validation -> (training split, x_val, y_val).
+
+    The first `per_class` labeled images of each class (in order) are held out; with multi-hot labels an
+    image counts for each of its classes and is held out while one of them still needs images. The test
+    queries are never touched. `per_class=0` holds nothing out (x_val and y_val are None).
+    """
+    if not split.has_training_data:
+        raise ValueError(f"{split.name}: no labeled training images to hold validation images out of")
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 0:
+        raise ValueError(f"per_class must be an int >= 0; received per_class={per_class!r}")
+    if per_class == 0:
+        return split, None, None
+    y = np.asarray(split.y_labeled)
+    hot = (y != 0) if y.ndim == 2 else np.eye(split.num_classes, dtype=bool)[y]
+    taken = np.zeros(hot.shape[1], np.int64)
+    held = np.zeros(len(y), bool)
+    for i in range(len(y)):  # one pass in order; cheap next to training
+        wanted = hot[i] & (taken < per_class)
+        if wanted.any():
+            held[i] = True
+            taken += hot[i]
+    if held.all():
+        raise ValueError(f"{split.name}: holding out {per_class} labeled images per class leaves none for "
+                         f"training ({len(y)} labeled images); use a smaller --val-per-class")
+    train = dataclasses.replace(split, x_labeled=split.x_labeled[~held], y_labeled=y[~held])
+    return train, split.x_labeled[held], y[held]

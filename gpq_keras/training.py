@@ -1,0 +1,438 @@
+"""Long training runs: a run folder that survives crashes, and the callbacks `gpq train` uses.
+
+A run folder `DIR` holds `model.keras` (the final model), `best.keras` (best validation mAP), `log.csv`
+(one row per epoch), `logs/` (TensorBoard), `run.json` (the run record), `checkpoints/` (periodic
+`.keras` files) and, while a run is unfinished, `backup/` (the training state of `TrainingBackup`).
+
+```python
+backup = TrainingBackup(run.backup, steps_per_epoch=steps, save_freq="epoch")
+step = backup.restore(model)          # 0 for a new run
+model.fit(train_dataset(split, seed=0, start_step=step)[0], initial_epoch=step // steps, ...,
+          callbacks=[backup, EpochLog(run.log, initial_epoch), RetrievalValidation(...)])
+```
+
+Every file is written atomically (temporary file + rename), so a kill at any moment leaves the previous
+version of each file whole.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+
+import keras
+import numpy as np
+
+from gpq_keras.files import atomic_path, sweep_temporaries, write_json
+
+RUN_FILES = ("model.keras", "best.keras", "log.csv", "run.json")
+RUN_FOLDERS = ("logs", "checkpoints", "backup")
+
+
+class RunDirectory:
+    """The files of one `gpq train` run in `path` (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.model, self.best, self.log, self.record = (os.path.join(self.path, f) for f in RUN_FILES)
+        self.logs, self.checkpoints, self.backup = (os.path.join(self.path, f) for f in RUN_FOLDERS)
+
+    def state(self):
+        """"new" (nothing of a run yet), "interrupted" (a backup or an unfinished record) or "finished"."""
+        if TrainingBackup.has_backup(self.backup):
+            return "interrupted"
+        record = self.read_record()
+        if record is not None and record.get("status") != "finished":
+            return "interrupted"
+        return "finished" if os.path.exists(self.model) else "new"
+
+    def read_record(self):
+        """run.json as a dict, or None when there is none; a ValueError for a damaged one."""
+        if not os.path.exists(self.record):
+            return None
+        try:
+            with open(self.record) as fh:
+                record = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{self.record}: not a readable run record ({exc})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{self.record}: not a run record (expected a JSON object)")
+        return record
+
+    def write_record(self, record):
+        write_json(self.record, record)
+
+    def clear(self):
+        """Remove everything a run writes here (for --overwrite / --restart); other files stay."""
+        for name in RUN_FILES:
+            path = os.path.join(self.path, name)
+            if os.path.lexists(path):
+                os.remove(path)
+        for name in RUN_FOLDERS:
+            path = os.path.join(self.path, name)
+            if os.path.islink(path):
+                os.remove(path)
+            elif os.path.isdir(path):
+                shutil.rmtree(path)
+
+    def prepare(self):
+        """Create the folders and remove temporary files a killed run left behind -> their paths."""
+        os.makedirs(self.path, exist_ok=True)
+        stale = []
+        for folder in (self.path, self.checkpoints, self.backup):
+            if os.path.isdir(folder):
+                stale += sweep_temporaries(folder)
+        return stale
+
+
+class TrainingBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose backups are atomic and resume inside an epoch.
+
+    The state (model and optimizer variables) goes to one of two weight files in turn, then a small
+    `training_metadata.json` (written atomically, last) names the file and the global step, so a kill at
+    any moment leaves the last complete backup usable. `restore(model)` is called before `fit` and returns
+    the global step to resume from (0 without a backup); the caller starts its data there and runs the
+    rest of an interrupted epoch first (see `gpq_keras.cli`), so at most the steps since the last backup
+    are lost and none is trained twice.
+
+    Args:
+        backup_dir: the folder of the backup.
+        steps_per_epoch: int, steps of one epoch (to turn epochs and batches into global steps).
+        save_freq: `"epoch"` or an int, a backup every that many steps as well.
+        batch_offset: batches of the current epoch done before this `fit` (a resumed partial epoch).
+    """
+
+    METADATA = "training_metadata.json"
+    SLOTS = ("state-a.weights.h5", "state-b.weights.h5")
+
+    def __init__(self, backup_dir, steps_per_epoch, save_freq="epoch", batch_offset=0):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.batch_offset = int(batch_offset)
+        self._epoch = 0
+        self._step = 0
+
+    @classmethod
+    def has_backup(cls, backup_dir):
+        return os.path.isfile(os.path.join(backup_dir, cls.METADATA))
+
+    def _metadata(self):
+        path = os.path.join(self.backup_dir, self.METADATA)
+        try:
+            with open(path) as fh:
+                metadata = json.load(fh)
+            step, slot = int(metadata["step"]), metadata["weights"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a readable training backup ({exc}); "
+                             "pass --restart to start over") from None
+        if slot not in self.SLOTS or step < 0:
+            raise ValueError(f"{path}: not a valid training backup (step {step}, weights {slot!r})")
+        if metadata.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
+            raise ValueError(f"{path}: the backup was made with {metadata['steps_per_epoch']} steps per epoch, "
+                             f"this run has {self.steps_per_epoch}; rerun with the same data and batch size")
+        return step, os.path.join(self.backup_dir, slot)
+
+    def restore(self, model):
+        """Load the last backup into `model` (built and compiled) -> the global step to resume at."""
+        if not self.has_backup(self.backup_dir):
+            return 0
+        step, weights = self._metadata()
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(weights)
+        except Exception as exc:  # h5py and Keras raise many types for a damaged or mismatched file
+            raise ValueError(f"{weights}: cannot restore the training state ({type(exc).__name__}: {exc}); "
+                             "pass --restart to start over") from None
+        return step
+
+    def on_train_begin(self, logs=None):
+        pass  # `restore` ran before fit, so the data could start at the restored step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step = self._epoch * self.steps_per_epoch + self.batch_offset + batch + 1
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._step = (epoch + 1) * self.steps_per_epoch
+        self.batch_offset = 0
+        super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        try:
+            _, current = self._metadata() if self.has_backup(self.backup_dir) else (None, None)
+        except ValueError:
+            current = None
+        slot = self.SLOTS[1] if current and current.endswith(self.SLOTS[0]) else self.SLOTS[0]
+        with atomic_path(os.path.join(self.backup_dir, slot), suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+        write_json(os.path.join(self.backup_dir, self.METADATA),
+                   {"step": self._step, "epoch": self._step // self.steps_per_epoch,
+                    "steps_per_epoch": self.steps_per_epoch, "weights": slot})
+
+    def discard(self):
+        """Remove the backup (the run finished)."""
+        if os.path.isdir(self.backup_dir):
+            shutil.rmtree(self.backup_dir)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """log.csv: one row per epoch (0-based `epoch`, as Keras' CSVLogger), the losses, the learning rate
+    and the validation figures of the epochs that have them; rewritten atomically after every epoch.
+
+    Rows of epochs >= `initial_epoch` already in the file (from an interrupted run) are dropped, so each
+    epoch appears once.
+    """
+
+    def __init__(self, path, initial_epoch=0):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.rows = [row for row in self.read(self.path) if int(row["epoch"]) < initial_epoch]
+
+    @staticmethod
+    def read(path):
+        """The rows of a log.csv as dicts ([] when there is none)."""
+        if not os.path.exists(path):
+            return []
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if any(not str(row.get("epoch", "")).isdigit() for row in rows):
+            raise ValueError(f"{path}: not a gpq log (every row needs an integer 'epoch')")
+        return rows
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": str(epoch)}
+        for key, value in (logs or {}).items():
+            row[key] = f"{float(value):.8g}" if np.ndim(value) == 0 else str(value)
+        if "learning_rate" not in row and self.model.optimizer is not None:
+            row["learning_rate"] = f"{float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)):.8g}"
+        self.rows.append(row)
+        fields = []
+        for r in self.rows:
+            fields += [k for k in r if k not in fields]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            fh.write(buffer.getvalue())
+
+
+class PeriodicCheckpoint(keras.callbacks.Callback):
+    """`epoch_NNN.keras` every `every` epochs in `directory`, written atomically; only the last `keep` stay."""
+
+    def __init__(self, directory, every, keep=3):
+        super().__init__()
+        if every < 1 or keep < 1:
+            raise ValueError(f"every and keep must be >= 1; received every={every}, keep={keep}")
+        self.directory, self.every, self.keep = os.fspath(directory), int(every), int(keep)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        from gpq_keras.model import save_atomic
+
+        save_atomic(self.model, os.path.join(self.directory, f"epoch_{epoch + 1:03d}.keras"))
+        saved = sorted(name for name in os.listdir(self.directory)
+                       if name.startswith("epoch_") and name.endswith(".keras"))
+        for name in saved[:-self.keep]:
+            os.remove(os.path.join(self.directory, name))
+
+
+def codeword_entropy(codes, num_codewords):
+    """Entropy (bits) of how often each codeword is chosen, per codebook: codes uint8 (N, M) -> (M,).
+
+    log2(K) when all K codewords are used equally; 0 when a codebook has collapsed to one codeword.
+    """
+    codes = np.asarray(codes)
+    out = np.zeros(codes.shape[1])
+    for m in range(codes.shape[1]):
+        p = np.bincount(codes[:, m], minlength=num_codewords) / max(len(codes), 1)
+        p = p[p > 0]
+        out[m] = float(-(p * np.log2(p)).sum())
+    return out
+
+
+class RetrievalValidation(keras.callbacks.Callback):
+    """Retrieval quality on held-out labeled images during `fit` (TensorFlow Similarity's EvalCallback idea).
+
+    Every `every` epochs (and after the last) it encodes the validation queries and the database, builds a
+    `PQIndex` in `mode`, and adds to the epoch's logs `val_mAP` (over the whole database), `val_precision@10`
+    and `val_codeword_entropy` (the mean over codebooks of `codeword_entropy` of the database codes, log2 K
+    at best; per-codebook values and usage histograms go to TensorBoard under `log_dir`). With `best_path`
+    the model is saved there (atomically) whenever `val_mAP` improves.
+
+    Args:
+        queries, query_labels: held-out labeled images (uint8) and their labels; never the test queries.
+        database, database_labels: the images searched (the unlabeled set) and their labels.
+        every: int, validate every that many epochs.
+        epochs: the run's last epoch count (it is always validated).
+        mode: retrieval mode. Default "consistent".
+        best_path, log_dir: optional `best.keras` path and TensorBoard folder.
+        best: the best val_mAP so far (a resumed run), or None.
+    """
+
+    def __init__(self, queries, query_labels, database, database_labels, every=1, epochs=None,
+                 mode="consistent", best_path=None, log_dir=None, best=None, batch_size=500):
+        super().__init__()
+        self.queries, self.query_labels = queries, np.asarray(query_labels)
+        self.database, self.database_labels = database, np.asarray(database_labels)
+        self.every, self.epochs, self.mode = int(every), epochs, mode
+        self.best_path, self.log_dir, self.batch_size = best_path, log_dir, batch_size
+        self.best = best
+        self.best_epoch = None
+        self.last = None
+        self._writer = None
+
+    def evaluate(self):
+        """{"val_mAP", "val_precision@10", "val_codeword_entropy"} and per-codebook entropies of the model now."""
+        from gpq_keras import metrics
+        from gpq_keras.retrieval import PQIndex
+
+        index = PQIndex.from_model(self.model, mode=self.mode)
+        index.add(self.model.encode(self.database, batch_size=self.batch_size))
+        queries = self.model.encode(self.queries, batch_size=self.batch_size)
+        k = min(10, index.ntotal)
+        result = metrics.evaluate_ranking(index.rank(queries, with_distances=False), self.query_labels,
+                                          self.database_labels, precision_at=(k,))
+        entropy = codeword_entropy(index.codes, index.num_codewords)
+        return {"val_mAP": result["mAP"], f"val_precision@{k}": result["precision"][k],
+                "val_codeword_entropy": float(entropy.mean())}, entropy, index.codes
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.epochs is not None and epoch + 1 == self.epochs
+        if (epoch + 1) % self.every and not last:
+            return
+        figures, entropy, codes = self.evaluate()
+        if logs is not None:
+            logs.update(figures)
+        self.last = {"epoch": epoch + 1, **figures}
+        if self.best is None or figures["val_mAP"] > self.best:
+            self.best, self.best_epoch = figures["val_mAP"], epoch + 1
+            if self.best_path:
+                from gpq_keras.model import save_atomic
+
+                save_atomic(self.model, self.best_path)
+        if self.log_dir:
+            self._summaries(epoch + 1, entropy, codes)
+
+    def _summaries(self, step, entropy, codes):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "codewords"))
+        with self._writer.as_default(step=step):
+            for m, value in enumerate(entropy):
+                tf.summary.scalar(f"codeword_entropy/codebook_{m:02d}", value)
+                tf.summary.histogram(f"codeword_usage/codebook_{m:02d}", codes[:, m].astype(np.float32),
+                                     buckets=int(self.model.gpq_config.num_codewords))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def finite_or_none(value):
+    """A float for JSON, None for NaN/inf/None."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eval_every=5,
+            backup_every_steps=None, save_every=0, keep_checkpoints=3, record=None, verbose=2):
+    """Train `model` (compiled) on `split` in the run folder `run`, resuming from its backup if it has one.
+
+    The data of global step g is a function of (seed, g) (`train_dataset(start_step=g)`), so a resumed run
+    sees what it would have seen; an epoch interrupted after b of its steps is finished with the remaining
+    steps first. Writes `log.csv`, `logs/`, `checkpoints/`, `best.keras` (with `validation`), updates
+    `record` into `run.json` as it goes, saves `model.keras` and removes the backup at the end.
+
+    Args:
+        model: a compiled `GPQ`.
+        split: the training `Split` (validation images already held out).
+        run: a `RunDirectory`.
+        epochs, batch_size, seed: as for `train_dataset` / `fit`.
+        validation: None or (x_val, y_val): held-out labeled images, searched against the database
+            (`split.x_db`, the unlabeled set in the paper's protocol).
+        eval_every: validate every that many epochs (and after the last).
+        backup_every_steps: None (a backup per epoch) or an int: also every that many steps.
+        save_every, keep_checkpoints: periodic `checkpoints/epoch_NNN.keras`, the last `keep_checkpoints` kept.
+        record: dict written to run.json (status, progress and validation figures are added).
+        verbose: `fit`'s verbosity.
+
+    Returns:
+        The record dict.
+    """
+    from gpq_keras.data import train_dataset
+    from gpq_keras.model import save_atomic
+
+    record = dict(record or {})
+    _, steps = train_dataset(split, batch_size=batch_size, seed=seed)
+    backup = TrainingBackup(run.backup, steps, save_freq=backup_every_steps or "epoch")
+    step = backup.restore(model)
+    if step > epochs * steps:
+        raise ValueError(f"{run.backup}: the backup is at step {step} (epoch {step // steps}), beyond "
+                         f"--epochs {epochs}; rerun with at least {math.ceil(step / steps)} epochs or --restart")
+    initial_epoch, done = divmod(step, steps)
+    record.update(status="running", steps_per_epoch=steps, total_steps=epochs * steps)
+    if step:
+        record.setdefault("resumed", []).append({"step": step, "epoch": initial_epoch})
+    callbacks = []
+    checker = None
+    if validation is not None:
+        best = (record.get("validation") or {}).get("best") or {}
+        checker = RetrievalValidation(validation[0], validation[1], split.x_db, split.y_db,
+                                      every=eval_every, epochs=epochs, best_path=run.best, log_dir=run.logs,
+                                      best=best.get("val_mAP"))
+        callbacks.append(checker)
+    callbacks.append(EpochLog(run.log, initial_epoch))
+    callbacks.append(backup)  # after the log row: a kill in between redoes the epoch, its row written once
+    if save_every:
+        callbacks.append(PeriodicCheckpoint(run.checkpoints, save_every, keep_checkpoints))
+    callbacks.append(keras.callbacks.TensorBoard(run.logs, write_graph=False))
+    callbacks.append(_RecordUpdate(run, record, checker))
+    run.write_record(record)
+
+    def fit(first_epoch, steps_per_epoch, start_step, offset, last_epoch):
+        backup.batch_offset = offset
+        dataset, _ = train_dataset(split, batch_size=batch_size, seed=seed, start_step=start_step)
+        model.fit(dataset, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps_per_epoch,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
+
+    if done:  # finish the interrupted epoch with its remaining steps
+        fit(initial_epoch, steps - done, step, done, initial_epoch + 1)
+        initial_epoch += 1
+    if initial_epoch < epochs:
+        fit(initial_epoch, steps, initial_epoch * steps, 0, epochs)
+    save_atomic(model, run.model)
+    record["status"] = "finished"
+    run.write_record(record)
+    backup.discard()
+    return record
+
+
+class _RecordUpdate(keras.callbacks.Callback):
+    """Keeps run.json's progress and validation figures current after each epoch."""
+
+    def __init__(self, run, record, checker):
+        super().__init__()
+        self.run, self.record, self.checker = run, record, checker
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.record["epochs_done"] = epoch + 1
+        self.record["final_losses"] = {k: finite_or_none(v) for k, v in (logs or {}).items()
+                                       if not k.startswith("val_") and np.ndim(v) == 0}
+        if self.checker is not None and self.checker.last is not None:
+            validation = self.record.setdefault("validation", {})
+            validation["final"] = {k: finite_or_none(v) if k != "epoch" else v
+                                   for k, v in self.checker.last.items()}
+            if self.checker.best_epoch is not None:
+                validation["best"] = {"epoch": self.checker.best_epoch, "val_mAP": finite_or_none(self.checker.best)}
+        self.run.write_record(self.record)

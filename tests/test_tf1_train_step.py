@@ -1,0 +1,241 @@
+"""One training step of our Keras GPQ against the original's TF1 training step, from the same weights.
+
+The original's step is `tf1_reference.TF1TrainStep` (a `tf.compat.v1` restatement of train.py). Both start from
+one TF1 checkpoint written by `tf1_reference.make_tf1_checkpoint`; the Keras model always comes from
+`convert_tf1_checkpoint`, and every Keras weight is paired with its TF1 variable through the converter's report,
+so these tests follow the converter if its mapping changes. Both take the same non-augmented, already
+normalised float batches (labeled with int labels, and unlabeled, of different sizes).
+
+Compared: the four loss terms; the gradient of every trainable variable; every trainable variable after Adam's
+first step (through `optimizer.apply` on the tape's gradients and through `train_on_batch`); three steps in a
+row on a staircase with `decay_steps=1`; the moving statistics as far as they are comparable.
+
+Not comparable, on purpose:
+- conv biases: a conv followed by training-mode batch norm has a true bias gradient of exactly 0; both
+  frameworks return float noise (~1e-7 here) of different shape, and Adam's first step turns noise g into an
+  update lr * g / (|g| + 3.2e-7), anything in (-lr, lr). Their gradients are checked against 0 with an
+  absolute tolerance and their updates only against Adam's bound lr.
+- the moving mean: the original zero-debiases it (shared `biased` / `local_step` accumulators), Keras does
+  not (documented in the README); converted models do not carry the accumulators. Checked instead: Keras'
+  moving statistics follow Keras' rule (momentum 0.9, labeled stream first, then unlabeled) applied to the
+  very batch statistics the original computed per stream.
+- the moving variance: the original's fused batch norm feeds the Bessel-corrected batch variance (n/(n-1))
+  to the moving average, Keras 3 the biased one: `test_moving_variance_matches_the_original` is a strict
+  xfail that measures it.
+"""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf1_reference as ref
+from gpq_keras.convert import convert_tf1_checkpoint
+
+TINY = dict(filters=(4, 8, 8, 8), num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5)
+IMAGE_SHAPE = (16, 16, 3)
+OVERRIDES = {"num_subspaces": 3, "image_shape": list(IMAGE_SHAPE)}
+N_LABELED, N_UNLABELED = 10, 12
+LR = 2e-4
+CONV_BIAS = re.compile(r"^Fixed_VGG/conv2d(?:_\d+)?/bias$")
+BN_DECAY = 0.9
+CONV_OF_BN = {f"Fixed_VGG/{bn}": f"Fixed_VGG/{conv}" for conv, bn in zip(ref.CONV_SCOPES, ref.BN_SCOPES)}
+
+
+def _batches(seed, rng=None):
+    rng = rng or np.random.default_rng(seed)
+    x = rng.standard_normal((N_LABELED, *IMAGE_SHAPE)).astype(np.float32)
+    x_u = rng.standard_normal((N_UNLABELED, *IMAGE_SHAPE)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4, 0, 1, 2, 0, 0])  # every class, some repeated: S has off-diagonal positives
+    return x, x_u, rng.permutation(labels)
+
+
+def _convert(prefix, **config):
+    model, report = convert_tf1_checkpoint(prefix, config={**OVERRIDES, **config}, return_report=True)
+    return model, report
+
+
+def _tf1_names(model, report):
+    """[(Keras variable, TF1 name)] for every model weight, paired through `report.mapped`.
+
+    A report path is matched to `v.path` exactly or, failing that, as its unique '/'-suffix (the report
+    writes `backbone/conv0/kernel`, Keras' `v.path` is `conv0/kernel`).
+    """
+    paths = {path: name for name, path, _ in report.mapped}
+    pairs = []
+    for v in model.weights:
+        hits = [p for p in paths if p == v.path] or [p for p in paths if p.endswith("/" + v.path)]
+        assert len(hits) == 1, f"{v.path}: matched report rows {hits}"
+        pairs.append((v, paths[hits[0]]))
+    assert len({name for _, name in pairs}) == len(pairs)
+    return pairs
+
+
+def _keras_step(model, x, x_u, labels):
+    """Losses and gradients of `compute_losses` under a tape, then `optimizer.apply`."""
+    with tf.GradientTape() as tape:
+        losses = model.compute_losses(tf.constant(x), tf.constant(x_u), tf.constant(labels), training=True)
+    grads = tape.gradient(losses["loss"], model.trainable_variables)
+    model.optimizer.apply(grads, model.trainable_variables)
+    return {k: float(v) for k, v in losses.items()}, [np.asarray(g) for g in grads]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    rng = np.random.default_rng(11)
+    prefix = str(tmp_path_factory.mktemp("original") / "48bits_example.ckpt")
+    written = ref.make_tf1_checkpoint(prefix, rng.standard_normal((2, *IMAGE_SHAPE)).astype(np.float32),
+                                      seed=12, **TINY)
+    x, x_u, labels = _batches(None, rng)
+    with ref.TF1TrainStep(written["values"], image_shape=IMAGE_SHAPE, **TINY) as tf1:
+        original = tf1.run(x, x_u, labels)
+
+    tape_model, report = _convert(prefix)
+    tape_model.compile()
+    before = {name: v.numpy().copy() for v, name in _tf1_names(tape_model, report)}
+    losses, grads = _keras_step(tape_model, x, x_u, labels)
+
+    fit_model, _ = _convert(prefix)
+    fit_model.compile()
+    logs = fit_model.train_on_batch({"labeled": x, "unlabeled": x_u}, labels, return_dict=True)
+    return dict(prefix=prefix, values=written["values"], batches=(x, x_u, labels), original=original,
+                report=report, before=before, tape_model=tape_model, losses=losses, grads=grads,
+                fit_model=fit_model, logs=logs)
+
+
+def test_start_from_the_same_weights(case):
+    """The converter hands Keras exactly the TF1 values the original's step started from."""
+    for name, value in case["before"].items():
+        np.testing.assert_array_equal(value, case["original"]["before"][name], err_msg=name)
+    assert case["original"]["learning_rate"] == pytest.approx(LR, rel=1e-7)
+
+
+def test_loss_terms_match(case):
+    want = case["original"]["losses"]
+    assert set(want) == set(case["losses"]) == set(ref.LOSS_TERMS)
+    for name in ref.LOSS_TERMS:
+        assert case["losses"][name] == pytest.approx(want[name], rel=1e-5), name
+        # train_on_batch reports the loss of the step before its update: the same numbers.
+        assert case["logs"][name] == pytest.approx(want[name], rel=1e-5), name
+    assert abs(want["entropy_loss"]) > 0.1 and want["cls_loss"] > 0.1  # every term matters here
+
+
+def test_gradients_match_for_every_trainable_variable(case):
+    model, want = case["tape_model"], case["original"]["grads"]
+    names = dict((id(v), name) for v, name in _tf1_names(model, case["report"]))
+    compared = set()
+    scale = max(float(np.abs(g).max()) for g in want.values())
+    for v, got in zip(model.trainable_variables, case["grads"]):
+        name = names[id(v)]
+        compared.add(name)
+        expected = want[name]
+        assert got.shape == expected.shape, name
+        if CONV_BIAS.match(name):
+            # True gradient exactly 0 (cancelled by the batch mean): float noise on both sides.
+            np.testing.assert_allclose(got, 0.0, atol=1e-5 * scale, err_msg=name)
+            np.testing.assert_allclose(expected, 0.0, atol=1e-5 * scale, err_msg=name)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(np.abs(expected).max()),
+                                       err_msg=name)
+    # Every trainable TF1 variable (F, Z, C) has a Keras counterpart that was compared.
+    assert compared == set(want), sorted(set(want) ^ compared)
+    assert len(compared) == 44
+
+
+def _assert_same_update(name, got, expected, before, lr):
+    """Compare updates in units of lr: Adam's first step moves each entry by ~lr * sign(g)."""
+    got_step, want_step = (got - before) / lr, (expected - before) / lr
+    if CONV_BIAS.match(name):  # noise gradient: only Adam's bound |update| <= lr holds on both sides
+        assert np.abs(got_step).max() <= 1 + 1e-3 and np.abs(want_step).max() <= 1 + 1e-3, name
+        return
+    # float32 rounding of values ~1 is ~6e-8, i.e. ~3e-4 lr; gradients agree to ~1e-5 relative.
+    np.testing.assert_allclose(got_step, want_step, atol=2e-3, err_msg=name)
+
+
+@pytest.mark.parametrize("path", ["optimizer.apply", "train_on_batch"])
+def test_variables_after_one_adam_step_match(case, path):
+    model = case["tape_model"] if path == "optimizer.apply" else case["fit_model"]
+    want, before = case["original"]["values"], case["original"]["before"]
+    moved = 0
+    for v, name in _tf1_names(model, case["report"]):
+        if not v.trainable:
+            continue
+        _assert_same_update(name, v.numpy(), want[name], before[name], LR)
+        if not CONV_BIAS.match(name):
+            steps = np.abs(want[name] - before[name]) / LR
+            moved += np.count_nonzero(steps > 0.5)
+    assert moved > 1000  # the step really moved the weights, by about lr each
+
+
+def _expected_keras_moving_stats(case, model):
+    """{TF1 name: Keras' moving statistics after the step}: Keras' rule x <- 0.9 x + 0.1 s applied labeled
+    stream first, then unlabeled, to the batch statistics the original computed (its variance Bessel-
+    corrected, so undone here). A conv bias the converter folded away would shift the means: subtracted."""
+    original, mapped = case["original"], {name for _, name, _ in case["report"].mapped}
+    expected = {}
+    for v, name in _tf1_names(model, case["report"]):
+        if v.trainable:
+            continue
+        scope, kind = name.rsplit("/", 1)
+        value = case["before"][name].astype(np.float64)
+        for stream in ("labeled", "unlabeled"):
+            (stats,) = [s for s in original["stats"][stream] if s["scope"] == scope]
+            if kind == "moving_mean":
+                stat = stats["mean"].astype(np.float64)
+                bias = CONV_OF_BN[scope] + "/bias"
+                if bias not in mapped:
+                    stat = stat - original["before"][bias]
+            else:
+                n = float(stats["count"])
+                stat = stats["variance"].astype(np.float64) * (n - 1) / n
+            value = BN_DECAY * value + (1 - BN_DECAY) * stat
+        expected[name] = value
+    return expected
+
+
+def test_moving_statistics_follow_the_originals_per_stream_batch_statistics(case):
+    """Each stream is normalised with its own statistics, and both update the moving averages in order."""
+    model = case["fit_model"]
+    expected = _expected_keras_moving_stats(case, model)
+    assert len(expected) == 20
+    for v, name in _tf1_names(model, case["report"]):
+        if name in expected:
+            np.testing.assert_allclose(v.numpy(), expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # The tape path (compute_losses once, training=True) updates them identically.
+    for v, name in _tf1_names(case["tape_model"], case["report"]):
+        if name in expected:
+            np.testing.assert_allclose(v.numpy(), expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Keras 3 feeds the biased batch variance to the moving average; the original's fused batch norm the "
+    "Bessel-corrected one (x n/(n-1), n = batch*H*W per stream): here n = 40 and 48 in the last stage, "
+    "moving_variance ~1% apart after one step; at batch 500 on 32x32 images n >= 8000, < 2e-5 apart"))
+def test_moving_variance_matches_the_original(case):
+    want = case["original"]["values"]
+    for v, name in _tf1_names(case["fit_model"], case["report"]):
+        if name.endswith("/moving_variance"):
+            np.testing.assert_allclose(v.numpy(), want[name], rtol=1e-5, err_msg=name)
+
+
+def test_three_steps_on_a_staircase_match(case, tmp_path):
+    """Adam past its first step (no longer ~lr * sign(g)) and the staircase: decay every step here."""
+    decay = dict(decay_steps=1)
+    model, report = _convert(case["prefix"], **decay)
+    model.compile()
+    pairs = [(v, name) for v, name in _tf1_names(model, report) if v.trainable and not CONV_BIAS.match(name)]
+    rng = np.random.default_rng(21)
+    with ref.TF1TrainStep(case["values"], image_shape=IMAGE_SHAPE, **decay, **TINY) as tf1:
+        for step in range(3):
+            x, x_u, labels = _batches(None, rng)
+            lr = float(model.optimizer.learning_rate)  # the rate of the step about to run
+            original = tf1.run(x, x_u, labels, step=step)
+            assert lr == pytest.approx(original["learning_rate"], rel=1e-6) == LR * 0.95 ** step
+            logs = model.train_on_batch({"labeled": x, "unlabeled": x_u}, labels, return_dict=True)
+            for name in ref.LOSS_TERMS:
+                assert logs[name] == pytest.approx(original["losses"][name], rel=1e-4), (step, name)
+            for v, name in pairs:
+                got, want = v.numpy(), original["values"][name]
+                # Values drift apart by rounding only; Adam's later steps scale with g / sqrt(v) (<~ 3 lr).
+                np.testing.assert_allclose((got - want) / lr, 0.0, atol=1e-2, err_msg=f"step {step}: {name}")
