@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 
 demo: $(VENV)/.installed
 	$(GPQ) train --data digits --output $(DEMO_DIR) --epochs $(DEMO_EPOCHS) --batch-size 100 \
-		--filters $(DEMO_FILTERS)
+		--filters $(DEMO_FILTERS) --overwrite
 	$(GPQ) evaluate --model $(DEMO_DIR)/model.keras --data digits --json $(DEMO_DIR)/eval.json \
 		--figure $(DEMO_DIR)/ranked.png
 

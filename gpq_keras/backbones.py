@@ -1,6 +1,7 @@
 """The original GPQ feature extractor F: ten VGG-16 conv layers with a two-scale pooled head."""
 
 import keras
+from keras import ops
 
 # The ten conv -> batch norm -> ReLU blocks in network order: (stage, conv layer, batch-norm layer).
 CONV_BLOCKS = (
@@ -16,6 +17,46 @@ CONV_BLOCKS = (
     (3, "conv3_2", "batch3_2"),
 )
 FEATURE_LAYER = "feature_vector"  # the dense layer that maps the two-scale pooled vector to M * d
+
+
+@keras.saving.register_keras_serializable(package="gpq_keras")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` on TensorFlow's fused kernel, as the original's `fused_batch_norm`.
+
+    For 4-D channels-last inputs on the TensorFlow backend, one fused op normalises (and in training gives
+    the batch statistics); Keras' own path runs otherwise (other backends, `synchronized=True`, masks).
+    Like the original, training updates the moving variance with the unbiased batch variance
+    (x n / (n - 1), n = B * H * W); 16-bit inputs stay 16-bit (the kernel accumulates in float32).
+
+    ```python
+    x = FusedBatchNormalization(momentum=0.9, epsilon=1e-3)(images)
+    ```
+    """
+
+    def _fusable(self, inputs, mask):
+        return (keras.config.backend() == "tensorflow" and mask is None and not self.synchronized
+                and len(inputs.shape) == 4 and self.axis in (-1, 3) and self.center and self.scale
+                and not self.renorm)
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = ops.cast(inputs, self.compute_dtype)
+        gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
+                                                                 is_training=True)
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + ops.cast(mean, "float32") * (1.0 - momentum))
+            self.moving_variance.assign(
+                self.moving_variance * momentum + ops.cast(variance, "float32") * (1.0 - momentum))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=ops.cast(self.moving_mean, "float32"),
+                variance=ops.cast(self.moving_variance, "float32"), epsilon=self.epsilon, is_training=False)
+        return ops.cast(y, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="gpq_keras")
@@ -37,11 +78,15 @@ class VGGBackbone(keras.Model):
         image_shape: (height, width, channels). Default (32, 32, 3).
         bn_momentum: float, batch-norm moving-average momentum. Default 0.9.
         bn_epsilon: float, batch-norm epsilon. Default 1e-3.
+        conv_bias: bool, give the convs biases. Default False: batch norm subtracts the batch mean right
+            after each conv, so a bias there is cancelled in training and is only an offset of the moving
+            mean at inference (the converter folds the original's biases into the moving means). Models
+            saved by gpq_keras 0.1.0 have them and still load.
         dtype: the dtype policy of every layer, e.g. `"mixed_bfloat16"`. Default: Keras' global policy.
     """
 
     def __init__(self, feature_dim, filters=(64, 128, 256, 512), image_shape=(32, 32, 3),
-                 bn_momentum=0.9, bn_epsilon=1e-3, dtype=None, **kwargs):
+                 bn_momentum=0.9, bn_epsilon=1e-3, conv_bias=False, dtype=None, **kwargs):
         filters = tuple(filters)
         image_shape = tuple(image_shape)
         if len(filters) != 4:
@@ -52,9 +97,9 @@ class VGGBackbone(keras.Model):
         x = inputs
         branch = None
         for stage, conv_name, bn_name in CONV_BLOCKS:
-            x = keras.layers.Conv2D(filters[stage], 3, padding="same", name=conv_name, dtype=dtype)(x)
-            x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=bn_name,
-                                                dtype=dtype)(x)
+            x = keras.layers.Conv2D(filters[stage], 3, padding="same", use_bias=conv_bias, name=conv_name,
+                                    dtype=dtype)(x)
+            x = FusedBatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=bn_name, dtype=dtype)(x)
             x = keras.layers.ReLU(name=f"{conv_name}_relu", dtype=dtype)(x)
             if conv_name in ("conv0_1", "conv1_1", "conv2_2"):
                 x = keras.layers.MaxPooling2D(2, strides=2, padding="valid", name=f"pool{stage}", dtype=dtype)(x)
@@ -73,6 +118,7 @@ class VGGBackbone(keras.Model):
         self.image_shape = image_shape
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.conv_bias = conv_bias
 
     def get_config(self):
         return {
@@ -83,9 +129,10 @@ class VGGBackbone(keras.Model):
             "image_shape": list(self.image_shape),
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "conv_bias": self.conv_bias,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**{"conv_bias": True, **config})  # 0.1.0 configs have no conv_bias: their convs had biases

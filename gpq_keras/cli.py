@@ -10,7 +10,8 @@ import os
 import sys
 import textwrap
 
-RETRIEVAL_MODES = ("original", "consistent")  # gpq_keras.config.RETRIEVAL_MODES, without importing it
+from gpq_keras.config import RETRIEVAL_MODES  # the standard library only: cheap to import
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DATA_HELP = ("data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
              "npz:FILE | folder:DIR")
@@ -113,6 +114,8 @@ def cmd_train(args):
     from gpq_keras.model import GPQ
     from gpq_keras.training import RunDirectory, TrainingBackup, fit_run
 
+    if args.bits is not None and args.num_codewords is not None:
+        raise CLIError("give either --bits or --n-book/--n-word, not both")
     run = RunDirectory(args.output)
     state = run.state()
     if state == "finished" and not args.overwrite:
@@ -220,8 +223,7 @@ def cmd_encode(args):
     model, split = _load_model_and_data(args)
     features = _features(model, split.x_db, "database")
     mode = args.mode or model.gpq_config.retrieval_mode
-    codebook = model.codebook if mode == "original" else model.refined_codebook
-    codes = ProductQuantizer(codebook, model.gpq_config.num_subspaces, mode).encode(features)
+    codes = ProductQuantizer.from_model(model, mode).encode(features)
     _write_npz_atomic(args.output, features=features, codes=codes, labels=np.asarray(split.y_db))
     print(f"wrote {args.output}: {len(codes)} codes of {model.gpq_config.bits} bits ({mode} mode)")
 
@@ -279,24 +281,30 @@ def cmd_index_search(args):
 
 # --- parser ---------------------------------------------------------------------------------------
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum):
+    """An argparse type: an int >= minimum."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: `gpq train: error: ... (see gpq train --help)`."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _command(sub, name, help_text, example, func):
@@ -406,7 +414,7 @@ def _add_index(sub):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gpq", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="GPQ (Generalized Product Quantization network): train, convert, encode, index, evaluate.",
         epilog=textwrap.dedent("""\

@@ -28,6 +28,26 @@ def check_non_negative(name, value):
     return float(value)
 
 
+def rename_legacy_keys(values):
+    """A copy of a dict of GPQConfig fields with the old names (`LEGACY_KEYS`) renamed."""
+    values = dict(values)
+    for old, new in LEGACY_KEYS.items():
+        if old in values:
+            if new in values:
+                raise ValueError(f"GPQConfig: both {old!r} and its new name {new!r} are given")
+            values[new] = values.pop(old)
+    return values
+
+
+def check_num_codewords(value, name="num_codewords"):
+    """K as an int: a power of two in [2, 256] (codes are uint8); a ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 2 <= value <= 256 \
+            or value & (value - 1):
+        raise ValueError(f"Expected K, a power of two in [2, 256] (codes are uint8), for `{name}`. "
+                         f"Received: {name}={value!r}")
+    return int(value)
+
+
 def check_mode(mode):
     """`mode` if it is one of `RETRIEVAL_MODES`; a ValueError otherwise."""
     if mode not in RETRIEVAL_MODES:
@@ -92,9 +112,10 @@ class GPQConfig:
                 object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
             except ValueError:
                 raise field_error(name, "a positive int") from None
-        k = self.num_codewords
-        if k < 2 or k > 256 or k & (k - 1):
-            raise field_error("num_codewords", "a power of two in [2, 256] (K; codes are uint8)")
+        try:
+            check_num_codewords(self.num_codewords)
+        except ValueError:
+            raise field_error("num_codewords", "a power of two in [2, 256] (K; codes are uint8)") from None
         for name in ("alpha", "beta", "lambda1", "lambda2", "reg_lambda", "learning_rate",
                      "decay_rate", "epsilon"):
             try:
@@ -123,11 +144,7 @@ class GPQConfig:
     @classmethod
     def from_bits(cls, bits, num_codewords=16, **kwargs):
         """A config with M = `bits / log2(num_codewords)` codebooks (12, 24, 32 or 48 bits with K=16)."""
-        valid_k = isinstance(num_codewords, int) and num_codewords >= 2 and not num_codewords & (num_codewords - 1)
-        if not valid_k:
-            raise ValueError("GPQConfig.num_codewords (K) must be a power of two >= 2. "
-                             f"Received: num_codewords={num_codewords!r}")
-        per_book = int(math.log2(num_codewords))
+        per_book = int(math.log2(check_num_codewords(num_codewords)))
         if isinstance(bits, bool) or not isinstance(bits, int) or bits < per_book or bits % per_book:
             raise ValueError(
                 f"bits must be a positive multiple of log2(num_codewords)={per_book}. Received: bits={bits!r}")
@@ -150,12 +167,7 @@ class GPQConfig:
         The names of earlier versions (`n_book`, `n_word`, `len_code`, `n_classes`) are read as
         `num_subspaces`, `num_codewords`, `subspace_dim`, `num_classes`.
         """
-        values = dict(values)
-        for old, new in LEGACY_KEYS.items():
-            if old in values:
-                if new in values:
-                    raise ValueError(f"GPQConfig: both {old!r} and its new name {new!r} are given")
-                values[new] = values.pop(old)
+        values = rename_legacy_keys(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

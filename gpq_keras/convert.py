@@ -1,7 +1,7 @@
 """Compatibility with the original TF1 release: convert its checkpoint, load its `ImageNet_pretrained.mat`.
 
 The original code (TensorFlow 1.14 + tflearn) saved every global variable with `tf.train.Saver`; the names
-follow its graph (ORIGINAL.md, "Variable names in the TF1 checkpoint"):
+follow its graph (youngkyunJang/GPQ, `utils/GPQ_network.py`):
 
 - `Z` (K, M*d) and `C` (classes, M*d) at the top level;
 - `Fixed_VGG/conv2d/{kernel,bias}`, `Fixed_VGG/conv2d_1/...` ... `Fixed_VGG/conv2d_9/...`: the ten convs, in
@@ -19,6 +19,7 @@ save_atomic(model, "checkpoints/converted/gpq_cifar10_48bit.keras")  # from gpq_
 ```
 """
 
+import collections
 import dataclasses
 import os
 import re
@@ -27,7 +28,7 @@ import warnings
 import numpy as np
 
 from gpq_keras.backbones import CONV_BLOCKS, FEATURE_LAYER
-from gpq_keras.config import GPQConfig
+from gpq_keras.config import GPQConfig, rename_legacy_keys
 
 # --- the original's names: Keras layer (gpq_keras.backbones) -> TF1 scope under `Fixed_VGG` -------------
 TF1_SCOPE = "Fixed_VGG"
@@ -186,29 +187,52 @@ def tf1_layer_names():
     return names
 
 
+_Target = collections.namedtuple("_Target", ["path", "variable", "hook"])
+_Target.__new__.__defaults__ = (None,)
+
+
+def _fold_bias(bias, moving_mean):
+    """A conv bias b before batch norm, folded into the moving mean: BN(x + b) with mean m is BN(x) with
+    mean m - b (in training the batch mean absorbs b)."""
+    return moving_mean - bias
+
+
 def _backbone_targets(backbone, names, with_moving_stats=True, with_dense=True):
-    """{TF1 name: (Keras weight path, variable)} for the backbone, conv scopes resolved from `names`."""
+    """{TF1 name: _Target(Keras weight path, variable, hook)} for the backbone, in the order to port them,
+    conv scopes resolved from `names`. A hook(value, current) computes what is assigned from the file's
+    value and the variable's current one (the conv biases of a bias-free backbone are folded into the
+    moving means, after those are ported)."""
     targets = {}
     for (_, conv, bn), scope in zip(CONV_BLOCKS, _conv_scopes(names)):
         tf1_bn = TF1_BATCH_NORM_SCOPES[bn]
-        layer = backbone.get_layer(conv)
-        targets[f"{scope}/kernel"] = (f"backbone/{conv}/kernel", layer.kernel)
-        targets[f"{scope}/bias"] = (f"backbone/{conv}/bias", layer.bias)
-        layer = backbone.get_layer(bn)
+        conv_layer, bn_layer = backbone.get_layer(conv), backbone.get_layer(bn)
+        targets[f"{scope}/kernel"] = _Target(f"backbone/{conv}/kernel", conv_layer.kernel)
         for weight in _BN_WEIGHTS if with_moving_stats else ("gamma", "beta"):
-            targets[f"{TF1_SCOPE}/{tf1_bn}/{weight}"] = (f"backbone/{bn}/{weight}", getattr(layer, weight))
+            targets[f"{TF1_SCOPE}/{tf1_bn}/{weight}"] = _Target(f"backbone/{bn}/{weight}", getattr(bn_layer, weight))
+        if conv_layer.use_bias:
+            targets[f"{scope}/bias"] = _Target(f"backbone/{conv}/bias", conv_layer.bias)
+        else:
+            targets[f"{scope}/bias"] = _Target(f"backbone/{bn}/moving_mean (- conv bias)", bn_layer.moving_mean,
+                                               _fold_bias)
     if with_dense:
         layer = backbone.get_layer(FEATURE_LAYER)
         for weight in ("kernel", "bias"):
-            targets[f"{TF1_SCOPE}/{TF1_FEATURE_SCOPE}/{weight}"] = (
+            targets[f"{TF1_SCOPE}/{TF1_FEATURE_SCOPE}/{weight}"] = _Target(
                 f"backbone/{FEATURE_LAYER}/{weight}", getattr(layer, weight))
     return targets
 
 
+def _port(target, value):
+    """Assign a file's value to a target's variable, through its hook."""
+    current = np.asarray(target.variable.numpy())
+    value = np.asarray(value, dtype=current.dtype)
+    target.variable.assign(target.hook(value, current) if target.hook else value)
+
+
 def _model_targets(model, names):
     targets = _backbone_targets(model.backbone, names)
-    targets["Z"] = ("quantizer/Z", model.quantizer.Z)
-    targets["C"] = ("classifier/C", model.classifier.C)
+    targets["Z"] = _Target("quantizer/codewords", model.quantizer.codewords)
+    targets["C"] = _Target("classifier/prototypes", model.classifier.prototypes)
     return targets
 
 
@@ -242,16 +266,16 @@ def infer_config(shapes, overrides=None):
     (M = M*d / 12) unless `overrides` gives `num_subspaces` or `subspace_dim`. Height and width default to 32x32.
     `retrieval_mode` defaults to `"original"`.
     """
-    overrides = dict(overrides or {})
+    overrides = rename_legacy_keys(overrides or {})
     source = overrides.pop("_source", "checkpoint")
-    missing = [(name, None, target) for name, target in (("Z", "quantizer/Z"), ("C", "classifier/C"))
+    missing = [(name, None, target) for name, target in (("Z", "quantizer/codewords"), ("C", "classifier/prototypes"))
                if name not in shapes or len(shapes[name]) != 2]
     if missing:
         raise ConversionError(source, missing=missing, note="Z and C (2-D) are needed to infer the config; "
                                                             "pass a full config otherwise")
     (num_codewords, dim), (num_classes, c_dim) = shapes["Z"], shapes["C"]
     if dim != c_dim:
-        raise ConversionError(source, mismatched=[("C", shapes["C"], "classifier/C", (num_classes, dim))],
+        raise ConversionError(source, mismatched=[("C", shapes["C"], "classifier/prototypes", (num_classes, dim))],
                               note=f"Z holds {dim}-d codewords but C {c_dim}-d prototypes")
     values = {"num_codewords": num_codewords, "num_classes": num_classes}
     num_subspaces, subspace_dim = overrides.get("num_subspaces"), overrides.get("subspace_dim")
@@ -327,22 +351,22 @@ def convert_tf1_checkpoint(prefix, config=None, return_report=False):
     for name in sorted(shapes):
         shape = shapes[name]
         if name in targets:
-            path, variable = targets[name]
+            path, variable, _ = targets[name]
             if shape != tuple(variable.shape):
                 mismatched.append((name, shape, path, tuple(variable.shape)))
         elif _skip_reason(name):
             skipped.append((name, shape, _skip_reason(name)))
         else:
             unexpected.append((name, shape))
-    missing = [(name, tuple(variable.shape), path) for name, (path, variable) in targets.items()
+    missing = [(name, tuple(variable.shape), path) for name, (path, variable, _) in targets.items()
                if name not in shapes]
     if missing or unexpected or mismatched:
         raise ConversionError(prefix, missing, unexpected, mismatched)
 
     rows = []
-    for name, (path, variable) in targets.items():  # model order
-        variable.assign(np.asarray(reader.get_tensor(name), dtype=variable.dtype))
-        rows.append((name, path, tuple(variable.shape)))
+    for name, target in targets.items():  # model order; folds after what they fold into
+        _port(target, reader.get_tensor(name))
+        rows.append((name, target.path, tuple(target.variable.shape)))
     report = ConversionReport(source=prefix, config=config, mapped=rows, skipped=skipped)
     return (model, report) if return_report else model
 
@@ -397,23 +421,23 @@ def load_imagenet_mat(model, path):
                _backbone_targets(backbone, names, with_moving_stats=False, with_dense=False).items()}
 
     missing, mismatched, ready = [], [], []
-    for key, (weight_path, variable) in targets.items():
-        shape = tuple(variable.shape)
+    for key, target in targets.items():
+        shape = tuple(target.variable.shape)
         if key not in values:
-            missing.append((key, shape, weight_path))
+            missing.append((key, shape, target.path))
             continue
         value = _fit_shape(values[key], shape)
         if value is None:
-            mismatched.append((key, tuple(values[key].shape), weight_path, shape))
+            mismatched.append((key, tuple(values[key].shape), target.path, shape))
         else:
-            ready.append((key, weight_path, variable, value))
+            ready.append((key, target, value))
     if missing or mismatched:
         raise ConversionError(path, missing=missing, mismatched=mismatched, action="load")
     unexpected = [(key, tuple(value.shape)) for key, value in values.items() if key not in targets]
     if unexpected:
         warnings.warn(f"{path}: {len(unexpected)} key(s) not loaded (the original does not load them "
                       "either): " + ", ".join(key for key, _ in unexpected), stacklevel=2)
-    for _, _, variable, value in ready:
-        variable.assign(value.astype(variable.dtype))
-    return MatLoadReport(source=path, loaded=[(k, p, tuple(v.shape)) for k, p, v, _ in ready],
+    for _, target, value in ready:
+        _port(target, value)
+    return MatLoadReport(source=path, loaded=[(k, t.path, tuple(t.variable.shape)) for k, t, _ in ready],
                          unexpected=unexpected)

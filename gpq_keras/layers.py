@@ -118,12 +118,12 @@ class SoftProductQuantizer(keras.layers.Layer):
             raise ValueError(
                 f"SoftProductQuantizer needs a last axis divisible by num_subspaces={self.num_subspaces}. "
                 f"Received input shape: {input_shape}")
-        self.Z = self.add_weight(name="Z", shape=(self.num_codewords, dim),
-                                 initializer=self.codebook_initializer)
+        self.codewords = self.add_weight(name="codewords", shape=(self.num_codewords, dim),
+                                         initializer=self.codebook_initializer)
 
     def codebook(self, prototypes=None):
         """Z, or Z' = SA(P, Z) when prototypes P (classes, M*d) are given -> (K, M*d)."""
-        z = ops.cast(self.Z, self.compute_dtype)
+        z = ops.cast(self.codewords, self.compute_dtype)
         if prototypes is None:
             return z
         return soft_assignment(z, ops.cast(prototypes, self.compute_dtype), self.num_subspaces, self.alpha)
@@ -181,17 +181,16 @@ class SubspaceClassifier(keras.layers.Layer):
             raise ValueError(
                 f"SubspaceClassifier needs a last axis divisible by num_subspaces={self.num_subspaces}. "
                 f"Received input shape: {input_shape}")
-        self.C = self.add_weight(name="C", shape=(self.num_classes, dim),
-                                 initializer=self.prototype_initializer)
+        self.prototypes = self.add_weight(name="prototypes", shape=(self.num_classes, dim),
+                                          initializer=self.prototype_initializer)
 
-    @property
-    def prototypes(self):
+    def normalized_prototypes(self):
         """P = intra_norm(C), shape (classes, M*d)."""
-        return intra_normalize(ops.cast(self.C, self.compute_dtype), self.num_subspaces)
+        return intra_normalize(ops.cast(self.prototypes, self.compute_dtype), self.num_subspaces)
 
     def call(self, inputs):
         inputs = ops.cast(inputs, self.compute_dtype)
-        return subspace_logits(inputs, self.prototypes, self.num_subspaces, self.beta)
+        return subspace_logits(inputs, self.normalized_prototypes(), self.num_subspaces, self.beta)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_classes,)

@@ -28,28 +28,64 @@ __all__ = ["average_precision", "default_cutoffs", "evaluate_ranking", "mean_ave
            "precision_at_k", "precision_recall_curve", "ranked_relevance", "relevance"]
 
 
-def _compact(query_labels, db_labels):
-    """Int class ids in the smallest dtype that holds both (cheaper gathers); multi-hot unchanged."""
-    if query_labels.ndim == 2 or not (query_labels.size and db_labels.size):
-        return query_labels, db_labels
-    low = min(query_labels.min(), db_labels.min())
-    high = max(query_labels.max(), db_labels.max())
-    dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high))
-    return query_labels.astype(dtype, copy=False), db_labels.astype(dtype, copy=False)
+class _Labels:
+    """Query and database labels coded for fast relevance of ranked items (`data.labels.relevance`
+    restricted to the ranked positions): int class ids in the smallest int dtype, multi-hot labels of at
+    most 64 classes as uint64 bit sets, wider multi-hot labels as 0/1 float32 rows."""
 
+    def __init__(self, query_labels, db_labels):
+        query_labels, db_labels = check_label_pair(query_labels, db_labels)
+        self.num_queries, self.num_db = len(query_labels), len(db_labels)
+        if query_labels.ndim == 1:
+            self.kind = "ids"
+            if np.issubdtype(query_labels.dtype, np.integer) and np.issubdtype(db_labels.dtype, np.integer) \
+                    and query_labels.size and db_labels.size:
+                low, high = min(query_labels.min(), db_labels.min()), max(query_labels.max(), db_labels.max())
+                dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high))
+                query_labels, db_labels = query_labels.astype(dtype), db_labels.astype(dtype)
+        elif query_labels.shape[1] <= 64:
+            self.kind = "bits"
+            query_labels, db_labels = self._bits(query_labels), self._bits(db_labels)
+        else:
+            self.kind = "rows"
+        self.query, self.db = query_labels, db_labels
+        self.width = 1 if self.kind != "rows" else db_labels.shape[1]  # values per ranked item
 
-def _ranked_relevance(positions, query_labels, db_labels):
-    """bool (Q, n): is the item at each ranked position relevant to its query (labels checked)."""
-    if query_labels.ndim == 1:
-        return db_labels[positions] == query_labels[:, None]
-    return np.take_along_axis(relevance(query_labels, db_labels), positions, axis=1)
+    @staticmethod
+    def _bits(multi_hot):
+        packed = np.packbits(multi_hot != 0, axis=1, bitorder="little")
+        padded = np.zeros((len(packed), 8), np.uint8)
+        padded[:, :packed.shape[1]] = packed
+        return padded.view("<u8")[:, 0]
+
+    def ranked(self, rows, positions):
+        """bool (r, n): relevance of the items at `positions` (r, n) to queries `rows`."""
+        query = self.query[rows]
+        if self.kind == "ids":
+            return self.db[positions] == query[:, None]
+        if self.kind == "bits":
+            return (self.db[positions] & query[:, None]) != 0
+        out = np.empty(positions.shape, bool)  # wide multi-hot: a few MB of gathered rows at a time
+        step = max(1, _CHUNK_ELEMENTS // max(1, positions.shape[1] * self.width))
+        for s in range(0, len(positions), step):
+            out[s:s + step] = np.einsum("qnc,qc->qn", self.db[positions[s:s + step]], query[s:s + step]) > 0
+        return out
+
+    def num_relevant(self, rows):
+        """int (r,): relevant items in the whole database for queries `rows`."""
+        query = self.query[rows]
+        if self.kind == "ids":
+            return (self.db[None, :] == query[:, None]).sum(1)
+        if self.kind == "bits":
+            return ((self.db[None, :] & query[:, None]) != 0).sum(1)
+        return ((query @ self.db.T) > 0).sum(1)
 
 
 def ranked_relevance(ranking, query_labels, db_labels):
-    """Relevance of the items of each ranked list -> bool (Q, n)."""
-    query_labels, db_labels = check_label_pair(query_labels, db_labels)
-    ranking = _check_positions(ranking, len(query_labels), len(db_labels))
-    return _ranked_relevance(ranking, query_labels, db_labels)
+    """Relevance of the items of each ranked list (Q, n) -> bool (Q, n)."""
+    labels = _Labels(query_labels, db_labels)
+    ranking = _check_positions(ranking, labels.num_queries, labels.num_db)
+    return labels.ranked(slice(0, len(ranking)), ranking)
 
 
 def average_precision(ranked_relevance):
@@ -108,17 +144,17 @@ def _check_cutoffs(cutoffs, width):
 class _Scores:
     """Running sums of one evaluation: AP per query, hits at each k, precision-recall sums."""
 
-    def __init__(self, query_labels, db_labels, top_k, ks, cutoffs):
-        self.query_labels, self.db_labels = query_labels, db_labels
-        self.top_k, self.ks, self.cutoffs = top_k, ks, cutoffs
-        self.ap = np.zeros(len(query_labels))
-        self.seen = np.zeros(len(query_labels), bool)
+    def __init__(self, labels, top_k, ks, cutoffs):
+        self.labels, self.top_k, self.ks, self.cutoffs = labels, top_k, ks, cutoffs
+        self.ap = np.zeros(labels.num_queries)
+        self.seen = np.zeros(labels.num_queries, bool)
         self.hits = {k: 0 for k in ks}
         self.curve = [np.zeros(len(cutoffs)), np.zeros(len(cutoffs)), 0] if cutoffs is not None else None
 
     def add(self, start, positions):
         """Score the ranked lists of queries start .. start + len(positions) - 1."""
-        positions = _check_positions(positions, len(self.query_labels), len(self.db_labels), start, values=False)
+        labels = self.labels
+        positions = _check_positions(positions, labels.num_queries, labels.num_db, start, values=False)
         if positions.shape[1] < self.top_k:
             raise ValueError(f"a ranking of {positions.shape[1]} items per query cannot give top_k={self.top_k}")
         rows = slice(start, start + len(positions))
@@ -127,13 +163,13 @@ class _Scores:
         self.seen[rows] = True
 
         def score(part):  # on the row threads, the range check included
-            labels = self.query_labels[start + part.start:start + part.stop]
-            ranked = _check_positions(positions[part, :self.top_k], len(self.query_labels), len(self.db_labels))
-            rel = _ranked_relevance(ranked, labels, self.db_labels)
+            queries = slice(start + part.start, start + part.stop)
+            ranked = _check_positions(positions[part, :self.top_k], labels.num_queries, labels.num_db)
+            rel = labels.ranked(queries, ranked)
             counts = [np.count_nonzero(rel[:, :k]) for k in self.ks]
             sums = None
             if self.cutoffs is not None:
-                num_relevant = relevance(labels, self.db_labels).sum(1)
+                num_relevant = labels.num_relevant(queries)
                 keep = num_relevant > 0  # recall is undefined without relevant items
                 found = np.cumsum(rel[keep], axis=1, dtype=np.int64)[:, self.cutoffs - 1]
                 sums = ((found / self.cutoffs).sum(0), (found / num_relevant[keep, None]).sum(0),
@@ -182,9 +218,9 @@ def evaluate_ranking(ranking, query_labels, db_labels, top_k=None, precision_at=
         dict with "mAP" (float), "ap" (float64 (Q,)), "top_k", "precision" ({k: float}), and with
         `curve` a "curve" dict of "precision", "recall", "cutoffs" arrays.
     """
-    query_labels, db_labels = _compact(*check_label_pair(query_labels, db_labels))
+    labels = _Labels(query_labels, db_labels)
     if isinstance(ranking, np.ndarray):
-        ranking = _array_chunks(ranking)
+        ranking = _array_chunks(ranking, labels.width)
     scores = None
     for chunk in ranking:
         start, positions = int(chunk[0]), np.asarray(chunk[1])
@@ -192,20 +228,21 @@ def evaluate_ranking(ranking, query_labels, db_labels, top_k=None, precision_at=
             width = positions.shape[1] if positions.ndim == 2 else 0
             top = width if top_k is None else _check_k(top_k, width, "top_k")
             ks = sorted({int(k) for k in precision_at if 1 <= int(k) <= top})
-            scores = _Scores(query_labels, db_labels, top, ks, _check_cutoffs(cutoffs, top) if curve else None)
+            scores = _Scores(labels, top, ks, _check_cutoffs(cutoffs, top) if curve else None)
         scores.add(start, positions)
     if scores is None:
-        if len(query_labels):
+        if labels.num_queries:
             raise ValueError("the ranking is empty")
         return {"mAP": 0.0, "ap": np.zeros(0), "top_k": top_k, "precision": {}}
     return scores.result()
 
 
-def _array_chunks(ranking):
-    """(start, rows) chunks of a whole ranking array, a few MB of relevance at a time."""
+def _array_chunks(ranking, width=1):
+    """(start, rows) chunks of a whole ranking array, a few MB of relevance at a time (`width` label
+    values per ranked item)."""
     if ranking.ndim != 2:
         return [(0, ranking)]  # refused with a clear message by the first check
-    step = max(1, _CHUNK_ELEMENTS // max(1, ranking.shape[1]))
+    step = max(1, _CHUNK_ELEMENTS // max(1, ranking.shape[1] * width))
     return [(start, ranking[start:start + step]) for start in range(0, max(len(ranking), 1), step)]
 
 

@@ -139,17 +139,17 @@ class GPQ(keras.Model):
     @property
     def codebook(self):
         """The raw learned codebook Z (K, M*d), as the original uses it at retrieval."""
-        return np.asarray(self.quantizer.Z.numpy(), np.float32)
+        return np.asarray(self.quantizer.codewords.numpy(), np.float32)
 
     @property
     def refined_codebook(self):
         """Z' = SA(intra_norm(C), Z) (K, M*d), the codebook training quantises with."""
-        return np.asarray(self.quantizer.codebook(self.classifier.prototypes), np.float32)
+        return np.asarray(self.quantizer.codebook(self.classifier.normalized_prototypes()), np.float32)
 
     @property
     def prototypes(self):
         """The raw class prototypes C (classes, M*d)."""
-        return np.asarray(self.classifier.C.numpy(), np.float32)
+        return np.asarray(self.classifier.prototypes.numpy(), np.float32)
 
     # --- training --------------------------------------------------------------------------------
     def compile(self, optimizer=None, **kwargs):
@@ -181,7 +181,7 @@ class GPQ(keras.Model):
         # Each stream goes through F on its own, so batch norm uses (and updates) per-stream statistics.
         f = self.intra_norm(self(labeled, training=training))
         g = self.intra_norm(self.reversal(self(unlabeled, training=training)))
-        q = self.quantizer(f, prototypes=self.classifier.prototypes)  # SA(Z', f), Z' = SA(P, Z)
+        q = self.quantizer(f, prototypes=self.classifier.normalized_prototypes())  # SA(Z', f), Z' = SA(P, Z)
         npq = n_pair_pq_loss(y, f, q, cfg.num_subspaces, cfg.reg_lambda)
         cls = classification_loss(y, self.classifier(f))
         ent = subspace_entropy_loss(self.classifier(g))

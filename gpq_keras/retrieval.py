@@ -34,7 +34,7 @@ import zipfile
 
 import numpy as np
 
-from gpq_keras.config import L2_EPSILON, RETRIEVAL_MODES, check_mode, check_positive_int
+from gpq_keras.config import L2_EPSILON, RETRIEVAL_MODES, check_mode, check_num_codewords, check_positive_int
 from gpq_keras.files import atomic_path
 from gpq_keras.parallel import map_rows
 
@@ -116,18 +116,26 @@ class ProductQuantizer:
         self.num_subspaces = check_positive_int("num_subspaces", num_subspaces)
         self.codebook = _as_matrix("codebook", codebook)
         self.num_codewords, self.dim = self.codebook.shape
-        k = self.num_codewords
         if self.dim % self.num_subspaces:
             raise ValueError(f"The codebook's width ({self.dim}) must be divisible by "
                              f"num_subspaces={self.num_subspaces}. Received codebook shape: {self.codebook.shape}")
-        if k < 2 or k > 256 or k & (k - 1):
-            raise ValueError("The codebook must have K rows, K a power of two in [2, 256] so codes fit uint8. "
-                             f"Received codebook shape: {self.codebook.shape}")
+        try:
+            check_num_codewords(self.num_codewords, "codebook rows")
+        except ValueError as exc:
+            raise ValueError(f"{exc}. Received codebook shape: {self.codebook.shape}") from None
         self.subspace_dim = self.dim // self.num_subspaces
-        self.nbits = int(math.log2(k))
+        self.nbits = int(math.log2(self.num_codewords))
         normalized = intra_normalize_np(self.codebook, self.num_subspaces)
         self.words = normalized if mode == "consistent" else self.codebook  # what distances use
         self._assign = _split(normalized, self.num_subspaces).transpose(1, 2, 0)  # (M, d, K), for codes
+
+    @classmethod
+    def from_model(cls, model, mode=None):
+        """The quantiser of a GPQ model in `mode` (None: `model.gpq_config.retrieval_mode`): the raw Z for
+        `original`, Z' = SA(intra_norm(C), Z) for `consistent`."""
+        mode = check_mode(model.gpq_config.retrieval_mode if mode is None else mode)
+        codebook = model.codebook if mode == "original" else model.refined_codebook
+        return cls(codebook, model.gpq_config.num_subspaces, mode)
 
     def __repr__(self):
         return (f"ProductQuantizer(M={self.num_subspaces}, K={self.num_codewords}, d={self.subspace_dim}, "
@@ -223,12 +231,12 @@ def unpack_codes(packed, num_subspaces, nbits):
 
 # --- ranking --------------------------------------------------------------------------------------
 
-def sort_keys(distances, low=None, out=None):
-    """int64 keys that sort like (distance, low) -> (Q, N).
+def sort_keys(distances, out=None):
+    """int64 keys that sort like (distance, column) -> (Q, N).
 
     The high 32 bits hold the float32 distance as a two's-complement int of the same order (its
-    sign-magnitude bits, so -0.0 and +0.0 are one value); the low 32 bits hold `low`, default the
-    column index (anything in [0, 2**31)). `out`: an int64 array of the same shape to fill.
+    sign-magnitude bits, so -0.0 and +0.0 are one value); the low 32 bits hold the column index.
+    `out`: an int64 array of the same shape to fill.
     """
     if not np.little_endian:  # pragma: no cover
         raise RuntimeError("sort_keys needs a little-endian machine")
@@ -243,7 +251,7 @@ def sort_keys(distances, low=None, out=None):
     np.bitwise_and(bits, np.int32(0x7FFFFFFF), out=high)
     high ^= sign
     high -= sign  # conditional negation: -magnitude for negative distances
-    halves[..., 0] = np.arange(distances.shape[1], dtype=np.int32) if low is None else low
+    halves[..., 0] = np.arange(distances.shape[1], dtype=np.int32)
     return keys
 
 
@@ -263,23 +271,6 @@ def smallest_k(keys, k):
     part = keys[:, :k].copy()
     part.sort(axis=1)
     return part
-
-
-def top_k(distances, k):
-    """Stable top-k of a distance matrix (Q, N): (D float32 (Q, k), I int64 (Q, k)), ascending distance,
-    ties by lower column. k larger than N pads with distance inf and index -1 (as faiss)."""
-    distances = np.asarray(distances, np.float32)
-    if distances.ndim != 2:
-        raise ValueError(f"`distances` must have shape (Q, N). Received shape: {distances.shape}")
-    k = check_positive_int("k", k)
-    n = distances.shape[1]
-    dist = np.full((distances.shape[0], k), np.inf, np.float32)
-    ids = np.full((distances.shape[0], k), -1, np.int64)
-    if n:
-        keys = smallest_k(sort_keys(distances), min(k, n))
-        dist[:, :min(k, n)], ids[:, :min(k, n)] = _decode_distances(keys), keys & np.int64(0xFFFFFFFF)
-    return dist, ids
-
 
 
 def _onehot_t(codes, num_codewords):
@@ -342,10 +333,8 @@ class PQIndex:
     def from_model(cls, model, mode=None):
         """An empty index with a GPQ model's codebook: Z for `original`, Z' for `consistent`; mode None
         takes `model.gpq_config.retrieval_mode`. The model is kept for `add_images`."""
-        config = model.gpq_config
-        mode = check_mode(config.retrieval_mode if mode is None else mode)
-        codebook = model.codebook if mode == "original" else model.refined_codebook
-        index = cls(codebook, config.num_subspaces, mode)
+        pq = ProductQuantizer.from_model(model, mode)
+        index = cls(pq.codebook, pq.num_subspaces, pq.mode)
         index._model = model
         return index
 

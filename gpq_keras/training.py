@@ -210,8 +210,9 @@ class EpochLog(keras.callbacks.Callback):
         row = {"epoch": str(epoch)}
         for key, value in (logs or {}).items():
             row[key] = f"{float(value):.8g}" if np.ndim(value) == 0 else str(value)
-        if "learning_rate" not in row and self.model.optimizer is not None:
-            row["learning_rate"] = f"{float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)):.8g}"
+        optimizer = getattr(self.model, "optimizer", None)
+        if "learning_rate" not in row and optimizer is not None:
+            row["learning_rate"] = f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.8g}"
         self.rows.append(row)
         fields = []
         for r in self.rows:
@@ -346,7 +347,7 @@ def finite_or_none(value):
 
 
 def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eval_every=5,
-            backup_every_steps=None, save_every=0, keep_checkpoints=3, record=None, verbose=2):
+            backup_every_steps=None, save_every=0, keep_checkpoints=3, record=None, verbose=2, callbacks=()):
     """Train `model` (compiled) on `split` in the run folder `run`, resuming from its backup if it has one.
 
     The data of global step g is a function of (seed, g) (`train_dataset(start_step=g)`), so a resumed run
@@ -366,6 +367,7 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
         save_every, keep_checkpoints: periodic `checkpoints/epoch_NNN.keras`, the last `keep_checkpoints` kept.
         record: dict written to run.json (status, progress and validation figures are added).
         verbose: `fit`'s verbosity.
+        callbacks: more Keras callbacks, run after the run's own.
 
     Returns:
         The record dict.
@@ -373,7 +375,7 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
     from gpq_keras.data import train_dataset
     from gpq_keras.model import save_atomic
 
-    record = dict(record or {})
+    record, extra_callbacks = dict(record or {}), callbacks
     _, steps = train_dataset(split, batch_size=batch_size, seed=seed)
     backup = TrainingBackup(run.backup, steps, save_freq=backup_every_steps or "epoch")
     step = backup.restore(model)
@@ -398,6 +400,7 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
         callbacks.append(PeriodicCheckpoint(run.checkpoints, save_every, keep_checkpoints))
     callbacks.append(keras.callbacks.TensorBoard(run.logs, write_graph=False))
     callbacks.append(_RecordUpdate(run, record, checker))
+    callbacks += list(extra_callbacks)
     run.write_record(record)
 
     def fit(first_epoch, steps_per_epoch, start_step, offset, last_epoch):

@@ -5,7 +5,7 @@ times them against.
 `indexing` (database codes), `pq_dist` (asymmetric distances with the raw Z, a table per query and
 sub-space), `cat_apcal` (AP over the top N), `original_map` (the three chained), with the original's
 argument names. Arithmetic is float64 unless `dtype` says otherwise; only the ranking is made stable (the
-original's `np.argsort` is not, see ORIGINAL.md). `stable_top_k` and `label_similarity` are the plain
+original's `np.argsort` is not: its order among equal distances is unspecified). `stable_top_k` and `label_similarity` are the plain
 Python definitions of a stable ranking and of relevance.
 """
 

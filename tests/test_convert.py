@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
 
 
 def _similarity(labels):
-    return (labels[:N_QUERY, None] == labels[None, N_QUERY:]).astype(np.int64)
+    return original.label_similarity(labels[:N_QUERY], labels[N_QUERY:])
 
 
 def test_converted_model_matches_tf1_features_codes_and_map(tiny):
@@ -78,8 +78,10 @@ def test_report_maps_every_weight_once_and_skips_training_leftovers(tiny):
     # A path to one of the prefix's files works too.
     model, report = convert_tf1_checkpoint(tiny["prefix"] + ".index", config=overrides, return_report=True)
     assert report.source == tiny["prefix"]
-    assert len(report.mapped) == len(model.weights) == 64
-    assert len({row[1] for row in report.mapped}) == 64
+    assert len(report.mapped) == 64  # every variable of the original's network, once
+    folded = [row for row in report.mapped if row[1].endswith("(- conv bias)")]
+    assert len(folded) == 10 and all(row[0].endswith("/bias") and "conv2d" in row[0] for row in folded)
+    assert len({row[1] for row in report.mapped}) == len(model.weights) + 10 == 64  # the convs have no bias
     reasons = [reason for _, _, reason in report.skipped]
     assert reasons.count("Adam slot") == 2 * 44  # 42 backbone trainables + Z + C, two slots each
     assert reasons.count("zero-debias accumulator") == 20
@@ -88,6 +90,7 @@ def test_report_maps_every_weight_once_and_skips_training_leftovers(tiny):
     table = report.table()
     assert re.search(r"^Fixed_VGG/conv2d_9/kernel +backbone/conv3_2/kernel +\[3, 3, 8, 8\]$", table, re.M)
     assert re.search(r"^Fixed_VGG/batch2-1/moving_mean +backbone/batch2_1/moving_mean +\[8\]$", table, re.M)
+    assert re.search(r"^Fixed_VGG/conv2d_5/bias +backbone/batch2_1/moving_mean \(- conv bias\) +\[8\]$", table, re.M)
     assert "M=3 K=4 d=4" in table
 
 
@@ -155,6 +158,7 @@ def test_infer_config_needs_z_and_c_and_a_divisible_width():
     shapes = {"Z": (16, 144), "C": (10, 144)}
     assert infer_config(shapes).num_subspaces == 12
     assert infer_config(shapes, {"subspace_dim": 24}).num_subspaces == 6
+    assert infer_config(shapes, {"len_code": 24}).num_subspaces == 6  # the old key names work too
     with pytest.raises(ConversionError, match=r"cannot convert: 1 missing \(C \[\?\]\)"):
         infer_config({"Z": (16, 144)})
     with pytest.raises(ConversionError, match="not a multiple of the original d = 12"):
@@ -215,10 +219,12 @@ def test_load_imagenet_mat_initialises_the_backbone(tiny, tmp_path):
     assert len(report.loaded) == 40
     assert report.unexpected == [("Fixed_VGG/dense/kernel:0", (16, 12))]
     for layer, weight, key in [("conv0", "kernel", "Fixed_VGG/conv2d/kernel:0"),
-                               ("conv3_2", "bias", "Fixed_VGG/conv2d_9/bias:0"),
                                ("batch2_1", "gamma", "Fixed_VGG/batch2-1/gamma:0"),
                                ("batch0", "beta", "Fixed_VGG/batch0/beta:0")]:
         np.testing.assert_array_equal(getattr(backbone.get_layer(layer), weight).numpy(), values[key])
+    # The convs have no bias: each is folded into the next batch norm's moving mean (0 before).
+    np.testing.assert_array_equal(backbone.get_layer("batch3_2").moving_mean.numpy(),
+                                  -values["Fixed_VGG/conv2d_9/bias:0"].ravel())
     np.testing.assert_array_equal(backbone.get_layer("feature_vector").kernel.numpy(), dense_before)
     np.testing.assert_array_equal(backbone.get_layer("batch1").moving_variance.numpy(), np.ones(8))
 

@@ -36,7 +36,7 @@ def test_soft_product_quantizer_with_and_without_prototypes():
     x = ref.intra_norm(_features(), M).astype(np.float32)
     layer = SoftProductQuantizer(M, K, alpha=20.0)
     out = keras.ops.convert_to_numpy(layer(x))
-    z = keras.ops.convert_to_numpy(layer.Z)
+    z = keras.ops.convert_to_numpy(layer.codewords)
     assert z.shape == (K, M * D)
     np.testing.assert_allclose(out, ref.soft_assignment(z, x, M, 20.0), rtol=1e-5, atol=1e-6)
 
@@ -51,7 +51,7 @@ def test_subspace_classifier_matches_numpy():
     f = ref.intra_norm(_features(), M).astype(np.float32)
     layer = SubspaceClassifier(CLASSES, M, beta=4.0)
     logits = keras.ops.convert_to_numpy(layer(f))
-    c = keras.ops.convert_to_numpy(layer.C)
+    c = keras.ops.convert_to_numpy(layer.prototypes)
     assert c.shape == (CLASSES, M * D)
     np.testing.assert_allclose(logits, ref.classifier_logits(f, ref.intra_norm(c, M), M, 4.0), rtol=1e-5, atol=1e-6)
 

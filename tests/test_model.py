@@ -31,7 +31,7 @@ def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
     model = GPQ(tiny_config)
     x = tf.constant(_images(8))
     dense = model.backbone.get_layer("feature_vector").kernel
-    prototypes = model.classifier.C
+    prototypes = model.classifier.prototypes
 
     def entropy(reverse):
         features = model(x, training=False)
@@ -200,7 +200,7 @@ def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(tm
     model.set_weights(reference.get_weights())
     compute = keras.dtype_policies.get(policy).compute_dtype
     assert model.backbone.get_layer("conv0").compute_dtype == compute
-    assert model.quantizer.Z.dtype == "float32" and model.quantizer.compute_dtype == "float32"
+    assert model.quantizer.codewords.dtype == "float32" and model.quantizer.compute_dtype == "float32"
     assert model.intra_norm.compute_dtype == "float32" and model.classifier.compute_dtype == "float32"
     for m in (reference, model):
         m.compile()
@@ -219,3 +219,20 @@ def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(tm
     assert loaded.quantizer.compute_dtype == "float32"
     np.testing.assert_array_equal(loaded.predict(batch[0]["labeled"], verbose=0),
                                   model.predict(batch[0]["labeled"], verbose=0))
+
+
+def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
+    """tests/data/gpq_0.1.0_tiny.keras was written before the vocabulary and weight names changed (config
+    keys n_book..., weights Z and C, no dtype in the config); it loads in safe mode with equal outputs."""
+    import os
+
+    folder = os.path.join(os.path.dirname(__file__), "data")
+    model = load_gpq(os.path.join(folder, "gpq_0.1.0_tiny.keras"))
+    expected = np.load(os.path.join(folder, "gpq_0.1.0_tiny_expected.npz"))
+    assert (model.gpq_config.num_subspaces, model.gpq_config.num_codewords, model.gpq_config.num_classes) == (3, 4, 5)
+    assert model.gpq_config.retrieval_mode == "original"
+    np.testing.assert_array_equal(model.predict(expected["images"], verbose=0), expected["features"])
+    np.testing.assert_array_equal(model.codebook, expected["codebook"])
+    np.testing.assert_array_equal(model.prototypes, expected["prototypes"])
+    np.testing.assert_allclose(model.refined_codebook, expected["refined_codebook"], rtol=1e-6, atol=1e-7)
+    assert int(model.optimizer.iterations) == 1

@@ -10,7 +10,6 @@ NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "notebooks", "demo.ipyn
 
 
 @pytest.mark.large
-@pytest.mark.large
 def test_demo_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("GPQ_NOTEBOOK_EPOCHS", "1")
     monkeypatch.setenv("GPQ_NOTEBOOK_OUT", str(tmp_path))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import original_retrieval as original
-from gpq_keras.retrieval import PQIndex, ProductQuantizer, intra_normalize_np, pack_codes, top_k, unpack_codes
+from gpq_keras.retrieval import (PQIndex, ProductQuantizer, intra_normalize_np, pack_codes, smallest_k, sort_keys,
+                                 unpack_codes)
 from numpy_reference import intra_norm
 
 
@@ -141,13 +142,12 @@ def test_search_random_data_against_reference(rng):
     assert np.all(np.diff(d, axis=1) >= 0)
 
 
-def test_top_k_orders_signed_values_and_zero_ties():
+def test_sort_keys_order_signed_values_and_zero_ties():
     dist = np.array([[0.5, -0.0, -2.0, 0.0, np.float32(1e-45), -1e-45, 3.0, -2.0]], np.float32)
-    d, i = top_k(dist, 8)
-    np.testing.assert_array_equal(i[0], [2, 7, 5, 1, 3, 4, 0, 6])  # -0.0 and +0.0 tie: lower index first
-    np.testing.assert_array_equal(d[0], dist[0, i[0]])
-    d, i = top_k(dist, 10)
-    assert list(i[0, 8:]) == [-1, -1] and np.all(np.isinf(d[0, 8:]))
+    keys = smallest_k(sort_keys(dist), 8)
+    order = keys & np.int64(0xFFFFFFFF)
+    np.testing.assert_array_equal(order[0], [2, 7, 5, 1, 3, 4, 0, 6])  # -0.0 and +0.0 tie: lower index first
+    np.testing.assert_array_equal(smallest_k(sort_keys(dist), 3) & np.int64(0xFFFFFFFF), [[2, 7, 5]])
 
 
 def test_search_pads_and_validates(rng):

@@ -42,6 +42,9 @@ CONV_BIAS = re.compile(r"^Fixed_VGG/conv2d(?:_\d+)?/bias$")
 BN_DECAY = 0.9
 CONV_OF_BN = {f"Fixed_VGG/{bn}": f"Fixed_VGG/{conv}" for conv, bn in zip(ref.CONV_SCOPES, ref.BN_SCOPES)}
 
+# Building two TF1 graphs, converting three times and tracing train_on_batch take ~30 s on 2 CPU cores.
+pytestmark = pytest.mark.large
+
 
 def _batches(seed, rng=None):
     rng = rng or np.random.default_rng(seed)
@@ -121,6 +124,13 @@ def test_loss_terms_match(case):
     assert abs(want["entropy_loss"]) > 0.1 and want["cls_loss"] > 0.1  # every term matters here
 
 
+def _gradient_tolerance(expected):
+    """Float32 noise of a gradient: the TF1 step itself, run on the same batches in another sample order,
+    moves every gradient by up to ~7e-5 of the variable's largest entry (ten small-batch batch norms
+    amplify rounding); Keras and TF1 differ by up to ~6e-5. Allowed: 2e-4 of the largest entry."""
+    return 2e-4 * float(np.abs(expected).max())
+
+
 def test_gradients_match_for_every_trainable_variable(case):
     model, want = case["tape_model"], case["original"]["grads"]
     names = dict((id(v), name) for v, name in _tf1_names(model, case["report"]))
@@ -136,35 +146,44 @@ def test_gradients_match_for_every_trainable_variable(case):
             np.testing.assert_allclose(got, 0.0, atol=1e-5 * scale, err_msg=name)
             np.testing.assert_allclose(expected, 0.0, atol=1e-5 * scale, err_msg=name)
         else:
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(np.abs(expected).max()),
-                                       err_msg=name)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=_gradient_tolerance(expected), err_msg=name)
     # Every trainable TF1 variable (F, Z, C) has a Keras counterpart that was compared.
     assert compared == set(want), sorted(set(want) ^ compared)
     assert len(compared) == 44
 
 
-def _assert_same_update(name, got, expected, before, lr):
-    """Compare updates in units of lr: Adam's first step moves each entry by ~lr * sign(g)."""
-    got_step, want_step = (got - before) / lr, (expected - before) / lr
+ADAM_EPS_HAT = 1e-8 / np.sqrt(1 - 0.999)  # Adam's first step is -lr * g / (|g| + ADAM_EPS_HAT)
+
+
+def _assert_same_first_update(name, got, expected, before, grad):
+    """Compare Adam's first update in units of lr: -lr * g / (|g| + 3.2e-7), ~-lr * sign(g).
+
+    Tolerance: 2e-3 lr (float32 rounding of values ~1 is ~6e-8, i.e. ~3e-4 lr) plus the gradient tolerance
+    carried through that formula (d update / d g = lr * 3.2e-7 / (|g| + 3.2e-7)^2), which matters only for
+    entries whose gradient is within the noise of 0.
+    """
+    got_step, want_step = (got - before) / LR, (expected - before) / LR
     if CONV_BIAS.match(name):  # noise gradient: only Adam's bound |update| <= lr holds on both sides
         assert np.abs(got_step).max() <= 1 + 1e-3 and np.abs(want_step).max() <= 1 + 1e-3, name
         return
-    # float32 rounding of values ~1 is ~6e-8, i.e. ~3e-4 lr; gradients agree to ~1e-5 relative.
-    np.testing.assert_allclose(got_step, want_step, atol=2e-3, err_msg=name)
+    np.testing.assert_allclose(want_step, -grad / (np.abs(grad) + ADAM_EPS_HAT), atol=2e-3, err_msg=name)
+    carried = _gradient_tolerance(grad) * ADAM_EPS_HAT / (np.abs(grad) + ADAM_EPS_HAT) ** 2
+    excess = np.abs(got_step - want_step) - (2e-3 + np.minimum(carried, 2.0))
+    assert excess.max() <= 0, (name, float(np.abs(got_step - want_step).max()))
 
 
 @pytest.mark.parametrize("path", ["optimizer.apply", "train_on_batch"])
 def test_variables_after_one_adam_step_match(case, path):
     model = case["tape_model"] if path == "optimizer.apply" else case["fit_model"]
-    want, before = case["original"]["values"], case["original"]["before"]
+    original = case["original"]
     moved = 0
     for v, name in _tf1_names(model, case["report"]):
         if not v.trainable:
             continue
-        _assert_same_update(name, v.numpy(), want[name], before[name], LR)
+        before, after = original["before"][name], original["values"][name]
+        _assert_same_first_update(name, v.numpy(), after, before, original["grads"][name])
         if not CONV_BIAS.match(name):
-            steps = np.abs(want[name] - before[name]) / LR
-            moved += np.count_nonzero(steps > 0.5)
+            moved += np.count_nonzero(np.abs(after - before) > 0.5 * LR)
     assert moved > 1000  # the step really moved the weights, by about lr each
 
 
@@ -172,7 +191,7 @@ def _expected_keras_moving_stats(case, model):
     """{TF1 name: Keras' moving statistics after the step}: Keras' rule x <- 0.9 x + 0.1 s applied labeled
     stream first, then unlabeled, to the batch statistics the original computed (its variance Bessel-
     corrected, so undone here). A conv bias the converter folded away would shift the means: subtracted."""
-    original, mapped = case["original"], {name for _, name, _ in case["report"].mapped}
+    original, mapped = case["original"], {name for name, _, _ in case["report"].mapped}
     expected = {}
     for v, name in _tf1_names(model, case["report"]):
         if v.trainable:
@@ -208,10 +227,31 @@ def test_moving_statistics_follow_the_originals_per_stream_batch_statistics(case
             np.testing.assert_allclose(v.numpy(), expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_the_originals_moving_statistics_are_zero_debiased_and_bessel_corrected(case):
+    """What the reference does with the moving statistics, i.e. what Keras is not asked to match: the mean
+    through the zero-debias accumulators both streams share (local_step advances by 2 per training step),
+    the variance as a plain moving average of the Bessel-corrected batch variances."""
+    original = case["original"]
+    before, after = original["before"], original["values"]
+    for scope in CONV_OF_BN:
+        biased, local_step = (f"{scope}/{scope}/moving_mean/{n}" for n in ("biased", "local_step"))
+        mean, var = before[biased].astype(np.float64), before[f"{scope}/moving_variance"].astype(np.float64)
+        for stream in ("labeled", "unlabeled"):
+            (stats,) = [st for st in original["stats"][stream] if st["scope"] == scope]
+            mean = BN_DECAY * mean + (1 - BN_DECAY) * stats["mean"]
+            var = BN_DECAY * var + (1 - BN_DECAY) * stats["variance"]
+        assert after[local_step] == before[local_step] + 2
+        np.testing.assert_allclose(after[biased], mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(after[f"{scope}/moving_mean"], mean / (1 - BN_DECAY ** after[local_step]),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(after[f"{scope}/moving_variance"], var, rtol=1e-5)
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "Keras 3 feeds the biased batch variance to the moving average; the original's fused batch norm the "
-    "Bessel-corrected one (x n/(n-1), n = batch*H*W per stream): here n = 40 and 48 in the last stage, "
-    "moving_variance ~1% apart after one step; at batch 500 on 32x32 images n >= 8000, < 2e-5 apart"))
+    "Bessel-corrected one (x n/(n-1), n = batch*H*W per stream): here (n = 40..3072) up to 2.7% apart after "
+    "one step; at batch 500 on 32x32 images n >= 8000, so Keras' moving variance settles up to 1.25e-4 "
+    "(relative, last stage) below the original's"))
 def test_moving_variance_matches_the_original(case):
     want = case["original"]["values"]
     for v, name in _tf1_names(case["fit_model"], case["report"]):
@@ -219,23 +259,34 @@ def test_moving_variance_matches_the_original(case):
             np.testing.assert_allclose(v.numpy(), want[name], rtol=1e-5, err_msg=name)
 
 
-def test_three_steps_on_a_staircase_match(case, tmp_path):
-    """Adam past its first step (no longer ~lr * sign(g)) and the staircase: decay every step here."""
+def test_three_steps_on_a_staircase_match(case):
+    """Adam past its first step (no longer ~lr * sign(g)) and the staircase: decay every step here.
+
+    Entries whose gradient came within ten times the float32 noise of 0 at some step (Adam turns such
+    noise into updates of any size up to ~lr) are left out of the value comparison; the rest, at least 90%
+    of all entries, must agree to 1e-2 lr after each step.
+    """
     decay = dict(decay_steps=1)
     model, report = _convert(case["prefix"], **decay)
     model.compile()
     pairs = [(v, name) for v, name in _tf1_names(model, report) if v.trainable and not CONV_BIAS.match(name)]
+    clean = {name: True for _, name in pairs}
     rng = np.random.default_rng(21)
     with ref.TF1TrainStep(case["values"], image_shape=IMAGE_SHAPE, **decay, **TINY) as tf1:
         for step in range(3):
             x, x_u, labels = _batches(None, rng)
             lr = float(model.optimizer.learning_rate)  # the rate of the step about to run
             original = tf1.run(x, x_u, labels, step=step)
-            assert lr == pytest.approx(original["learning_rate"], rel=1e-6) == LR * 0.95 ** step
+            assert lr == pytest.approx(original["learning_rate"], rel=1e-6)
+            assert lr == pytest.approx(LR * 0.95 ** step, rel=1e-6)
             logs = model.train_on_batch({"labeled": x, "unlabeled": x_u}, labels, return_dict=True)
             for name in ref.LOSS_TERMS:
                 assert logs[name] == pytest.approx(original["losses"][name], rel=1e-4), (step, name)
             for v, name in pairs:
+                grad = original["grads"][name]
+                clean[name] = clean[name] & (np.abs(grad) > 10 * _gradient_tolerance(grad))
                 got, want = v.numpy(), original["values"][name]
-                # Values drift apart by rounding only; Adam's later steps scale with g / sqrt(v) (<~ 3 lr).
-                np.testing.assert_allclose((got - want) / lr, 0.0, atol=1e-2, err_msg=f"step {step}: {name}")
+                np.testing.assert_allclose(((got - want) / lr)[clean[name]], 0.0, atol=1e-2,
+                                           err_msg=f"step {step}: {name}")
+            kept = sum(int(c.sum()) for c in clean.values()) / sum(c.size for c in clean.values())
+            assert kept >= 0.9, (step, kept)

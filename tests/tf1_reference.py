@@ -34,6 +34,10 @@ POOL_AFTER = (1, 3, 6)
 BRANCH_AFTER = 6
 BN_DECAY, BN_EPSILON = 0.9, 1e-3
 TRAIN_STEPS = 30  # the step count the fake training left in local_step and the Adam power accumulators
+# The original's initialisers: tf.contrib's xavier_initializer (Glorot uniform) for Z, C and the conv and dense
+# kernels; tf.layers' zero biases; tf.contrib batch_norm's beta 0, gamma 1, moving mean 0, moving variance 1.
+_GLOROT = tf.compat.v1.glorot_uniform_initializer()
+_ZEROS, _ONES = tf.compat.v1.zeros_initializer(), tf.compat.v1.ones_initializer()
 
 
 def _forward(x, filters, feature_dim, training, force_updates=False, stats=None):
@@ -51,14 +55,16 @@ def _forward(x, filters, feature_dim, training, force_updates=False, stats=None)
         for i, (conv, bn, stage) in enumerate(zip(CONV_SCOPES, BN_SCOPES, STAGES)):
             channels = x.shape[-1]
             with tf.compat.v1.variable_scope(conv):
-                kernel = tf.compat.v1.get_variable("kernel", [3, 3, channels, filters[stage]])
-                bias = tf.compat.v1.get_variable("bias", [filters[stage]])
+                kernel = tf.compat.v1.get_variable("kernel", [3, 3, channels, filters[stage]], initializer=_GLOROT)
+                bias = tf.compat.v1.get_variable("bias", [filters[stage]], initializer=_ZEROS)
             x = tf.nn.bias_add(tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), bias)
             with tf.compat.v1.variable_scope(bn):
-                beta = tf.compat.v1.get_variable("beta", [filters[stage]])
-                gamma = tf.compat.v1.get_variable("gamma", [filters[stage]])
-                mean = tf.compat.v1.get_variable("moving_mean", [filters[stage]], trainable=False)
-                variance = tf.compat.v1.get_variable("moving_variance", [filters[stage]], trainable=False)
+                beta = tf.compat.v1.get_variable("beta", [filters[stage]], initializer=_ZEROS)
+                gamma = tf.compat.v1.get_variable("gamma", [filters[stage]], initializer=_ONES)
+                mean = tf.compat.v1.get_variable("moving_mean", [filters[stage]], initializer=_ZEROS,
+                                                 trainable=False)
+                variance = tf.compat.v1.get_variable("moving_variance", [filters[stage]], initializer=_ONES,
+                                                     trainable=False)
                 if training:
                     inputs = x
                     x, batch_mean, batch_var = tf.compat.v1.nn.fused_batch_norm(
@@ -83,8 +89,8 @@ def _forward(x, filters, feature_dim, training, force_updates=False, stats=None)
                 branch = tf.reduce_mean(x, axis=[1, 2])  # tflearn global_avg_pool
         x = tf.concat([tf.reduce_mean(x, axis=[1, 2]), branch], axis=1)
         with tf.compat.v1.variable_scope("dense"):
-            kernel = tf.compat.v1.get_variable("kernel", [x.shape[-1], feature_dim])
-            bias = tf.compat.v1.get_variable("bias", [feature_dim])
+            kernel = tf.compat.v1.get_variable("kernel", [x.shape[-1], feature_dim], initializer=_GLOROT)
+            bias = tf.compat.v1.get_variable("bias", [feature_dim], initializer=_ZEROS)
     return tf.nn.bias_add(tf.matmul(x, kernel), bias)
 
 
@@ -223,10 +229,13 @@ class TF1TrainStep:
     train.py does; `AdamOptimizer(2e-4 * 0.95 ** floor(step / 100), beta1=0.5)` on every trainable variable
     (the 42 of F, Z and C). C gets the entropy term's plain gradient; F gets it reversed.
 
-    The original leaves the order of the two streams' moving-average updates undefined (nothing orders the
-    two F calls; the zero-debias accumulators are shared). `ordered=True` (the default) runs the unlabeled
-    stream after the labeled one and its updates, so the result is deterministic and comparable with Keras
-    (which updates in call order); `ordered=False` is the original graph as it is, for timing.
+    The original leaves the order of the two streams' moving-average updates undefined: nothing orders the
+    two F calls, both read-modify-write the same moving statistics and the same shared zero-debias
+    accumulators (`biased`, `local_step`), so their values after a step depend on scheduling. Every other
+    result (losses, gradients, Adam's update) does not. `ordered=True` (the default) builds every op of the
+    unlabeled stream under a control dependency on the labeled stream's output (which waits for its
+    updates), so the moving statistics are deterministic and comparable with Keras, which updates in call
+    order; `ordered=False` is the original graph as it is, for timing.
 
     ```python
     step = TF1TrainStep(make_tf1_checkpoint(prefix, images, **widths)["values"], image_shape=(16, 16, 3), **widths)
@@ -258,9 +267,8 @@ class TF1TrainStep:
         m, feature_dim = num_subspaces, num_subspaces * subspace_dim
         self.graph = tf.Graph()
         with self.graph.as_default():
-            glorot = tf.compat.v1.glorot_uniform_initializer()  # tf.contrib's xavier_initializer()
-            z = tf.compat.v1.get_variable("Z", [num_codewords, feature_dim], initializer=glorot)
-            c = tf.compat.v1.get_variable("C", [num_classes, feature_dim], initializer=glorot)
+            z = tf.compat.v1.get_variable("Z", [num_codewords, feature_dim], initializer=_GLOROT)
+            c = tf.compat.v1.get_variable("C", [num_classes, feature_dim], initializer=_GLOROT)
             self.x = tf.compat.v1.placeholder(tf.float32, [None, *image_shape], name="x")
             self.x_t = tf.compat.v1.placeholder(tf.float32, [None, *image_shape], name="x_T")
             self.label = tf.compat.v1.placeholder(tf.float32, [None, num_classes], name="label")
@@ -271,11 +279,10 @@ class TF1TrainStep:
             refined = _soft_assignment(prototypes, z, m, h["alpha"])  # Z' (K, M*d)
             stats_s, stats_t = [], []
             raw_s = _forward(self.x, filters, feature_dim, training=True, force_updates=True, stats=stats_s)
-            x_t = self.x_t
-            if ordered:
-                with tf.control_dependencies([raw_s]):
-                    x_t = tf.identity(x_t)
-            raw_t = _forward(x_t, filters, feature_dim, training=True, force_updates=True, stats=stats_t)
+            # Ordered: every op of the unlabeled stream, its reads of the moving averages and of the shared
+            # zero-debias accumulators included, waits for the labeled stream and its updates.
+            with tf.control_dependencies([raw_s] if ordered else None):
+                raw_t = _forward(self.x_t, filters, feature_dim, training=True, force_updates=True, stats=stats_t)
             f = _intra_norm(raw_s, m)
             g = _intra_norm(_reverse_gradient(raw_t), m)
             q = _soft_assignment(refined, f, m, h["alpha"])
