@@ -105,6 +105,16 @@ def _resume_check(run, settings):
 
 
 def cmd_train(args):
+    from gpq_keras.training import RunDirectory
+
+    if args.bits is not None and args.num_codewords is not None:
+        raise CLIError("give either --bits or --n-book/--n-word, not both")
+    run = RunDirectory(args.output)
+    with run.lock():
+        _train(args, run)
+
+
+def _train(args, run):
     import datetime
 
     import keras
@@ -112,11 +122,8 @@ def cmd_train(args):
     from gpq_keras.data import load_data
     from gpq_keras.data.split import default_validation_per_class, hold_out_validation
     from gpq_keras.model import GPQ
-    from gpq_keras.training import RunDirectory, TrainingBackup, fit_run
+    from gpq_keras.training import TrainingBackup, fit_run
 
-    if args.bits is not None and args.num_codewords is not None:
-        raise CLIError("give either --bits or --n-book/--n-word, not both")
-    run = RunDirectory(args.output)
     state = run.state()
     if state == "finished" and not args.overwrite:
         raise CLIError(f"{args.output} holds a finished run ({run.model}); pass --overwrite to train a new one there")

@@ -3,10 +3,21 @@
 import contextlib
 import glob
 import json
+import math
 import os
 import tempfile
+import zipfile
+import zlib
 
 TEMPORARY_PREFIX = ".tmp-"
+
+
+class FileFormatError(ValueError):
+    """A file exists but is not what its reader expects (damaged, truncated, wrong keys, shapes or values).
+
+    Every reader of gpq_keras raises this (or a subclass) for bad content, with the file and the key, line
+    or image at fault in the message, and FileNotFoundError for a missing file.
+    """
 
 
 def _umask():
@@ -57,3 +68,56 @@ def sweep_temporaries(folder):
     for path in stale:
         os.remove(path)
     return stale
+
+
+def available_memory():
+    """Bytes of memory available now (Linux/macOS), or None when the system does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def read_npz(path, what="npz file"):
+    """All arrays of an `.npz`, read without pickle and checked first: {key: array}.
+
+    Each array's `.npy` header is read before the array: object (pickled) arrays and arrays larger than the
+    memory available are refused without allocating them. Anything damaged (not a zip, truncated, bad CRC or
+    header) raises `FileFormatError` naming the file and the key; a missing file FileNotFoundError.
+    """
+    import numpy as np
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    memory = available_memory()
+    key = None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays = {}
+            for name in archive.namelist():
+                key = name[:-4] if name.endswith(".npy") else name
+                with archive.open(name) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version not in ((1, 0), (2, 0)):
+                        raise FileFormatError(f"{path}: key {key!r} has an unsupported .npy version {version}")
+                    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = reader(fh)
+                    if dtype.hasobject:
+                        raise FileFormatError(f"{path}: key {key!r} holds Python objects (pickle); refused")
+                    size = math.prod(shape) * dtype.itemsize
+                    if memory is not None and size > memory:
+                        raise FileFormatError(f"{path}: key {key!r} claims {dtype} {shape}, {size / 2**30:.1f} GiB, "
+                                              f"more than the {memory / 2**30:.1f} GiB of memory available")
+            with np.load(path, allow_pickle=False) as data:
+                for key in data.files:
+                    arrays[key] = data[key]
+            return arrays
+    except FileFormatError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, TypeError, RuntimeError,
+            MemoryError) as exc:
+        where = f" (key {key!r})" if key is not None else ""
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileFormatError(f"{path}: not a readable .npz{where}: {type(exc).__name__}: {detail}") from None

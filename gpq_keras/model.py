@@ -147,6 +147,17 @@ class GPQ(keras.Model):
         return np.asarray(self.quantizer.codebook(self.classifier.normalized_prototypes()), np.float32)
 
     @property
+    def fingerprint(self):
+        """A short SHA-256 of what retrieval depends on (Z, C, alpha, M): an index built with this model
+        records it, and refuses to be searched with another model's features."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.gpq_config.num_subspaces}:{self.gpq_config.alpha}:".encode())
+        digest.update(np.ascontiguousarray(self.codebook, "<f4").tobytes())
+        digest.update(np.ascontiguousarray(self.prototypes, "<f4").tobytes())
+        return digest.hexdigest()[:16]
+
+    @property
     def prototypes(self):
         """The raw class prototypes C (classes, M*d)."""
         return np.asarray(self.classifier.prototypes.numpy(), np.float32)

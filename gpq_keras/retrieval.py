@@ -28,17 +28,17 @@ codes always get bit-identical distances and tie; the float32 sum itself comes f
 """
 
 import collections
+import hashlib
 import math
 import os
-import zipfile
 
 import numpy as np
 
 from gpq_keras.config import L2_EPSILON, RETRIEVAL_MODES, check_mode, check_num_codewords, check_positive_int
-from gpq_keras.files import atomic_path
+from gpq_keras.files import FileFormatError, atomic_path, read_npz
 from gpq_keras.parallel import map_rows
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: nbits, model fingerprint and checksum; version 1 files still load
 _FORMAT_NAME = "gpq_keras.PQIndex"
 # Query chunk x database elements per block: 32 MB of distances and 64 MB of sort keys, in buffers
 # reused from chunk to chunk (fresh large arrays would be page-faulted in anew each time).
@@ -326,6 +326,7 @@ class PQIndex:
         pq = self.pq = ProductQuantizer(codebook, num_subspaces, mode)
         self.mode, self.num_subspaces, self.num_codewords = pq.mode, pq.num_subspaces, pq.num_codewords
         self.dim, self.nbits = pq.dim, pq.nbits
+        self.model_fingerprint = None  # `GPQ.fingerprint` of the model that made the codebook, when known
         self._model = None
         self.reset()
 
@@ -336,7 +337,15 @@ class PQIndex:
         pq = ProductQuantizer.from_model(model, mode)
         index = cls(pq.codebook, pq.num_subspaces, pq.mode)
         index._model = model
+        index.model_fingerprint = model.fingerprint
         return index
+
+    def check_model(self, model):
+        """Raise a ValueError unless `model` is the one this index was built with (its `fingerprint`):
+        searching with another model's features gives meaningless distances."""
+        if self.model_fingerprint is not None and model.fingerprint != self.model_fingerprint:
+            raise ValueError(f"the index was built with another model (fingerprint {self.model_fingerprint}; "
+                             f"this model's is {model.fingerprint}): rebuild the index with this model")
 
     # --- contents ---------------------------------------------------------------------------------
     def reset(self):
@@ -592,29 +601,46 @@ class PQIndex:
         return wrapped
 
     def save(self, path):
-        """Write the index to an `.npz` file (format version 1), atomically (temporary file + rename).
+        """Write the index to an `.npz` file (format version 2), atomically (temporary file + rename).
 
-        Keys: format, format_version, mode, num_subspaces, codebook float32 (K, M*d), codes uint8
-        packed (N, ceil(M*log2 K / 8)), ids int64 (N,), and labels when present.
+        Keys: format, format_version, mode, num_subspaces, nbits, codebook float32 (2**nbits, M*d), codes
+        uint8 packed (N, ceil(M*nbits / 8)), ids int64 (N,), labels when present, model_fingerprint (or ""),
+        and checksum, a SHA-256 of all of them that `load` verifies.
         """
         arrays = {
             "format": np.array(_FORMAT_NAME),
             "format_version": np.array(FORMAT_VERSION, np.int64),
             "mode": np.array(self.mode),
             "num_subspaces": np.array(self.num_subspaces, np.int64),
+            "nbits": np.array(self.nbits, np.int64),
             "codebook": self.codebook,
             "codes": pack_codes(self._codes, self.nbits),
             "ids": self._ids,
+            "model_fingerprint": np.array(self.model_fingerprint or ""),
         }
         if self._labels is not None:
             arrays["labels"] = self._labels
+        arrays["checksum"] = np.array(_checksum(arrays))
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path):
-        """Read an index written by `save`; a ValueError naming the file and the key for anything else."""
+        """Read an index written by `save` (format 1 or 2): every key, the checksum, the codebook's size
+        and the ids are checked; `FileFormatError` naming the file and the key for anything wrong."""
         return _read_index(cls, os.fspath(path))
+
+
+def _checksum(arrays):
+    """SHA-256 (hex) over the keys, dtypes, shapes and bytes of the arrays of an index file."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        if key == "checksum":
+            continue
+        value = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{value.dtype.str}:{value.shape}:".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def _read_only(array):
@@ -625,47 +651,57 @@ def _read_only(array):
 
 def _read_index(cls, path):
     """`PQIndex.load`: every key checked, with the file and the key named in the error."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No index file at {path}")
 
     def bad(why):
-        return ValueError(f"{path}: not a valid PQIndex file: {why}")
+        return FileFormatError(f"{path}: not a valid PQIndex file: {why}")
 
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise bad(f"cannot be read as .npz ({type(exc).__name__}: {exc})") from exc
+    def scalar(key, kind):
+        value = arrays[key]
+        if value.shape != () or value.dtype.kind not in kind:
+            raise bad(f"key {key!r} must be a scalar, got {value.dtype} {value.shape}")
+        return value.item()
+
+    arrays = read_npz(path, "index file")
     for key in ("format", "format_version", "mode", "num_subspaces", "codebook", "codes", "ids"):
         if key not in arrays:
             raise bad(f"missing key {key!r}")
     if arrays["format"].shape != () or str(arrays["format"]) != _FORMAT_NAME:
         raise bad(f"key 'format' is {arrays['format']!r}, expected {_FORMAT_NAME!r}")
-    version = arrays["format_version"]
-    if version.shape != () or not np.issubdtype(version.dtype, np.integer):
-        raise bad(f"key 'format_version' must be an integer scalar, got {version.dtype} {version.shape}")
-    if int(version) != FORMAT_VERSION:
-        raise bad(f"key 'format_version' is {int(version)}; "
-                  f"this gpq_keras reads version {FORMAT_VERSION}")
-    mode = arrays["mode"]
-    if mode.shape != () or mode.dtype.kind != "U" or str(mode) not in RETRIEVAL_MODES:
+    version = scalar("format_version", "iu")
+    if version not in (1, FORMAT_VERSION):
+        raise bad(f"key 'format_version' is {version}; this gpq_keras reads versions 1 and {FORMAT_VERSION}")
+    if version >= 2:
+        for key in ("nbits", "model_fingerprint", "checksum"):
+            if key not in arrays:
+                raise bad(f"missing key {key!r}")
+        if scalar("checksum", "U") != _checksum(arrays):
+            raise bad("the checksum does not match the contents (the file was changed or damaged)")
+    mode = scalar("mode", "U")
+    if mode not in RETRIEVAL_MODES:
         raise bad(f"key 'mode' must be one of {RETRIEVAL_MODES}, got {mode!r}")
-    m = arrays["num_subspaces"]
-    if m.shape != () or not np.issubdtype(m.dtype, np.integer) or int(m) < 1:
-        raise bad(f"key 'num_subspaces' must be a positive integer scalar, got {m!r}")
+    m = scalar("num_subspaces", "iu")
+    if m < 1:
+        raise bad(f"key 'num_subspaces' must be positive, got {m}")
     codebook = arrays["codebook"]
     if codebook.dtype != np.float32 or codebook.ndim != 2:
         raise bad(f"key 'codebook' must be float32 (K, M*d), got {codebook.dtype} {codebook.shape}")
+    if version >= 2 and codebook.shape[0] != 2 ** scalar("nbits", "iu"):
+        raise bad(f"key 'codebook' has {codebook.shape[0]} rows, but nbits={arrays['nbits']} needs "
+                  f"{2 ** int(arrays['nbits'])}")
     try:
-        index = cls(codebook, int(m), str(mode))
+        index = cls(codebook, m, mode)
     except ValueError as exc:
-        raise bad(f"key 'codebook': {exc}") from exc
+        raise bad(f"key 'codebook': {exc}") from None
     codes, ids = arrays["codes"], arrays["ids"]
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != index.code_size:
         raise bad(f"key 'codes' must be uint8 (N, {index.code_size}), got {codes.dtype} {codes.shape}")
     n = codes.shape[0]
     if ids.dtype != np.int64 or ids.shape != (n,):
         raise bad(f"key 'ids' must be int64 ({n},), got {ids.dtype} {ids.shape}")
+    if n and ids.min() < 0:
+        raise bad(f"key 'ids' holds a negative id ({ids.min()}); ids are >= 0 (-1 means 'no result')")
+    if len(np.unique(ids)) != n:
+        raise bad("key 'ids' holds duplicated ids")
     labels = arrays.get("labels")
     if labels is not None and (labels.ndim not in (1, 2) or labels.shape[0] != n
                                or labels.dtype.kind not in ("biuU" if labels.ndim == 1 else "biu")):
@@ -675,4 +711,6 @@ def _read_index(cls, path):
     if n and int(unpacked.max()) >= index.num_codewords:
         raise bad(f"key 'codes' holds an index >= K={index.num_codewords}")
     index.add(unpacked, ids=ids, labels=labels)
+    if version >= 2:
+        index.model_fingerprint = scalar("model_fingerprint", "U") or None
     return index

@@ -15,6 +15,7 @@ Every file is written atomically (temporary file + rename), so a kill at any mom
 version of each file whole.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -76,6 +77,26 @@ class RunDirectory:
                 os.remove(path)
             elif os.path.isdir(path):
                 shutil.rmtree(path)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold `DIR/.lock` while a run trains here; a ValueError if another process holds it. The operating
+        system releases it when the process ends, however it ends."""
+        os.makedirs(self.path, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            yield
+            return
+        with open(os.path.join(self.path, ".lock"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ValueError(f"{self.path}: another gpq train is running in this folder") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def prepare(self):
         """Create the folders and remove temporary files a killed run left behind -> their paths."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import original_retrieval as original
+from gpq_keras.files import FileFormatError
 from gpq_keras.retrieval import (PQIndex, ProductQuantizer, intra_normalize_np, pack_codes, smallest_k, sort_keys,
                                  unpack_codes)
 from numpy_reference import intra_norm
@@ -293,7 +294,10 @@ def test_save_load_round_trip(rng, tmp_path, labels):
         assert data["codes"].shape == (60, 2)
 
 
-def _rewrite(path, **changes):
+def _rewrite(path, reseal=True, **changes):
+    """Change keys of an index file; `reseal` recomputes the checksum (a consistent file with a bad key)."""
+    from gpq_keras.retrieval import _checksum
+
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
     for key, value in changes.items():
@@ -301,11 +305,13 @@ def _rewrite(path, **changes):
             arrays.pop(key)
         else:
             arrays[key] = value
+    if reseal and "checksum" in arrays:
+        arrays["checksum"] = np.array(_checksum(arrays))
     np.savez(path, **arrays)
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"format_version": np.array(2)}, "'format_version' is 2; this gpq_keras reads version 1"),
+    ({"format_version": np.array(3)}, "'format_version' is 3; this gpq_keras reads versions 1 and 2"),
     ({"format_version": None}, "missing key 'format_version'"),
     ({"format": np.array("something.else")}, "key 'format'"),
     ({"codes": np.zeros((6, 3), np.uint8)}, r"key 'codes' must be uint8 \(N, 2\)"),
@@ -316,6 +322,10 @@ def _rewrite(path, **changes):
     ({"mode": np.array("cosine")}, "key 'mode'"),
     ({"labels": np.zeros(4, np.int64)}, "key 'labels'"),
     ({"num_subspaces": np.array(0)}, "key 'num_subspaces'"),
+    ({"ids": np.array([0, 1, -1, 3, 4, 5])}, "negative id"),
+    ({"ids": np.array([0, 1, 2, 3, 4, 4])}, "duplicated ids"),
+    ({"codebook": np.zeros((8, 12), np.float32)}, "key 'codebook' has 8 rows, but nbits=4 needs 16"),
+    ({"checksum": None}, "missing key 'checksum'"),
 ])
 def test_load_refuses_bad_files(rng, tmp_path, changes, message):
     path = tmp_path / "db.npz"
@@ -330,15 +340,15 @@ def test_load_refuses_bad_files(rng, tmp_path, changes, message):
 def test_load_refuses_corrupt_and_missing_files(tmp_path):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match="cannot be read as .npz"):
+    with pytest.raises(FileFormatError, match="garbage.npz: not a readable .npz"):
         PQIndex.load(garbage)
     index = PQIndex(np.eye(16, 12, dtype=np.float32), 4).add(np.zeros((100, 4), np.uint8))
     index.save(tmp_path / "ok.npz")
     data = (tmp_path / "ok.npz").read_bytes()
     (tmp_path / "truncated.npz").write_bytes(data[:len(data) // 2])
-    with pytest.raises(ValueError, match="truncated.npz: not a valid PQIndex file"):
+    with pytest.raises(FileFormatError, match="truncated.npz: not a readable .npz"):
         PQIndex.load(tmp_path / "truncated.npz")
-    with pytest.raises(FileNotFoundError, match="No index file"):
+    with pytest.raises(FileNotFoundError, match="index file not found"):
         PQIndex.load(tmp_path / "absent.npz")
 
 
@@ -388,3 +398,36 @@ def test_faiss_is_optional_with_an_install_hint(rng, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'gpq-keras\[faiss\]'"):
         index.to_faiss()
     assert index.search(np.zeros((1, 12), np.float32), 2)[1].tolist() == [[0, 1]]  # the rest needs no faiss
+
+
+def test_a_flipped_byte_is_caught_by_the_checksum(rng, tmp_path):
+    path = tmp_path / "db.npz"
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4)
+    index.add(rng.standard_normal((6, 12)).astype(np.float32), labels=np.arange(6)).save(path)
+    with np.load(path) as data:
+        codes = data["codes"].copy()
+    codes[2, 1] ^= 0x10
+    _rewrite(path, reseal=False, codes=codes)
+    with pytest.raises(FileFormatError, match="checksum does not match"):
+        PQIndex.load(path)
+
+
+def test_a_version_1_file_still_loads(rng, tmp_path):
+    path = tmp_path / "v1.npz"
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, mode="consistent")
+    index.add(rng.standard_normal((6, 12)).astype(np.float32), labels=np.arange(6)).save(path)
+    _rewrite(path, reseal=False, format_version=np.array(1), nbits=None, checksum=None, model_fingerprint=None)
+    back = PQIndex.load(path)
+    np.testing.assert_array_equal(back.codes, index.codes)
+    assert back.mode == "consistent" and back.model_fingerprint is None
+
+
+def test_an_index_refuses_another_models_features(tiny_config):
+    from gpq_keras.model import GPQ
+
+    a, b = GPQ(tiny_config), GPQ(tiny_config)
+    index = PQIndex.from_model(a)
+    assert index.model_fingerprint == a.fingerprint != b.fingerprint
+    index.check_model(a)
+    with pytest.raises(ValueError, match="built with another model"):
+        index.check_model(b)

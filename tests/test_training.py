@@ -230,7 +230,11 @@ def test_finished_and_interrupted_runs_are_protected(tiny_npz, tmp_path, capsys)
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished" and record["validation"]["best"]["epoch"] == 1
     assert {"command", "config", "seed", "versions", "devices", "started", "finished"} <= set(record)
-    assert (out / "best.keras").exists() and os.listdir(out / "logs")
+    assert (out / "best.keras").exists()
+    tags = _tensorboard_tags(out / "logs")
+    assert {"epoch_loss", "epoch_npq_loss", "epoch_learning_rate"} <= tags["train"]
+    assert {"epoch_mAP", "epoch_precision@10", "epoch_codeword_entropy"} <= tags["validation"]
+    assert {"codeword_entropy/codebook_00", "codeword_usage/codebook_02"} <= tags["codewords"]
     # an interrupted run: a backup and an unfinished record
     (out / "backup").mkdir()
     (out / "backup" / TrainingBackup.METADATA).write_text('{"step": 1, "weights": "state-a.weights.h5"}')
@@ -243,6 +247,18 @@ def test_finished_and_interrupted_runs_are_protected(tiny_npz, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "removed the previous run" in printed and not (out / ".tmp-stale.keras").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def _tensorboard_tags(folder):
+    """{sub-folder: the summary tags of its event files}."""
+    import tensorflow as tf
+
+    tags = {}
+    for sub in os.listdir(folder):
+        for name in os.listdir(folder / sub):
+            for event in tf.compat.v1.train.summary_iterator(str(folder / sub / name)):
+                tags.setdefault(sub, set()).update(value.tag for value in event.summary.value)
+    return tags
 
 
 def _train_process(out, data, epochs=6):
@@ -318,3 +334,15 @@ def test_one_xla_step_equals_one_plain_step(tiny_config):
         assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
     for a, b in zip(xla.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_folder_is_locked_while_a_run_trains(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    with run.lock():
+        code = ("import sys\nfrom gpq_keras.training import RunDirectory\ntry:\n"
+                f"    with RunDirectory({str(tmp_path / 'run')!r}).lock():\n        print('got it')\n"
+                "except ValueError as exc:\n    print(exc)")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert "another gpq train is running in this folder" in result.stdout, result.stdout + result.stderr
+    with run.lock():  # released
+        pass
