@@ -20,8 +20,11 @@ FEATURE_LAYER = "feature_vector"  # the dense layer that maps the two-scale pool
 
 
 @keras.saving.register_keras_serializable(package="gpq_keras")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` on TensorFlow's fused kernel, as the original's `fused_batch_norm`.
+
+    It keeps Keras' class name on purpose: `.keras` files address weights by class name, so models saved
+    with Keras' own layer load into this one (and the other way round).
 
     For 4-D channels-last inputs on the TensorFlow backend, one fused op normalises (and in training gives
     the batch statistics); Keras' own path runs otherwise (other backends, `synchronized=True`, masks).
@@ -29,7 +32,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (x n / (n - 1), n = B * H * W); 16-bit inputs stay 16-bit (the kernel accumulates in float32).
 
     ```python
-    x = FusedBatchNormalization(momentum=0.9, epsilon=1e-3)(images)
+    x = BatchNormalization(momentum=0.9, epsilon=1e-3)(images)  # gpq_keras.backbones
     ```
     """
 
@@ -99,7 +102,7 @@ class VGGBackbone(keras.Model):
         for stage, conv_name, bn_name in CONV_BLOCKS:
             x = keras.layers.Conv2D(filters[stage], 3, padding="same", use_bias=conv_bias, name=conv_name,
                                     dtype=dtype)(x)
-            x = FusedBatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=bn_name, dtype=dtype)(x)
+            x = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=bn_name, dtype=dtype)(x)
             x = keras.layers.ReLU(name=f"{conv_name}_relu", dtype=dtype)(x)
             if conv_name in ("conv0_1", "conv1_1", "conv2_2"):
                 x = keras.layers.MaxPooling2D(2, strides=2, padding="valid", name=f"pool{stage}", dtype=dtype)(x)

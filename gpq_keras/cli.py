@@ -276,7 +276,10 @@ def cmd_index_search(args):
     from gpq_keras.retrieval import PQIndex
 
     index = PQIndex.load(args.index)
+    if args.k > index.ntotal:
+        raise CLIError(f"-k {args.k} exceeds the {index.ntotal} items in {args.index}")
     model, split = _load_model_and_data(args)
+    index.check_model(model)
     queries = _features(model, split.x_query, "query")
     distances, ids = index.search(queries, args.k)
     if args.output:

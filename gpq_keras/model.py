@@ -1,6 +1,7 @@
 """The GPQ task model: backbone F, codebook Z, prototypes C, and the semi-supervised objective."""
 
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -9,7 +10,7 @@ from keras import ops
 
 from gpq_keras.backbones import VGGBackbone
 from gpq_keras.config import GPQConfig
-from gpq_keras.files import atomic_path
+from gpq_keras.files import FileFormatError, atomic_path
 from gpq_keras.layers import GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
 
@@ -39,16 +40,34 @@ def save_atomic(model, path):
 
 
 def load_gpq(path):
-    """Load a `GPQ` from a `.keras` file in Keras' safe mode; a clear error for anything else."""
+    """Load a `GPQ` from a `.keras` file in Keras' safe mode (no code in the file is run).
+
+    Raises FileNotFoundError for a missing file and `FileFormatError` naming the file for one that is not a
+    whole `.keras` archive of a GPQ model.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path}")
+
+    def bad(why):
+        return FileFormatError(f"{path}: not a loadable GPQ model: {why}")
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names, damaged = archive.namelist(), archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
+        raise bad(f"not a .keras (zip) archive, or truncated ({type(exc).__name__})") from None
+    if damaged is not None:
+        raise bad(f"{damaged} in the archive is damaged (CRC mismatch)")
+    if "config.json" not in names:
+        raise bad("no config.json in the archive")
     try:
         model = keras.models.load_model(path, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a file that is not a model
-        raise ValueError(f"{path}: not a loadable Keras model ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # Keras, h5py and json raise many types for a damaged or foreign model
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise bad(f"{type(exc).__name__}: {detail}") from None
     if not isinstance(model, GPQ):
-        raise ValueError(f"{path}: holds a {type(model).__name__}, not a GPQ model")
+        raise bad(f"it holds a {type(model).__name__}")
     return model
 
 
@@ -184,6 +203,23 @@ class GPQ(keras.Model):
             return ops.one_hot(ops.cast(labels, "int32"), self.gpq_config.num_classes)
         return ops.cast(labels, "float32")
 
+    def _checked(self, batch):
+        """The batch (labeled, unlabeled, labels), made to wait for a check of the class ids.
+
+        An id outside [0, num_classes) would become an all-zero row of Y and silently drop its image out
+        of the N-pair and classification losses; here it stops the step before any variable changes.
+        Outside XLA only (TensorFlow backend), where the check is cheap.
+        """
+        labels = batch[2]
+        if len(labels.shape) != 1 or keras.config.backend() != "tensorflow" or self.jit_compile:
+            return batch
+        message = f"GPQ: a label is outside the class ids [0, {self.gpq_config.num_classes}) of this model"
+        checks = [tf.debugging.assert_non_negative(labels, message=message),
+                  tf.debugging.assert_less(ops.cast(labels, "int64"), tf.constant(self.gpq_config.num_classes, "int64"),
+                                           message=message)]
+        with tf.control_dependencies(checks):
+            return tuple(None if t is None else tf.identity(t) for t in batch)
+
     def compute_losses(self, labeled, unlabeled, labels, training):
         """The paper's objective on one labeled and one unlabeled batch -> {name: scalar} for
         `LOSS_NAMES`: loss = npq + lambda1 * entropy + lambda2 * cls."""
@@ -212,7 +248,7 @@ class GPQ(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, data):
-        labeled, unlabeled, labels = self._unpack(data)
+        labeled, unlabeled, labels = self._checked(self._unpack(data))
         if unlabeled is None:
             raise ValueError('GPQ.fit needs inputs {"labeled": images, "unlabeled": images}')
         with tf.GradientTape() as tape:
@@ -223,7 +259,7 @@ class GPQ(keras.Model):
         return self._record(losses)
 
     def test_step(self, data):
-        labeled, unlabeled, labels = self._unpack(data)
+        labeled, unlabeled, labels = self._checked(self._unpack(data))
         if unlabeled is None:  # held-out labeled data only: entropy measured on the same images
             unlabeled = labeled
         return self._record(self.compute_losses(labeled, unlabeled, labels, training=False))

@@ -99,8 +99,16 @@ class RunDirectory:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def prepare(self):
-        """Create the folders and remove temporary files a killed run left behind -> their paths."""
+        """Create the folders and remove temporary files a killed run left behind -> their paths.
+
+        A run writes only inside its folder: a symbolic link in place of one of its sub-folders is refused
+        (files are replaced by renames, which replace a link itself and never write through it).
+        """
         os.makedirs(self.path, exist_ok=True)
+        for folder in (self.logs, self.checkpoints, self.backup):
+            if os.path.islink(folder):
+                raise ValueError(f"{folder} is a symbolic link (to {os.path.realpath(folder)}); gpq train writes "
+                                 "only inside the run folder: remove the link")
         stale = []
         for folder in (self.path, self.checkpoints, self.backup):
             if os.path.isdir(folder):
