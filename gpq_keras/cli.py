@@ -437,10 +437,47 @@ def build_parser():
     return parser
 
 
+# Where each command reads and writes: (flag, attribute) of its input files and of its output files.
+_INPUTS = (("--model", "model"), ("--index", "index"), ("--checkpoint", "checkpoint"),
+           ("--imagenet-mat", "imagenet_mat"), ("--config", "config"))
+_OUTPUTS = (("--output", "output"), ("--json", "json"), ("--figure", "figure"))
+
+
+def _check_paths(args):
+    """Refuse, before any work, an output that is (through links) one of the inputs or another output,
+    and a training run folder that would write over an input."""
+    from gpq_keras.data import spec_paths
+
+    def real(path):
+        return os.path.realpath(os.path.expanduser(path))
+
+    inputs = [(flag, getattr(args, attr)) for flag, attr in _INPUTS if getattr(args, attr, None)]
+    if getattr(args, "data", None):
+        inputs += [("--data", path) for path in spec_paths(args.data)]
+    if getattr(args, "checkpoint", None):  # a TF1 checkpoint is a prefix of several files
+        inputs += [("--checkpoint", args.checkpoint + suffix) for suffix in (".index", ".meta")]
+    outputs = [(flag, getattr(args, attr)) for flag, attr in _OUTPUTS if getattr(args, attr, None)]
+    if args.command == "train":
+        from gpq_keras.training import RunDirectory
+
+        run = RunDirectory(args.output)
+        outputs = [("--output", path) for path in (run.path, run.model, run.best, run.log, run.record,
+                                                    run.logs, run.checkpoints, run.backup)]
+    seen = {}
+    for flag, path in outputs:
+        for in_flag, in_path in inputs:
+            if real(path) == real(in_path):
+                raise CLIError(f"{flag} {path} is the input {in_flag} {in_path}; refusing to overwrite an input")
+        if real(path) in seen and seen[real(path)] != flag:
+            raise CLIError(f"{flag} and {seen[real(path)]} are the same file ({path})")
+        seen.setdefault(real(path), flag)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     _quiet_tensorflow()
     try:
+        _check_paths(args)
         args.func(args)
     except (KeyboardInterrupt, Interrupted) as exc:
         message = str(exc) if isinstance(exc, Interrupted) else "interrupted"

@@ -199,6 +199,7 @@ def test_help_and_argument_errors_do_not_import_tensorflow(argv, status):
     assert f"status {status} False False" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.large
 def test_a_failing_run_prints_one_line_and_no_tensorflow_logging(tmp_path):
     """TensorFlow is imported (to load a model) but its start-up logging is silenced first."""
     code = "import sys\nfrom gpq_keras import cli\nsys.exit(cli.main(%r))" % (

@@ -52,3 +52,10 @@ def test_bad_bits_unknown_fields_and_presets():
         GPQConfig.from_dict({"n_bok": 3})
     with pytest.raises(ValueError, match="gpq_cifar10_64bit"):
         get_preset("gpq_cifar10_64bit")
+
+
+def test_the_old_field_names_are_read():
+    assert GPQConfig.from_dict({"n_book": 3, "n_word": 4, "len_code": 5, "n_classes": 6}) == \
+        GPQConfig(num_subspaces=3, num_codewords=4, subspace_dim=5, num_classes=6)
+    with pytest.raises(ValueError, match="both 'n_book' and its new name 'num_subspaces'"):
+        GPQConfig.from_dict({"n_book": 3, "num_subspaces": 3})

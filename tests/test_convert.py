@@ -110,6 +110,7 @@ def test_full_width_48bit_checkpoint_converts_with_inferred_config(tmp_path):
                                   original.indexing(out["Z"], out["features"], 12))
 
 
+@pytest.mark.large
 def test_conv_scopes_are_ordered_by_numeric_suffix(tiny, tmp_path):
     # conv2d, conv2d_1 .. conv2d_9 renamed conv2d_1 .. conv2d_10: in string order conv2d_10 would be second.
     def shift(name):
@@ -122,6 +123,7 @@ def test_conv_scopes_are_ordered_by_numeric_suffix(tiny, tmp_path):
     np.testing.assert_allclose(model.encode(tiny["images"][:4]), tiny["features"][:4], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("case", ["missing", "unknown", "shape"])
 def test_broken_checkpoint_raises_listing_names_and_shapes(tiny, tmp_path, case):
     values = dict(tiny["values"])

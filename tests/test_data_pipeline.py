@@ -137,6 +137,7 @@ def test_seed_makes_the_stream_reproducible():
 def test_batch_size_is_capped_and_multi_hot_labels_pass():
     split = split_of_constant_images(num_labeled=12, num_unlabeled=30)
     split.y_labeled = np.eye(21, dtype=np.uint8)[np.arange(12)]
+    split.num_classes = 21
     ds, steps = train_dataset(split, batch_size=500)
     x, y = next(iter(ds))
     assert x["labeled"].shape[0] == x["unlabeled"].shape[0] == 12 and steps == 1
@@ -158,7 +159,7 @@ def test_eval_dataset_is_ordered_and_normalised_without_augmentation():
 def test_a_batch_never_holds_an_image_twice():
     """43 labeled / 67 unlabeled images at batch 10: passes do not divide evenly, batches never span two."""
     split = split_of_constant_images(num_labeled=43, num_unlabeled=67)
-    split.y_labeled = np.arange(43)  # labeled image i: its label, to identify it
+    split.y_labeled, split.num_classes = np.arange(43), 43  # labeled image i: its label, to identify it
     split.x_unlabeled = np.broadcast_to(np.arange(1, 68, dtype=np.uint8)[:, None, None, None], (67, 32, 32, 3))
     ds, steps = train_dataset(split, batch_size=10, seed=5, augmented=False)
     assert steps == 4

@@ -117,6 +117,7 @@ def test_mutated_keras_files_into_load_gpq(tmp_path, keras_file, data):
     _only_our_errors(_load_gpq, path)
 
 
+@pytest.mark.large  # property-based fuzzing: in `make test`, not `make test-fast`
 @settings(max_examples=12, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())

@@ -163,34 +163,6 @@ def test_backbone_with_wrong_output_size_is_refused(tiny_config):
         GPQ(tiny_config, backbone=VGGBackbone(10, filters=(4, 4, 4, 4), image_shape=(16, 16, 3)))
 
 
-def test_a_file_saved_with_the_old_config_keys_still_loads(tmp_path, tiny_config):
-    """.keras files written before the rename (n_book, n_word, len_code, n_classes) load unchanged."""
-    import json
-    import zipfile
-
-    model = GPQ(tiny_config)
-    new, old = tmp_path / "new.keras", tmp_path / "old.keras"
-    model.save(new)
-    renames = {"num_subspaces": "n_book", "num_codewords": "n_word", "subspace_dim": "len_code",
-               "num_classes": "n_classes"}
-    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == "config.json":
-                config = json.loads(data)
-                gpq = config["config"]["config"]
-                config["config"]["config"] = {renames.get(k, k): v for k, v in gpq.items()}
-                assert "n_book" in config["config"]["config"]
-                data = json.dumps(config).encode()
-            dst.writestr(item, data)
-    loaded = load_gpq(old)
-    assert loaded.gpq_config == model.gpq_config
-    x = _images(3)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
-    with pytest.raises(ValueError, match="both 'n_book' and its new name 'num_subspaces'"):
-        GPQConfig.from_dict({"n_book": 3, "num_subspaces": 3})
-
-
 @pytest.mark.large
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(tmp_path, tiny_config, policy):
@@ -223,7 +195,8 @@ def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(tm
 
 def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
     """tests/data/gpq_0.1.0_tiny.keras was written before the vocabulary and weight names changed (config
-    keys n_book..., weights Z and C, no dtype in the config); it loads in safe mode with equal outputs."""
+    keys n_book, n_word, len_code, n_classes; weights Z and C; conv biases; Keras' batch norm; no dtype in
+    the config); it loads in safe mode with equal outputs."""
     import os
 
     folder = os.path.join(os.path.dirname(__file__), "data")
@@ -240,6 +213,7 @@ def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
     assert int(model.optimizer.iterations) == 1
 
 
+@pytest.mark.large
 def test_a_label_outside_the_classes_is_an_error_not_a_silent_zero_row(tiny_config):
     model = GPQ(tiny_config)
     model.compile()

@@ -336,6 +336,7 @@ def test_one_xla_step_equals_one_plain_step(tiny_config):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.large
 def test_a_run_folder_is_locked_while_a_run_trains(tmp_path):
     run = RunDirectory(tmp_path / "run")
     with run.lock():

@@ -23,7 +23,7 @@ from gpq_keras.data.split import Split, check_images, protocol_split
 
 _LAZY = {name: "gpq_keras.data.pipeline" for name in ("normalize", "denormalize", "train_dataset",
                                                       "eval_dataset")}
-__all__ = sorted(["SPEC_FORMS", "Split", "check_images", "load_data", "protocol_split", *_LAZY])
+__all__ = sorted(["SPEC_FORMS", "Split", "check_images", "load_data", "protocol_split", "spec_paths", *_LAZY])
 
 
 def __getattr__(name):
@@ -61,8 +61,32 @@ def load_data(spec, **options):
     `labeled_per_class`; digits `query_every`, `labeled_per_class`.
 
     Raises ValueError naming the spec and the accepted forms for a malformed spec, FileNotFoundError
-    naming the path for missing files.
+    naming the path for missing files, `gpq_keras.files.FileFormatError` (a ValueError) naming the file and
+    the key, line or image at fault for a damaged or malformed one, and ValueError (one line) for data the
+    protocol cannot use (too few images, bad labels).
     """
+    kind, paths = _parse_spec(spec)
+    if kind == "digits":
+        from gpq_keras.data import digits
+        return digits.load_split(**options)
+    if kind == "cifar10":
+        from gpq_keras.data import cifar10
+        return cifar10.load_split(_existing(paths[0], "CIFAR-10 folder"), **options)
+    if kind == "tfds":
+        from gpq_keras.data import cifar10
+        return cifar10.load_split(from_tfds=True, data_dir=paths[0] if paths else None, **options)
+    if kind == "nuswide":
+        from gpq_keras.data import nuswide
+        return nuswide.load_split(_existing(paths[0], "NUS-WIDE list folder"),
+                                  _existing(paths[1], "NUS-WIDE image folder"), **options)
+    from gpq_keras.data import user
+    if kind == "npz":
+        return user.load_npz(_existing(paths[0], "npz file"), **options)
+    return user.load_folder(_existing(paths[0], "image folder"), **options)
+
+
+def _parse_spec(spec):
+    """(source kind, [paths it reads]) of a data spec; a ValueError naming the accepted forms otherwise."""
     if not isinstance(spec, str) or not spec.strip():
         raise _bad_spec(spec, "empty")
     kind, _, rest = spec.strip().partition(":")
@@ -70,29 +94,24 @@ def load_data(spec, **options):
     if kind == "digits":
         if rest:
             raise _bad_spec(spec, "digits takes no path")
-        from gpq_keras.data import digits
-        return digits.load_split(**options)
+        return kind, []
     if kind not in ("cifar10", "tfds", "nuswide", "npz", "folder"):
         raise _bad_spec(spec, f"unknown source {kind!r}")
     if not rest:
         raise _bad_spec(spec, f"{kind} needs a path")
-    if kind == "cifar10":
-        from gpq_keras.data import cifar10
-        return cifar10.load_split(_existing(rest, "CIFAR-10 folder"), **options)
     if kind == "tfds":
         name, _, data_dir = rest.partition(":")
         if name != "cifar10":
             raise _bad_spec(spec, f"only tfds:cifar10 is supported, not tfds:{name}")
-        from gpq_keras.data import cifar10
-        return cifar10.load_split(from_tfds=True, data_dir=os.path.expanduser(data_dir) or None, **options)
+        return kind, [os.path.expanduser(data_dir)] if data_dir else []
     if kind == "nuswide":
         list_dir, sep, image_root = rest.partition(":")
         if not sep or not list_dir or not image_root:
             raise _bad_spec(spec, "nuswide needs LIST_DIR:IMAGE_ROOT")
-        from gpq_keras.data import nuswide
-        return nuswide.load_split(_existing(list_dir, "NUS-WIDE list folder"),
-                                  _existing(image_root, "NUS-WIDE image folder"), **options)
-    from gpq_keras.data import user
-    if kind == "npz":
-        return user.load_npz(_existing(rest, "npz file"), **options)
-    return user.load_folder(_existing(rest, "image folder"), **options)
+        return kind, [os.path.expanduser(list_dir), os.path.expanduser(image_root)]
+    return kind, [os.path.expanduser(rest)]
+
+
+def spec_paths(spec):
+    """The files and folders a data spec reads, e.g. ["mydata.npz"] for "npz:mydata.npz" (none for digits)."""
+    return _parse_spec(spec)[1]

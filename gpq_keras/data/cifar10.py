@@ -13,12 +13,14 @@ stay uint8 (N, 32, 32, 3); `pipeline.normalize` applies the original's channel s
 import io
 import os
 import pickle
+import struct
+import warnings
 
 import numpy as np
 
 from gpq_keras.data.labels import relevance
-from gpq_keras.data.split import protocol_split
-from gpq_keras.files import atomic_path
+from gpq_keras.data.split import MAX_CLASSES, protocol_split
+from gpq_keras.files import FileFormatError, atomic_path, check_memory
 
 try:  # NumPy 2
     from numpy._core import multiarray as _multiarray
@@ -34,8 +36,8 @@ ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/" + ARCHIVE_NAME
 SIMILARITY_KEY = "label_Similarity"
 
 
-class DataFormatError(ValueError):
-    """A data file exists but is not what it claims to be (wrong types, truncated, bad shapes)."""
+class DataFormatError(FileFormatError):
+    """A CIFAR-10 data file exists but is not what it claims to be (wrong types, truncated, bad shapes)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,7 +46,9 @@ class DataFormatError(ValueError):
 
 
 def _dtype(*args):
-    dtype = np.dtype(*args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # odd arguments of a damaged file: an error follows, or nothing
+        dtype = np.dtype(*args)
     if dtype.hasobject:
         raise pickle.UnpicklingError("object arrays are not allowed")
     return dtype
@@ -57,10 +61,19 @@ def _latin1_encode(text, encoding="latin1"):
     return text.encode("latin1")
 
 
+def _reconstruct(subtype, shape, dtype):
+    # NumPy pickles an array as _reconstruct(ndarray, (0,), b"b") and then its state (shape, dtype, bytes):
+    # the placeholder is tiny, so a damaged file cannot make it allocate, and nothing but ndarray is built.
+    if subtype is not np.ndarray or int(np.prod(shape, dtype=object)) > 1:
+        raise pickle.UnpicklingError(f"unexpected array placeholder {getattr(subtype, '__name__', subtype)} "
+                                     f"{shape!r}")
+    return _multiarray._reconstruct(subtype, shape, dtype)
+
+
 # Everything a CIFAR-10 batch may reference by name: the pieces NumPy arrays are rebuilt from.
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
     ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
     ("numpy", "ndarray"): np.ndarray,
@@ -70,11 +83,15 @@ _ALLOWED_GLOBALS = {
 _ALLOWED_VALUES = (dict, list, bytes, str, int, np.ndarray, np.generic)
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle._Unpickler):
     """An `Unpickler` that rebuilds only plain data and NumPy arrays; any other global is refused.
 
     Python 2 pickles (the original CIFAR-10 release) are read with `encoding="bytes"`, so their keys
     are bytes (`b"data"`).
+
+    It is the pure-Python unpickler (as fast here: a batch is one large byte string and two short lists):
+    the C one keeps its memo as an array indexed by the file's PUT opcodes, so a damaged index such as
+    0x06550255 makes it allocate and sweep hundreds of MB for tens of seconds; this one uses a dict.
     """
 
     def find_class(self, module, name):
@@ -116,9 +133,10 @@ def load_pickle(path):
         _check_plain(value)
     except (pickle.UnpicklingError, EOFError) as exc:
         what = "truncated" if isinstance(exc, EOFError) or "truncated" in str(exc) else "refused"
-        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({what}: {exc})") from None
+        message = " ".join(str(exc).split())
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({what}: {message})") from None
     except Exception as exc:  # malformed opcodes raise all sorts of errors
-        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({_one_line(exc)})") from None
     return value
 
 
@@ -133,12 +151,22 @@ def read_batch(path):
     """One python batch -> uint8 images (N, 32, 32, 3) and int64 labels (N,)."""
     batch = load_pickle(path)
     data, labels = _get(batch, "data", path), _get(batch, "labels", path)
-    data = np.asarray(data)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != int(np.prod(IMAGE_SHAPE)):
-        raise DataFormatError(f"{path}: 'data' must be uint8 (N, 3072); got {data.dtype} {data.shape}")
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (len(data),):
-        raise DataFormatError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != int(np.prod(IMAGE_SHAPE)):
+        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataFormatError(f"{path}: 'data' must be uint8 (N, 3072); got {what}")
+    shape = (labels.shape if isinstance(labels, np.ndarray)
+             else (len(labels),) if isinstance(labels, list) else None)
+    if shape != (len(data),):
+        what = f"labels of shape {shape}" if shape is not None else f"'labels' of type {type(labels).__name__}"
+        raise DataFormatError(f"{path}: {len(data)} images but {what}")
+    try:
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iub" or labels.shape != (len(data),):
+            raise ValueError(f"{labels.dtype} {labels.shape}")
+        labels = labels.astype(np.int64)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataFormatError(f"{path}: 'labels' must be a list of {len(data)} int class ids ({exc})") from None
     # Rows are channel-major (3 x 32 x 32): red plane, green plane, blue plane.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
@@ -148,9 +176,15 @@ def read_label_names(directory):
     """The class names from `batches.meta` (str)."""
     path = os.path.join(os.fspath(directory), META_FILE)
     names = _get(load_pickle(path), "label_names", path)
-    if not isinstance(names, list):
-        raise DataFormatError(f"{path}: 'label_names' must be a list; got {type(names).__name__}")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DataFormatError(f"{path}: 'label_names' must be a list of names; got "
+                              f"{type(names).__name__}")
+    if not 1 <= len(names) <= MAX_CLASSES:
+        raise DataFormatError(f"{path}: 'label_names' holds {len(names)} names; expected 1 to {MAX_CLASSES}")
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: a name in 'label_names' is not UTF-8 ({exc})") from None
 
 
 def read_folder(directory):
@@ -162,13 +196,17 @@ def read_folder(directory):
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"CIFAR-10 folder not found: {directory}")
     names = read_label_names(directory)
-    parts = [read_batch(os.path.join(directory, f)) for f in TRAIN_FILES + (TEST_FILE,)]
+    parts = []
+    for file in TRAIN_FILES + (TEST_FILE,):
+        path = os.path.join(directory, file)
+        images, labels = read_batch(path)
+        bad = (labels < 0) | (labels >= len(names))
+        if bad.any():
+            raise DataFormatError(f"{path}: label {labels[bad][0]} (image {int(np.argmax(bad))}) outside the "
+                                  f"{len(names)} classes of {META_FILE}")
+        parts.append((images, labels))
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    bad = (labels < 0) | (labels >= len(names))
-    if bad.any():
-        raise DataFormatError(f"{directory}: label {labels[bad][0]} outside the {len(names)} classes "
-                              f"of {META_FILE}")
     return images, labels, names
 
 
@@ -276,7 +314,8 @@ def load_split(directory=None, *, from_tfds=False, data_dir=None, manual_dir=Non
     else:
         images, labels, names = read_folder(directory)
     split = protocol_split(images, labels, query_every=query_every, labeled_per_class=labeled_per_class,
-                           name="cifar10")
+                           name="tfds:cifar10" if from_tfds else os.fspath(directory))  # named in errors
+    split.name = "cifar10"
     split.num_classes = len(names)
     split.class_names = tuple(names)
     if similarity is not None:
@@ -313,7 +352,14 @@ def save_similarity(path, y_query, y_db):
 
 
 def load_similarity(path):
-    """Read `label_Similarity` from a `.mat` file as a 0/1 CSR matrix (queries, database)."""
+    """Read `label_Similarity` from a `.mat` file as a 0/1 CSR matrix (queries, database).
+
+    Raises FileNotFoundError for a missing file and `DataFormatError` naming the file for one that scipy
+    cannot read, that lacks the variable, holds something but a 2-D numeric or sparse matrix there, whose
+    dense matrix would not fit into the memory available, or whose sparse indices are out of range. A
+    MAT 5 file's elements are checked before scipy reads them (`_check_mat5`): scipy's compiled reader
+    trusts their type codes and crashes the process on a damaged one.
+    """
     import scipy.io
     from scipy import sparse
 
@@ -321,14 +367,116 @@ def load_similarity(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"similarity file not found: {path}")
     try:
-        contents = scipy.io.loadmat(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns about odd headers, then raises or reads
+            version = scipy.io.matlab.matfile_version(path)[0]
+            variables = {name: (shape, kind) for name, shape, kind in scipy.io.whosmat(path)}
+    except Exception as exc:  # scipy raises many types for damaged files: ValueError, TypeError, OSError...
+        raise DataFormatError(f"{path}: not a readable .mat file ({_one_line(exc)})") from None
+    if SIMILARITY_KEY not in variables:
+        raise DataFormatError(f"{path}: no '{SIMILARITY_KEY}' variable (found {sorted(variables)})")
+    shape, kind = variables[SIMILARITY_KEY]
+    if kind not in _MAT_ITEMSIZE and kind != "sparse" or len(shape) != 2:
+        raise DataFormatError(f"{path}: '{SIMILARITY_KEY}' must be a 2-D numeric or sparse matrix; got "
+                              f"{kind} {tuple(shape)}")
+    if kind != "sparse":
+        check_memory(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE[kind], f"{path}: '{SIMILARITY_KEY}'",
+                     f"a dense {kind} matrix {tuple(shape)}", DataFormatError)
+    if version == 1:
+        with open(path, "rb") as f:
+            _check_mat5(path, f.read())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            matrix = scipy.io.loadmat(path, variable_names=[SIMILARITY_KEY])[SIMILARITY_KEY]
+        if sparse.issparse(matrix):
+            matrix.check_format(full_check=True)  # indices in range, before any operation trusts them
+        matrix = sparse.csr_matrix(matrix)
+    except MemoryError:
+        raise DataFormatError(f"{path}: '{SIMILARITY_KEY}' does not fit into memory") from None
     except Exception as exc:
-        raise DataFormatError(f"{path}: not a readable .mat file ({exc})") from None
-    if SIMILARITY_KEY not in contents:
-        keys = sorted(k for k in contents if not k.startswith("__"))
-        raise DataFormatError(f"{path}: no '{SIMILARITY_KEY}' variable (found {keys})")
-    matrix = sparse.csr_matrix(contents[SIMILARITY_KEY])
+        raise DataFormatError(f"{path}: not a readable .mat file ({_one_line(exc)})") from None
     return (matrix != 0).astype(np.float64).tocsr()
+
+
+_MAT_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4,
+                 "uint32": 4, "int64": 8, "uint64": 8, "logical": 1}
+# MAT 5 element types scipy reads numbers from (miINT8 .. miUINT64); miMATRIX and miCOMPRESSED hold others.
+_MI_NUMERIC = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13}
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MX_SPARSE, _MX_NUMERIC = 5, range(6, 16)
+
+
+def _one_line(exc):
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _mat5_element(data, pos, end, order):
+    """The MAT 5 data element at `pos`, read as scipy reads it -> (type, payload, next position)."""
+    if end - pos < 8:
+        raise ValueError(f"an element tag at byte {pos} runs past the end")
+    first, second = struct.unpack_from(order + "II", data, pos)
+    if first >> 16:  # small data element: type and size in the first word, up to 4 bytes of data
+        if first >> 16 > 4:
+            raise ValueError(f"a small data element of {first >> 16} bytes at byte {pos}")
+        return first & 0xFFFF, data[pos + 4:pos + 4 + (first >> 16)], pos + 8
+    if second > end - pos - 8:
+        raise ValueError(f"an element at byte {pos} claims {second} bytes; {end - pos - 8} are left")
+    return first, data[pos + 8:pos + 8 + second], pos + 8 + second + (-second % 8)
+
+
+def _check_mat5_matrix(payload, order):
+    """Check the `label_Similarity` miMATRIX as scipy will read it: a flags word and nzmax, the dims, the
+    name, then the numbers (row indices, column pointers, values for a sparse matrix) of numeric types."""
+    if len(payload) < 16:
+        raise ValueError("a matrix header runs past its element")
+    flags = struct.unpack_from(order + "I", payload, 8)[0]
+    mclass, is_complex = flags & 0xFF, flags >> 11 & 1
+    pos = 16  # scipy reads the flags element as 16 raw bytes
+    for what in ("dims", "name"):
+        kind, _, pos = _mat5_element(payload, pos, len(payload), order)
+        if kind not in ((5, 6) if what == "dims" else (1, 16)):
+            raise ValueError(f"the {what} of '{SIMILARITY_KEY}' have element type {kind}")
+    if mclass != _MX_SPARSE and mclass not in _MX_NUMERIC:
+        raise ValueError(f"'{SIMILARITY_KEY}' has MATLAB class {mclass}, not a numeric or sparse matrix")
+    for index in range((3 if mclass == _MX_SPARSE else 1) + is_complex):
+        kind, _, pos = _mat5_element(payload, pos, len(payload), order)
+        if kind not in _MI_NUMERIC:
+            raise ValueError(f"part {index + 1} of '{SIMILARITY_KEY}' has element type {kind}, not a number type")
+
+
+def _check_mat5(path, data):
+    """Raise DataFormatError unless the `label_Similarity` variable of a MAT 5 file is well formed.
+
+    scipy's compiled MAT 5 reader looks the element type codes up in a table without a bounds check, so a
+    damaged code crashes the interpreter (a segmentation fault) instead of raising: walk the elements the
+    way it reads them and refuse such a file first.
+    """
+    import zlib
+
+    order = "<" if data[126:128] == b"IM" else ">"
+    pos = 128
+    try:
+        while pos < len(data):
+            kind, payload, pos = _mat5_element(data, pos, len(data), order)
+            if kind == _MI_COMPRESSED:
+                inflater = zlib.decompressobj()
+                payload = inflater.decompress(payload, 16)  # the inner tag and the start of its header
+                if len(payload) < 8:
+                    continue  # scipy refuses it (and reads no data of another variable)
+                size = struct.unpack_from(order + "I", payload, 4)[0] + 8
+                check_memory(size, f"{path}: a compressed variable", "a decompressed size", DataFormatError)
+                payload += inflater.decompress(inflater.unconsumed_tail, max(size - len(payload), 1))
+                kind, payload, _ = _mat5_element(payload, 0, len(payload), order)
+            if kind != _MI_MATRIX or len(payload) < 16:
+                continue  # scipy refuses it by itself
+            name_pos = _mat5_element(payload, 16, len(payload), order)[2]  # past the dims
+            name = _mat5_element(payload, name_pos, len(payload), order)[1]
+            if bytes(name) == SIMILARITY_KEY.encode():
+                _check_mat5_matrix(payload, order)
+                return  # scipy reads the first variable of that name
+    except (ValueError, struct.error, zlib.error) as exc:
+        raise DataFormatError(f"{path}: not a readable .mat file ({_one_line(exc)})") from None
 
 
 def check_similarity(matrix, y_query, y_db, source="similarity matrix"):

@@ -17,23 +17,37 @@ import os
 import numpy as np
 
 from gpq_keras.data.split import Split
+from gpq_keras.files import FileFormatError
 
 NUM_CLASSES = 21
 LIST_FILES = {"query": "test.txt", "db": "database.txt", "labeled": "train.txt"}
 
 
-class ListFormatError(ValueError):
+class ListFormatError(FileFormatError):
     """A malformed line in a list file; the message names the file and the line number."""
 
 
 def read_list(path, num_classes=NUM_CLASSES):
-    """A list file -> (paths list[str], multi-hot labels uint8 (N, num_classes)). Blank lines are skipped."""
+    """A list file -> (paths list[str], multi-hot labels uint8 (N, num_classes)). Blank lines are skipped.
+
+    Raises FileNotFoundError for a missing file and `ListFormatError` naming the file and line for one
+    that is not UTF-8 text or has a line other than `relative/path.jpg` and num_classes 0/1 labels.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"NUS-WIDE list file not found: {path}")
     paths, labels = [], []
-    with open(path, encoding="utf-8") as f:
+    # surrogateescape: a byte that is not UTF-8 reaches its line, which is then named in the error
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for number, line in enumerate(f, start=1):
+            if "\0" in line:
+                raise ListFormatError(f"{path}:{number}: a NUL byte; not a text list file")
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                byte = ord(line[exc.start]) - 0xDC00  # surrogateescape keeps the byte in U+DC80..U+DCFF
+                raise ListFormatError(f"{path}:{number}: not UTF-8 text (byte 0x{byte:02x} at column "
+                                      f"{exc.start + 1})") from None
             fields = line.split()
             if not fields:
                 continue
@@ -80,10 +94,23 @@ def image_dataset(paths, image_size=32, batch_size=256):
             .prefetch(tf.data.AUTOTUNE))
 
 
+def check_decodable(path, image_size=32):
+    """Decode one file as `decode_image` does; raise FileNotFoundError or FileFormatError naming it."""
+    import tensorflow as tf
+
+    try:
+        decode_image(path, image_size)
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except tf.errors.OpError as exc:
+        message = " ".join(exc.message.split())
+        raise FileFormatError(f"{path}: not a decodable image ({message})") from None
+
+
 def decode_images(paths, image_size=32, batch_size=256):
     """All files decoded into one uint8 array (N, image_size, image_size, 3).
 
-    A file that does not decode raises ValueError naming it.
+    A file that does not decode raises FileFormatError (a ValueError) naming it.
     """
     import tensorflow as tf
 
@@ -93,13 +120,11 @@ def decode_images(paths, image_size=32, batch_size=256):
     for start in range(0, len(paths), batch_size):
         try:
             batch = next(iterator)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+        except tf.errors.OpError as exc:
             for p in paths[start:start + batch_size]:  # find the culprit, only on this error path
-                try:
-                    decode_image(p, image_size)
-                except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-                    raise ValueError(f"{p}: not a decodable image") from None
-            raise ValueError(f"decoding images failed near {paths[start]}: {exc.message}") from None
+                check_decodable(p, image_size)
+            message = " ".join(exc.message.split())
+            raise FileFormatError(f"decoding images failed near {paths[start]}: {message}") from None
         out[start:start + len(batch)] = batch.numpy()
     return out
 

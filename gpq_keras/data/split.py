@@ -4,6 +4,8 @@ import dataclasses
 
 import numpy as np
 
+MAX_CLASSES = 65536  # class ids must be in [0, MAX_CLASSES): a bound before anything sized by them
+
 
 def check_images(images, where):
     """Raise ValueError unless `images` are uint8 RGB images (N, H, W, 3); return them as an array.
@@ -12,9 +14,47 @@ def check_images(images, where):
     `mydata.npz: 'x_db' must be uint8 images (N, H, W, 3); got float32 (10, 32, 32)`.
     """
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:3]:
         raise ValueError(f"{where} must be uint8 images (N, H, W, 3); got {images.dtype} {images.shape}")
     return images
+
+
+def check_labels(labels, where):
+    """Raise ValueError unless `labels` are int class ids (N,) in [0, MAX_CLASSES) or multi-hot 0/1
+    (N, classes); return them as an array.
+
+    `where` names the array: `mydata.npz: 'y_labeled' holds class id 1000000000; class ids must be in
+    [0, 65536)`. Nothing is allocated from the values, so a huge id is refused, not tried.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim not in (1, 2) or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(f"{where} must be int class ids (N,) or multi-hot (N, classes); got "
+                         f"{labels.dtype} {labels.shape}")
+    if labels.ndim == 2 and not labels.shape[1]:
+        raise ValueError(f"{where} are multi-hot labels of no class {labels.shape}; they need at least one")
+    if not labels.size or labels.dtype == bool:
+        return labels
+    low, high = labels.min(), labels.max()
+    if labels.ndim == 1 and (low < 0 or high >= MAX_CLASSES):
+        bad = low if low < 0 else high
+        raise ValueError(f"{where} holds class id {int(bad)}; class ids must be in [0, {MAX_CLASSES})")
+    if labels.ndim == 2:
+        if labels.shape[1] > MAX_CLASSES:
+            raise ValueError(f"{where} has {labels.shape[1]} classes; at most {MAX_CLASSES} are supported")
+        if low < 0 or high > 1:
+            bad = labels[(labels != 0) & (labels != 1)].flat[0]
+            raise ValueError(f"{where} holds {int(bad)}; multi-hot labels must be 0 or 1")
+    return labels
+
+
+def _infer_num_classes(labels):
+    """Classes of checked labels: the multi-hot width, or the largest class id + 1 (< MAX_CLASSES)."""
+    if labels[0].ndim == 2:
+        return labels[0].shape[1]
+    return max(int(y.max()) + 1 if y.size else 0 for y in labels)
+
+
+_PARTS = {"query": "query set", "db": "retrieval database", "labeled": "labeled training set"}
 
 
 @dataclasses.dataclass
@@ -24,6 +64,10 @@ class Split:
     Labels are int class ids (N,) or multi-hot (N, classes). `x_unlabeled` defaults to the database,
     as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database). `class_names`,
     when the source has them, names the classes in label order.
+
+    Raises ValueError (one line naming the array) for an empty set, images that are not uint8 RGB, labels
+    that are not int ids in [0, 65536) (`MAX_CLASSES`) or multi-hot 0/1 of one kind everywhere, and
+    labels outside an explicit `num_classes`; `num_classes` is inferred without allocating from labels.
     """
 
     x_query: np.ndarray
@@ -40,20 +84,39 @@ class Split:
     def __post_init__(self):
         if self.x_unlabeled is None:
             self.x_unlabeled = self.x_db
-        if self.num_classes is None:
-            labels = [y for y in (self.y_query, self.y_db, self.y_labeled) if y is not None]
-            self.num_classes = (labels[0].shape[1] if labels[0].ndim == 2
-                              else int(max(int(y.max()) for y in labels)) + 1)
         for prefix in ("query", "db", "labeled"):
             x, y = getattr(self, f"x_{prefix}"), getattr(self, f"y_{prefix}")
             if x is None and y is None:
                 continue
             if x is None or y is None or len(x) != len(y):
                 raise ValueError(f"{self.name}: x_{prefix} and y_{prefix} must have the same length "
-                                 f"(got {None if x is None else x.shape} and {None if y is None else y.shape})")
+                                 f"(got {None if x is None else np.shape(x)} and "
+                                 f"{None if y is None else np.shape(y)})")
             check_images(x, f"{self.name}: x_{prefix}")
+            setattr(self, f"y_{prefix}", check_labels(y, f"{self.name}: y_{prefix}"))
+            if not len(x):
+                raise ValueError(f"{self.name}: x_{prefix} holds no images; the {_PARTS[prefix]} needs at "
+                                 f"least one")
         if self.x_unlabeled is not self.x_db:
             check_images(self.x_unlabeled, f"{self.name}: x_unlabeled")
+            if not len(self.x_unlabeled):
+                raise ValueError(f"{self.name}: x_unlabeled holds no images; the unlabeled training set "
+                                 f"needs at least one")
+        labels = [y for y in (self.y_query, self.y_db, self.y_labeled) if y is not None]
+        if len({y.ndim for y in labels}) != 1 or len({y.shape[1:] for y in labels}) != 1:
+            raise ValueError(f"{self.name}: labels must be all int (N,) or all multi-hot (N, classes); got "
+                             + ", ".join(f"y_{p} {getattr(self, f'y_{p}').shape}"
+                                         for p in ("query", "db", "labeled")
+                                         if getattr(self, f"y_{p}") is not None))
+        if self.num_classes is None:
+            self.num_classes = _infer_num_classes(labels)
+        else:
+            needed = _infer_num_classes(labels)
+            wrong = needed != self.num_classes if labels[0].ndim == 2 else needed > self.num_classes
+            if wrong:
+                raise ValueError(f"{self.name}: num_classes={self.num_classes} but the labels "
+                                 + (f"have {needed} classes" if labels[0].ndim == 2
+                                    else f"hold class id {needed - 1}"))
 
     @property
     def has_training_data(self):
@@ -66,20 +129,36 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
     Sort by label (stably), take every `query_every`-th image as a query, then in each class the first
     `labeled_per_class` of the rest are labeled training data and the others the unlabeled set, which is
     also the retrieval database. CIFAR-10's 60,000 give 1,000 / 5,000 / 54,000.
+
+    Raises ValueError (one line, with the counts) when the data are too small for the protocol: every
+    class must keep at least one labeled and one unlabeled image after the queries.
     """
-    labels = np.asarray(labels)
+    for arg, value in (("query_every", query_every), ("labeled_per_class", labeled_per_class)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: {arg} must be an int >= 1; received {arg}={value!r}")
+    labels = check_labels(labels, f"{name}: labels")
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"{name}: expected one int label per image; got labels {labels.shape} "
                          f"for images {np.shape(images)}")
+    if not len(labels):
+        raise ValueError(f"{name}: no images to split")
     order = np.argsort(labels, kind="stable")
     images, labels = images[order], labels[order]
     is_query = np.zeros(len(labels), bool)
     is_query[::query_every] = True
     rest = np.flatnonzero(~is_query)
-    rank_in_class = np.empty(len(rest), np.int64)
-    for c in np.unique(labels[rest]):
-        members = labels[rest] == c
-        rank_in_class[members] = np.arange(members.sum())
+    classes, total = np.unique(labels, return_counts=True)
+    left = np.bincount(np.searchsorted(classes, labels[rest]), minlength=len(classes))
+    short = np.flatnonzero(left <= labeled_per_class)
+    if len(short):
+        c = short[0]
+        raise ValueError(
+            f"{name}: too few images for the protocol (query_every={query_every}, labeled_per_class="
+            f"{labeled_per_class}): class {classes[c]} has {total[c]} images, {total[c] - left[c]} of them "
+            f"queries, which leaves {left[c]} labeled and no unlabeled (database) image; every class needs "
+            f"more than {labeled_per_class} images besides its queries ({len(labels)} images, "
+            f"{int(is_query.sum())} queries in all)")
+    rank_in_class = np.arange(len(rest)) - np.searchsorted(labels[rest], labels[rest])  # rest is sorted
     labeled, unlabeled = rest[rank_in_class < labeled_per_class], rest[rank_in_class >= labeled_per_class]
     return Split(x_query=images[is_query], y_query=labels[is_query],
                  x_db=images[unlabeled], y_db=labels[unlabeled],
@@ -109,14 +188,20 @@ def hold_out_validation(split, per_class):
     if per_class == 0:
         return split, None, None
     y = np.asarray(split.y_labeled)
-    hot = (y != 0) if y.ndim == 2 else np.eye(split.num_classes, dtype=bool)[y]
-    taken = np.zeros(hot.shape[1], np.int64)
-    held = np.zeros(len(y), bool)
-    for i in range(len(y)):  # one pass in order; cheap next to training
-        wanted = hot[i] & (taken < per_class)
-        if wanted.any():
-            held[i] = True
-            taken += hot[i]
+    if y.ndim == 1:  # the first per_class of each class, without a one-hot (N, classes) matrix
+        order = np.argsort(y, kind="stable")
+        rank = np.empty(len(y), np.int64)
+        rank[order] = np.arange(len(y)) - np.searchsorted(y[order], y[order])
+        held = rank < per_class
+    else:
+        hot = y != 0
+        taken = np.zeros(hot.shape[1], np.int64)
+        held = np.zeros(len(y), bool)
+        for i in range(len(y)):  # one pass in order; cheap next to training
+            wanted = hot[i] & (taken < per_class)
+            if wanted.any():
+                held[i] = True
+                taken += hot[i]
     if held.all():
         raise ValueError(f"{split.name}: holding out {per_class} labeled images per class leaves none for "
                          f"training ({len(y)} labeled images); use a smaller --val-per-class")

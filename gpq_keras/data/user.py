@@ -10,59 +10,59 @@ import os
 
 import numpy as np
 
-from gpq_keras.data.split import Split, check_images, protocol_split
-from gpq_keras.files import atomic_path
+from gpq_keras.data.split import Split, check_images, check_labels, protocol_split
+from gpq_keras.files import FileFormatError, atomic_path, read_npz
 
 REQUIRED_KEYS = ("x_query", "y_query", "x_db", "y_db")
 OPTIONAL_KEYS = ("x_labeled", "y_labeled", "x_unlabeled")
-
-
-def _check_labels(path, key, y):
-    if y.ndim not in (1, 2) or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
-        raise ValueError(f"{path}: '{key}' must be int class ids (N,) or multi-hot (N, classes); got "
-                         f"{y.dtype} {y.shape}")
-    if y.size and y.min() < 0:
-        raise ValueError(f"{path}: '{key}' has negative labels")
+def _refuse(check, *args):
+    """Run a ValueError check of split.py and give its message as a FileFormatError."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise FileFormatError(str(exc)) from None
 
 
 def load_npz(path, name=None):
     """A `Split` from an `.npz` with `x_query, y_query, x_db, y_db` and optionally training arrays.
 
-    Images uint8 (N, H, W, 3); labels int (N,) or multi-hot (N, classes), the same kind everywhere.
-    Without `x_unlabeled` the database is the unlabeled set, as in the paper. Pickled objects are
-    refused (`allow_pickle=False`).
+    Images uint8 (N, H, W, 3); labels int class ids in [0, 65536) (N,) or multi-hot 0/1 (N, classes),
+    the same kind everywhere; no array empty. Without `x_unlabeled` the database is the unlabeled set, as
+    in the paper. Other members are ignored.
+
+    Every array's .npy header is read first: pickled objects are refused, and so is an array larger than
+    its member of the zip or than the memory available, before anything is allocated. Raises
+    FileNotFoundError for a missing file and FileFormatError (a ValueError), one line naming the file and
+    the array at fault, for anything else.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"npz file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except ValueError as exc:
-        raise ValueError(f"{path}: not a plain-array .npz ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable .npz ({exc})") from None
-    missing = [k for k in REQUIRED_KEYS if k not in arrays]
-    if missing:
-        raise ValueError(f"{path}: missing arrays {missing} (has {sorted(arrays)}; needs "
-                         f"{list(REQUIRED_KEYS)}, optionally {list(OPTIONAL_KEYS)})")
+    arrays = read_npz(path, "npz file", keys=REQUIRED_KEYS + OPTIONAL_KEYS, required=REQUIRED_KEYS)
     if ("x_labeled" in arrays) != ("y_labeled" in arrays):
-        raise ValueError(f"{path}: x_labeled and y_labeled go together")
+        raise FileFormatError(f"{path}: x_labeled and y_labeled go together")
     for key, value in arrays.items():
         if key.startswith("x_"):
-            check_images(value, f"{path}: '{key}'")
-        elif key.startswith("y_"):
-            _check_labels(path, key, value)
+            _refuse(check_images, value, f"{path}: '{key}'")
+        else:
+            _refuse(check_labels, value, f"{path}: '{key}'")
+        if not len(value):
+            raise FileFormatError(f"{path}: '{key}' is empty {value.shape}; every array needs at least one "
+                                  f"{'image' if key.startswith('x_') else 'label'}")
     y_keys = [k for k in ("y_query", "y_db", "y_labeled") if k in arrays]
     if len({arrays[k].ndim for k in y_keys}) != 1 or len({arrays[k].shape[1:] for k in y_keys}) != 1:
-        raise ValueError(f"{path}: labels must be all int (N,) or all multi-hot (N, classes); got "
-                         + ", ".join(f"{k} {arrays[k].shape}" for k in y_keys))
-    if len({arrays[k].shape[1:] for k in arrays if k.startswith("x_")}) != 1:
-        raise ValueError(f"{path}: all images must have one size; got "
-                         + ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.startswith("x_")))
-    known = {k: arrays[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in arrays}
+        raise FileFormatError(f"{path}: labels must be all int (N,) or all multi-hot (N, classes); got "
+                              + ", ".join(f"{k} {arrays[k].shape}" for k in y_keys))
+    for part in ("query", "db", "labeled"):
+        if f"x_{part}" in arrays and len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]):
+            raise FileFormatError(f"{path}: 'x_{part}' holds {len(arrays[f'x_{part}'])} images but 'y_{part}' "
+                                  f"{len(arrays[f'y_{part}'])} labels")
+    if len({v.shape[1:] for k, v in arrays.items() if k.startswith("x_")}) != 1:
+        raise FileFormatError(f"{path}: all images must have one size; got "
+                              + ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.startswith("x_")))
     name = name or os.path.splitext(os.path.basename(path))[0]
-    return Split(**known, name=name)
+    try:
+        return Split(**arrays, name=name)
+    except ValueError as exc:
+        raise FileFormatError(f"{path}: {exc}") from None
 
 
 def save_npz(path, split):
@@ -75,36 +75,96 @@ def save_npz(path, split):
         np.savez_compressed(tmp, **arrays)
 
 
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras' image_dataset_from_directory's
+
+
+def list_folder(directory):
+    """Image files of a folder of class sub-folders, as `keras.utils.image_dataset_from_directory` lists
+    them -> (paths, int64 labels, class names).
+
+    Classes are the sorted sub-folders (not hidden); in each, its files of any depth with an image
+    extension (case-insensitive), folders in sorted order, files sorted within a folder. Links to folders
+    are not followed.
+    """
+    directory = os.fspath(directory)
+    class_names = [d for d in sorted(os.listdir(directory))
+                   if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")]
+    paths, labels = [], []
+    for label, class_name in enumerate(class_names):
+        for root, _, files in sorted(os.walk(os.path.join(directory, class_name)), key=lambda x: x[0]):
+            for file in sorted(files):
+                if file.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(root, file))
+                    labels.append(label)
+    return paths, np.asarray(labels, np.int64), tuple(class_names)
+
+
+def _decode_resized(path, image_size):
+    """tf op: one file -> float32 (image_size, image_size, 3), decoded and resized as keras does."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return tf.image.resize(image, (image_size, image_size), method="bilinear")
+
+
+def decode_folder_images(paths, image_size=32, batch_size=256):
+    """The files decoded and resized (bilinear) into uint8 (N, image_size, image_size, 3), in order.
+
+    A file that does not decode raises FileFormatError naming it (a missing one FileNotFoundError).
+    """
+    import tensorflow as tf
+
+    paths = list(paths)
+    out = np.empty((len(paths), image_size, image_size, 3), np.uint8)
+    batches = iter(tf.data.Dataset.from_tensor_slices(paths)
+                   .map(lambda p: _decode_resized(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+                   .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    for start in range(0, len(paths), batch_size):
+        try:
+            batch = next(batches)
+        except tf.errors.OpError as exc:
+            for path in paths[start:start + batch_size]:  # find the culprit, only on this error path
+                try:
+                    _decode_resized(path, image_size)
+                except tf.errors.NotFoundError:
+                    raise FileNotFoundError(f"image not found: {path}") from None
+                except tf.errors.OpError as error:
+                    raise FileFormatError(f"{path}: not a decodable image "
+                                          f"({' '.join(error.message.split())})") from None
+            raise FileFormatError(f"decoding images failed near {paths[start]}: "
+                                  f"{' '.join(exc.message.split())}") from None
+        out[start:start + len(batch)] = np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8)
+    return out
+
+
 def load_folder(directory, image_size=32, query_every=10, labeled_per_class=None, batch_size=256):
     """A folder of class sub-folders -> `protocol_split` of all its images, resized to image_size.
 
-    Class ids follow the sorted sub-folder names (`keras.utils.image_dataset_from_directory`). Every
-    `query_every`-th image of the label-sorted set is a query; of the rest, `labeled_per_class` per class
-    are labeled (default: a tenth of the smallest class, at least 1, close to the paper's 500 of 5,900)
-    and the others the unlabeled set = database.
-    """
-    import keras
+    Files and class ids as `keras.utils.image_dataset_from_directory` gives them (`list_folder`): class
+    ids follow the sorted sub-folder names. Every `query_every`-th image of the label-sorted set is a
+    query; of the rest, `labeled_per_class` per class are labeled (default: a tenth of the smallest class,
+    at least 1, close to the paper's 500 of 5,900) and the others the unlabeled set = database.
 
+    Raises FileNotFoundError for a missing folder, FileFormatError naming the image for a file that does
+    not decode, ValueError (one line) for a folder without images or too small for the protocol.
+    """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"image folder not found: {directory}")
-    ds = keras.utils.image_dataset_from_directory(
-        directory, labels="inferred", label_mode="int", color_mode="rgb", batch_size=batch_size,
-        image_size=(image_size, image_size), shuffle=False, interpolation="bilinear", verbose=False)
-    class_names = tuple(ds.class_names)
-    images, labels = [], []
-    for x, y in ds:
-        images.append(np.clip(np.round(x.numpy()), 0, 255).astype(np.uint8))
-        labels.append(y.numpy().astype(np.int64))
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    if labeled_per_class is None:
-        rest = np.bincount(labels, minlength=len(class_names)) * (1 - 1 / query_every)
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size must be an int >= 1; received image_size={image_size!r}")
+    paths, labels, class_names = list_folder(directory)
+    if not paths:
+        raise ValueError(f"{directory}: no images in class sub-folders (image files: "
+                         f"{', '.join(IMAGE_EXTENSIONS)}; found classes {list(class_names)})")
+    images = decode_folder_images(paths, image_size, batch_size)
+    if labeled_per_class is None and isinstance(query_every, int) and query_every >= 1:
+        counts = np.bincount(labels, minlength=len(class_names))
+        rest = counts[counts > 0] * (1 - 1 / query_every)
         labeled_per_class = max(1, int(rest.min() // 10))
     split = protocol_split(images, labels, query_every=query_every, labeled_per_class=labeled_per_class,
-                           name=os.path.basename(os.path.normpath(directory)))
-    if not len(split.x_db):
-        raise ValueError(f"{directory}: too few images for a database ({len(images)} images, "
-                         f"labeled_per_class={labeled_per_class})")
+                           name=directory)
+    split.name = os.path.basename(os.path.normpath(directory))
     split.num_classes = len(class_names)
     split.class_names = class_names
     return split
