@@ -71,19 +71,6 @@ def _config_from_args(args, split):
     return GPQConfig.from_bits(args.bits or 48, **base)
 
 
-def _versions():
-    import platform
-
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    import gpq_keras
-
-    return {"gpq_keras": gpq_keras.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
-
-
 def _jit_compile(choice):
     """--jit-compile: on, off, or auto (XLA where a GPU is visible; on CPU it is slower, see README)."""
     if choice == "auto":
@@ -115,14 +102,12 @@ def cmd_train(args):
 
 
 def _train(args, run):
-    import datetime
-
     import keras
 
     from gpq_keras.data import load_data
     from gpq_keras.data.split import default_validation_per_class, hold_out_validation
     from gpq_keras.model import GPQ
-    from gpq_keras.training import TrainingBackup, fit_run
+    from gpq_keras.training import TrainingBackup, fit_run, new_record
 
     state = run.state()
     if state == "finished" and not args.overwrite:
@@ -154,13 +139,7 @@ def _train(args, run):
         load_imagenet_mat(model, args.imagenet_mat)
         print(f"backbone initialised from {args.imagenet_mat}")
     model.compile(jit_compile=_jit_compile(args.jit_compile))
-    if not record:
-        import tensorflow as tf
-
-        record = {"command": ["gpq"] + sys.argv[1:], "settings": settings, "config": config.to_dict(),
-                  "seed": args.seed, "versions": _versions(),
-                  "devices": [device.name for device in tf.config.list_logical_devices()],
-                  "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    record = record or new_record(["gpq"] + args.argv, settings)
     record["jit_compile"] = bool(model.jit_compile)
     print(f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
           f"d={config.subspace_dim}) on {split.name}: {len(split.x_labeled)} labeled, "
@@ -178,8 +157,6 @@ def _train(args, run):
         record["status"] = "interrupted"
         run.write_record(record)
         raise Interrupted(f"interrupted; rerun the same command to resume from the last backup in {run.backup}")
-    record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    run.write_record(record)
     best = (record.get("validation") or {}).get("best")
     if best:
         print(f"best val_mAP {best['val_mAP']:.4f} at epoch {best['epoch']}: {run.best}")
@@ -474,7 +451,9 @@ def _check_paths(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     _quiet_tensorflow()
     try:
         _check_paths(args)

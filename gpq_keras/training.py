@@ -17,6 +17,7 @@ version of each file whole.
 
 import contextlib
 import csv
+import datetime
 import io
 import json
 import math
@@ -375,6 +376,24 @@ def finite_or_none(value):
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
+def new_record(command, settings):
+    """The start of a run.json: the command line, its settings (GPQConfig included), the library versions,
+    the devices and the start time."""
+    import platform
+
+    import tensorflow as tf
+
+    import gpq_keras
+
+    return {"command": list(command), "settings": settings, "config": settings.get("config"),
+            "seed": settings.get("seed"),
+            "versions": {"gpq_keras": gpq_keras.__version__, "keras": keras.__version__,
+                         "tensorflow": tf.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
+            "devices": [device.name for device in tf.config.list_logical_devices()],
+            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
 def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eval_every=5,
             backup_every_steps=None, save_every=0, keep_checkpoints=3, record=None, verbose=2, callbacks=()):
     """Train `model` (compiled) on `split` in the run folder `run`, resuming from its backup if it has one.
@@ -444,7 +463,7 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
     if initial_epoch < epochs:
         fit(initial_epoch, steps, initial_epoch * steps, 0, epochs)
     save_atomic(model, run.model)
-    record["status"] = "finished"
+    record.update(status="finished", finished=datetime.datetime.now().isoformat(timespec="seconds"))
     run.write_record(record)
     backup.discard()
     return record

@@ -16,9 +16,9 @@ The tf.data pipelines (`train_dataset`, `eval_dataset`, `normalize`, `denormaliz
 importing this package, its specs and the NumPy loaders does not import TensorFlow or Keras.
 """
 
-import importlib
 import os
 
+from gpq_keras import lazy_exports
 from gpq_keras.data.split import Split, check_images, protocol_split
 
 _LAZY = {name: "gpq_keras.data.pipeline" for name in ("normalize", "denormalize", "train_dataset",
@@ -26,16 +26,7 @@ _LAZY = {name: "gpq_keras.data.pipeline" for name in ("normalize", "denormalize"
 __all__ = sorted(["SPEC_FORMS", "Split", "check_images", "load_data", "protocol_split", "spec_paths", *_LAZY])
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gpq_keras.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 
 SPEC_FORMS = ("digits", "cifar10:DIR", "tfds:cifar10[:DATA_DIR]", "nuswide:LIST_DIR:IMAGE_ROOT",
