@@ -31,7 +31,7 @@ __all__ = ["average_precision", "default_cutoffs", "evaluate_ranking", "mean_ave
 class _Labels:
     """Query and database labels coded for fast relevance of ranked items (`data.labels.relevance`
     restricted to the ranked positions): int class ids in the smallest int dtype, multi-hot labels of at
-    most 64 classes as uint64 bit sets, wider multi-hot labels as 0/1 float32 rows."""
+    most 64 classes as bit sets (uint8 to uint64), wider multi-hot labels as 0/1 float32 rows."""
 
     def __init__(self, query_labels, db_labels):
         query_labels, db_labels = check_label_pair(query_labels, db_labels)
@@ -53,10 +53,12 @@ class _Labels:
 
     @staticmethod
     def _bits(multi_hot):
+        """Multi-hot rows (N, C <= 64) as bit sets in the smallest unsigned int that holds C bits."""
         packed = np.packbits(multi_hot != 0, axis=1, bitorder="little")
-        padded = np.zeros((len(packed), 8), np.uint8)
+        size = next(n for n in (1, 2, 4, 8) if n >= packed.shape[1])
+        padded = np.zeros((len(packed), size), np.uint8)
         padded[:, :packed.shape[1]] = packed
-        return padded.view("<u8")[:, 0]
+        return padded.view(f"<u{size}")[:, 0]
 
     def ranked(self, rows, positions):
         """bool (r, n): relevance of the items at `positions` (r, n) to queries `rows`."""

@@ -191,16 +191,18 @@ def test_rank_chunks_and_validation(rng):
         metrics.evaluate_ranking(index.rank(queries), yq, ydb[:3])
 
 
-@pytest.mark.parametrize("kind", ["float", "str", "wide"])
+@pytest.mark.parametrize("kind", ["float", "str", "wide", 12, 40])
 def test_other_label_kinds_equal_the_loop(rng, kind):
-    """Float and string class ids are compared exactly; multi-hot labels of more than 64 classes work."""
+    """Float and string class ids are compared exactly; multi-hot labels of 12 and 40 classes (16- and
+    64-bit sets) and of more than 64 classes (rows) work."""
     _, _, ranking = random_problem(rng)
     if kind == "float":
         yq, ydb = np.full(12, 2049.0), np.where(np.arange(90) % 2, 2049.0, 2048.0)  # not float16-exact
     elif kind == "str":
         yq, ydb = rng.choice(["cat", "dog", "emu"], 12), rng.choice(["cat", "dog", "emu"], 90)
     else:
-        yq, ydb = (rng.random((12, 70)) < 0.03), (rng.random((90, 70)) < 0.03)
+        classes = 70 if kind == "wide" else kind
+        yq, ydb = (rng.random((12, classes)) < 2 / classes), (rng.random((90, classes)) < 2 / classes)
     sim = original.label_similarity(yq, ydb)
     assert metrics.mean_average_precision(ranking, yq, ydb) == pytest.approx(ref_map(sim, ranking, 90), abs=1e-12)
     np.testing.assert_array_equal(metrics.ranked_relevance(ranking, yq, ydb),
