@@ -27,19 +27,29 @@ class BatchNormalization(keras.layers.BatchNormalization):
     with Keras' own layer load into this one (and the other way round).
 
     For 4-D channels-last inputs on the TensorFlow backend, one fused op normalises (and in training gives
-    the batch statistics); Keras' own path runs otherwise (other backends, `synchronized=True`, masks).
-    Like the original, training updates the moving variance with the unbiased batch variance
-    (x n / (n - 1), n = B * H * W); 16-bit inputs stay 16-bit (the kernel accumulates in float32).
+    the batch statistics); Keras' own path runs otherwise (other backends, masks). Like the original,
+    training updates the moving variance with the unbiased batch variance (x n / (n - 1), n = B * H * W);
+    16-bit inputs stay 16-bit (the kernel accumulates in float32).
+
+    `synchronized=True` under a `tf.distribute` strategy of several replicas: the mean and variance are
+    those of the global batch (two all-reduces, two passes as the fused kernel), so N replicas normalise
+    and update the moving statistics exactly as one device on the whole batch (n = the global count). On
+    one replica it is the fused op. Without it each replica normalises with its own slice's statistics and
+    the moving statistics take the mean over replicas of each one's update.
 
     ```python
     x = BatchNormalization(momentum=0.9, epsilon=1e-3)(images)  # gpq_keras.backbones
     ```
     """
 
+    def add_weight(self, *args, **kwargs):
+        if not kwargs.get("trainable", True):  # the moving statistics, updated inside each replica
+            kwargs.setdefault("aggregation", "only_first_replica" if self.synchronized else "mean")
+        return super().add_weight(*args, **kwargs)
+
     def _fusable(self, inputs, mask):
-        return (keras.config.backend() == "tensorflow" and mask is None and not self.synchronized
-                and len(inputs.shape) == 4 and self.axis in (-1, 3) and self.center and self.scale
-                and not self.renorm)
+        return (keras.config.backend() == "tensorflow" and mask is None and len(inputs.shape) == 4
+                and self.axis in (-1, 3) and self.center and self.scale and not self.renorm)
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
@@ -49,8 +59,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
         x = ops.cast(inputs, self.compute_dtype)
         gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
         if training and self.trainable:
-            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
-                                                                 is_training=True)
+            replicas = tf.distribute.get_replica_context()
+            if self.synchronized and replicas is not None and replicas.num_replicas_in_sync > 1:
+                y, mean, variance = self._synchronized_batch_norm(x, gamma, beta, replicas)
+            else:
+                y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
+                                                                     is_training=True)
             momentum = self.momentum
             self.moving_mean.assign(self.moving_mean * momentum + ops.cast(mean, "float32") * (1.0 - momentum))
             self.moving_variance.assign(
@@ -60,6 +74,21 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 x, gamma, beta, mean=ops.cast(self.moving_mean, "float32"),
                 variance=ops.cast(self.moving_variance, "float32"), epsilon=self.epsilon, is_training=False)
         return ops.cast(y, self.compute_dtype)
+
+    def _synchronized_batch_norm(self, x, gamma, beta, replicas):
+        """Normalise x (B, H, W, C) of this replica with the global batch's statistics -> (y, mean, unbiased
+        variance), as `fused_batch_norm` gives them on one device holding every replica's images."""
+        import tensorflow as tf
+
+        x32 = tf.cast(x, tf.float32)
+        count = tf.cast(tf.reduce_prod(tf.shape(x32)[:-1]), tf.float32)
+        total, n = replicas.all_reduce(tf.distribute.ReduceOp.SUM, [tf.reduce_sum(x32, [0, 1, 2]), count])
+        mean = total / n
+        squares = replicas.all_reduce(tf.distribute.ReduceOp.SUM,
+                                      tf.reduce_sum(tf.math.squared_difference(x32, mean), [0, 1, 2]))
+        variance = squares / n
+        y = tf.nn.batch_normalization(x32, mean, variance, beta, gamma, self.epsilon)
+        return tf.cast(y, x.dtype), mean, variance * n / tf.maximum(n - 1.0, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="gpq_keras")
@@ -81,6 +110,8 @@ class VGGBackbone(keras.Model):
         image_shape: (height, width, channels). Default (32, 32, 3).
         bn_momentum: float, batch-norm moving-average momentum. Default 0.9.
         bn_epsilon: float, batch-norm epsilon. Default 1e-3.
+        sync_batch_norm: bool, batch norm over the global batch of all replicas of a `tf.distribute`
+            strategy (`BatchNormalization(synchronized=True)`). Default False.
         conv_bias: bool, give the convs biases. Default False: batch norm subtracts the batch mean right
             after each conv, so a bias there is cancelled in training and is only an offset of the moving
             mean at inference (the converter folds the original's biases into the moving means). Models
@@ -89,7 +120,7 @@ class VGGBackbone(keras.Model):
     """
 
     def __init__(self, feature_dim, filters=(64, 128, 256, 512), image_shape=(32, 32, 3),
-                 bn_momentum=0.9, bn_epsilon=1e-3, conv_bias=False, dtype=None, **kwargs):
+                 bn_momentum=0.9, bn_epsilon=1e-3, sync_batch_norm=False, conv_bias=False, dtype=None, **kwargs):
         filters = tuple(filters)
         image_shape = tuple(image_shape)
         if len(filters) != 4:
@@ -102,7 +133,8 @@ class VGGBackbone(keras.Model):
         for stage, conv_name, bn_name in CONV_BLOCKS:
             x = keras.layers.Conv2D(filters[stage], 3, padding="same", use_bias=conv_bias, name=conv_name,
                                     dtype=dtype)(x)
-            x = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=bn_name, dtype=dtype)(x)
+            x = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, synchronized=sync_batch_norm,
+                                   name=bn_name, dtype=dtype)(x)
             x = keras.layers.ReLU(name=f"{conv_name}_relu", dtype=dtype)(x)
             if conv_name in ("conv0_1", "conv1_1", "conv2_2"):
                 x = keras.layers.MaxPooling2D(2, strides=2, padding="valid", name=f"pool{stage}", dtype=dtype)(x)
@@ -121,6 +153,7 @@ class VGGBackbone(keras.Model):
         self.image_shape = image_shape
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.sync_batch_norm = bool(sync_batch_norm)
         self.conv_bias = conv_bias
 
     def get_config(self):
@@ -132,6 +165,7 @@ class VGGBackbone(keras.Model):
             "image_shape": list(self.image_shape),
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "sync_batch_norm": self.sync_batch_norm,
             "conv_bias": self.conv_bias,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }

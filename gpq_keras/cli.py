@@ -45,21 +45,40 @@ def _features(model, images, label):
     return model.encode(images, verbose=1 if sys.stderr.isatty() else 0)
 
 
+def _strategy(args):
+    """The `--strategy` of the command (created first: a multi-worker strategy sets up its collectives before
+    TensorFlow runs anything else) and whether this process writes the outputs (not a non-chief worker)."""
+    from gpq_keras.distribute import is_chief, make_strategy
+
+    strategy = make_strategy(args.strategy)
+    return strategy, is_chief(strategy)
+
+
 def _load_model_and_data(args):
+    """(model, split, whether this process writes the outputs), the model loaded under `--strategy`."""
     from gpq_keras.data import load_data
     from gpq_keras.model import load_gpq
 
-    model, split = load_gpq(args.model), load_data(args.data)
+    strategy, chief = _strategy(args)
+    with strategy.scope():
+        model = load_gpq(args.model)
+    split = load_data(args.data)
     model.check_images(split.x_db)
-    return model, split
+    return model, split, chief
+
+
+def _not_chief(path):
+    print(f"a non-chief worker: the chief writes {path}")
 
 
 # --- commands -------------------------------------------------------------------------------------
 
-def _config_from_args(args, split):
+def _config_from_args(args, split, replicas=1):
     from gpq_keras.config import GPQConfig
 
-    base = {"num_classes": split.num_classes, "image_shape": tuple(split.x_query.shape[1:])}
+    sync = replicas > 1 if args.sync_batch_norm is None else args.sync_batch_norm
+    base = {"num_classes": split.num_classes, "image_shape": tuple(split.x_query.shape[1:]),
+            "sync_batch_norm": sync}
     if args.filters:
         base["filters"] = tuple(int(v) for v in args.filters.split(","))
     if args.learning_rate is not None:
@@ -92,20 +111,28 @@ def _resume_check(run, settings):
 
 
 def cmd_train(args):
+    from gpq_keras.distribute import scratch_folder
     from gpq_keras.training import RunDirectory
 
     if args.bits is not None and args.num_codewords is not None:
         raise CLIError("give either --bits or --n-book/--n-word, not both")
-    run = RunDirectory(args.output)
+    strategy, chief = _strategy(args)
+    # Only the chief writes --output; another worker of a multi-worker run writes the same files to a
+    # scratch folder of its own, cleared at each start (it resumes from the chief's state).
+    run = RunDirectory(args.output if chief else args.scratch or scratch_folder(args.output, strategy))
     with run.lock():
-        _train(args, run)
+        if not chief:
+            run.clear()
+            print(f"a non-chief worker: the chief writes {args.output}; this worker writes {run.path}")
+        _train(args, run, strategy)
 
 
-def _train(args, run):
+def _train(args, run, strategy):
     import keras
 
     from gpq_keras.data import load_data
     from gpq_keras.data.split import default_validation_per_class, hold_out_validation
+    from gpq_keras.distribute import check_global_batch, num_workers
     from gpq_keras.model import GPQ
     from gpq_keras.training import TrainingBackup, fit_run, new_record
 
@@ -117,7 +144,9 @@ def _train(args, run):
         raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
     per_class = default_validation_per_class(split) if args.val_per_class is None else args.val_per_class
     split, x_val, y_val = hold_out_validation(split, per_class)
-    config = _config_from_args(args, split)
+    replicas = strategy.num_replicas_in_sync
+    check_global_batch(min(args.batch_size, len(split.x_labeled), len(split.x_unlabeled)), strategy)
+    config = _config_from_args(args, split, replicas)
     settings = {"data": args.data, "config": config.to_dict(), "seed": args.seed, "batch_size": args.batch_size,
                 "val_per_class": per_class, "precision": args.precision}
     record = {}
@@ -131,22 +160,27 @@ def _train(args, run):
         print(f"removed {len(stale)} temporary file(s) an interrupted write left in {args.output}")
 
     keras.utils.set_random_seed(args.seed)
-    model = GPQ(config, dtype=args.precision)
-    resuming = TrainingBackup.has_backup(run.backup)
-    if args.imagenet_mat and not resuming:
-        from gpq_keras.convert import load_imagenet_mat
+    with strategy.scope():
+        model = GPQ(config, dtype=args.precision)
+        resuming = TrainingBackup.has_backup(run.backup)
+        if args.imagenet_mat and not resuming:
+            from gpq_keras.convert import load_imagenet_mat
 
-        load_imagenet_mat(model, args.imagenet_mat)
-        print(f"backbone initialised from {args.imagenet_mat}")
-    model.compile(jit_compile=_jit_compile(args.jit_compile))
+            load_imagenet_mat(model, args.imagenet_mat)
+            print(f"backbone initialised from {args.imagenet_mat}")
+        model.compile(jit_compile=_jit_compile(args.jit_compile))
     record = record or new_record(["gpq"] + args.argv, settings)
-    record["jit_compile"] = bool(model.jit_compile)
+    record.update(jit_compile=bool(model.jit_compile), strategy=type(strategy).__name__, replicas=replicas)
+    if num_workers(strategy) > 1:
+        record["task"] = f"{strategy.cluster_resolver.task_type} {strategy.cluster_resolver.task_id}"
     print(f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
           f"d={config.subspace_dim}) on {split.name}: {len(split.x_labeled)} labeled, "
           f"{len(split.x_unlabeled)} unlabeled, {0 if x_val is None else len(x_val)} validation images; "
           f"{args.precision}, XLA {'on' if model.jit_compile else 'off'}"
+          + (f"; {replicas} replicas, sync batch norm {'on' if config.sync_batch_norm else 'off'}"
+             if replicas > 1 else "")
           + ("; resuming from the backup in " + run.backup if resuming else ""))
-    try:
+    try:  # outside the strategy's scope: fit_run restores the backup on the chief alone
         record = fit_run(model, split, run, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                          validation=None if x_val is None else (x_val, y_val), eval_every=args.eval_every,
                          backup_every_steps=args.backup_every_steps, save_every=args.save_every,
@@ -167,7 +201,7 @@ def cmd_evaluate(args):
     from gpq_keras import metrics
     from gpq_keras.retrieval import PQIndex
 
-    model, split = _load_model_and_data(args)
+    model, split, chief = _load_model_and_data(args)
     if args.query is not None and not 0 <= args.query < len(split.x_query):
         raise CLIError(f"--query {args.query} is out of range (0..{len(split.x_query) - 1})")
     top_k = args.top_k or len(split.x_db)
@@ -184,6 +218,10 @@ def cmd_evaluate(args):
               "n_query": len(split.x_query), "n_database": len(split.x_db), "mode": index.mode,
               "precision_at_k": {str(k): v for k, v in result["precision"].items()},
               "data": args.data, "model": os.path.abspath(args.model)}
+    if not chief:
+        for path in filter(None, (args.json, args.figure)):
+            _not_chief(path)
+        return
     if args.json:
         from gpq_keras.files import write_json
 
@@ -204,10 +242,12 @@ def cmd_encode(args):
 
     from gpq_keras.retrieval import ProductQuantizer
 
-    model, split = _load_model_and_data(args)
+    model, split, chief = _load_model_and_data(args)
     features = _features(model, split.x_db, "database")
     mode = args.mode or model.gpq_config.retrieval_mode
     codes = ProductQuantizer.from_model(model, mode).encode(features)
+    if not chief:
+        return _not_chief(args.output)
     _write_npz_atomic(args.output, features=features, codes=codes, labels=np.asarray(split.y_db))
     print(f"wrote {args.output}: {len(codes)} codes of {model.gpq_config.bits} bits ({mode} mode)")
 
@@ -234,9 +274,11 @@ def cmd_convert(args):
 def cmd_index_build(args):
     from gpq_keras.retrieval import PQIndex
 
-    model, split = _load_model_and_data(args)
+    model, split, chief = _load_model_and_data(args)
     index = PQIndex.from_model(model, mode=args.mode)
     index.add(_features(model, split.x_db, "database"), labels=split.y_db)
+    if not chief:
+        return _not_chief(args.output)
     if args.faiss:
         from gpq_keras.files import atomic_path
         from gpq_keras.retrieval import import_faiss
@@ -255,11 +297,13 @@ def cmd_index_search(args):
     index = PQIndex.load(args.index)
     if args.k > index.ntotal:
         raise CLIError(f"-k {args.k} exceeds the {index.ntotal} items in {args.index}")
-    model, split = _load_model_and_data(args)
+    model, split, chief = _load_model_and_data(args)
     index.check_model(model)
     queries = _features(model, split.x_query, "query")
     distances, ids = index.search(queries, args.k)
-    if args.output:
+    if args.output and not chief:
+        _not_chief(args.output)
+    elif args.output:
         _write_npz_atomic(args.output, distances=distances, ids=ids)
         print(f"wrote {args.output}: top {args.k} of {len(ids)} queries")
     for q in range(min(len(ids), args.show)):
@@ -304,6 +348,16 @@ def _command(sub, name, help_text, example, func):
 def _model_and_data(parser, model_help="a GPQ .keras file"):
     parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--data", required=True, help=DATA_HELP)
+    _strategy_flag(parser, "encode")
+
+
+def _strategy_flag(parser, what):
+    from gpq_keras.config import STRATEGIES
+
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                        help=f"{what} with tf.distribute: one device, mirrored (this machine's GPUs), multi-worker "
+                             "(the machines of TF_CONFIG; only the chief writes); auto = mirrored when more than "
+                             "one GPU is visible (auto)")
 
 
 def _add_train(sub):
@@ -316,7 +370,8 @@ def _add_train(sub):
                    help="run folder: model.keras, best.keras, log.csv, logs/ (TensorBoard), run.json, checkpoints/")
     p.add_argument("--epochs", type=_positive_int, default=300,
                    help="epochs of len(labeled) // batch-size steps (300)")
-    p.add_argument("--batch-size", type=_positive_int, default=500, help="images per stream and step (500)")
+    p.add_argument("--batch-size", type=_positive_int, default=500,
+                   help="images per stream and step: the global batch, split over the replicas (500)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--bits", type=int, choices=(12, 24, 32, 48), help="code length with K=16 (default 48)")
     size.add_argument("--n-book", type=_positive_int, dest="num_subspaces",
@@ -346,6 +401,12 @@ def _add_train(sub):
                      help="Keras dtype policy of the backbone; the GPQ heads stay float32 (float32)")
     run.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                      help="XLA: auto = on where a GPU is visible (it is slower on CPU) (auto)")
+    scale = p.add_argument_group("training at scale (--batch-size is the global batch of all replicas)")
+    _strategy_flag(scale, "train")
+    scale.add_argument("--sync-batch-norm", action=argparse.BooleanOptionalAction,
+                       help="batch norm over the global batch (default: on with more than one replica)")
+    scale.add_argument("--scratch", help="multi-worker: where a non-chief worker writes (default: a folder of "
+                                         "the system's temporary directory)")
 
 
 def _add_evaluate(sub):

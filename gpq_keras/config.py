@@ -8,6 +8,7 @@ import math
 import numbers
 
 RETRIEVAL_MODES = ("original", "consistent")
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker")  # gpq_keras.distribute.make_strategy
 L2_EPSILON = 1e-12  # the floor tf.nn.l2_normalize puts under a squared norm (intra-normalisation)
 # Keys of GPQConfig before the KerasHub-style names; `.keras` files saved with them still load.
 LEGACY_KEYS = {"n_book": "num_subspaces", "n_word": "num_codewords", "len_code": "subspace_dim",
@@ -76,6 +77,9 @@ class GPQConfig:
         decay_rate: float, learning-rate factor per period. Default 0.95.
         beta_1: float, Adam beta_1. Default 0.5.
         epsilon: float, Adam epsilon. Default 1e-8.
+        sync_batch_norm: bool, the backbone's batch norm uses the statistics of the global batch of all
+            replicas under a `tf.distribute` strategy (see README, "Training at scale"). Default False;
+            `gpq train` turns it on when it trains on more than one replica.
         retrieval_mode: the codebook used at retrieval. `"consistent"` (default for models trained
             here; it retrieves better, see README): codes and queries use Z' = SA(intra_norm(C), Z), the
             codebook training quantises with, and intra-normalised queries. `"original"`: the original
@@ -98,6 +102,7 @@ class GPQConfig:
     decay_rate: float = 0.95
     beta_1: float = 0.5
     epsilon: float = 1e-8
+    sync_batch_norm: bool = False
     retrieval_mode: str = "consistent"
 
     def __post_init__(self):
@@ -128,6 +133,8 @@ class GPQConfig:
             raise field_error("image_shape", "three positive ints (height, width, channels)")
         if len(self.filters) != 4 or not all(isinstance(v, int) and v > 0 for v in self.filters):
             raise field_error("filters", "four positive ints")
+        if not isinstance(self.sync_batch_norm, bool):
+            raise field_error("sync_batch_norm", "True or False")
         if self.retrieval_mode not in RETRIEVAL_MODES:
             raise field_error("retrieval_mode", f"one of {RETRIEVAL_MODES}")
 

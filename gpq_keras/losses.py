@@ -24,12 +24,18 @@ def _soft_cross_entropy(targets, logits):
     return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
 
 
-def n_pair_pq_loss(labels, features, descriptors, num_subspaces, reg_lambda=0.002):
+def n_pair_pq_loss(labels, features, descriptors, num_subspaces, reg_lambda=0.002, all_labels=None,
+                   all_descriptors=None):
     """N-pair product quantisation loss.
 
     S = row-normalised Y Y^T (items sharing a label are positives; an unlabelled row contributes 0);
     logits = M * l2n(f) @ l2n(q)^T; loss = mean_b CE(S_b, softmax(logits_b))
     + 0.25 * reg_lambda * (mean ||f||^2 + mean ||q||^2).
+
+    Under `tf.distribute` each replica holds a slice of the batch: given `all_labels` and `all_descriptors`
+    (the whole batch, all replicas' slices gathered), the rows b are this replica's images and the columns
+    (positives and negatives) the whole batch, so the mean over replicas of this loss is the loss of the
+    whole batch on one device.
 
     Args:
         labels: Y, (B, classes) one-hot or multi-hot.
@@ -37,14 +43,17 @@ def n_pair_pq_loss(labels, features, descriptors, num_subspaces, reg_lambda=0.00
         descriptors: q, (B, M*d) their soft-quantised descriptors.
         num_subspaces: M.
         reg_lambda: weight of the norm regulariser.
+        all_labels, all_descriptors: Y and q of the whole batch (N*B rows); default `labels`, `descriptors`.
     Returns:
         A scalar.
     """
     labels = ops.cast(labels, features.dtype)
-    similarity = _row_normalize(ops.matmul(labels, ops.transpose(labels)))
+    all_labels = labels if all_labels is None else ops.cast(all_labels, features.dtype)
+    all_descriptors = descriptors if all_descriptors is None else all_descriptors
+    similarity = _row_normalize(ops.matmul(labels, ops.transpose(all_labels)))
     regulariser = 0.25 * reg_lambda * (ops.mean(ops.sum(ops.square(features), axis=-1))
                                        + ops.mean(ops.sum(ops.square(descriptors), axis=-1)))
-    logits = num_subspaces * ops.matmul(_l2_normalize(features), ops.transpose(_l2_normalize(descriptors)))
+    logits = num_subspaces * ops.matmul(_l2_normalize(features), ops.transpose(_l2_normalize(all_descriptors)))
     return _soft_cross_entropy(similarity, logits) + regulariser
 
 

@@ -10,6 +10,7 @@ from keras import ops
 
 from gpq_keras.backbones import VGGBackbone
 from gpq_keras.config import GPQConfig
+from gpq_keras.distribute import num_workers
 from gpq_keras.files import FileFormatError, atomic_path
 from gpq_keras.layers import GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
@@ -71,6 +72,41 @@ def load_gpq(path):
     return model
 
 
+def _replica_context():
+    """The `tf.distribute` replica context of a step with more than one replica, else None."""
+    if keras.config.backend() != "tensorflow":
+        return None
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
+def _num_replicas():
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def _gather_replicas(*tensors):
+    """Float32 matrices (B, D_i) of this replica -> those of the global batch (N*B, D_i), replicas in order,
+    in one all-gather; gradients flow back to each replica's own rows. One replica: the tensors themselves."""
+    context = _replica_context()
+    if context is None:
+        return tensors
+    widths = [int(t.shape[-1]) for t in tensors]
+    packed = context.all_gather(tf.concat(tensors, axis=-1), axis=0)
+    packed = tf.ensure_shape(packed, [None, sum(widths)])
+    return tuple(tf.split(packed, widths, axis=-1))
+
+
+def _mean_over_replicas(losses):
+    """The losses of the global batch (the mean of the replicas' equal-sized slices), to report."""
+    context = _replica_context()
+    if context is None:
+        return losses
+    names = list(losses)
+    values = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.stop_gradient(losses[n]) for n in names])
+    return dict(zip(names, values))
+
+
 @keras.saving.register_keras_serializable(package="gpq_keras")
 class GPQ(keras.Model):
     """Generalized Product Quantization network.
@@ -83,6 +119,10 @@ class GPQ(keras.Model):
     model.compile()  # Adam(2e-4 * 0.95**(step // 100), beta_1=0.5)
     model.fit(dataset, epochs=300)
     ```
+
+    Built under a `tf.distribute` strategy's scope, `fit` on global batches trains as one device on the
+    whole batch: the N-pair loss sees every replica's images (see README, "Training at scale"; with
+    `GPQConfig.sync_batch_norm` the batch norm too).
 
     Args:
         config: `GPQConfig` (or its dict). Default: the original 48-bit CIFAR-10 setting.
@@ -100,8 +140,9 @@ class GPQ(keras.Model):
             config = GPQConfig.from_dict(config)
         self.gpq_config = config
         if backbone is None:
-            backbone = VGGBackbone(config.feature_dim, filters=config.filters,
-                                   image_shape=config.image_shape, dtype=self.dtype_policy, name="backbone")
+            backbone = VGGBackbone(config.feature_dim, filters=config.filters, image_shape=config.image_shape,
+                                   sync_batch_norm=config.sync_batch_norm, dtype=self.dtype_policy,
+                                   name="backbone")
         if backbone.output_shape[-1] != config.feature_dim:
             raise ValueError(
                 f"The backbone's output ({backbone.output_shape[-1]}) must equal num_subspaces * subspace_dim "
@@ -148,11 +189,10 @@ class GPQ(keras.Model):
         of batches is used as it is.
         """
         if isinstance(images, np.ndarray):
-            self.check_images(images)
-            if images.dtype == np.uint8:
-                from gpq_keras.data.pipeline import eval_dataset
+            from gpq_keras.data.pipeline import eval_dataset
 
-                images, batch_size = eval_dataset(images, batch_size), None
+            self.check_images(images)
+            images, batch_size = eval_dataset(images, batch_size), None
         return np.asarray(self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32)
 
     @property
@@ -197,6 +237,15 @@ class GPQ(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Every weight exists from `__init__` and `compile` adds no Keras loss or metric, so only the
+        optimizer may need building. (Keras' TensorFlow trainer would instead all-reduce the first batch of
+        a distributed dataset, which fails for the {"labeled", "unlabeled"} inputs under
+        `MultiWorkerMirroredStrategy`.)"""
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     def label_matrix(self, labels):
         """Y (B, classes) float32 from int class ids (B,) or multi-hot (B, classes)."""
         if len(labels.shape) == 1:
@@ -229,7 +278,8 @@ class GPQ(keras.Model):
         f = self.intra_norm(self(labeled, training=training))
         g = self.intra_norm(self.reversal(self(unlabeled, training=training)))
         q = self.quantizer(f, prototypes=self.classifier.normalized_prototypes())  # SA(Z', f), Z' = SA(P, Z)
-        npq = n_pair_pq_loss(y, f, q, cfg.num_subspaces, cfg.reg_lambda)
+        all_y, all_q = _gather_replicas(y, q)  # the global batch's positives and negatives
+        npq = n_pair_pq_loss(y, f, q, cfg.num_subspaces, cfg.reg_lambda, all_labels=all_y, all_descriptors=all_q)
         cls = classification_loss(y, self.classifier(f))
         ent = subspace_entropy_loss(self.classifier(g))
         loss = npq + cfg.lambda1 * ent + cfg.lambda2 * cls
@@ -245,7 +295,12 @@ class GPQ(keras.Model):
     def _record(self, losses):
         for name, value in losses.items():
             self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if num_workers(self.distribute_strategy) > 1:
+            # Keras' TensorFlow trainer reduces each log of a multi-worker step with
+            # `strategy.reduce("MEAN", value, axis=0)`, which needs a batch axis: (1,) gives the same scalar.
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     def train_step(self, data):
         labeled, unlabeled, labels = self._checked(self._unpack(data))
@@ -253,16 +308,19 @@ class GPQ(keras.Model):
             raise ValueError('GPQ.fit needs inputs {"labeled": images, "unlabeled": images}')
         with tf.GradientTape() as tape:
             losses = self.compute_losses(labeled, unlabeled, labels, training=True)
-            scaled = self.optimizer.scale_loss(losses["loss"])
+            # Each of N replicas holds the loss of its slice of the batch (the whole batch's negatives
+            # included); the optimizer sums the replicas' gradients: loss / N makes that sum the gradient
+            # of the whole batch's loss on one device.
+            scaled = self.optimizer.scale_loss(losses["loss"] / _num_replicas())
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        return self._record(losses)
+        return self._record(_mean_over_replicas(losses))
 
     def test_step(self, data):
         labeled, unlabeled, labels = self._checked(self._unpack(data))
         if unlabeled is None:  # held-out labeled data only: entropy measured on the same images
             unlabeled = labeled
-        return self._record(self.compute_losses(labeled, unlabeled, labels, training=False))
+        return self._record(_mean_over_replicas(self.compute_losses(labeled, unlabeled, labels, training=False)))
 
     # --- serialisation ---------------------------------------------------------------------------
     def get_config(self):

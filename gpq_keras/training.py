@@ -26,7 +26,9 @@ import shutil
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from gpq_keras.distribute import num_workers, share_chief_state
 from gpq_keras.files import atomic_path, sweep_temporaries, write_json
 
 RUN_FILES = ("model.keras", "best.keras", "log.csv", "run.json")
@@ -400,8 +402,10 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
 
     The data of global step g is a function of (seed, g) (`train_dataset(start_step=g)`), so a resumed run
     sees what it would have seen; an epoch interrupted after b of its steps is finished with the remaining
-    steps first. Writes `log.csv`, `logs/`, `checkpoints/`, `best.keras` (with `validation`), updates
-    `record` into `run.json` as it goes, saves `model.keras` and removes the backup at the end.
+    steps first. In a multi-worker run every worker resumes from the chief's backup (`share_chief_state`);
+    call it outside the strategy's scope. Writes `log.csv`, `logs/`, `checkpoints/`, `best.keras` (with
+    `validation`), updates `record` into `run.json` as it goes, saves `model.keras` and removes the backup
+    at the end.
 
     Args:
         model: a compiled `GPQ`.
@@ -426,7 +430,16 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
     record, extra_callbacks = dict(record or {}), callbacks
     _, steps = train_dataset(split, batch_size=batch_size, seed=seed)
     backup = TrainingBackup(run.backup, steps, save_freq=backup_every_steps or "epoch")
-    step = backup.restore(model)
+    strategy = model.distribute_strategy
+    if num_workers(strategy) > 1 and tf.distribute.has_strategy():
+        # Under the scope of a multi-worker strategy a weight assignment is a broadcast from the chief, which
+        # the other workers would have to join: the chief alone restores its backup, outside the scope.
+        raise ValueError("fit_run: call it outside strategy.scope() in a multi-worker run (create and compile "
+                         "the model inside)")
+    if model.optimizer is not None and not model.optimizer.built:  # on every worker alike: creating
+        with strategy.scope():                                    # variables is collective in multi-worker
+            model.optimizer.build(model.trainable_variables)
+    step = share_chief_state(model, backup.restore(model))  # a multi-worker run resumes where the chief is
     if step > epochs * steps:
         raise ValueError(f"{run.backup}: the backup is at step {step} (epoch {step // steps}), beyond "
                          f"--epochs {epochs}; rerun with at least {math.ceil(step / steps)} epochs or --restart")

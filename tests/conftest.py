@@ -10,6 +10,12 @@ sys.path.insert(0, os.path.dirname(__file__))  # test helpers (numpy_reference, 
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices (before TensorFlow's runtime starts), so the tf.distribute tests run two replicas
+# on this machine; everything else runs on the first, as without the split.
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from gpq_keras.config import GPQConfig  # noqa: E402
 

@@ -21,7 +21,7 @@ def test_from_bits_and_presets(bits, books):
 
 
 def test_dict_round_trip():
-    c = GPQConfig(num_subspaces=4, filters=(8, 8, 8, 8), retrieval_mode="original")
+    c = GPQConfig(num_subspaces=4, filters=(8, 8, 8, 8), retrieval_mode="original", sync_batch_norm=True)
     assert GPQConfig.from_dict(c.to_dict()) == c
 
 
@@ -39,6 +39,7 @@ def test_dict_round_trip():
     ({"filters": (8, 8, 8)}, "filters"),
     ({"image_shape": (32, 32)}, "image_shape"),
     ({"retrieval_mode": "fast"}, "retrieval_mode"),
+    ({"sync_batch_norm": 1}, "sync_batch_norm"),
 ])
 def test_bad_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"GPQConfig.{field}"):

@@ -73,6 +73,17 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
     assert abs(metrics.mean_average_precision(ranking, labels[:N_QUERY], labels[N_QUERY:]) - want_map) <= 1e-6
 
 
+def test_converted_checkpoint_loads_with_sync_batch_norm_too(tiny, tmp_path):
+    model = convert_tf1_checkpoint(tiny["prefix"], config={"num_subspaces": 3, "image_shape": [16, 16, 3],
+                                                          "sync_batch_norm": True})
+    assert model.gpq_config.sync_batch_norm and model.backbone.get_layer("batch0").synchronized
+    np.testing.assert_allclose(model.encode(tiny["images"]), tiny["features"], rtol=1e-5, atol=1e-5)
+    save_atomic(model, tmp_path / "synced.keras")
+    loaded = load_gpq(tmp_path / "synced.keras")
+    assert loaded.backbone.get_layer("batch0").synchronized
+    np.testing.assert_array_equal(loaded.encode(tiny["images"]), model.encode(tiny["images"]))
+
+
 def test_report_maps_every_weight_once_and_skips_training_leftovers(tiny):
     overrides = {"num_subspaces": 3, "image_shape": [16, 16, 3]}
     # A path to one of the prefix's files works too.

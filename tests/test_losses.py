@@ -31,6 +31,33 @@ def test_n_pair_pq_loss_matches_numpy(multi_hot):
     assert loss == pytest.approx(ref.npq_loss(y, f, q, M, 0.002), rel=1e-5)
 
 
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_n_pair_pq_loss_of_replica_slices_averages_to_the_whole_batch(replicas):
+    """Under tf.distribute each replica scores its rows against the gathered batch; the mean over replicas
+    is the one-device loss of the whole batch (NumPy float64), and its gradient with respect to every
+    row's features and descriptors too (summed over replicas, the loss divided by their number)."""
+    rng = np.random.default_rng(replicas)
+    f = ref.intra_norm(rng.normal(size=(6 * replicas, M * D)), M).astype(np.float32)
+    q = ref.intra_norm(f + 0.3 * rng.normal(size=f.shape), M).astype(np.float32)
+    y = np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, len(f))]
+    slices = np.split(np.arange(len(f)), replicas)
+    whole = ref.npq_loss(y, f, q, M, 0.002)
+    parts = [_np(n_pair_pq_loss(y[r], f[r], q[r], M, 0.002, all_labels=y, all_descriptors=q)) for r in slices]
+    assert np.mean(parts) == pytest.approx(whole, rel=1e-5)
+
+    import tensorflow as tf
+
+    tf_f, tf_q = tf.constant(f), tf.constant(q)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([tf_f, tf_q])
+        one = n_pair_pq_loss(y, tf_f, tf_q, M, 0.002)
+        split = sum(n_pair_pq_loss(y[r], tf.gather(tf_f, r), tf.gather(tf_q, r), M, 0.002, all_labels=y,
+                                   all_descriptors=tf_q) for r in slices) / replicas
+    for a, b in zip(tape.gradient(one, [tf_f, tf_q]), tape.gradient(split, [tf_f, tf_q])):
+        np.testing.assert_allclose(tf.convert_to_tensor(b).numpy(), tf.convert_to_tensor(a).numpy(), rtol=1e-4,
+                                   atol=1e-6)
+
+
 def test_n_pair_pq_loss_row_without_labels_adds_nothing():
     f, q = _batch()
     y = np.eye(CLASSES, dtype=np.float32)[RNG.integers(0, CLASSES, B)]

@@ -16,6 +16,7 @@ import original_retrieval as original
 from gpq_keras import GPQ, cli
 from gpq_keras.data import digits
 from gpq_keras.data.split import Split, hold_out_validation
+from gpq_keras.distribute import make_strategy
 from gpq_keras.training import (EpochLog, PeriodicCheckpoint, RetrievalValidation, RunDirectory, TrainingBackup,
                                 codeword_entropy, fit_run)
 from numpy_reference import intra_norm
@@ -76,30 +77,33 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def _tiny_model(tiny_config, seed=0):
+def _tiny_model(tiny_config, seed=0, strategy="one"):
     keras.utils.set_random_seed(seed)
-    model = GPQ(tiny_config.replace(num_classes=10))
-    model.compile()
-    model.optimizer.build(model.trainable_variables)
+    with make_strategy(strategy).scope():
+        model = GPQ(tiny_config.replace(num_classes=10, sync_batch_norm=strategy == "mirrored"))
+        model.compile()
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
 @pytest.mark.large
-def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(tiny_npz, tiny_config, tmp_path):
+@pytest.mark.parametrize("strategy", ["one", "mirrored"])  # mirrored: 2 replicas on the 2 logical CPUs
+def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(tiny_npz, tiny_config, tmp_path, strategy):
     """Backups every 3 steps; Ctrl-C at step 8 of 3 epochs x 3 steps; the resumed run finishes epoch 2 with
     its one remaining step (step 7 of the backup on), and ends with the weights of an uninterrupted run."""
     split = _split(tiny_npz)  # 60 labeled at batch 20: 3 steps per epoch
     kwargs = dict(epochs=3, batch_size=20, seed=4, backup_every_steps=3, verbose=0)
-    whole = _tiny_model(tiny_config)
+    whole = _tiny_model(tiny_config, strategy=strategy)
     fit_run(whole, split, RunDirectory(tmp_path / "whole"), **kwargs)
 
     run = RunDirectory(tmp_path / "cut")
-    first = _tiny_model(tiny_config)
+    first = _tiny_model(tiny_config, strategy=strategy)
     with pytest.raises(KeyboardInterrupt):
         fit_run(first, split, run, callbacks=[_Interrupt(8)], **kwargs)
     assert json.load(open(os.path.join(run.backup, TrainingBackup.METADATA)))["step"] == 6
     assert [r["epoch"] for r in _rows(run.log)] == ["0", "1"]
-    resumed = _tiny_model(tiny_config, seed=99)  # other initial weights: the backup replaces them
+    resumed = _tiny_model(tiny_config, seed=99, strategy=strategy)  # other initial weights: the backup wins
+    assert resumed.distribute_strategy.num_replicas_in_sync == (2 if strategy == "mirrored" else 1)
     record = fit_run(resumed, split, run, **kwargs)
     assert int(resumed.optimizer.iterations) == 9
     assert [r["epoch"] for r in _rows(run.log)] == ["0", "1", "2"]

@@ -152,10 +152,22 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
         return {"labeled": images[0], "unlabeled": images[1]}, tf.gather(y_l, labeled)
 
     ds = tf.data.Dataset.zip(streams).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    # Under a multi-worker strategy each worker takes its replicas' slices of every global batch.
+    ds = ds.with_options(_auto_shard(tf.data.experimental.AutoShardPolicy.DATA))
     return ds.prefetch(tf.data.AUTOTUNE), max(1, len(split.x_labeled) // batch_size)
 
 
+def _auto_shard(policy):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return options
+
+
 def eval_dataset(images, batch_size=500):
-    """Normalised, un-augmented batches of images for `predict`, in order."""
+    """Un-augmented batches of images for `predict`, in order: uint8 images normalised (`normalize`), float
+    images taken as normalised already. Under a multi-worker strategy each worker encodes its replicas'
+    slices of every batch and `predict` gathers the features of all, in order."""
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    return ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    if np.asarray(images).dtype == np.uint8:
+        ds = ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.with_options(_auto_shard(tf.data.experimental.AutoShardPolicy.DATA)).prefetch(tf.data.AUTOTUNE)
