@@ -105,7 +105,7 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(tiny_npz, tiny_
     resumed = _tiny_model(tiny_config, seed=99, strategy=strategy)  # other initial weights: the backup wins
     assert resumed.distribute_strategy.num_replicas_in_sync == (2 if strategy == "mirrored" else 1)
     record = fit_run(resumed, split, run, **kwargs)
-    assert int(resumed.optimizer.iterations) == 9
+    assert int(resumed.optimizer.iterations.numpy()) == 9
     assert [r["epoch"] for r in _rows(run.log)] == ["0", "1", "2"]
     assert record["status"] == "finished" and record["resumed"] == [{"step": 6, "epoch": 2}]
     assert not os.path.exists(run.backup)
