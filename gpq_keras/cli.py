@@ -13,6 +13,8 @@ import textwrap
 from gpq_keras.config import RETRIEVAL_MODES  # the standard library only: cheap to import
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+IMAGES_HELP = ("a folder of images (any depth; classes from its sub-folders when every image is in one) or a "
+               "glob such as 'photos/**/*.jpg'")
 DATA_HELP = ("data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
              "npz:FILE | folder:DIR")
 
@@ -54,14 +56,20 @@ def _strategy(args):
     return strategy, is_chief(strategy)
 
 
-def _load_model_and_data(args):
-    """(model, split, whether this process writes the outputs), the model loaded under `--strategy`."""
-    from gpq_keras.data import load_data
+def _load_model(args):
+    """(model, whether this process writes the outputs), the model loaded under `--strategy`."""
     from gpq_keras.model import load_gpq
 
     strategy, chief = _strategy(args)
     with strategy.scope():
-        model = load_gpq(args.model)
+        return load_gpq(args.model), chief
+
+
+def _load_model_and_data(args):
+    """(model, split, whether this process writes the outputs), the model loaded under `--strategy`."""
+    from gpq_keras.data import load_data
+
+    model, chief = _load_model(args)
     split = load_data(args.data)
     model.check_images(split.x_db)
     return model, split, chief
@@ -69,6 +77,83 @@ def _load_model_and_data(args):
 
 def _not_chief(path):
     print(f"a non-chief worker: the chief writes {path}")
+
+
+_FILE_CHUNK = 1024  # image files decoded and encoded at a time (bounded memory)
+
+
+def _decode_files(model, paths):
+    """uint8 pixels (N, H, W, 3) of image files at the model's input size, decoded and resized as training
+    data is (`gpq_keras.data.user.decode_folder_images`)."""
+    from gpq_keras.data.user import decode_folder_images
+
+    return decode_folder_images(paths, model.gpq_config.image_shape[:2])
+
+
+def _add_files(index, model, paths, labels):
+    """Encode image files chunk by chunk (a progress bar on a terminal) and add them to `index`, each with
+    its path as its source (and its label when `labels` is not None)."""
+    import keras
+
+    print(f"encoding {len(paths)} images", file=sys.stderr)
+    bar = keras.utils.Progbar(len(paths), unit_name="image") if sys.stdout.isatty() else None
+    for start in range(0, len(paths), _FILE_CHUNK):
+        chunk = paths[start:start + _FILE_CHUNK]
+        index.add(model.encode(_decode_files(model, chunk)), sources=chunk,
+                  labels=None if labels is None else labels[start:start + _FILE_CHUNK])
+        if bar is not None:
+            bar.update(start + len(chunk))
+
+
+def _is_npz(path):
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"PK"
+
+
+def _load_index_for(model, path, mode=None):
+    """A saved PQIndex (`.npz`), refused unless built with `model`; or, for a faiss file, a `_FaissIndex`
+    whose codebook must be the model's (in `mode`)."""
+    from gpq_keras.retrieval import PQIndex
+
+    if not _is_npz(path):  # not a zip (.npz): the faiss file of `index build --faiss`
+        return _FaissIndex(path, model, mode)
+    index = PQIndex.load(path)
+    index.check_model(model)
+    return index
+
+
+class _FaissIndex:
+    """`gpq index build --faiss` output searched like a PQIndex: queries prepared as the mode needs,
+    distances M - inner product (faiss' similarities), refused unless its centroids are the model's."""
+
+    def __init__(self, path, model, mode=None):
+        import numpy as np
+
+        from gpq_keras.files import FileFormatError
+        from gpq_keras.retrieval import ProductQuantizer, import_faiss
+
+        faiss = import_faiss()
+        try:
+            self.index = faiss.read_index(path)
+        except RuntimeError as exc:
+            raise FileFormatError(f"{path}: neither a PQIndex .npz nor a faiss index "
+                                  f"({str(exc).strip().splitlines()[0]})") from None
+        inner = self.index
+        if isinstance(inner, faiss.IndexIDMap):
+            inner = faiss.downcast_index(inner.index)
+        self.pq = ProductQuantizer.from_model(model, mode)
+        centroids = None
+        if isinstance(inner, faiss.IndexPQ) and inner.d == self.pq.dim and inner.pq.M == self.pq.num_subspaces:
+            centroids = faiss.vector_to_array(inner.pq.centroids)
+        words = self.pq.words.reshape(self.pq.num_codewords, self.pq.num_subspaces, -1).transpose(1, 0, 2)
+        if centroids is None or centroids.size != words.size or not np.allclose(centroids, words.ravel()):
+            raise ValueError(f"{path}: the faiss index was not built with this model in {self.pq.mode} mode "
+                             "(its codebook differs); rebuild it or pass the --mode it was built with")
+        self.ntotal, self.sources = int(self.index.ntotal), None
+
+    def search(self, queries, k):
+        similarities, ids = self.index.search(self.pq.prepare_queries(queries), k)
+        return self.pq.num_subspaces - similarities, ids
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -274,9 +359,17 @@ def cmd_convert(args):
 def cmd_index_build(args):
     from gpq_keras.retrieval import PQIndex
 
-    model, split, chief = _load_model_and_data(args)
-    index = PQIndex.from_model(model, mode=args.mode)
-    index.add(_features(model, split.x_db, "database"), labels=split.y_db)
+    if args.images:  # image files: every one indexed, with its path (and class from its sub-folder)
+        from gpq_keras.data.user import list_images
+
+        model, chief = _load_model(args)
+        paths, labels, class_names = list_images(args.images)
+        index = PQIndex.from_model(model, mode=args.mode, class_names=class_names)
+        _add_files(index, model, paths, labels)
+    else:
+        model, split, chief = _load_model_and_data(args)
+        index = PQIndex.from_model(model, mode=args.mode)
+        index.add(_features(model, split.x_db, "database"), labels=split.y_db)
     if not chief:
         return _not_chief(args.output)
     if args.faiss:
@@ -291,14 +384,105 @@ def cmd_index_build(args):
     print(f"wrote {args.output}: {index.ntotal} items, {model.gpq_config.bits} bits ({index.mode} mode)")
 
 
-def cmd_index_search(args):
+def cmd_index_add(args):
+    import numpy as np
+
+    from gpq_keras.data.user import list_images
     from gpq_keras.retrieval import PQIndex
 
     index = PQIndex.load(args.index)
+    model, chief = _load_model(args)
+    index.check_model(model)
+    paths, labels, class_names = list_images(args.images)
+    if index.ntotal and index.sources is None:
+        raise CLIError(f"{args.index} was built from a data set (no file names); build a new index of files")
+    if index.labels is not None or (index.ntotal == 0 and index.class_names is not None):
+        if labels is None or index.class_names is None:
+            raise CLIError(f"{args.index} has classes; add a folder of class sub-folders")
+        names = list(index.class_names)  # a class new to the index gets the next id
+        names += [name for name in class_names if name not in names]
+        index.class_names = names
+        labels = np.array([names.index(name) for name in class_names], np.int64)[labels]
+    else:
+        labels = None
+    before = index.ntotal
+    _add_files(index, model, paths, labels)
+    if not chief:
+        return _not_chief(args.index)
+    index.save(args.index)  # replaced atomically
+    print(f"wrote {args.index}: {index.ntotal} items ({index.ntotal - before} added)")
+
+
+def cmd_search(args):
+    from gpq_keras.files import write_json
+
+    model, chief = _load_model(args)
+    index = _load_index_for(model, args.index)
+    k = min(args.k, index.ntotal)
+    if k < args.k:
+        print(f"-k {args.k} capped at the {index.ntotal} items of {args.index}", file=sys.stderr)
+    queries = _decode_files(model, args.image)
+    distances, ids = index.search(model.encode(queries), k)
+    sources = index.sources_for(ids) if index.sources is not None else None
+    classes = index.class_names_for(ids) if getattr(index, "class_names", None) and index.labels is not None \
+        and index.labels.ndim == 1 else None
+    report = []
+    for q, path in enumerate(args.image):
+        print(f"query {path}")
+        hits = []
+        for rank, (i, d) in enumerate(zip(ids[q], distances[q]), start=1):
+            hit = {"rank": rank, "id": int(i), "distance": float(d)}
+            if classes is not None:
+                hit["class"] = str(classes[q, rank - 1])
+            if sources is not None:
+                hit["source"] = str(sources[q, rank - 1])
+            hits.append(hit)
+            print(f"{rank:>4}  {d:8.4f}  {hit.get('class', '-')}  {hit.get('source', i)}")
+        report.append({"query": path, "results": hits})
+    if not chief:
+        for path in filter(None, (args.json, args.figure)):
+            _not_chief(path)
+        return
+    if args.json:
+        write_json(args.json, {"index": os.path.abspath(args.index), "model": os.path.abspath(args.model),
+                               "k": k, "queries": report})
+        print(f"wrote {args.json}")
+    if args.figure:
+        from gpq_keras import viz
+
+        shown = report[0]["results"][:viz.MAX_RESULTS]
+        if sources is None:
+            raise CLIError(f"{args.index} holds no file names to show in --figure")
+        images = _decode_files(model, [hit["source"] for hit in shown])
+        captions = [os.path.basename(hit["source"]) + (f" ({hit['class']})" if "class" in hit else "")
+                    for hit in shown]
+        viz.plot_ranked_list(queries[0], images, path=args.figure, captions=captions,
+                             title=f"{os.path.basename(args.image[0])}: top {len(shown)} of {index.ntotal}")
+        print(f"wrote {args.figure}")
+
+
+def cmd_export(args):
+    from gpq_keras.export import export_saved_model
+
+    model, chief = _load_model(args)
+    if not chief:
+        return _not_chief(args.output)
+    export_saved_model(model, args.output, mode=args.mode)
+    print(f"wrote {args.output}: a SavedModel, serving_default(images uint8 [N, "
+          f"{', '.join(map(str, model.gpq_config.image_shape))}]) -> features, codes")
+
+
+def cmd_index_search(args):
+    from gpq_keras.retrieval import PQIndex
+
+    if _is_npz(args.index):  # checked before any model is loaded
+        ntotal = PQIndex.load(args.index).ntotal
+        if args.k > ntotal:
+            raise CLIError(f"-k {args.k} exceeds the {ntotal} items in {args.index}")
+    model, split, chief = _load_model_and_data(args)
+    index = _load_index_for(model, args.index, args.mode)
     if args.k > index.ntotal:
         raise CLIError(f"-k {args.k} exceeds the {index.ntotal} items in {args.index}")
-    model, split, chief = _load_model_and_data(args)
-    index.check_model(model)
     queries = _features(model, split.x_query, "query")
     distances, ids = index.search(queries, args.k)
     if args.output and not chief:
@@ -444,21 +628,56 @@ def _add_index(sub):
                  "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
                  None)
     index_sub = p.add_subparsers(dest="index_command", required=True)
-    b = _command(index_sub, "build", "encode a data set's database into a saved index",
-                 "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
+    b = _command(index_sub, "build", "encode a data set's database, or image files, into a saved index",
+                 "gpq index build --model runs/photos/model.keras --images photos/ --output photos.npz",
                  cmd_index_build)
-    _model_and_data(b)
+    b.add_argument("--model", required=True, help="a GPQ .keras file")
+    source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=DATA_HELP + " (its database part)")
+    source.add_argument("--images", help=IMAGES_HELP)
+    _strategy_flag(b, "encode")
     b.add_argument("--output", required=True, help="index file (.npz PQIndex, or a faiss index with --faiss)")
     b.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook (model's default)")
     b.add_argument("--faiss", action="store_true", help="write a faiss IndexPQ instead (needs gpq-keras[faiss])")
+    a = _command(index_sub, "add", "encode image files and append them to a saved index of files",
+                 "gpq index add --model runs/photos/model.keras --index photos.npz --images new_photos/",
+                 cmd_index_add)
+    a.add_argument("--model", required=True, help="the GPQ .keras file that built the index")
+    a.add_argument("--index", required=True, help="a PQIndex .npz of files; replaced atomically")
+    a.add_argument("--images", required=True, help=IMAGES_HELP)
+    _strategy_flag(a, "encode")
     s = _command(index_sub, "search", "search a saved PQIndex with a data set's queries",
                  "gpq index search --model runs/demo/model.keras --index runs/demo/index.npz --data digits -k 10",
                  cmd_index_search)
     _model_and_data(s, "the GPQ .keras file that built the index")
-    s.add_argument("--index", required=True, help="a PQIndex .npz")
+    s.add_argument("--index", required=True, help="a PQIndex .npz, or the faiss file of `index build --faiss`")
+    s.add_argument("--mode", choices=RETRIEVAL_MODES,
+                   help="for a faiss file: the mode it was built in (model's default)")
     s.add_argument("-k", type=_positive_int, default=10, help="results per query (10)")
     s.add_argument("--output", help="write distances and ids to this .npz")
     s.add_argument("--show", type=_non_negative_int, default=3, help="print the results of the first N queries (3)")
+
+
+def _add_search(sub):
+    p = _command(sub, "search", "the most similar indexed images to one or more image files",
+                 "gpq search --model runs/photos/model.keras --index photos.npz --image query.jpg -k 10",
+                 cmd_search)
+    p.add_argument("--model", required=True, help="the GPQ .keras file that built the index")
+    p.add_argument("--index", required=True, help="a PQIndex .npz (of files: results name them)")
+    p.add_argument("--image", required=True, action="append", help="a query image file (repeat for more)")
+    p.add_argument("-k", type=_positive_int, default=10, help="results per query, capped at the index size (10)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--figure", help="write the first query and its top 15 results to this PNG")
+    _strategy_flag(p, "encode")
+
+
+def _add_export(sub):
+    p = _command(sub, "export", "write a TensorFlow SavedModel to serve: uint8 images in, features and codes out",
+                 "gpq export --model runs/photos/model.keras --output served/gpq/1", cmd_export)
+    p.add_argument("--model", required=True, help="a GPQ .keras file")
+    p.add_argument("--output", required=True, help="the SavedModel folder to create (must not exist)")
+    p.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook of the codes (model's default)")
+    _strategy_flag(p, "load")
 
 
 def build_parser():
@@ -470,14 +689,14 @@ def build_parser():
               gpq train --data digits --output runs/demo --epochs 40
               gpq evaluate --model runs/demo/model.keras --data digits"""))
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_encode, _add_convert, _add_index):
+    for add in (_add_train, _add_evaluate, _add_encode, _add_convert, _add_index, _add_search, _add_export):
         add(sub)
     return parser
 
 
 # Where each command reads and writes: (flag, attribute) of its input files and of its output files.
 _INPUTS = (("--model", "model"), ("--index", "index"), ("--checkpoint", "checkpoint"),
-           ("--imagenet-mat", "imagenet_mat"), ("--config", "config"))
+           ("--imagenet-mat", "imagenet_mat"), ("--config", "config"))  # (--image, --images: read only)
 _OUTPUTS = (("--output", "output"), ("--json", "json"), ("--figure", "figure"))
 
 

@@ -111,8 +111,10 @@ def _mean_over_replicas(losses):
 class GPQ(keras.Model):
     """Generalized Product Quantization network.
 
-    `fit` takes `({"labeled": x_l, "unlabeled": x_u}, y)` batches, y int class ids (B,) or multi-hot
-    (B, classes); `predict`/`encode` return raw features F(x) (B, M*d).
+    Images are raw pixels, uint8 or float in 0..255, everywhere (`fit`, `predict`, `encode`, the exported
+    model): the first layer normalises them with the original's channel statistics, as Keras applications
+    take pixels. `fit` takes `({"labeled": x_l, "unlabeled": x_u}, y)` batches, y int class ids (B,) or
+    multi-hot (B, classes); `predict`/`encode` return raw features F(x) (B, M*d).
 
     ```python
     model = GPQ(config=GPQConfig())
@@ -130,9 +132,12 @@ class GPQ(keras.Model):
         dtype: the dtype policy of the backbone, e.g. `"mixed_bfloat16"` or `"mixed_float16"` (then `compile`
             adds Keras' loss scaling). The heads (intra-normalisation, soft assignment, Z, C) and the losses
             always compute in float32. Default: Keras' global policy.
+        normalize_pixels: bool, the model takes pixels and normalises them (default). False is the contract
+            of models saved by earlier versions, which load with it: they take normalised images
+            (`gpq_keras.data.normalize`) and `encode` normalises uint8 arrays.
     """
 
-    def __init__(self, config=None, backbone=None, dtype=None, **kwargs):
+    def __init__(self, config=None, backbone=None, dtype=None, normalize_pixels=True, **kwargs):
         super().__init__(dtype=dtype, **kwargs)
         if config is None:
             config = GPQConfig()
@@ -148,6 +153,15 @@ class GPQ(keras.Model):
                 f"The backbone's output ({backbone.output_shape[-1]}) must equal num_subspaces * subspace_dim "
                 f"= {config.feature_dim}")
         self.backbone = backbone
+        self.normalize_pixels = bool(normalize_pixels)
+        self.preprocessor = None
+        if self.normalize_pixels:  # (x - mean) / std per channel, in float32 whatever the policy
+            from gpq_keras.data.pipeline import CHANNEL_MEAN, CHANNEL_STD
+
+            self.preprocessor = keras.layers.Normalization(
+                mean=list(CHANNEL_MEAN), variance=[s * s for s in CHANNEL_STD], name="pixel_normalization",
+                dtype="float32")
+            self.preprocessor.build((None, *config.image_shape))
         self._build_heads(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.built = True  # every weight exists now
@@ -171,7 +185,10 @@ class GPQ(keras.Model):
 
     # --- inference -------------------------------------------------------------------------------
     def call(self, images, training=False):
-        """F(x): raw features (B, M*d)."""
+        """F(x): raw features (B, M*d) of pixels (B, H, W, C) (normalised images without
+        `normalize_pixels`)."""
+        if self.preprocessor is not None:
+            images = self.preprocessor(images)
         return self.backbone(images, training=training)
 
     def check_images(self, images):
@@ -182,17 +199,18 @@ class GPQ(keras.Model):
                              f"{tuple(self.gpq_config.image_shape)}")
 
     def encode(self, images, batch_size=500, verbose=0):
-        """Raw features F(x) as a float32 NumPy array (N, M*d).
+        """Raw features F(x) as a float32 NumPy array (N, M*d) of pixels (N, H, W, C), uint8 or float in
+        0..255. A `tf.data.Dataset` of batches is used as it is.
 
-        uint8 images are first normalised with the original's channel statistics
-        (`gpq_keras.data.normalize`); float images are taken as already normalised. A `tf.data.Dataset`
-        of batches is used as it is.
+        (A model with `normalize_pixels=False`, saved by an earlier version, keeps its contract: uint8
+        arrays are normalised here, float arrays taken as normalised.)
         """
         if isinstance(images, np.ndarray):
             from gpq_keras.data.pipeline import eval_dataset
 
             self.check_images(images)
-            images, batch_size = eval_dataset(images, batch_size), None
+            images = eval_dataset(images, batch_size, normalized=not self.normalize_pixels)
+            batch_size = None
         return np.asarray(self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32)
 
     @property
@@ -329,10 +347,12 @@ class GPQ(keras.Model):
             "config": self.gpq_config.to_dict(),
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "normalize_pixels": self.normalize_pixels,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        config.setdefault("normalize_pixels", False)  # saved before the model normalised: normalised inputs
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)

@@ -28,6 +28,7 @@ codes always get bit-identical distances and tie; the float32 sum itself comes f
 """
 
 import collections
+import collections.abc
 import hashlib
 import math
 import os
@@ -38,7 +39,7 @@ from gpq_keras.config import L2_EPSILON, RETRIEVAL_MODES, check_mode, check_num_
 from gpq_keras.files import FileFormatError, atomic_path, read_npz
 from gpq_keras.parallel import map_rows
 
-FORMAT_VERSION = 2  # 2: nbits, model fingerprint and checksum; version 1 files still load
+FORMAT_VERSION = 3  # 2: nbits, model fingerprint and checksum; 3: sources, class_names; 1 and 2 still load
 _FORMAT_NAME = "gpq_keras.PQIndex"
 # Query chunk x database elements per block: 32 MB of distances and 64 MB of sort keys, in buffers
 # reused from chunk to chunk (fresh large arrays would be page-faulted in anew each time).
@@ -316,26 +317,28 @@ class PQIndex:
         codebook: float (K, M*d), the retrieval codebook: raw Z for `original`, Z' for `consistent`.
         num_subspaces: int, M.
         mode: `"original"` (default) or `"consistent"` (see the module docstring).
+        class_names: optional names of the label classes (see `class_names`).
 
     Attributes:
         pq: the `ProductQuantizer`; `mode`, `num_subspaces`, `num_codewords`, `dim` (M*d) and `nbits`
             (log2 K) are its values.
     """
 
-    def __init__(self, codebook, num_subspaces, mode="original"):
+    def __init__(self, codebook, num_subspaces, mode="original", class_names=None):
         pq = self.pq = ProductQuantizer(codebook, num_subspaces, mode)
         self.mode, self.num_subspaces, self.num_codewords = pq.mode, pq.num_subspaces, pq.num_codewords
         self.dim, self.nbits = pq.dim, pq.nbits
         self.model_fingerprint = None  # `GPQ.fingerprint` of the model that made the codebook, when known
         self._model = None
         self.reset()
+        self.class_names = class_names
 
     @classmethod
-    def from_model(cls, model, mode=None):
+    def from_model(cls, model, mode=None, class_names=None):
         """An empty index with a GPQ model's codebook: Z for `original`, Z' for `consistent`; mode None
         takes `model.gpq_config.retrieval_mode`. The model is kept for `add_images`."""
         pq = ProductQuantizer.from_model(model, mode)
-        index = cls(pq.codebook, pq.num_subspaces, pq.mode)
+        index = cls(pq.codebook, pq.num_subspaces, pq.mode, class_names=class_names)
         index._model = model
         index.model_fingerprint = model.fingerprint
         return index
@@ -349,10 +352,11 @@ class PQIndex:
 
     # --- contents ---------------------------------------------------------------------------------
     def reset(self):
-        """Remove all items."""
+        """Remove all items (`class_names` stay)."""
         self._codes = np.zeros((0, self.num_subspaces), np.uint8)
         self._ids = np.zeros((0,), np.int64)
         self._labels = None
+        self._sources = None
         self._cache = {}
 
     @property
@@ -385,6 +389,32 @@ class PQIndex:
         """The items' labels, (ntotal,) or (ntotal, classes), or None when none were added."""
         return self._labels
 
+    @property
+    def sources(self):
+        """The items' sources (file paths or names), unicode (ntotal,) (read-only), or None when none were
+        added."""
+        return None if self._sources is None else _read_only(self._sources)
+
+    @property
+    def class_names(self):
+        """Names of the label classes, a list of str, or None: class id i (labels (ntotal,)) or multi-hot
+        column i (labels (ntotal, classes)) is named class_names[i].
+
+        Settable: unique non-empty strings; int labels must be in [0, len(class_names)), multi-hot labels
+        must have len(class_names) columns (checked here and by every `add`).
+        """
+        return None if self._class_names is None else list(self._class_names)
+
+    @class_names.setter
+    def class_names(self, names):
+        if names is None:
+            self._class_names = None
+            return
+        names = _check_class_names(names)
+        if self._labels is not None:
+            _check_labels_fit(self._labels, names, "class_names")
+        self._class_names = names
+
     def __len__(self):
         return self.ntotal
 
@@ -392,7 +422,7 @@ class PQIndex:
         return (f"PQIndex(M={self.num_subspaces}, K={self.num_codewords}, d={self.pq.subspace_dim}, "
                 f"mode={self.mode!r}, ntotal={self.ntotal})")
 
-    def add(self, x, ids=None, labels=None):
+    def add(self, x, ids=None, labels=None, sources=None):
         """Add items: uint8 codes (N, M), or float features (N, M*d) that are encoded first.
 
         Args:
@@ -400,7 +430,9 @@ class PQIndex:
             ids: optional int64 ids (N,) that `search` returns; default ntotal, ntotal+1, ...
                 Either every `add` gives ids or none does.
             labels: optional labels (N,) int or (N, classes) multi-hot, kept for evaluation; either
-                every `add` gives labels or none does.
+                every `add` gives labels or none does. With `class_names`, they must fit them.
+            sources: optional N strings (N,), each item's file path or name (`sources_for`); either
+                every `add` gives sources or none does.
         """
         x = np.asarray(x)
         if x.ndim != 2:
@@ -414,12 +446,16 @@ class PQIndex:
             raise ValueError(f"`x` must be uint8 codes or float features. Received dtype: {x.dtype}")
         n = codes.shape[0]
         ids = self._new_ids(ids, n)
-        labels = self._new_labels(labels, n)
+        all_labels = self._new_labels(labels, n)
+        if labels is not None and self._class_names is not None:
+            _check_labels_fit(all_labels[self.ntotal:], self._class_names, "labels")
+        sources = self._new_sources(sources, n)
         if self.ntotal + n >= _MAX_ITEMS:
             raise ValueError(f"PQIndex holds fewer than {_MAX_ITEMS} items; use `to_faiss()` for more")
         self._codes = np.concatenate([self._codes, codes])
         self._ids = np.concatenate([self._ids, ids])
-        self._labels = labels
+        self._labels = all_labels
+        self._sources = sources
         self._cache = {}
         return self
 
@@ -451,13 +487,98 @@ class PQIndex:
                              f"{self._labels.shape[1:]}")
         return np.concatenate([self._labels, labels])
 
-    def add_images(self, images, ids=None, labels=None, batch_size=500):
-        """Encode images with the model of `from_model` and add them. uint8 images are normalised with
-        the original's colour statistics; float images are taken as already normalised."""
+    def _new_sources(self, sources, n):
+        """All sources after adding `sources` for n items, unicode (ntotal + n,) (None when the index keeps
+        none)."""
+        if sources is None:
+            if self._sources is not None and n:
+                raise ValueError("this index has sources; give `sources` to every `add`")
+            return self._sources
+        if isinstance(sources, (str, bytes)):
+            raise ValueError(f"`sources` must be {n} strings (shape ({n},)), not one string")
+        if not isinstance(sources, np.ndarray):
+            sources = list(sources)
+            bad = next((s for s in sources if not isinstance(s, str)), None)
+            if bad is not None:
+                raise ValueError(f"`sources` must be strings. Received an item of type {type(bad).__name__}")
+            sources = np.array(sources, dtype=str) if sources else np.zeros(0, "U1")
+        elif sources.dtype.kind == "T":  # NumPy's variable-width StringDType
+            sources = sources.astype(str)
+        if sources.shape != (n,) or sources.dtype.kind != "U":
+            raise ValueError(f"`sources` must be {n} strings (shape ({n},)). "
+                             f"Received: {sources.dtype} {sources.shape}")
+        if self._sources is None:
+            if self.ntotal:
+                raise ValueError("items without sources were added before; sources must be given to every add")
+            return sources.copy()
+        return np.concatenate([self._sources, sources])
+
+    def add_images(self, images, ids=None, labels=None, batch_size=500, sources=None):
+        """Encode images (pixels (N, H, W, C), uint8 or float in 0..255) with the model of `from_model` and
+        add them."""
         if self._model is None:
             raise ValueError("add_images needs an index made by PQIndex.from_model(model)")
-        self.add(self._model.encode(np.asarray(images), batch_size=batch_size), ids=ids, labels=labels)
+        self.add(self._model.encode(np.asarray(images), batch_size=batch_size), ids=ids, labels=labels,
+                 sources=sources)
         return self
+
+    # --- ids to items -----------------------------------------------------------------------------
+    def _positions(self, ids):
+        """Database positions of `ids` as `search` returns them (any shape, -1: no result) -> intp of the
+        same shape, -1 where the id is -1; a ValueError for an id not in the index."""
+        ids = np.asarray(ids)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"`ids` must be integer ids as `search` returns them. Received dtype: {ids.dtype}")
+        if ids.size and ids.dtype.kind == "u" and ids.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"`ids` holds an id not in the index: {ids.max()}")
+        ids = ids.astype(np.int64)
+        found = ids != -1
+        wanted = ids[found]
+        if "order" not in self._cache:  # None: the default ids 0..ntotal-1 are the positions
+            default = np.array_equal(self._ids, np.arange(self.ntotal))
+            self._cache["order"] = None if default else np.argsort(self._ids)
+        order = self._cache["order"]
+        if order is None:
+            positions = wanted
+            known = (wanted >= 0) & (wanted < self.ntotal)
+        else:  # custom ids (so ntotal >= 1): binary search in the sorted ids
+            positions = order[np.minimum(np.searchsorted(self._ids, wanted, sorter=order), self.ntotal - 1)]
+            known = self._ids[positions] == wanted
+        if not known.all():
+            unknown = np.unique(wanted[~known])
+            raise ValueError(f"`ids` holds {len(unknown)} id(s) not in the index: {unknown[:5].tolist()}"
+                             f"{' ...' if len(unknown) > 5 else ''}")
+        out = np.full(ids.shape, -1, np.intp)
+        out[found] = positions
+        return out
+
+    def sources_for(self, ids):
+        """The sources of `ids` as `search` returns them (int64, any shape) -> unicode array of the same
+        shape, "" where the id is -1 (no result)."""
+        if self._sources is None:
+            raise ValueError("this index has no sources; give `sources` to `add`")
+        positions = self._positions(ids)
+        out = np.full(positions.shape, "", self._sources.dtype)
+        found = positions >= 0
+        out[found] = self._sources[positions[found]]
+        return out
+
+    def class_names_for(self, ids):
+        """The class names of the (int) labels of `ids` as `search` returns them (int64, any shape) ->
+        unicode array of the same shape, "" where the id is -1 (no result)."""
+        if self._class_names is None:
+            raise ValueError("this index has no class names; set `class_names`")
+        if self._labels is None:
+            raise ValueError("this index has no labels; give `labels` to `add`")
+        if self._labels.ndim != 1:
+            raise ValueError("class_names_for needs int labels (ntotal,); this index's labels are multi-hot "
+                             f"{self._labels.shape}")
+        positions = self._positions(ids)
+        names = np.array(self._class_names, dtype=str)
+        out = np.full(positions.shape, "", names.dtype)
+        found = positions >= 0
+        out[found] = names[self._labels[positions[found]].astype(np.intp)]
+        return out
 
     # --- distances --------------------------------------------------------------------------------
     def _unique(self):
@@ -601,11 +722,12 @@ class PQIndex:
         return wrapped
 
     def save(self, path):
-        """Write the index to an `.npz` file (format version 2), atomically (temporary file + rename).
+        """Write the index to an `.npz` file (format version 3), atomically (temporary file + rename).
 
         Keys: format, format_version, mode, num_subspaces, nbits, codebook float32 (2**nbits, M*d), codes
-        uint8 packed (N, ceil(M*nbits / 8)), ids int64 (N,), labels when present, model_fingerprint (or ""),
-        and checksum, a SHA-256 of all of them that `load` verifies.
+        uint8 packed (N, ceil(M*nbits / 8)), ids int64 (N,), labels when present, sources unicode (N,) and
+        class_names unicode (classes,) when present, model_fingerprint (or ""), and checksum, a SHA-256 of
+        all of them that `load` verifies. No object arrays: `np.load(path, allow_pickle=False)` reads it.
         """
         arrays = {
             "format": np.array(_FORMAT_NAME),
@@ -620,14 +742,19 @@ class PQIndex:
         }
         if self._labels is not None:
             arrays["labels"] = self._labels
+        if self._sources is not None:
+            arrays["sources"] = self._sources
+        if self._class_names is not None:
+            arrays["class_names"] = np.array(self._class_names, dtype=str)
         arrays["checksum"] = np.array(_checksum(arrays))
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path):
-        """Read an index written by `save` (format 1 or 2): every key, the checksum, the codebook's size
-        and the ids are checked; `FileFormatError` naming the file and the key for anything wrong."""
+        """Read an index written by `save` (format 1, 2 or 3): every key, the checksum, the codebook's size,
+        the ids, sources and class names are checked; `FileFormatError` naming the file and the key for
+        anything wrong."""
         return _read_index(cls, os.fspath(path))
 
 
@@ -641,6 +768,42 @@ def _checksum(arrays):
         digest.update(f"{key}:{value.dtype.str}:{value.shape}:".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def _check_class_names(names):
+    """`names` as a tuple of unique non-empty str; a ValueError naming `class_names` otherwise."""
+    if isinstance(names, np.ndarray) and names.ndim == 1 and names.dtype.kind in "UT":
+        names = names.tolist()
+    if isinstance(names, (str, bytes)) or not isinstance(names, collections.abc.Sequence):
+        raise ValueError(f"`class_names` must be a sequence of str. Received: {type(names).__name__}")
+    bad = next((name for name in names if not isinstance(name, str)), None)
+    if bad is not None:
+        raise ValueError(f"`class_names` must be str. Received an item of type {type(bad).__name__}")
+    if not names:
+        raise ValueError("`class_names` must name at least one class")
+    names = tuple(np.array(names, dtype=str).tolist())  # as a file keeps them (trailing NULs dropped)
+    if "" in names:
+        raise ValueError(f"`class_names` holds an empty name (position {names.index('')})")
+    if len(set(names)) != len(names):
+        dups = sorted(name for name, count in collections.Counter(names).items() if count > 1)
+        raise ValueError(f"`class_names` holds duplicated names: {dups[:5]}")
+    return names
+
+
+def _check_labels_fit(labels, names, name):
+    """A ValueError naming `name` unless `labels` (N,) are class ids in [0, len(names)) or (N, classes)
+    multi-hot with len(names) columns."""
+    if labels.ndim == 2:
+        if labels.shape[1] != len(names):
+            raise ValueError(f"`{name}`: the multi-hot labels have {labels.shape[1]} columns but "
+                             f"`class_names` names {len(names)} classes")
+        return
+    if labels.dtype.kind not in "biu":
+        raise ValueError(f"`{name}`: `class_names` need integer class ids as labels. Received labels of "
+                         f"dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+        raise ValueError(f"`{name}`: the labels hold class ids {labels.min()}..{labels.max()} but "
+                         f"`class_names` names {len(names)} classes (ids 0..{len(names) - 1})")
 
 
 def _read_only(array):
@@ -668,8 +831,8 @@ def _read_index(cls, path):
     if arrays["format"].shape != () or str(arrays["format"]) != _FORMAT_NAME:
         raise bad(f"key 'format' is {arrays['format']!r}, expected {_FORMAT_NAME!r}")
     version = scalar("format_version", "iu")
-    if version not in (1, FORMAT_VERSION):
-        raise bad(f"key 'format_version' is {version}; this gpq_keras reads versions 1 and {FORMAT_VERSION}")
+    if not 1 <= version <= FORMAT_VERSION:
+        raise bad(f"key 'format_version' is {version}; this gpq_keras reads versions 1 to {FORMAT_VERSION}")
     if version >= 2:
         for key in ("nbits", "model_fingerprint", "checksum"):
             if key not in arrays:
@@ -707,10 +870,21 @@ def _read_index(cls, path):
                                or labels.dtype.kind not in ("biuU" if labels.ndim == 1 else "biu")):
         raise bad(f"key 'labels' must be ({n},) class ids or ({n}, classes) integer/bool multi-hot, "
                   f"got {labels.dtype} {labels.shape}")
+    sources = arrays.get("sources") if version >= 3 else None
+    if sources is not None and (sources.dtype.kind != "U" or sources.shape != (n,)):
+        raise bad(f"key 'sources' must be unicode strings ({n},), got {sources.dtype} {sources.shape}")
+    names = arrays.get("class_names") if version >= 3 else None
+    if names is not None and (names.dtype.kind != "U" or names.ndim != 1):
+        raise bad(f"key 'class_names' must be unicode strings (classes,), got {names.dtype} {names.shape}")
     unpacked = unpack_codes(codes, index.num_subspaces, index.nbits)
     if n and int(unpacked.max()) >= index.num_codewords:
         raise bad(f"key 'codes' holds an index >= K={index.num_codewords}")
-    index.add(unpacked, ids=ids, labels=labels)
+    index.add(unpacked, ids=ids, labels=labels, sources=sources)
+    if names is not None:
+        try:
+            index.class_names = names
+        except ValueError as exc:
+            raise bad(f"key 'class_names': {exc}") from None
     if version >= 2:
         index.model_fingerprint = scalar("model_fingerprint", "U") or None
     return index

@@ -428,7 +428,8 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
     from gpq_keras.model import save_atomic
 
     record, extra_callbacks = dict(record or {}), callbacks
-    _, steps = train_dataset(split, batch_size=batch_size, seed=seed)
+    pixels = {"normalized": not getattr(model, "normalize_pixels", True)}  # what the model takes
+    _, steps = train_dataset(split, batch_size=batch_size, seed=seed, **pixels)
     backup = TrainingBackup(run.backup, steps, save_freq=backup_every_steps or "epoch")
     strategy = model.distribute_strategy
     if num_workers(strategy) > 1 and tf.distribute.has_strategy():
@@ -466,7 +467,7 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
 
     def fit(first_epoch, steps_per_epoch, start_step, offset, last_epoch):
         backup.batch_offset = offset
-        dataset, _ = train_dataset(split, batch_size=batch_size, seed=seed, start_step=start_step)
+        dataset, _ = train_dataset(split, batch_size=batch_size, seed=seed, start_step=start_step, **pixels)
         model.fit(dataset, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps_per_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
 

@@ -60,8 +60,12 @@ def to_display(image, normalized=None):
     return denormalize(image)
 
 
+def _shorten(text, width=18):
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
 def plot_ranked_list(query_image, result_images, relevant=None, path=None, normalized=None,
-                     figsize=(12.8, 3.6), dpi=100, title=None):
+                     figsize=(12.8, 3.6), dpi=100, title=None, captions=None):
     """The original Demo's figure: the query and its top results in a 2x8 grid.
 
     The first cell shows the query ("Query"); the others show `result_images` in rank order
@@ -78,6 +82,7 @@ def plot_ranked_list(query_image, result_images, relevant=None, path=None, norma
         figsize: inches (width, height). Default (12.8, 3.6), i.e. 1280x360 pixels at dpi 100.
         dpi: dots per inch of the file.
         title: optional figure title.
+        captions: optional names of the results (e.g. file names), shown under their ranks.
 
     Returns:
         `path` when given, else the matplotlib `Figure`.
@@ -93,12 +98,17 @@ def plot_ranked_list(query_image, result_images, relevant=None, path=None, norma
         relevant = np.asarray(relevant, bool).reshape(-1)
         if len(relevant) != len(result_images):
             raise ValueError(f"relevant has {len(relevant)} entries for {len(result_images)} result images")
+    if captions is not None and len(captions) != len(result_images):
+        raise ValueError(f"captions has {len(captions)} entries for {len(result_images)} result images")
+    if captions is not None:  # two-line titles: room between the rows
+        figsize = (figsize[0], figsize[1] + 0.8)
     fig = _figure(figsize)
     axes = fig.subplots(GRID_ROWS, GRID_COLS, squeeze=False).ravel()
     cells = [(to_display(query_image, normalized), "Query", QUERY_COLOR, None)]
     for rank, image in enumerate(result_images, start=1):
         frame = None if relevant is None else (RELEVANT_COLOR if relevant[rank - 1] else IRRELEVANT_COLOR)
-        cells.append((to_display(image, normalized), f"Rank {rank}", "black", frame))
+        label = f"Rank {rank}" if captions is None else f"Rank {rank}\n{_shorten(str(captions[rank - 1]))}"
+        cells.append((to_display(image, normalized), label, "black", frame))
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

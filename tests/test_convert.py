@@ -31,7 +31,8 @@ def tiny(tmp_path_factory):
     labels = rng.integers(0, TINY["num_classes"], N_QUERY + N_DB)
     prefix = tmp_path_factory.mktemp("original") / "48bits_example.ckpt"
     out = ref.make_tf1_checkpoint(prefix, images, seed=2, **TINY)
-    return dict(out, prefix=str(prefix), images=images, labels=labels)
+    # `images` are the original graph's (normalised) inputs; `pixels` the same for gpq_keras models
+    return dict(out, prefix=str(prefix), images=images, pixels=ref.to_pixels(images), labels=labels)
 
 
 def _similarity(labels):
@@ -44,7 +45,7 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
     assert (cfg.num_subspaces, cfg.num_codewords, cfg.subspace_dim, cfg.num_classes) == (3, 4, 4, 5)
     assert cfg.filters == (4, 8, 8, 8) and cfg.retrieval_mode == "original"
 
-    features = model.encode(tiny["images"])
+    features = model.encode(tiny["pixels"])
     np.testing.assert_allclose(features, tiny["features"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(model.codebook, tiny["Z"])
     np.testing.assert_array_equal(model.prototypes, tiny["C"])
@@ -77,11 +78,11 @@ def test_converted_checkpoint_loads_with_sync_batch_norm_too(tiny, tmp_path):
     model = convert_tf1_checkpoint(tiny["prefix"], config={"num_subspaces": 3, "image_shape": [16, 16, 3],
                                                           "sync_batch_norm": True})
     assert model.gpq_config.sync_batch_norm and model.backbone.get_layer("batch0").synchronized
-    np.testing.assert_allclose(model.encode(tiny["images"]), tiny["features"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.encode(tiny["pixels"]), tiny["features"], rtol=1e-5, atol=1e-5)
     save_atomic(model, tmp_path / "synced.keras")
     loaded = load_gpq(tmp_path / "synced.keras")
     assert loaded.backbone.get_layer("batch0").synchronized
-    np.testing.assert_array_equal(loaded.encode(tiny["images"]), model.encode(tiny["images"]))
+    np.testing.assert_array_equal(loaded.encode(tiny["pixels"]), model.encode(tiny["pixels"]))
 
 
 def test_report_maps_every_weight_once_and_skips_training_leftovers(tiny):
@@ -115,7 +116,7 @@ def test_full_width_48bit_checkpoint_converts_with_inferred_config(tmp_path):
     assert (cfg.num_subspaces, cfg.num_codewords, cfg.subspace_dim, cfg.num_classes, cfg.bits) == (12, 16, 12, 10, 48)
     assert cfg.filters == (64, 128, 256, 512) and cfg.image_shape == (32, 32, 3)
     assert cfg.retrieval_mode == "original"
-    features = model.encode(images)
+    features = model.encode(ref.to_pixels(images))
     np.testing.assert_allclose(features, out["features"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(original.indexing(model.codebook, features, 12),
                                   original.indexing(out["Z"], out["features"], 12))
@@ -131,7 +132,7 @@ def test_conv_scopes_are_ordered_by_numeric_suffix(tiny, tmp_path):
     prefix = tmp_path / "shifted.ckpt"
     ref.write_checkpoint(prefix, {shift(n): v for n, v in tiny["values"].items()})
     model = convert_tf1_checkpoint(prefix, config=TINY_CONFIG)
-    np.testing.assert_allclose(model.encode(tiny["images"][:4]), tiny["features"][:4], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.encode(tiny["pixels"][:4]), tiny["features"][:4], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.large
@@ -188,7 +189,7 @@ def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
     path = tmp_path / "lib" / "gpq.keras"
     save_atomic(model, path)
     assert os.listdir(path.parent) == ["gpq.keras"]
-    np.testing.assert_allclose(load_gpq(path).encode(tiny["images"][:4]), tiny["features"][:4],
+    np.testing.assert_allclose(load_gpq(path).encode(tiny["pixels"][:4]), tiny["features"][:4],
                                rtol=1e-5, atol=1e-5)
 
     config_json = tmp_path / "config.json"

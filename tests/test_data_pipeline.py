@@ -9,13 +9,14 @@ from gpq_keras.data import Split, eval_dataset, pipeline, train_dataset
 MEAN, STD = np.array(pipeline.CHANNEL_MEAN), np.array(pipeline.CHANNEL_STD)
 
 
-def candidates(image, padding):
+def candidates(image, padding, fill=0.0):
     """Every result the augmentation may give for `image`: {(flip, dy, dx): array} (NumPy reference)."""
     h, w = image.shape[:2]
     out = {}
     for flip in (False, True):
         source = image[:, ::-1] if flip else image
-        padded = np.zeros((h + 2 * padding, w + 2 * padding) + image.shape[2:], image.dtype)
+        padded = np.empty((h + 2 * padding, w + 2 * padding) + image.shape[2:], image.dtype)
+        padded[...] = fill
         padded[padding:padding + h, padding:padding + w] = source
         for dy in range(2 * padding + 1):
             for dx in range(2 * padding + 1):
@@ -23,12 +24,13 @@ def candidates(image, padding):
     return out
 
 
-def test_augment_batch_is_a_flip_then_a_zero_padded_crop():
+@pytest.mark.parametrize("fill", [0.0, (300.5, -2.0)])  # normalised images; a fill per channel (pixels)
+def test_augment_batch_is_a_flip_then_a_padded_crop(fill):
     image = np.arange(1, 8 * 8 * 2 + 1, dtype=np.float32).reshape(8, 8, 2)  # every pixel unique, > 0
     batch = np.repeat(image[None], 2000, axis=0)
-    out = pipeline.augment_batch(batch, seed=[3, 4]).numpy()
+    out = pipeline.augment_batch(batch, seed=[3, 4], fill=fill).numpy()
     assert out.shape == batch.shape and out.dtype == np.float32
-    table = candidates(image, 4)
+    table = candidates(image, 4, np.asarray(fill, np.float32))
     keys = {k: v.tobytes() for k, v in table.items()}
     lookup = {v: k for k, v in keys.items()}
     found = [lookup.get(o.tobytes()) for o in out]
@@ -37,9 +39,9 @@ def test_augment_batch_is_a_flip_then_a_zero_padded_crop():
     flips = np.mean([f[0] for f in found])
     assert 0.4 < flips < 0.6
     # The same seed gives the same batch, another seed another one.
-    np.testing.assert_array_equal(pipeline.augment_batch(batch[:50], seed=[3, 4]).numpy(),
-                                  pipeline.augment_batch(batch[:50], seed=[3, 4]).numpy())
-    assert not np.array_equal(out[:50], pipeline.augment_batch(batch[:50], seed=[5, 6]).numpy())
+    np.testing.assert_array_equal(pipeline.augment_batch(batch[:50], seed=[3, 4], fill=fill).numpy(),
+                                  pipeline.augment_batch(batch[:50], seed=[3, 4], fill=fill).numpy())
+    assert not np.array_equal(out[:50], pipeline.augment_batch(batch[:50], seed=[5, 6], fill=fill).numpy())
 
 
 def test_augment_shifts_a_known_pattern():
@@ -71,9 +73,9 @@ def split_of_constant_images(num_labeled=40, num_unlabeled=60, size=32):
 
 
 def pixel_values(batch):
-    """The pixel value each (constant) image had, back from normalised units, read at the centre."""
+    """The pixel value each (constant) image had, read at the centre."""
     centre = batch[:, batch.shape[1] // 2, batch.shape[2] // 2]
-    return np.round(centre * STD + MEAN)[:, 0].astype(int)
+    return np.round(centre)[:, 0].astype(int)
 
 
 def test_train_dataset_structure_and_label_alignment():
@@ -88,14 +90,20 @@ def test_train_dataset_structure_and_label_alignment():
         np.testing.assert_array_equal(pixel_values(x["labeled"].numpy()), y.numpy() * 10 + 1)
 
 
-def test_padding_is_zero_after_normalisation():
+@pytest.mark.parametrize("normalized", [False, True])
+def test_padding_is_zero_after_normalisation(normalized):
+    """Pixels are padded with the channel mean, which the model's normalisation makes 0 (`normalized=True`:
+    normalised images padded with 0, the original's order)."""
     split = split_of_constant_images()
-    ds, _ = train_dataset(split, batch_size=20, seed=2)
+    ds, _ = train_dataset(split, batch_size=20, seed=2, normalized=normalized)
     padded = 0
+    fill = np.zeros(3, np.float32) if normalized else np.asarray(MEAN, np.float32)
+    if not normalized:
+        np.testing.assert_array_equal(pipeline.normalize(fill).numpy(), 0.0)
     for x, _ in ds.take(5):
         for image in x["unlabeled"].numpy():
             value = image[16, 16]
-            border = np.all(image == 0, axis=-1)  # pixels from the padding
+            border = np.all(image == fill, axis=-1)  # pixels from the padding
             assert np.allclose(image[~border], value, atol=1e-6)
             rows, cols = np.flatnonzero(border.all(1)), np.flatnonzero(border.all(0))
             for edge in (rows, cols):  # whole rows/columns at one edge, at most 4 wide
@@ -146,13 +154,17 @@ def test_batch_size_is_capped_and_multi_hot_labels_pass():
         train_dataset(Split(x_query=split.x_db, y_query=split.y_db, x_db=split.x_db, y_db=split.y_db))
 
 
-def test_eval_dataset_is_ordered_and_normalised_without_augmentation():
+def test_eval_dataset_is_ordered_pixels_without_augmentation():
     images = np.random.default_rng(0).integers(0, 256, (25, 32, 32, 3), dtype=np.uint8)
     batches = [b.numpy() for b in eval_dataset(images, batch_size=10)]
-    assert [len(b) for b in batches] == [10, 10, 5]
-    expected = (images.astype(np.float64) - MEAN) / STD
-    np.testing.assert_allclose(np.concatenate(batches), expected, atol=1e-5)
-    np.testing.assert_allclose(pipeline.denormalize(np.concatenate(batches)), images / 255.0, atol=1e-5)
+    assert [len(b) for b in batches] == [10, 10, 5] and batches[0].dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate(batches), images.astype(np.float32))
+    floats = [b.numpy() for b in eval_dataset(images.astype(np.float64), batch_size=10)]
+    np.testing.assert_array_equal(np.concatenate(floats), images.astype(np.float32))  # no guessing by dtype
+    # normalized=True: the contract of models saved before the model normalised (uint8 normalised here).
+    legacy = np.concatenate([b.numpy() for b in eval_dataset(images, batch_size=10, normalized=True)])
+    np.testing.assert_allclose(legacy, (images.astype(np.float64) - MEAN) / STD, atol=1e-5)
+    np.testing.assert_allclose(pipeline.denormalize(legacy), images / 255.0, atol=1e-5)
 
 
 

@@ -35,9 +35,9 @@ def _two_cpus():
 
 def _global_batch():
     rng = np.random.default_rng(0)
-    shift = np.repeat([0.0, 1.0], HALF)[:, None, None, None]  # the second replica's half is brighter
-    labeled = (rng.standard_normal((2 * HALF, 16, 16, 3)) + shift).astype("float32")
-    unlabeled = (rng.standard_normal((2 * HALF, 16, 16, 3)) * 2.0 + 0.5 - shift).astype("float32")
+    shift = np.repeat([0.0, 60.0], HALF)[:, None, None, None]  # pixels; the second replica's half is brighter
+    labeled = (100.0 + 50.0 * rng.standard_normal((2 * HALF, 16, 16, 3)) + shift).astype("float32")
+    unlabeled = (150.0 + 70.0 * rng.standard_normal((2 * HALF, 16, 16, 3)) - shift).astype("float32")
     labels = rng.integers(0, CONFIG.num_classes, 2 * HALF)
     return tf.data.Dataset.from_tensors(({"labeled": labeled, "unlabeled": unlabeled}, labels))
 

@@ -53,7 +53,9 @@ def mutations(draw, original):
 def index_file(tmp_path_factory):
     rng = np.random.default_rng(0)
     index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4)
-    index.add(rng.standard_normal((20, 12)).astype(np.float32), labels=np.arange(20) % 3)
+    index.add(rng.standard_normal((20, 12)).astype(np.float32), labels=np.arange(20) % 3,
+              sources=[f"images/{i}.png" for i in range(20)])
+    index.class_names = ["cat", "dog", "bird"]
     path = tmp_path_factory.mktemp("index") / "db.npz"
     index.save(path)
     return path.read_bytes()
@@ -79,7 +81,7 @@ def test_mutated_index_files_into_pqindex_load(tmp_path, index_file, data):
 
 @FUZZ
 @given(key=st.sampled_from(["mode", "num_subspaces", "nbits", "codebook", "codes", "ids", "labels",
-                            "format_version", "model_fingerprint"]),
+                            "format_version", "model_fingerprint", "sources", "class_names"]),
        value=hnp.arrays(dtype=st.sampled_from([np.uint8, np.int64, np.float32, np.float64, np.dtype("<U3"), bool]),
                         shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=24)))
 def test_resealed_arrays_of_any_type_into_pqindex_load(tmp_path, index_file, key, value):

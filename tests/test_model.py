@@ -5,8 +5,10 @@ import tensorflow as tf
 
 from gpq_keras import GPQ, GPQConfig, VGGBackbone
 from gpq_keras.data import digits, protocol_split, train_dataset
+from gpq_keras.data.pipeline import CHANNEL_MEAN, CHANNEL_STD, normalize
 from gpq_keras.losses import subspace_entropy_loss
 from gpq_keras.model import default_optimizer, load_gpq
+from gpq_keras.retrieval import PQIndex
 
 RNG = np.random.default_rng(2)
 
@@ -65,7 +67,11 @@ def test_each_stream_updates_batch_norm_with_its_own_statistics(tiny_config):
     model = GPQ(tiny_config)
     model.compile(optimizer=keras.optimizers.Adam(0.0))
     x_l, x_u = _images(6), _images(6) + 2.0
-    conv0 = keras.Model(model.backbone.input, model.backbone.get_layer("conv0").output)
+    backbone_conv0 = keras.Model(model.backbone.input, model.backbone.get_layer("conv0").output)
+
+    def conv0(pixels):  # the model normalises its inputs before the backbone
+        return backbone_conv0(model.preprocessor(pixels))
+
     mean_l = conv0(x_l).numpy().mean(axis=(0, 1, 2))
     mean_u = conv0(x_u).numpy().mean(axis=(0, 1, 2))
     model.train_on_batch({"labeled": x_l, "unlabeled": x_u}, np.arange(6) % 5)
@@ -211,6 +217,31 @@ def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
     np.testing.assert_array_equal(model.prototypes, expected["prototypes"])
     np.testing.assert_allclose(model.refined_codebook, expected["refined_codebook"], rtol=1e-6, atol=1e-7)
     assert int(model.optimizer.iterations) == 1
+    # It keeps its contract: normalised inputs, and `encode` normalises uint8 arrays as before.
+    assert model.normalize_pixels is False and model.preprocessor is None
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model.encode(pixels), model.predict(normalize(pixels).numpy(), verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_pixels_in_uint8_and_float_give_the_same_features_and_neighbours(tiny_config, tmp_path):
+    """The first layer normalises pixels with the original's statistics: uint8 and float 0..255 versions of
+    images (what keras.utils.img_to_array gives) give the same features, equal to the backbone's on
+    normalised images (NumPy float64), through encode, predict and a saved and reloaded model."""
+    model = GPQ(tiny_config)
+    pixels = np.random.default_rng(1).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    from_uint8, from_float = model.encode(pixels), model.encode(pixels.astype(np.float32))
+    np.testing.assert_array_equal(from_uint8, from_float)
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), from_uint8, rtol=1e-5, atol=1e-6)
+    reference = (pixels.astype(np.float64) - np.array(CHANNEL_MEAN)) / np.array(CHANNEL_STD)
+    np.testing.assert_allclose(from_uint8, model.backbone.predict(reference.astype(np.float32), verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    index = PQIndex.from_model(model).add(from_uint8[2:])
+    np.testing.assert_array_equal(index.search(from_float[:2], 5)[1], index.search(from_uint8[:2], 5)[1])
+    model.save(tmp_path / "pixels.keras")
+    loaded = load_gpq(tmp_path / "pixels.keras")
+    assert loaded.normalize_pixels and loaded.get_config()["normalize_pixels"] is True
+    np.testing.assert_array_equal(loaded.encode(pixels), from_uint8)
 
 
 @pytest.mark.large

@@ -311,7 +311,8 @@ def _rewrite(path, reseal=True, **changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"format_version": np.array(3)}, "'format_version' is 3; this gpq_keras reads versions 1 and 2"),
+    ({"format_version": np.array(4)}, "'format_version' is 4; this gpq_keras reads versions 1 to 3"),
+    ({"format_version": np.array(0)}, "'format_version' is 0; this gpq_keras reads versions 1 to 3"),
     ({"format_version": None}, "missing key 'format_version'"),
     ({"format": np.array("something.else")}, "key 'format'"),
     ({"codes": np.zeros((6, 3), np.uint8)}, r"key 'codes' must be uint8 \(N, 2\)"),
@@ -382,9 +383,7 @@ def test_from_model_picks_the_codebook_of_the_mode(tiny_config):
     assert PQIndex.from_model(GPQ(tiny_config)).mode == tiny_config.retrieval_mode == "consistent"
     images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
     original.add_images(images, labels=np.arange(6))
-    from gpq_keras.data.pipeline import normalize
-
-    features = model.encode(normalize(images).numpy())
+    features = model.encode(images.astype(np.float32))  # pixels: float and uint8 alike
     np.testing.assert_array_equal(original.codes, codes_of(features, model.codebook, 3))
     with pytest.raises(ValueError, match="from_model"):
         PQIndex(model.codebook, 3).add_images(images)
@@ -431,3 +430,233 @@ def test_an_index_refuses_another_models_features(tiny_config):
     index.check_model(a)
     with pytest.raises(ValueError, match="built with another model"):
         index.check_model(b)
+
+
+# --- sources and class names ----------------------------------------------------------------------------
+
+
+def _named_index(rng, ids=None):
+    """Three adds of 4 + 3 + 5 items with int labels, sources and class names (optionally custom ids)."""
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=("cat", "dog", "bird"))
+    sizes, start = (4, 3, 5), 0
+    for size in sizes:
+        rows = slice(start, start + size)
+        index.add(rng.standard_normal((size, 12)).astype(np.float32),
+                  ids=None if ids is None else ids[rows], labels=np.arange(start, start + size) % 3,
+                  sources=[f"images/{i:03d}.png" for i in range(start, start + size)] if start else
+                  np.array([f"images/{i:03d}.png" for i in range(size)]))
+        start += size
+    return index
+
+
+def test_sources_and_class_names_round_trip_without_pickle(rng, tmp_path):
+    index = _named_index(rng)
+    want = np.array([f"images/{i:03d}.png" for i in range(12)])
+    assert index.sources.dtype.kind == "U" and index.sources.shape == (12,)
+    np.testing.assert_array_equal(index.sources, want)
+    assert index.class_names == ["cat", "dog", "bird"]
+    with pytest.raises(ValueError, match="read-only"):
+        index.sources[0] = "x"
+    path = tmp_path / "db.npz"
+    index.save(path)
+    with np.load(path, allow_pickle=False) as data:  # every key is a plain array
+        arrays = {key: data[key] for key in data.files}
+    assert int(arrays["format_version"]) == 3
+    assert arrays["sources"].dtype.kind == "U" and arrays["class_names"].dtype.kind == "U"
+    np.testing.assert_array_equal(arrays["class_names"], ["cat", "dog", "bird"])
+    back = PQIndex.load(path)
+    np.testing.assert_array_equal(back.sources, want)
+    assert back.sources.dtype.kind == "U"
+    assert back.class_names == ["cat", "dog", "bird"]
+    np.testing.assert_array_equal(back.labels, index.labels)
+    np.testing.assert_array_equal(back.codes, index.codes)
+    # An index without them writes neither key and loads None.
+    plain = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(np.zeros((3, 4), np.uint8))
+    plain.save(tmp_path / "plain.npz")
+    with np.load(tmp_path / "plain.npz", allow_pickle=False) as data:
+        assert "sources" not in data.files and "class_names" not in data.files
+    back = PQIndex.load(tmp_path / "plain.npz")
+    assert back.sources is None and back.class_names is None
+
+
+@pytest.mark.parametrize("custom_ids", [False, True])
+def test_sources_for_and_class_names_for_map_search_ids(rng, custom_ids):
+    ids = np.array([90, 3, 41, 7, 1000, 12, 5, 66, 8, 30, 2, 77]) if custom_ids else None
+    index = _named_index(rng, ids)
+    queries = rng.standard_normal((3, 12)).astype(np.float32)
+    _, found = index.search(queries, 15)  # 12 items: the last 3 columns are -1
+    assert np.all(found[:, 12:] == -1)
+    positions = found[:, :12] if ids is None else np.searchsorted(np.sort(ids), found[:, :12])
+    if ids is not None:
+        positions = np.argsort(ids)[positions]
+    sources = index.sources_for(found)
+    names = index.class_names_for(found)
+    assert sources.shape == names.shape == (3, 15) and sources.dtype.kind == names.dtype.kind == "U"
+    np.testing.assert_array_equal(sources[:, :12], np.char.add("images/", np.char.zfill(
+        positions.astype(str), 3)) + ".png")
+    np.testing.assert_array_equal(sources[:, 12:], "")
+    np.testing.assert_array_equal(names[:, :12], np.array(["cat", "dog", "bird"])[positions % 3])
+    np.testing.assert_array_equal(names[:, 12:], "")
+    some = index.ids[[11, 0]]
+    assert index.sources_for(some).tolist() == ["images/011.png", "images/000.png"]
+    assert index.class_names_for(some).tolist() == ["bird", "cat"]
+    unknown = 4 if custom_ids else 12
+    with pytest.raises(ValueError, match=rf"`ids` holds 1 id\(s\) not in the index: \[{unknown}\]"):
+        index.sources_for([[index.ids[0], unknown]])
+    with pytest.raises(ValueError, match="not in the index"):
+        index.class_names_for([-2])
+    with pytest.raises(ValueError, match="`ids` must be integer"):
+        index.sources_for([0.5])
+
+
+def test_sources_for_and_class_names_for_need_what_they_map(rng):
+    z = rng.standard_normal((16, 12)).astype(np.float32)
+    plain = PQIndex(z, 4).add(np.zeros((3, 4), np.uint8), labels=np.arange(3))
+    with pytest.raises(ValueError, match="no sources"):
+        plain.sources_for([0])
+    with pytest.raises(ValueError, match="no class names"):
+        plain.class_names_for([0])
+    unlabeled = PQIndex(z, 4, class_names=["a"]).add(np.zeros((3, 4), np.uint8))
+    with pytest.raises(ValueError, match="no labels"):
+        unlabeled.class_names_for([0])
+    multi = PQIndex(z, 4, class_names=["a", "b"]).add(np.zeros((3, 4), np.uint8), labels=np.eye(3, 2, dtype=bool))
+    with pytest.raises(ValueError, match="multi-hot"):
+        multi.class_names_for([0])
+
+
+def test_every_add_gives_sources_or_none_does(rng):
+    z = rng.standard_normal((16, 12)).astype(np.float32)
+    codes = np.zeros((2, 4), np.uint8)
+    with_sources = PQIndex(z, 4).add(codes, sources=["a", "b"])
+    with pytest.raises(ValueError, match="this index has sources; give `sources` to every `add`"):
+        with_sources.add(codes)
+    without = PQIndex(z, 4).add(codes)
+    with pytest.raises(ValueError, match="items without sources were added before"):
+        without.add(codes, sources=["a", "b"])
+    with pytest.raises(ValueError, match=r"`sources` must be 2 strings \(shape \(2,\)\)"):
+        PQIndex(z, 4).add(codes, sources=["a", "b", "c"])
+    with pytest.raises(ValueError, match="`sources` must be strings"):
+        PQIndex(z, 4).add(codes, sources=["a", 3])
+    with pytest.raises(ValueError, match="not one string"):
+        PQIndex(z, 4).add(codes, sources="ab")
+    assert with_sources.ntotal == 2 and without.ntotal == 2 and without.sources is None  # failed adds add nothing
+    assert with_sources.sources.tolist() == ["a", "b"]
+
+
+def test_class_names_are_validated(rng):
+    z = rng.standard_normal((16, 12)).astype(np.float32)
+    codes = np.zeros((3, 4), np.uint8)
+    with pytest.raises(ValueError, match=r"`class_names` holds duplicated names: \['a'\]"):
+        PQIndex(z, 4, class_names=["a", "b", "a"])
+    with pytest.raises(ValueError, match="`class_names` holds an empty name"):
+        PQIndex(z, 4, class_names=["a", ""])
+    with pytest.raises(ValueError, match="`class_names` must be a sequence of str"):
+        PQIndex(z, 4, class_names="abc")
+    with pytest.raises(ValueError, match="`class_names` must be str"):
+        PQIndex(z, 4, class_names=["a", 1])
+    index = PQIndex(z, 4).add(codes, labels=np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match=r"`class_names`: the labels hold class ids 0..2 but `class_names` "
+                                         r"names 2 classes"):
+        index.class_names = ["a", "b"]
+    assert index.class_names is None  # a refused value changes nothing
+    index.class_names = ("a", "b", "c")
+    assert index.class_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"`labels`: the labels hold class ids 3..3"):
+        index.add(codes[:1], labels=[3])
+    with pytest.raises(ValueError, match=r"`labels`: the labels hold class ids -1..-1"):
+        index.add(codes[:1], labels=[-1])
+    assert index.ntotal == 3
+    index.class_names = None
+    assert index.add(codes[:1], labels=[7]).ntotal == 4  # without class names any label goes
+    multi = PQIndex(z, 4).add(codes, labels=np.ones((3, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"multi-hot labels have 4 columns but `class_names` names 3"):
+        multi.class_names = ["a", "b", "c"]
+    multi.class_names = ["a", "b", "c", "d"]
+    named = PQIndex(z, 4, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"`labels`: the multi-hot labels have 2 columns"):
+        named.add(codes, labels=np.ones((3, 2), np.uint8))
+    with pytest.raises(ValueError, match="integer class ids"):
+        named.add(codes, labels=np.array(["x", "y", "z"]))
+
+
+def test_from_model_takes_class_names(tiny_config):
+    from gpq_keras.model import GPQ
+
+    index = PQIndex.from_model(GPQ(tiny_config), class_names=["x", "y"])
+    assert index.class_names == ["x", "y"]
+    with pytest.raises(ValueError, match="duplicated"):
+        PQIndex.from_model(GPQ(tiny_config), class_names=["x", "x"])
+
+
+def _version_2_arrays(index):
+    """The arrays `save` wrote in format version 2 (no sources, no class names)."""
+    from gpq_keras.retrieval import _checksum
+
+    arrays = {
+        "format": np.array("gpq_keras.PQIndex"),
+        "format_version": np.array(2, np.int64),
+        "mode": np.array(index.mode),
+        "num_subspaces": np.array(index.num_subspaces, np.int64),
+        "nbits": np.array(index.nbits, np.int64),
+        "codebook": index.codebook,
+        "codes": pack_codes(index.codes, index.nbits),
+        "ids": np.asarray(index.ids),
+        "model_fingerprint": np.array(""),
+        "labels": index.labels,
+    }
+    arrays["checksum"] = np.array(_checksum(arrays))
+    return arrays
+
+
+def test_a_version_2_file_still_loads(rng, tmp_path):
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, mode="consistent")
+    index.add(rng.standard_normal((6, 12)).astype(np.float32), ids=np.arange(6) * 5, labels=np.arange(6) % 2)
+    path = tmp_path / "v2.npz"
+    np.savez(path, **_version_2_arrays(index))
+    back = PQIndex.load(path)
+    assert (back.mode, back.ntotal, back.sources, back.class_names) == ("consistent", 6, None, None)
+    np.testing.assert_array_equal(back.codes, index.codes)
+    np.testing.assert_array_equal(back.ids, index.ids)
+    np.testing.assert_array_equal(back.labels, index.labels)
+    # Keys of later versions mean nothing in a version 2 file: ignored as before, even malformed.
+    arrays = _version_2_arrays(index)
+    from gpq_keras.retrieval import _checksum
+
+    arrays["sources"], arrays["class_names"] = np.zeros(2, np.int64), np.array(["a", "a"])
+    arrays["checksum"] = np.array(_checksum(arrays))
+    np.savez(path, **arrays)
+    back = PQIndex.load(path)
+    assert back.sources is None and back.class_names is None and back.ntotal == 6
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"sources": np.array(["a", "b"])}, r"key 'sources' must be unicode strings \(6,\), got <U1 \(2,\)"),
+    ({"sources": np.array([["a"]] * 6)}, r"key 'sources' must be unicode strings \(6,\)"),
+    ({"sources": np.arange(6)}, "key 'sources' must be unicode"),
+    ({"sources": np.array([b"a"] * 6)}, "key 'sources' must be unicode"),
+    ({"class_names": np.array([["a", "b", "c"]])}, r"key 'class_names' must be unicode strings \(classes,\)"),
+    ({"class_names": np.arange(3)}, "key 'class_names' must be unicode"),
+    ({"class_names": np.array(["a", "b", "a"])}, "key 'class_names': `class_names` holds duplicated names"),
+    ({"class_names": np.array(["a", "", "c"])}, "key 'class_names': `class_names` holds an empty name"),
+    ({"class_names": np.array(["a", "b"])}, "key 'class_names': .*class ids 0..2"),
+    ({"class_names": np.zeros(0, "U1")}, "key 'class_names': .*at least one class"),
+])
+def test_load_refuses_bad_sources_and_class_names(rng, tmp_path, changes, message):
+    path = tmp_path / "db.npz"
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=["a", "b", "c"])
+    index.add(rng.standard_normal((6, 12)).astype(np.float32), labels=np.arange(6) % 3,
+              sources=[f"{i}.png" for i in range(6)]).save(path)
+    _rewrite(path, **changes)  # resealed: only the key's own check can catch it
+    with pytest.raises(FileFormatError, match=message) as info:
+        PQIndex.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_refuses_class_names_that_do_not_fit_multi_hot_labels(rng, tmp_path):
+    path = tmp_path / "db.npz"
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=["a", "b", "c"])
+    index.add(np.zeros((4, 4), np.uint8), labels=np.ones((4, 3), np.uint8)).save(path)
+    assert PQIndex.load(path).class_names == ["a", "b", "c"]
+    _rewrite(path, class_names=np.array(["a", "b"]))
+    with pytest.raises(FileFormatError, match="key 'class_names': .*multi-hot labels have 3 columns"):
+        PQIndex.load(path)

@@ -95,7 +95,8 @@ def _keras_start(case, name):
 def _keras_step(model, x, x_u, labels):
     """Losses and gradients of `compute_losses` under a tape, then `optimizer.apply`."""
     with tf.GradientTape() as tape:
-        losses = model.compute_losses(tf.constant(x), tf.constant(x_u), tf.constant(labels), training=True)
+        losses = model.compute_losses(tf.constant(ref.to_pixels(x)), tf.constant(ref.to_pixels(x_u)),
+                                      tf.constant(labels), training=True)
     grads = tape.gradient(losses["loss"], model.trainable_variables)
     model.optimizer.apply(grads, model.trainable_variables)
     return {k: float(v) for k, v in losses.items()}, [np.asarray(g) for g in grads]
@@ -118,7 +119,8 @@ def case(tmp_path_factory):
 
     fit_model, _ = _convert(prefix)
     fit_model.compile()
-    logs = fit_model.train_on_batch({"labeled": x, "unlabeled": x_u}, labels, return_dict=True)
+    logs = fit_model.train_on_batch({"labeled": ref.to_pixels(x), "unlabeled": ref.to_pixels(x_u)}, labels,
+                                      return_dict=True)
     return dict(prefix=prefix, values=written["values"], batches=(x, x_u, labels), original=original,
                 report=report, before=before, tape_model=tape_model, losses=losses, grads=grads,
                 fit_model=fit_model, logs=logs, folded=_folded_biases(tape_model, report))
@@ -284,7 +286,8 @@ def test_three_steps_on_a_staircase_match(case):
             original = tf1.run(x, x_u, labels, step=step)
             assert lr == pytest.approx(original["learning_rate"], rel=1e-6)
             assert lr == pytest.approx(LR * 0.95 ** step, rel=1e-6)
-            logs = model.train_on_batch({"labeled": x, "unlabeled": x_u}, labels, return_dict=True)
+            logs = model.train_on_batch({"labeled": ref.to_pixels(x), "unlabeled": ref.to_pixels(x_u)}, labels,
+                                      return_dict=True)
             for name in ref.LOSS_TERMS:
                 assert logs[name] == pytest.approx(original["losses"][name], rel=1e-4), (step, name)
             for v, name in pairs:

@@ -25,6 +25,17 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.training import moving_averages  # what tf.contrib.layers.batch_norm called
 
+# The original's colour pre-processing (train.py): images fed to its graph are (pixels - MEAN) / STD.
+ORIGINAL_MEAN = (125.642, 123.738, 114.46)
+ORIGINAL_STD = (63.01, 62.157, 66.94)
+
+
+def to_pixels(normalized):
+    """The pixels (float32, about 0..255) whose original pre-processing gives `normalized` images: what a
+    gpq_keras model, which normalises its inputs itself, is given for the same network input."""
+    return (np.asarray(normalized, np.float64) * ORIGINAL_STD + ORIGINAL_MEAN).astype(np.float32)
+
+
 # The original's F, layer by layer: (conv scope, batch-norm scope, stage); pools after the 2nd, 4th, 7th conv.
 CONV_SCOPES = ("conv2d",) + tuple(f"conv2d_{i}" for i in range(1, 10))
 BN_SCOPES = ("batch0", "batch0-1", "batch1", "batch1-1", "batch2", "batch2-1", "batch2-2",

@@ -6,10 +6,12 @@ model.fit(dataset, steps_per_epoch=steps, epochs=300)
 features = model.predict(eval_dataset(split.x_db))
 ```
 
-Images stay uint8 until a batch is gathered; then each batch is normalised with the original's channel
-statistics and augmented as the original does (random left-right flip, zero-pad 4, random crop back to
-the image size), all as batched TF ops. As in the original, padding happens after normalisation, so the
-padded border is 0 in normalised units (the channel mean in pixels).
+Both give pixels, float32 in 0..255: a `GPQ` normalises them itself with the original's channel statistics
+(its first layer). Images stay uint8 until a batch is gathered; then each batch is augmented as the original
+does (random left-right flip, pad 4, random crop back to the image size), all as batched TF ops. The
+original pads after normalising, with 0: here the padded border is the channel mean in pixels, which the
+model's normalisation makes that same 0. `normalized=True` gives the normalised images instead, for models
+saved before the model normalised (`GPQ(normalize_pixels=False)`).
 """
 
 import numpy as np
@@ -32,12 +34,13 @@ def denormalize(images):
     return np.clip((np.asarray(images, np.float32) * CHANNEL_STD + CHANNEL_MEAN) / 255.0, 0.0, 1.0)
 
 
-def augment_batch(images, seed, padding=PADDING):
+def augment_batch(images, seed, padding=PADDING, fill=0.0):
     """The original's augmentation of a batch (B, H, W, C), each image on its own draw.
 
-    Flip left-right with probability 1/2, zero-pad `padding` pixels on every side, crop an (H, W) window
-    at a uniform offset in [0, 2 * padding] per axis. `seed` is a stateless seed (shape (2,) int), so the
-    same seed gives the same batch.
+    Flip left-right with probability 1/2, pad `padding` pixels of value `fill` (a scalar or one value per
+    channel; 0 for normalised images, `CHANNEL_MEAN` for pixels) on every side, crop an (H, W) window at a
+    uniform offset in [0, 2 * padding] per axis. `seed` is a stateless seed (shape (2,) int), so the same
+    seed gives the same batch.
     """
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
@@ -51,7 +54,10 @@ def augment_batch(images, seed, padding=PADDING):
     rows = offsets[:, :1] + tf.range(height)[None]  # (B, H) rows of the padded image to keep
     cols = offsets[:, 1:] + tf.range(width)[None]  # (B, W)
     out = tf.gather(padded, rows, axis=1, batch_dims=1)  # (B, H, W + 2p, C)
-    return tf.gather(out, cols, axis=2, batch_dims=1)  # (B, H, W, C)
+    out = tf.gather(out, cols, axis=2, batch_dims=1)  # (B, H, W, C)
+    inside = (((rows >= padding) & (rows < height + padding))[:, :, None]
+              & ((cols >= padding) & (cols < width + padding))[:, None, :])  # (B, H, W): not the border
+    return tf.where(inside[..., None], out, tf.cast(fill, out.dtype))
 
 
 def augment(image, padding=PADDING, seed=None):
@@ -111,8 +117,9 @@ def check_training_labels(split):
                          f"({len(y)} images) has {present}")
 
 
-def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0):
-    """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches, each stream shuffled on its own.
+def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0, normalized=False):
+    """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels, each stream shuffled
+    on its own (`normalized=True`: normalised images, for `GPQ(normalize_pixels=False)` models).
 
     Both streams are drawn at `batch_size` (capped at the smaller set's size), as the original trains.
     Every pass over a stream is a fresh permutation and a batch never holds the same image twice. Batch g
@@ -144,11 +151,13 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
         _pass_batches(len(split.x_unlabeled), batch_size, seed + 1, start_step),
     )
 
+    to_input, fill = (normalize, 0.0) if normalized else (_pixels, CHANNEL_MEAN)
+
     def prepare(step, labeled, unlabeled):
-        images = [normalize(tf.gather(x, index)) for x, index in ((x_l, labeled), (x_u, unlabeled))]
+        images = [to_input(tf.gather(x, index)) for x, index in ((x_l, labeled), (x_u, unlabeled))]
         if augmented:
             seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64) + 2, step]), 2)
-            images = [augment_batch(x, s) for x, s in zip(images, tf.unstack(seeds))]
+            images = [augment_batch(x, s, fill=fill) for x, s in zip(images, tf.unstack(seeds))]
         return {"labeled": images[0], "unlabeled": images[1]}, tf.gather(y_l, labeled)
 
     ds = tf.data.Dataset.zip(streams).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
@@ -163,11 +172,18 @@ def _auto_shard(policy):
     return options
 
 
-def eval_dataset(images, batch_size=500):
-    """Un-augmented batches of images for `predict`, in order: uint8 images normalised (`normalize`), float
-    images taken as normalised already. Under a multi-worker strategy each worker encodes its replicas'
-    slices of every batch and `predict` gathers the features of all, in order."""
+def _pixels(images):
+    return tf.cast(images, tf.float32)
+
+
+def eval_dataset(images, batch_size=500, normalized=False):
+    """Un-augmented batches of images (N, H, W, C) for `predict`, in order, as float32 pixels.
+
+    `normalized=True` is the contract of models saved before the model normalised
+    (`GPQ(normalize_pixels=False)`): uint8 images are normalised (`normalize`), float images are taken as
+    normalised already. Under a multi-worker strategy each worker encodes its replicas' slices of every
+    batch and `predict` gathers the features of all, in order."""
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    if np.asarray(images).dtype == np.uint8:
-        ds = ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE)
+    legacy_uint8 = normalized and np.asarray(images).dtype == np.uint8
+    ds = ds.map(normalize if legacy_uint8 else _pixels, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.with_options(_auto_shard(tf.data.experimental.AutoShardPolicy.DATA)).prefetch(tf.data.AUTOTUNE)

@@ -99,23 +99,55 @@ def list_folder(directory):
     return paths, np.asarray(labels, np.int64), tuple(class_names)
 
 
+def list_images(spec):
+    """Image files to index: a folder (any depth) or a glob pattern -> (paths, int64 labels or None, class
+    names or None), in a stable order.
+
+    A folder whose images all lie in class sub-folders gives their classes as `list_folder` does (the
+    sub-folder names); otherwise, and for a glob, the images have no labels. Raises FileNotFoundError when
+    nothing matches and ValueError when no image file is found.
+    """
+    import glob
+
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        paths, labels, class_names = list_folder(spec)
+        everything = sorted(os.path.join(root, f) for root, _, files in os.walk(spec) for f in files
+                            if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not paths or len(paths) != len(everything):  # loose images too: no classes
+            paths, labels, class_names = everything, None, None
+    else:
+        matches = sorted(glob.glob(spec, recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"no file or folder matches {spec}")
+        paths = [p for p in matches if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)]
+        labels = class_names = None
+    if not paths:
+        raise ValueError(f"{spec}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return paths, labels, class_names
+
+
 def _decode_resized(path, image_size):
-    """tf op: one file -> float32 (image_size, image_size, 3), decoded and resized as keras does."""
+    """tf op: one file -> float32 (height, width, 3), decoded and resized as keras does; `image_size` is
+    an int (square) or (height, width)."""
     import tensorflow as tf
 
+    size = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return tf.image.resize(image, (image_size, image_size), method="bilinear")
+    return tf.image.resize(image, size, method="bilinear")
 
 
 def decode_folder_images(paths, image_size=32, batch_size=256):
-    """The files decoded and resized (bilinear) into uint8 (N, image_size, image_size, 3), in order.
+    """The files decoded and resized (bilinear) into uint8 (N, height, width, 3), in order; `image_size`
+    is an int (square) or (height, width).
 
     A file that does not decode raises FileFormatError naming it (a missing one FileNotFoundError).
     """
     import tensorflow as tf
 
     paths = list(paths)
-    out = np.empty((len(paths), image_size, image_size, 3), np.uint8)
+    size = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
+    out = np.empty((len(paths), *size, 3), np.uint8)
     batches = iter(tf.data.Dataset.from_tensor_slices(paths)
                    .map(lambda p: _decode_resized(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
                    .batch(batch_size).prefetch(tf.data.AUTOTUNE))

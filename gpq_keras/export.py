@@ -1,0 +1,77 @@
+"""Export a GPQ model as a TensorFlow SavedModel for serving: pixels in, features and PQ codes out."""
+
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from gpq_keras.files import TEMPORARY_PREFIX, _umask
+from gpq_keras.retrieval import ProductQuantizer, intra_normalize_np
+
+
+def export_saved_model(model, path, mode=None):
+    """Write a SavedModel directory at `path` whose `serving_default` signature maps uint8 pixels
+    `images` (N, H, W, C) to `{"features": float32 (N, M*d), "codes": uint8 (N, M)}`.
+
+    `features` are the raw features F(x) (`model.encode`); `codes` are those of
+    `ProductQuantizer.from_model(model, mode).encode(features)` (mode None: the config's `retrieval_mode`),
+    computed in the graph: per sub-space the codeword of largest dot product with the intra-normalised
+    codebook, lowest index among equal ones. Loading needs TensorFlow only, not gpq_keras.
+
+    The directory is written beside `path` (`.tmp-*`) and renamed into place; an existing `path` is a
+    ValueError, never overwritten. Returns the absolute path.
+
+    ```python
+    export_saved_model(model, "served")
+    serve = tf.saved_model.load("served").signatures["serving_default"]
+    out = serve(images=tf.constant(pixels, tf.uint8))  # out["features"], out["codes"]
+    ```
+
+    TF Serving: `docker run -p 8501:8501 -v $PWD/served:/models/gpq/1 -e MODEL_NAME=gpq tensorflow/serving`,
+    then POST `{"instances": [[[[0,0,0],...]]]}` (one H x W x C pixel array per image) to
+    `http://localhost:8501/v1/models/gpq:predict`.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path):
+        raise _exists(path)
+    cfg = model.gpq_config
+    pq = ProductQuantizer.from_model(model, mode)
+    m, d, k = pq.num_subspaces, pq.subspace_dim, pq.num_codewords
+    # (M, d, K): the intra-normalised codebook that `ProductQuantizer.encode` assigns codes against.
+    assign = tf.constant(intra_normalize_np(pq.codebook, m).reshape(k, m, d).transpose(1, 2, 0))
+
+    def serve(images):
+        if model.preprocessor is None:  # a model saved before it normalised its pixels itself
+            from gpq_keras.data.pipeline import normalize
+
+            images = normalize(images)
+        features = tf.cast(model(images, training=False), tf.float32)
+        scores = tf.einsum("nmd,mdk->nmk", tf.reshape(features, [-1, m, d]), assign)  # (N, M, K)
+        best = tf.reduce_max(scores, axis=-1, keepdims=True)
+        index = tf.range(k, dtype=tf.int32)
+        codes = tf.reduce_min(tf.where(scores == best, index, k - 1), axis=-1)  # lowest index of the max
+        return {"features": features, "codes": tf.cast(codes, tf.uint8)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serving_default", fn=serve,
+                         input_signature=[tf.TensorSpec([None, *cfg.image_shape], tf.uint8, name="images")])
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=folder)
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the model from a server's user
+        archive.write_out(tmp, verbose=False)
+        if os.path.lexists(path):  # appeared meanwhile (a rename would replace an empty directory)
+            raise _exists(path)
+        os.rename(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _exists(path):
+    return ValueError(f"Cannot export the model: {path} already exists (remove it or choose another path)")
