@@ -7,7 +7,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from gpq_keras.files import TEMPORARY_PREFIX, _umask
+from gpq_keras.files import TEMPORARY_PREFIX, current_umask
 from gpq_keras.retrieval import ProductQuantizer, intra_normalize_np
 
 
@@ -62,7 +62,7 @@ def export_saved_model(model, path, mode=None):
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=folder)
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the model from a server's user
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the model from a server's user
         archive.write_out(tmp, verbose=False)
         if os.path.lexists(path):  # appeared meanwhile (a rename would replace an empty directory)
             raise _exists(path)

@@ -21,7 +21,8 @@ class FileFormatError(ValueError):
     """
 
 
-def _umask():
+def current_umask():
+    """The process' file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -48,7 +49,7 @@ def atomic_path(path, suffix=None):
     os.close(handle)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

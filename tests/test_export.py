@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from gpq_keras import GPQ
 from gpq_keras.export import export_saved_model
-from gpq_keras.files import TEMPORARY_PREFIX, _umask
+from gpq_keras.files import TEMPORARY_PREFIX, current_umask
 from gpq_keras.retrieval import ProductQuantizer
 
 RNG = np.random.default_rng(5)
@@ -49,7 +49,7 @@ def test_saved_model_serves_features_and_codes_without_gpq_keras(tiny_config, tm
     path = export_saved_model(model, tmp_path / "served")
     assert path == str(tmp_path / "served") and os.path.isfile(tmp_path / "served" / "saved_model.pb")
     assert not [p for p in os.listdir(tmp_path) if p.startswith(TEMPORARY_PREFIX)]
-    assert os.stat(path).st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's 0700
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's 0700
     np.save(tmp_path / "images.npy", images)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
