@@ -106,6 +106,9 @@ def _add_files(index, model, paths, labels):
 
 
 def _is_npz(path):
+    """Whether `path` is a zip file (a PQIndex .npz) rather than a faiss index."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"index not found: {path}")
     with open(path, "rb") as fh:
         return fh.read(2) == b"PK"
 
@@ -696,7 +699,7 @@ def build_parser():
 
 # Where each command reads and writes: (flag, attribute) of its input files and of its output files.
 _INPUTS = (("--model", "model"), ("--index", "index"), ("--checkpoint", "checkpoint"),
-           ("--imagenet-mat", "imagenet_mat"), ("--config", "config"))  # (--image, --images: read only)
+           ("--imagenet-mat", "imagenet_mat"), ("--config", "config"))
 _OUTPUTS = (("--output", "output"), ("--json", "json"), ("--figure", "figure"))
 
 
@@ -711,6 +714,7 @@ def _check_paths(args):
     inputs = [(flag, getattr(args, attr)) for flag, attr in _INPUTS if getattr(args, attr, None)]
     if getattr(args, "data", None):
         inputs += [("--data", path) for path in spec_paths(args.data)]
+    inputs += [("--image", path) for path in getattr(args, "image", None) or []]
     if getattr(args, "checkpoint", None):  # a TF1 checkpoint is a prefix of several files
         inputs += [("--checkpoint", args.checkpoint + suffix) for suffix in (".index", ".meta")]
     outputs = [(flag, getattr(args, attr)) for flag, attr in _OUTPUTS if getattr(args, attr, None)]

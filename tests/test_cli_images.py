@@ -102,6 +102,11 @@ def test_another_models_index_and_damaged_queries_are_refused(files, capsys):
     assert cli.main(["search", "--model", str(files / "a.keras"), "--index", index_path,
                      "--image", str(bad)]) == 2
     assert f"{bad}: not a decodable image" in capsys.readouterr().err
+    query_bytes = open(query, "rb").read()
+    assert cli.main(["search", "--model", str(files / "a.keras"), "--index", index_path, "--image", query,
+                     "--json", query]) == 2
+    assert "refusing to overwrite an input" in capsys.readouterr().err
+    assert open(query, "rb").read() == query_bytes
     before = (files / "a_index.npz").read_bytes()
     assert cli.main(["index", "add", "--model", str(files / "b.keras"), "--index", index_path,
                      "--images", str(files / "more")]) == 2
