@@ -113,14 +113,19 @@ def _is_npz(path):
         return fh.read(2) == b"PK"
 
 
-def _load_index_for(model, path, mode=None):
-    """A saved PQIndex (`.npz`), refused unless built with `model`; or, for a faiss file, a `_FaissIndex`
-    whose codebook must be the model's (in `mode`)."""
+def _open_index(path):
+    """The PQIndex saved at `path` (`.npz`), or None for the faiss file of `index build --faiss` (it is
+    opened with the model, `_index_for`). Needs no model: read before one is loaded."""
     from gpq_keras.retrieval import PQIndex
 
-    if not _is_npz(path):  # not a zip (.npz): the faiss file of `index build --faiss`
+    return PQIndex.load(path) if _is_npz(path) else None
+
+
+def _index_for(model, path, index, mode=None):
+    """`index` (from `_open_index`), refused unless built with `model`; for a faiss file (None), a
+    `_FaissIndex` whose codebook must be the model's (in `mode`)."""
+    if index is None:
         return _FaissIndex(path, model, mode)
-    index = PQIndex.load(path)
     index.check_model(model)
     return index
 
@@ -152,7 +157,8 @@ class _FaissIndex:
         if centroids is None or centroids.size != words.size or not np.allclose(centroids, words.ravel()):
             raise ValueError(f"{path}: the faiss index was not built with this model in {self.pq.mode} mode "
                              "(its codebook differs); rebuild it or pass the --mode it was built with")
-        self.ntotal, self.sources = int(self.index.ntotal), None
+        self.ntotal = int(self.index.ntotal)
+        self.sources = self.labels = self.class_names = None  # a faiss file keeps codes and ids only
 
     def search(self, queries, k):
         similarities, ids = self.index.search(self.pq.prepare_queries(queries), k)
@@ -420,15 +426,15 @@ def cmd_search(args):
     from gpq_keras.files import write_json
 
     model, chief = _load_model(args)
-    index = _load_index_for(model, args.index)
+    index = _index_for(model, args.index, _open_index(args.index))
     k = min(args.k, index.ntotal)
     if k < args.k:
         print(f"-k {args.k} capped at the {index.ntotal} items of {args.index}", file=sys.stderr)
     queries = _decode_files(model, args.image)
     distances, ids = index.search(model.encode(queries), k)
     sources = index.sources_for(ids) if index.sources is not None else None
-    classes = index.class_names_for(ids) if getattr(index, "class_names", None) and index.labels is not None \
-        and index.labels.ndim == 1 else None
+    int_labels = index.labels is not None and index.labels.ndim == 1
+    classes = index.class_names_for(ids) if index.class_names and int_labels else None
     report = []
     for q, path in enumerate(args.image):
         print(f"query {path}")
@@ -476,16 +482,16 @@ def cmd_export(args):
 
 
 def cmd_index_search(args):
-    from gpq_keras.retrieval import PQIndex
+    def check_k(index):
+        if args.k > index.ntotal:
+            raise CLIError(f"-k {args.k} exceeds the {index.ntotal} items in {args.index}")
 
-    if _is_npz(args.index):  # checked before any model is loaded
-        ntotal = PQIndex.load(args.index).ntotal
-        if args.k > ntotal:
-            raise CLIError(f"-k {args.k} exceeds the {ntotal} items in {args.index}")
+    index = _open_index(args.index)
+    if index is not None:  # before any model is loaded
+        check_k(index)
     model, split, chief = _load_model_and_data(args)
-    index = _load_index_for(model, args.index, args.mode)
-    if args.k > index.ntotal:
-        raise CLIError(f"-k {args.k} exceeds the {index.ntotal} items in {args.index}")
+    index = _index_for(model, args.index, index, args.mode)
+    check_k(index)  # a faiss file: once opened with the model
     queries = _features(model, split.x_query, "query")
     distances, ids = index.search(queries, args.k)
     if args.output and not chief:
