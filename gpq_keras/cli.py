@@ -131,8 +131,9 @@ def _index_for(model, path, index, mode=None):
 
 
 class _FaissIndex:
-    """`gpq index build --faiss` output searched like a PQIndex: queries prepared as the mode needs,
-    distances M - inner product (faiss' similarities), refused unless its centroids are the model's."""
+    """`gpq index build --faiss` output (IndexPQ, IndexPQFastScan or IndexIVFPQFastScan) searched like a
+    PQIndex: queries prepared as the mode needs, distances M - inner product (faiss' similarities),
+    refused unless its centroids are the model's."""
 
     def __init__(self, path, model, mode=None):
         import numpy as np
@@ -149,9 +150,11 @@ class _FaissIndex:
         inner = self.index
         if isinstance(inner, faiss.IndexIDMap):
             inner = faiss.downcast_index(inner.index)
+        self.inverted = isinstance(inner, faiss.IndexIVFPQFastScan)
         self.pq = ProductQuantizer.from_model(model, mode)
         centroids = None
-        if isinstance(inner, faiss.IndexPQ) and inner.d == self.pq.dim and inner.pq.M == self.pq.num_subspaces:
+        kinds = (faiss.IndexPQ, faiss.IndexPQFastScan, faiss.IndexIVFPQFastScan)
+        if isinstance(inner, kinds) and inner.d == self.pq.dim and inner.pq.M == self.pq.num_subspaces:
             centroids = faiss.vector_to_array(inner.pq.centroids)
         words = self.pq.words.reshape(self.pq.num_codewords, self.pq.num_subspaces, -1).transpose(1, 0, 2)
         if centroids is None or centroids.size != words.size or not np.allclose(centroids, words.ravel()):
@@ -160,7 +163,9 @@ class _FaissIndex:
         self.ntotal = int(self.index.ntotal)
         self.sources = self.labels = self.class_names = None  # a faiss file keeps codes and ids only
 
-    def search(self, queries, k):
+    def search(self, queries, k, nprobe=None):
+        if nprobe is not None:
+            self.index.nprobe = nprobe
         similarities, ids = self.index.search(self.pq.prepare_queries(queries), k)
         return self.pq.num_subspaces - similarities, ids
 
@@ -386,8 +391,14 @@ def cmd_index_build(args):
         from gpq_keras.retrieval import import_faiss
 
         faiss = import_faiss()
+        try:
+            built = index.to_faiss(fast_scan=args.fast_scan, nlist=args.nlist, nprobe=args.nprobe)
+        except ValueError as exc:
+            raise CLIError(f"--faiss: {exc}") from None
         with atomic_path(args.output) as tmp:
-            faiss.write_index(index.to_faiss(), tmp)
+            faiss.write_index(built, tmp)
+    elif args.fast_scan or args.nlist:
+        raise CLIError("--fast-scan and --nlist build faiss indexes: add --faiss")
     else:
         index.save(args.output)
     print(f"wrote {args.output}: {index.ntotal} items, {model.gpq_config.bits} bits ({index.mode} mode)")
@@ -493,7 +504,20 @@ def cmd_index_search(args):
     index = _index_for(model, args.index, index, args.mode)
     check_k(index)  # a faiss file: once opened with the model
     queries = _features(model, split.x_query, "query")
-    distances, ids = index.search(queries, args.k)
+    if args.nprobe is not None and not getattr(index, "inverted", False):
+        raise CLIError(f"--nprobe: {args.index} is not an inverted-file faiss index (index build --faiss --nlist)")
+    if isinstance(index, _FaissIndex):
+        if args.approximate:
+            raise CLIError("--approximate is for a PQIndex .npz; a faiss file searches as it was built")
+        distances, ids = index.search(queries, args.k, nprobe=args.nprobe)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():  # said once, below, in the command's own words
+            warnings.simplefilter("ignore", UserWarning)
+            distances, ids = index.search(queries, args.k, exact=not args.approximate)
+        if args.approximate and index.nbits == 4:
+            print("approximate: fast-scan results with 8-bit look-up-table distances, not re-ranked")
     if args.output and not chief:
         _not_chief(args.output)
     elif args.output:
@@ -648,6 +672,11 @@ def _add_index(sub):
     b.add_argument("--output", required=True, help="index file (.npz PQIndex, or a faiss index with --faiss)")
     b.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook (model's default)")
     b.add_argument("--faiss", action="store_true", help="write a faiss IndexPQ instead (needs gpq-keras[faiss])")
+    b.add_argument("--fast-scan", action="store_true",
+                   help="with --faiss: an IndexPQFastScan (4-bit, K=16; approximate, much faster)")
+    b.add_argument("--nlist", type=_positive_int,
+                   help="with --faiss: an inverted file (IndexIVFPQFastScan, K=16) of NLIST lists, for millions")
+    b.add_argument("--nprobe", type=_positive_int, default=1, help="with --nlist: lists searched by default (1)")
     a = _command(index_sub, "add", "encode image files and append them to a saved index of files",
                  "gpq index add --model runs/photos/model.keras --index photos.npz --images new_photos/",
                  cmd_index_add)
@@ -663,6 +692,9 @@ def _add_index(sub):
     s.add_argument("--mode", choices=RETRIEVAL_MODES,
                    help="for a faiss file: the mode it was built in (model's default)")
     s.add_argument("-k", type=_positive_int, default=10, help="results per query (10)")
+    s.add_argument("--nprobe", type=_positive_int, help="for an inverted-file faiss index: lists to search")
+    s.add_argument("--approximate", action="store_true",
+                   help="for a PQIndex with K=16 and faiss: fast-scan results as they are, not re-ranked exactly")
     s.add_argument("--output", help="write distances and ids to this .npz")
     s.add_argument("--show", type=_non_negative_int, default=3, help="print the results of the first N queries (3)")
 

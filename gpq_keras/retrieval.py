@@ -32,6 +32,7 @@ import collections.abc
 import hashlib
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -47,6 +48,9 @@ _CHUNK_ELEMENTS = 1 << 23
 _ONEHOT_CACHE_BYTES = 256 << 20
 _DB_BLOCK = 1 << 16
 _MAX_ITEMS = 2 ** 30  # positions must fit the low 32 bits of a sort key
+_TRAIN_PER_LIST = 64  # coarse k-means training vectors per inverted list (faiss warns below 39)
+_TOP_K_QUERIES = 4096  # queries per pass over a large database for a top-k
+SEARCH_BACKENDS = ("auto", "numpy", "faiss")
 
 RankedChunk = collections.namedtuple("RankedChunk", ["start", "positions", "distances"])
 RankedChunk.__doc__ = """Ranked results of queries start .. start + len(positions) - 1: database positions
@@ -162,6 +166,13 @@ class ProductQuantizer:
             codes[start:start + step] = np.matmul(block, self._assign).argmax(-1).T
         return codes
 
+    def decode(self, codes):
+        """The reconstructions of codes (N, M): each sub-vector the codeword distances use (`words`) ->
+        float32 (N, M*d)."""
+        codes = self.check_codes(codes)
+        words = _split(self.words, self.num_subspaces)  # (K, M, d)
+        return words[codes, np.arange(self.num_subspaces)].reshape(codes.shape[0], self.dim)
+
     def prepare_queries(self, queries):
         """Queries as this mode compares them: raw (`original`) or intra-normalised (`consistent`), float32."""
         queries = _as_matrix("queries", queries, self.dim)
@@ -232,12 +243,13 @@ def unpack_codes(packed, num_subspaces, nbits):
 
 # --- ranking --------------------------------------------------------------------------------------
 
-def sort_keys(distances, out=None):
-    """int64 keys that sort like (distance, column) -> (Q, N).
+def sort_keys(distances, out=None, offset=0, positions=None):
+    """int64 keys that sort like (distance, position) -> (Q, N).
 
     The high 32 bits hold the float32 distance as a two's-complement int of the same order (its
-    sign-magnitude bits, so -0.0 and +0.0 are one value); the low 32 bits hold the column index.
-    `out`: an int64 array of the same shape to fill.
+    sign-magnitude bits, so -0.0 and +0.0 are one value); the low 32 bits hold the position: the
+    column index plus `offset`, or `positions` (Q, N) non-negative ints when given.
+    `out`: a C-contiguous int64 array of the same shape to fill.
     """
     if not np.little_endian:  # pragma: no cover
         raise RuntimeError("sort_keys needs a little-endian machine")
@@ -245,6 +257,8 @@ def sort_keys(distances, out=None):
     if distances.ndim != 2:
         raise ValueError(f"`distances` must have shape (Q, N). Received shape: {distances.shape}")
     keys = np.empty(distances.shape, np.int64) if out is None else out
+    if keys.shape != distances.shape or keys.dtype != np.int64 or not keys.flags.c_contiguous:
+        raise ValueError(f"`out` must be a C-contiguous int64 array of shape {distances.shape}")
     halves = keys.view(np.int32).reshape(distances.shape + (2,))  # little-endian: (low, high)
     bits = distances.view(np.int32)
     sign, high = halves[..., 0], halves[..., 1]  # the low half holds the sign until `low` goes in
@@ -252,7 +266,10 @@ def sort_keys(distances, out=None):
     np.bitwise_and(bits, np.int32(0x7FFFFFFF), out=high)
     high ^= sign
     high -= sign  # conditional negation: -magnitude for negative distances
-    halves[..., 0] = np.arange(distances.shape[1], dtype=np.int32)
+    if positions is None:
+        halves[..., 0] = np.arange(offset, offset + distances.shape[1], dtype=np.int32)
+    else:
+        halves[..., 0] = positions
     return keys
 
 
@@ -297,6 +314,32 @@ def _table_distances(tables, onehot_blocks, out):
         np.matmul(flat, oh, out=out[:, start:start + oh.shape[1]])
         start += oh.shape[1]
     return out
+
+
+def _gathered_distances(tables, codes):
+    """sum_m T[q, m, codes[q, c, m]] for tables (Q, M, K) and each query's candidate codes (Q, C, M) ->
+    float32 (Q, C), summed m = 0, 1, ... in float32, the order of `_table_distances`' matrix product."""
+    out = np.zeros(codes.shape[:2], np.float32)
+    for m in range(tables.shape[1]):
+        out += np.take_along_axis(tables[:, m, :], codes[:, :, m].astype(np.intp), axis=1)
+    return out
+
+
+def fast_scan_error_bound(tables):
+    """The largest error of faiss' 4-bit fast-scan distances for each query, from its tables (Q, M, K) ->
+    float64 (Q,).
+
+    Fast-scan adds look-up tables quantised to 8 bits: faiss (`quantize_lut::round_uint8_per_column`)
+    subtracts each sub-space's minimum and rounds T * a to an integer, a = 255 / (largest span of a
+    sub-space's table), so each of the M added entries is off by at most 1 / (2a) and a distance by at
+    most M * span / 510. The bound adds 0.1 % and a float32 rounding margin (faiss computes its own
+    tables and decodes b + sum / a in float32).
+    """
+    tables = np.asarray(tables, np.float64)
+    num_subspaces = tables.shape[1]
+    span = (tables.max(axis=2) - tables.min(axis=2)).max(axis=1)
+    scale = np.abs(tables).max(axis=(1, 2)) + 1.0
+    return num_subspaces * span / 510.0 * 1.001 + 64 * num_subspaces * np.finfo(np.float32).eps * scale
 
 
 # --- the index ------------------------------------------------------------------------------------
@@ -654,7 +697,9 @@ class PQIndex:
         Args:
             queries: float (Q, M*d).
             k: int in [1, ntotal]; None ranks the whole database.
-            chunk_size: queries per chunk; default about 8M distances (155 queries at 54,000 items).
+            chunk_size: queries per chunk; default about 8M distances (155 queries at 54,000 items), or
+                4,096 for a top-k (k < ntotal / 4) of more than 65,536 items, which passes over the
+                database block by block (`search`'s NumPy path), so time stays linear in ntotal.
             with_distances: also decode the distances (evaluation does not need them).
         """
         if not self.ntotal:
@@ -662,6 +707,14 @@ class PQIndex:
         k = self.ntotal if k is None else check_positive_int("k", k)
         if k > self.ntotal:
             raise ValueError(f"k={k} exceeds the {self.ntotal} items in the index")
+        if 4 * k < self.ntotal and self.ntotal > _DB_BLOCK:  # a top-k of a large database: block by block
+            queries = _as_matrix("queries", queries, self.dim)
+            step = _TOP_K_QUERIES if chunk_size is None else check_positive_int("chunk_size", chunk_size)
+            for start in range(0, queries.shape[0], step):
+                keys = self._search_blocks(self.pq.lookup_tables(queries[start:start + step]), k)
+                yield RankedChunk(start, keys.view(np.int32)[:, 0::2],
+                                  _decode_distances(keys) if with_distances else None)
+            return
         keys = None
         for start, dist in self._iter_distances(queries, chunk_size):
             if keys is None:
@@ -676,50 +729,224 @@ class PQIndex:
             positions = ranked.view(np.int32)[:, 0::2]  # the low halves (little-endian): positions
             yield RankedChunk(start, positions, _decode_distances(ranked) if with_distances else None)
 
-    def search(self, queries, k, chunk_size=None):
+    def search(self, queries, k, exact=True, backend="auto", chunk_size=None):
         """The k nearest items of each query (Q, M*d) -> (distances float32 (Q, k), ids int64 (Q, k)).
 
-        Ascending distance, ties by insertion order. k > ntotal pads with inf and -1, as faiss does.
-        Queries go in chunks of `chunk_size` (default: ~8M distances, ~100 MB of buffers at a time).
+        Ascending distance, ties by insertion order; k > ntotal pads with inf and -1, as faiss does. Time
+        is linear in ntotal and memory bounded by a block of 65,536 items.
+
+        Args:
+            queries: float (Q, M*d).
+            k: int, results per query.
+            exact: True (default): the results equal brute-force asymmetric search. False with the
+                faiss backend: faiss' fast-scan results as they are, with distances from 8-bit look-up
+                tables (off by up to `fast_scan_error_bound`) and a warning that says so.
+            backend: `"numpy"`, brute force over blocks of codes; `"faiss"`, faiss' 4-bit fast-scan
+                (`IndexPQFastScan`, K=16 only) for candidates, re-ranked exactly; `"auto"` (default):
+                `"faiss"` when faiss is installed and K=16, else `"numpy"`.
+            chunk_size: queries per chunk of the NumPy path's full ranking (small databases).
         """
         queries = _as_matrix("queries", queries, self.dim)
         k = check_positive_int("k", k)
         dist = np.full((queries.shape[0], k), np.inf, np.float32)
         ids = np.full((queries.shape[0], k), -1, np.int64)
         kk = min(k, self.ntotal)
-        if kk:
+        if not kk:
+            return dist, ids
+        if self._backend(backend) == "faiss":
+            dist[:, :kk], positions = self._search_fast_scan(queries, kk, exact)
+            ids[:, :kk] = np.where(positions >= 0, self._ids[positions], -1)
+        else:
             for chunk in self.rank(queries, kk, chunk_size):
                 rows = slice(chunk.start, chunk.start + len(chunk.positions))
                 dist[rows, :kk] = chunk.distances
                 ids[rows, :kk] = self._ids[chunk.positions]
         return dist, ids
 
-    # --- faiss and files --------------------------------------------------------------------------
-    def to_faiss(self):
-        """The same codes in a faiss `IndexPQ` (inner product, this index's codebook as its centroids).
+    def _backend(self, backend):
+        if backend not in SEARCH_BACKENDS:
+            raise ValueError(f"`backend` must be one of {SEARCH_BACKENDS}. Received: {backend!r}")
+        if backend == "auto":
+            try:
+                import_faiss()
+            except ImportError:
+                return "numpy"
+            return "faiss" if self.nbits == 4 else "numpy"
+        if backend == "faiss":
+            import_faiss()
+            if self.nbits != 4:
+                raise ValueError(f"the faiss backend is 4-bit fast-scan: it needs K=16 codewords, this index "
+                                 f"has K={self.num_codewords}; use backend='numpy'")
+        return backend
 
-        faiss returns similarities s = sum_m q_m . z_m[code_m]; this index's distance is M - s, so the
-        rankings agree (faiss orders equal distances its own way, not by id). Search it with
-        `index.pq.prepare_queries(q)` (identity in `original` mode). Custom ids come wrapped in a
-        `faiss.IndexIDMap`. Write it with `faiss.write_index`. Needs the `[faiss]` extra.
+    def _search_blocks(self, tables, k):
+        """Exact top-k keys (`sort_keys` of (distance, position)), sorted, for tables (Q, M, K) -> int64
+        (Q, k).
+
+        Blocks of the database outside, queries inside: each block's one-hot codes are built once and
+        every query keeps a running top-k, so the cost is linear in ntotal and memory is a block's.
         """
+        tables = tables.reshape(tables.shape[0], -1)
+        num_queries = tables.shape[0]
+        width = min(_DB_BLOCK, self.ntotal)
+        step = max(1, min(num_queries, _CHUNK_ELEMENTS // width))
+        best = np.full((num_queries, k), np.iinfo(np.int64).max, np.int64)
+        dist_buffer = np.empty(step * width, np.float32)
+        key_buffer = np.empty(step * width, np.int64)
+        for start in range(0, self.ntotal, _DB_BLOCK):
+            onehot = _onehot_t(self._codes[start:start + _DB_BLOCK], self.num_codewords)
+            for first in range(0, num_queries, step):
+                chunk = tables[first:first + step]
+                shape = (chunk.shape[0], onehot.shape[1])
+                dist = np.matmul(chunk, onehot, out=dist_buffer[:shape[0] * shape[1]].reshape(shape))
+                keys = key_buffer[:shape[0] * shape[1]].reshape(shape)
+
+                def merge(rows, dist=dist, keys=keys, first=first, start=start):
+                    block = sort_keys(dist[rows], out=keys[rows], offset=start)
+                    if k < block.shape[1]:
+                        block.partition(k - 1, axis=1)
+                        block = block[:, :k]
+                    rows = slice(first + rows.start, first + rows.stop)
+                    merged = np.concatenate([best[rows], block], axis=1)
+                    merged.partition(k - 1, axis=1)
+                    best[rows] = merged[:, :k]
+
+                map_rows(merge, shape[0])
+        best.sort(axis=1)
+        return best
+
+    def _search_fast_scan(self, queries, k, exact):
+        """Top-k (distances float32 (Q, k), positions int64 (Q, k)) by faiss' 4-bit fast-scan.
+
+        exact: each query fetches `fetch` candidates (first 2k + 32) by their approximate distances a and
+        re-ranks them by exact distance. With e the error bound of its tables (`fast_scan_error_bound`),
+        an item not fetched has a >= a_max (the largest fetched), so exact distance >= a_max - e; when that
+        exceeds the k-th exact distance D_k, no item outside can beat or tie any result, and the top-k
+        equals brute force, ties included. Queries where it does not hold fetch 4 times more, and fall
+        back to brute force (`_search_blocks`) once that would be the whole database.
+        """
+        index = self._cache.get("fast_scan")
+        if index is None:
+            faiss = import_faiss()
+            index = self._cache["fast_scan"] = faiss.IndexPQFastScan(self._faiss_pq(), 32)
+        prepared = self.pq.prepare_queries(queries)
+        m = np.float32(self.num_subspaces)
+        if not exact:
+            warnings.warn("PQIndex.search(exact=False): fast-scan results, not re-ranked; distances come from "
+                          "8-bit look-up tables", stacklevel=3)
+            similarities, positions = index.search(prepared, k)
+            return m - similarities, positions
+        tables = self.pq.lookup_tables(queries)
+        bound = fast_scan_error_bound(tables)
+        dist = np.empty((len(queries), k), np.float32)
+        positions = np.empty((len(queries), k), np.int64)
+        pending = np.arange(len(queries))
+        fetch = 2 * k + 32
+        while len(pending) and fetch < self.ntotal:
+            similarities, found = index.search(prepared[pending], fetch)
+            approx = np.float64(m) - similarities.astype(np.float64)
+            usable = (found >= 0).all(axis=1) & np.isfinite(approx).all(axis=1)
+            found = np.where(found >= 0, found, 0)
+            exact_dist = _gathered_distances(tables[pending], self._codes[found])
+            keys = smallest_k(sort_keys(exact_dist, positions=found), k)
+            kth = _decode_distances(keys[:, -1:])[:, 0].astype(np.float64)
+            done = usable & (approx.max(axis=1) - bound[pending] > kth)
+            dist[pending[done]] = _decode_distances(keys[done])
+            positions[pending[done]] = keys[done].view(np.int32)[:, 0::2]
+            pending = pending[~done]
+            fetch *= 4
+        if len(pending):
+            keys = self._search_blocks(tables[pending], k)
+            dist[pending] = _decode_distances(keys)
+            positions[pending] = keys.view(np.int32)[:, 0::2]
+        return dist, positions
+
+    # --- faiss and files --------------------------------------------------------------------------
+    def _faiss_pq(self, add=True):
+        """A faiss `IndexPQ` (inner product) of the codes (`add`) searched by database position, or empty."""
         faiss = import_faiss()
         d = self.pq.subspace_dim
         if d == 2 and self.num_codewords < 8:
             raise ValueError("faiss' IndexPQ cannot search 2-d sub-vectors with fewer than 8 codewords "
                              f"(its dsub=2 kernel needs K % 8 == 0). Received K={self.num_codewords}")
         index = faiss.IndexPQ(self.dim, self.num_subspaces, self.nbits, faiss.METRIC_INNER_PRODUCT)
-        centroids = self.pq.words.reshape(self.num_codewords, self.num_subspaces, d).transpose(1, 0, 2)
-        faiss.copy_array_to_vector(np.ascontiguousarray(centroids, np.float32).ravel(), index.pq.centroids)
+        faiss.copy_array_to_vector(self._faiss_centroids(), index.pq.centroids)
         index.is_trained = True
-        packed = pack_codes(self._codes, self.nbits)
-        if np.array_equal(self._ids, np.arange(self.ntotal)):
-            if self.ntotal:
-                index.add_sa_codes(packed)
-            return index
-        wrapped = faiss.IndexIDMap(index)  # keeps a Python reference to `index`
-        wrapped.add_sa_codes(packed, self._ids)
-        return wrapped
+        if add and self.ntotal:
+            index.add_sa_codes(pack_codes(self._codes, self.nbits))
+        return index
+
+    def _faiss_centroids(self):
+        """The codebook in faiss' centroid layout (M, K, d), flat float32."""
+        centroids = _split(self.pq.words, self.num_subspaces).transpose(1, 0, 2)
+        return np.ascontiguousarray(centroids, np.float32).ravel()
+
+    def to_faiss(self, fast_scan=False, nlist=None, nprobe=1, train=None, seed=0):
+        """The same codes in a faiss index (inner product, this index's codebook as the PQ centroids).
+
+        faiss returns similarities s = sum_m q_m . z_m[code_m]; this index's distance is M - s, so the
+        rankings agree (faiss orders equal distances its own way, not by id). Search it with
+        `index.pq.prepare_queries(q)` (identity in `original` mode); write it with `faiss.write_index`.
+        Needs the `[faiss]` extra.
+
+        - default: `IndexPQ`, exact distances (custom ids come wrapped in a `faiss.IndexIDMap`).
+        - `fast_scan=True` (K=16): `IndexPQFastScan`, distances from 8-bit look-up tables (approximate,
+          see `fast_scan_error_bound`), many times faster.
+        - `nlist=n` (K=16): `IndexIVFPQFastScan` for millions of items: a coarse quantiser of n centroids
+          (spherical k-means, inner product) trained on `train` (features (N', M*d), e.g. a sample of
+          the database's; default 64 * nlist items' reconstructions), not by residual: every list holds the GPQ
+          codes unchanged, with fast-scan lists. Each item goes to the list whose centroid has the
+          largest inner product with its reconstruction, which is what its distance is computed to;
+          a search scans the `nprobe` best lists (`index.nprobe`, settable).
+
+        Sharding: `faiss.IndexShards` searches several such indexes (one per machine or GPU, each with
+        its own ids) as one and merges their results.
+        """
+        faiss = import_faiss()
+        if nlist is None:
+            custom_ids = not np.array_equal(self._ids, np.arange(self.ntotal))
+            index = self._faiss_pq(add=not custom_ids)
+            if fast_scan:
+                self._backend("faiss")
+                index = faiss.IndexPQFastScan(index, 32)
+            if not custom_ids:
+                return index
+            wrapped = faiss.IndexIDMap(index)  # keeps a Python reference to `index`
+            if fast_scan:  # fast-scan codes its input: the reconstructions give back the codes
+                self._add_reconstructions(wrapped)
+            else:
+                wrapped.add_sa_codes(pack_codes(self._codes, self.nbits), self._ids)
+            return wrapped
+        self._backend("faiss")
+        nlist = check_positive_int("nlist", nlist)
+        nprobe = check_positive_int("nprobe", nprobe)
+        if train is None:
+            sample = np.random.default_rng(seed).permutation(self.ntotal)[:_TRAIN_PER_LIST * nlist]
+            train = self.pq.decode(self._codes[np.sort(sample)])
+        else:
+            train = self.pq.prepare_queries(_as_matrix("train", train, self.dim))
+        if len(train) < nlist:
+            raise ValueError(f"nlist={nlist} needs at least {nlist} training vectors; got {len(train)}")
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, self.num_subspaces, self.nbits,
+                                         faiss.METRIC_INNER_PRODUCT, 32)
+        index.by_residual = False
+        index.cp.seed = seed
+        index.cp.spherical = True  # unit centroids: the largest inner product picks the nearest direction
+        index.cp.max_points_per_centroid = _TRAIN_PER_LIST
+        index.train(train)  # the coarse quantiser; the PQ it also trains is replaced by the GPQ codebook
+        faiss.copy_array_to_vector(self._faiss_centroids(), index.pq.centroids)
+        self._add_reconstructions(index)
+        index.nprobe = min(nprobe, nlist)
+        return index
+
+    def _add_reconstructions(self, index):
+        """Add the items to a faiss index that codes its input, as their reconstructions with their ids:
+        each codeword's nearest codeword is itself, so the index keeps the items' codes (or, for codewords
+        that are duplicated, an equal one)."""
+        for start in range(0, self.ntotal, _DB_BLOCK):
+            block = slice(start, start + _DB_BLOCK)
+            index.add_with_ids(self.pq.decode(self._codes[block]), self._ids[block])
 
     def save(self, path):
         """Write the index to an `.npz` file (format version 3), atomically (temporary file + rename).
