@@ -7,8 +7,9 @@ DEMO_DIR ?= runs/demo
 DEMO_EPOCHS ?= 40
 # A narrower VGG than the original's (64,128,256,512) so the demo trains in minutes on 2 CPU cores.
 DEMO_FILTERS ?= 16,32,64,64
+DEMO_SEED ?= 0
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo notebook test test-fast bench clean
 
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +20,14 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 
 demo: $(VENV)/.installed
 	$(GPQ) train --data digits --output $(DEMO_DIR) --epochs $(DEMO_EPOCHS) --batch-size 100 \
-		--filters $(DEMO_FILTERS) --overwrite
+		--filters $(DEMO_FILTERS) --seed $(DEMO_SEED) --deterministic --overwrite
 	$(GPQ) evaluate --model $(DEMO_DIR)/model.keras --data digits --json $(DEMO_DIR)/eval.json \
 		--figure $(DEMO_DIR)/ranked.png
+
+# The demo notebook, executed on the demo model (`make demo` first) and saved with its outputs.
+notebook: $(VENV)/.installed
+	test -f $(DEMO_DIR)/model.keras || $(MAKE) demo
+	$(PY) notebooks/execute.py notebooks/demo.ipynb
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

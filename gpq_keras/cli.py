@@ -259,6 +259,10 @@ def _train(args, run, strategy):
         print(f"removed {len(stale)} temporary file(s) an interrupted write left in {args.output}")
 
     keras.utils.set_random_seed(args.seed)
+    if args.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     with strategy.scope():
         model = GPQ(config, dtype=args.precision)
         resuming = TrainingBackup.has_backup(run.backup)
@@ -297,6 +301,8 @@ def _train(args, run, strategy):
 
 
 def cmd_evaluate(args):
+    import numpy as np
+
     from gpq_keras import metrics
     from gpq_keras.retrieval import PQIndex
 
@@ -329,11 +335,30 @@ def cmd_evaluate(args):
     if args.figure:
         from gpq_keras import viz
 
-        query = args.query or 0
-        _, ids = index.search(queries[query:query + 1], viz.MAX_RESULTS)
-        relevant = metrics.relevance(split.y_query[query:query + 1], split.y_db[ids[0]])[0]
-        viz.plot_ranked_list(split.x_query[query], split.x_db[ids[0]], relevant, args.figure)
-        print(f"wrote {args.figure}")
+        if args.query is None:  # a good, a median and a bad query by AP, not only successes
+            picks = viz.pick_queries_by_ap(result["ap"])
+        else:
+            picks = {"query": args.query}
+        names = getattr(split, "class_names", None)
+
+        def class_of(labels):
+            if names is None or np.ndim(labels) != 1:
+                return None
+            return [names[int(c)] for c in labels]
+
+        blocks = []
+        for what, query in picks.items():
+            distances, ids = index.search(queries[query:query + 1], viz.MAX_RESULTS)
+            relevant = metrics.relevance(split.y_query[query:query + 1], split.y_db[ids[0]])[0]
+            query_class = class_of(split.y_query[query:query + 1])
+            blocks.append(dict(query_image=split.x_query[query], result_images=split.x_db[ids[0]],
+                               relevant=relevant, classes=class_of(split.y_db[ids[0]]), distances=distances[0],
+                               query_class=None if query_class is None else query_class[0],
+                               title=("" if what == "query" else f"{what}\n")
+                               + f"query {query}\nAP {result['ap'][query]:.2f}"))
+        viz.plot_ranked_lists(blocks, args.figure)
+        print(f"wrote {args.figure}: " + ", ".join(f"{what} query {q} (AP {result['ap'][q]:.4f})"
+                                                  for what, q in picks.items()))
 
 
 def cmd_encode(args):
@@ -600,6 +625,9 @@ def _add_train(sub):
     p.add_argument("--retrieval-mode", choices=RETRIEVAL_MODES, help="default retrieval mode stored in the model")
     p.add_argument("--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat")
     p.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (0)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow's op determinism: the same seed gives the same model on the same machine "
+                        "(some GPU ops get slower)")
     run = p.add_argument_group("long runs")
     start = run.add_mutually_exclusive_group()
     start.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
@@ -634,8 +662,9 @@ def _add_evaluate(sub):
     p.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook at retrieval (model's default)")
     p.add_argument("--top-k", type=_positive_int, help="mAP over the top K (default: the whole database)")
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--figure", help="write the ranked list of one query (top 15) to this PNG")
-    p.add_argument("--query", type=_non_negative_int, help="which query the figure shows (default 0)")
+    p.add_argument("--figure", help="write ranked lists (top 15) to this PNG: the best, the median and the "
+                                    "worst query by AP, or --query")
+    p.add_argument("--query", type=_non_negative_int, help="the one query the figure shows")
 
 
 def _add_encode(sub):

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -78,6 +79,12 @@ def test_evaluate_prints_map_and_writes_json_and_figure(workspace, capsys, mode)
     expected, _ = _reference_map(load_gpq(out / "model.keras"), spec[4:], mode)
     assert result["mAP"] == pytest.approx(expected, abs=1e-6)
     assert figure.stat().st_size > 1000
+    # The figure shows the best, the median and the worst query by AP, not only a success.
+    picked = re.search(r"good query (\d+) \(AP ([\d.]+)\), median query (\d+) \(AP ([\d.]+)\), "
+                       r"bad query (\d+) \(AP ([\d.]+)\)", printed)
+    assert picked, printed
+    good, median, bad = (float(picked.group(i)) for i in (2, 4, 6))
+    assert good >= median >= bad and good > bad
 
 
 @pytest.mark.large

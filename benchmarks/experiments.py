@@ -1,0 +1,326 @@
+"""GPQ's claims measured: ablation, baselines, scarce labels and code length, over several seeds.
+
+    .venv/bin/python benchmarks/experiments.py [--quick] [--data digits] [--seeds 0,1,2] [--steps 200]
+        [--groups ablation,baselines,labels,bits] [--labels 5,10,25,50] [--bits 12,24,32,48]
+        [--filters 16,32,64,64] [--batch-size 100] [--out benchmarks/results]
+
+Every run trains from scratch on `--data` (default: the embedded digits, split as `make demo` splits them:
+180 queries, 50 labeled images per class, 1,117 unlabeled images that are also the database)
+for `--steps` steps (batch `--batch-size` labeled + as many unlabeled images, capped at the labeled set's
+size), seeded (weights, data order, augmentation; TensorFlow's op determinism on), and is scored by mAP
+over the whole database (the paper's metric, `consistent` mode) and precision@10. Groups:
+
+- `ablation` (48 bits, 50 labels per class): GPQ; no entropy loss (lambda1 = 0: the unlabeled images are
+  unused); no classification loss (lambda2 = 0); N-pair PQ only (both 0).
+- `baselines`: two-step (the same backbone trained with a softmax classifier on the labeled images only,
+  then faiss' `ProductQuantizer` or OPQ + PQ trained on its database features, searched by asymmetric
+  distance) and PQ on raw pixels, the floor.
+- `labels`: labeled images per class in `--labels` (the first of each class; the unlabeled images and the
+  database stay the same): GPQ, no entropy, two-step PQ and pixel PQ.
+- `bits`: code lengths in `--bits` (K = 16 codewords, M = bits / 4 codebooks): GPQ and two-step PQ.
+
+Runs shared between groups are trained once. Writes to `--out`: `<group>.json` (every run: method,
+labels per class, bits, seed, mAP, precision@10, seconds; with the command, versions and budget),
+`results.md` (mean +- std over seeds) and `labels.png` (mAP against labels per class, one line per
+method); `--report-only` rewrites those two from the JSON files. `--quick` (one seed, 8 steps, 5 and 50 labels, 12 and 48 bits) checks the whole pipeline in a
+few minutes; its figures mean nothing.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+GROUPS = ("ablation", "baselines", "labels", "bits")
+GPQ_METHODS = {  # name -> (lambda1, lambda2)
+    "GPQ": (0.1, 0.1),
+    "GPQ, no entropy (lambda1=0)": (0.0, 0.1),
+    "GPQ, no classification (lambda2=0)": (0.1, 0.0),
+    "N-pair PQ only": (0.0, 0.0),
+}
+TWO_STEP = {"two-step: classifier + PQ": "pq", "two-step: classifier + OPQ": "opq"}
+PIXELS = "PQ on raw pixels"
+DEFAULT_LABELS, DEFAULT_BITS = 50, 48
+
+
+def plan(groups, labels, bits):
+    """The (method, labels per class, bits) settings the groups need -> {group: [settings]}."""
+    out = {}
+    if "ablation" in groups:
+        out["ablation"] = [(m, DEFAULT_LABELS, DEFAULT_BITS) for m in GPQ_METHODS]
+    if "baselines" in groups:
+        out["baselines"] = [(m, DEFAULT_LABELS, DEFAULT_BITS) for m in ("GPQ", *TWO_STEP, PIXELS)]
+    if "labels" in groups:
+        out["labels"] = [(m, n, DEFAULT_BITS) for n in labels
+                         for m in ("GPQ", "GPQ, no entropy (lambda1=0)", "two-step: classifier + PQ", PIXELS)]
+    if "bits" in groups:
+        out["bits"] = [(m, DEFAULT_LABELS, b) for b in bits for m in ("GPQ", "two-step: classifier + PQ")]
+    return out
+
+
+class Runner:
+    """Trains and scores settings, each (method, labels, bits, seed) once; the classifier of the two-step
+    baselines is trained once per (labels, bits, seed) and shared by PQ and OPQ."""
+
+    def __init__(self, args):
+        import keras
+        import tensorflow as tf
+
+        from gpq_keras.data import load_data
+
+        tf.config.experimental.enable_op_determinism()
+        self.keras, self.args = keras, args
+        self.load_data = load_data
+        self.splits, self.results, self.features = {}, {}, {}
+
+    def split(self, labels):
+        """The data with the first `labels` labeled images of each class kept; queries, unlabeled images and
+        database unchanged, so every label budget is scored on the same database."""
+        if labels not in self.splits:
+            import dataclasses
+
+            full = self.splits.setdefault(None, self.load_data(self.args.data))
+            y = full.y_labeled
+            rank = np.empty(len(y), np.int64)
+            for c in np.unique(y):
+                rank[y == c] = np.arange(np.sum(y == c))
+            if np.bincount(y).min() < labels:
+                raise SystemExit(f"--labels {labels}: {self.args.data} has only {np.bincount(y).min()} labeled "
+                                 "images in some class")
+            keep = rank < labels
+            self.splits[labels] = dataclasses.replace(full, x_labeled=full.x_labeled[keep], y_labeled=y[keep])
+        return self.splits[labels]
+
+    def config(self, split, bits, lambda1=0.1, lambda2=0.1):
+        from gpq_keras.config import GPQConfig
+
+        return GPQConfig.from_bits(bits, num_classes=split.num_classes, image_shape=tuple(split.x_query.shape[1:]),
+                                   filters=self.args.filters, lambda1=lambda1, lambda2=lambda2)
+
+    def run(self, method, labels, bits, seed):
+        key = (method, labels, bits, seed)
+        if key not in self.results:
+            start = time.perf_counter()
+            split = self.split(labels)
+            if method in GPQ_METHODS:
+                score = self._gpq(split, bits, seed, *GPQ_METHODS[method])
+            elif method in TWO_STEP:
+                score = self._two_step(split, labels, bits, seed, TWO_STEP[method])
+            else:
+                score = _faiss_score(_pixels(split.x_db), _pixels(split.x_query), split, bits, "pq")
+            score.update(method=method, labels_per_class=labels, bits=bits, seed=seed,
+                         seconds=round(time.perf_counter() - start, 1))
+            self.results[key] = score
+            print(f"  {method:<36} labels {labels:>3}/class {bits:>2} bits seed {seed}: mAP {score['mAP']:.4f} "
+                  f"P@10 {score['precision@10']:.4f} ({score['seconds']:.0f} s)", flush=True)
+        return self.results[key]
+
+    def _dataset(self, split, seed):
+        from gpq_keras.data import train_dataset
+
+        return train_dataset(split, batch_size=self.args.batch_size, seed=seed)[0]
+
+    def _gpq(self, split, bits, seed, lambda1, lambda2):
+        from gpq_keras import GPQ, metrics
+        from gpq_keras.retrieval import PQIndex
+
+        self.keras.utils.set_random_seed(seed)
+        model = GPQ(self.config(split, bits, lambda1, lambda2))
+        model.compile()
+        model.fit(self._dataset(split, seed), steps_per_epoch=self.args.steps, epochs=1, verbose=0, shuffle=False)
+        index = PQIndex.from_model(model).add(model.encode(split.x_db), labels=split.y_db)
+        result = metrics.evaluate_ranking(index.rank(model.encode(split.x_query), with_distances=False),
+                                          split.y_query, split.y_db, precision_at=(10,))
+        return {"mAP": result["mAP"], "precision@10": result["precision"][10]}
+
+    def _two_step(self, split, labels, bits, seed, kind):
+        """Step 1: the GPQ backbone F and a softmax layer trained by cross-entropy on the labeled images
+        (same steps, batch, augmentation and optimiser); step 2: faiss PQ / OPQ on F's database features."""
+        key = (labels, bits, seed)
+        if key not in self.features:
+            from gpq_keras import GPQ
+
+            keras = self.keras
+            keras.utils.set_random_seed(seed)
+            config = self.config(split, bits)
+            features = GPQ(config)
+            inputs = keras.Input(config.image_shape)
+            classifier = keras.Model(inputs, keras.layers.Dense(split.num_classes)(features(inputs)))
+            classifier.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            labeled = self._dataset(split, seed).map(lambda x, y: (x["labeled"], y))
+            classifier.fit(labeled, steps_per_epoch=self.args.steps, epochs=1, verbose=0, shuffle=False)
+            self.features[key] = (features.encode(split.x_db), features.encode(split.x_query))
+        db, queries = self.features[key]
+        return _faiss_score(db, queries, split, bits, kind)
+
+
+def _pixels(images):
+    return (np.asarray(images, np.float32) / 255.0).reshape(len(images), -1)
+
+
+def _faiss_score(db, queries, split, bits, kind):
+    """faiss PQ (or OPQ + PQ) of bits / 4 codebooks of 16 codewords trained on the database vectors; every
+    query ranks the whole database by asymmetric (ADC) L2 distance -> {"mAP", "precision@10"}."""
+    from gpq_keras import metrics
+    from gpq_keras.retrieval import import_faiss
+
+    faiss = import_faiss()
+    m = bits // 4
+    dim = db.shape[1] - db.shape[1] % m  # PQ needs d % M == 0: drop the last few pixels if need be
+    db, queries = np.ascontiguousarray(db[:, :dim]), np.ascontiguousarray(queries[:, :dim])
+    index = faiss.IndexPQ(dim, m, 4)
+    if kind == "opq":
+        index = faiss.IndexPreTransform(faiss.OPQMatrix(dim, m), index)
+    index.train(db)
+    index.add(db)
+    _, ranking = index.search(queries, len(db))
+    result = metrics.evaluate_ranking(ranking, split.y_query, split.y_db, precision_at=(10,))
+    return {"mAP": result["mAP"], "precision@10": result["precision"][10]}
+
+
+def summarise(rows):
+    """{(method, labels, bits): (mean mAP, std mAP, mean P@10, std P@10, seeds)} over seeds."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["labels_per_class"], row["bits"]), []).append(row)
+    out = {}
+    for key, runs in groups.items():
+        maps = np.array([r["mAP"] for r in runs])
+        p10 = np.array([r["precision@10"] for r in runs])
+        std = (lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0)
+        out[key] = (float(maps.mean()), std(maps), float(p10.mean()), std(p10), len(runs))
+    return out
+
+
+def markdown(group, rows):
+    """The group's table: one row per (method, labels, bits), mean +- std over seeds."""
+    lines = [f"| method | labels / class | bits | mAP | precision@10 | seeds |", "|---|---:|---:|---:|---:|---:|"]
+    for (method, labels, bits), (m, s, p, ps, n) in summarise(rows).items():
+        lines.append(f"| {method} | {labels} | {bits} | {m:.4f} +- {s:.4f} | {p:.4f} +- {ps:.4f} | {n} |")
+    return f"### {group}\n\n" + "\n".join(lines) + "\n"
+
+
+def plot_labels(rows, path):
+    """mAP (mean, std as error bars) against labels per class, one line per method."""
+    from matplotlib.figure import Figure
+
+    from gpq_keras.files import atomic_path
+
+    summary = summarise(rows)
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.subplots()
+    for method in dict.fromkeys(key[0] for key in summary):
+        points = sorted((labels, mean, std) for (m, labels, _), (mean, std, *_) in summary.items() if m == method)
+        x, y, err = (np.array(v) for v in zip(*points))
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ticks = sorted({key[1] for key in summary})
+    ax.set_xticks(ticks, [str(v) for v in ticks])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("labeled images per class")
+    ax.set_ylabel("mAP (whole database)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+
+
+def _write_json(path, payload):
+    from gpq_keras.files import atomic_path
+
+    with atomic_path(path, suffix=".json") as tmp, open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1)
+        fh.write("\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, 8 steps, fewer settings (a smoke run)")
+    parser.add_argument("--data", default="digits", help="a data spec (gpq --help); default the embedded digits")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per run (200: `make demo`'s)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--filters", default="16,32,64,64", help="VGG widths (`make demo`'s narrow VGG)")
+    parser.add_argument("--groups", default=",".join(GROUPS))
+    parser.add_argument("--labels", default="5,10,25,50", help="labeled images per class (group `labels`)")
+    parser.add_argument("--bits", default="12,24,32,48", help="code lengths (group `bits`)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="no training: rewrite results.md and labels.png from the JSON files in --out")
+    args = parser.parse_args(argv)
+    if args.report_only:
+        print(report(args.out))
+        return
+    if args.quick:
+        args.seeds, args.steps, args.labels, args.bits = "0", 8, "5,50", "12,48"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.filters = tuple(int(v) for v in args.filters.split(","))
+    groups = [g for g in args.groups.split(",") if g]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"--groups: unknown {unknown}; choose from {GROUPS}")
+    settings = plan(groups, [int(v) for v in args.labels.split(",")], [int(v) for v in args.bits.split(",")])
+    os.makedirs(args.out, exist_ok=True)
+
+    import keras
+    import tensorflow as tf
+
+    import faiss
+
+    runner = Runner(args)
+    began = time.perf_counter()
+    meta = {
+        "command": " ".join(["python", "benchmarks/experiments.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "numpy": np.__version__, "faiss": faiss.__version__},
+        "data": args.data, "steps": args.steps, "batch_size": args.batch_size, "filters": list(args.filters),
+        "seeds": seeds, "mode": "consistent", "metric": "mAP over the whole database; precision@10",
+    }
+    for group, wanted in settings.items():
+        print(f"{group}:", flush=True)
+        rows = [runner.run(method, labels, bits, seed) for method, labels, bits in wanted for seed in seeds]
+        meta["minutes"] = round((time.perf_counter() - began) / 60, 1)  # so far
+        _write_json(os.path.join(args.out, f"{group}.json"), {**meta, "group": group, "runs": rows})
+    print(report(args.out, groups))
+
+
+def report(out, groups=GROUPS):
+    """Write results.md (a table per group found) and labels.png from the groups' JSON files in `out`."""
+    from gpq_keras.files import atomic_path
+
+    tables, meta, minutes = [], None, 0.0
+    for group in groups:
+        path = os.path.join(out, f"{group}.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as fh:
+            payload = json.load(fh)
+        meta = meta or payload
+        minutes = max(minutes, payload.get("minutes", 0.0))  # each group's file: the time so far
+        tables.append(markdown(group, payload["runs"]))
+        if group == "labels":
+            plot_labels(payload["runs"], os.path.join(out, "labels.png"))
+    if meta is None:
+        raise SystemExit(f"no results in {out}: run benchmarks/experiments.py first")
+    text = (f"Data {meta['data']}, {meta['steps']} steps of batch {meta['batch_size']} (+ as many unlabeled), VGG "
+            f"widths {tuple(meta['filters'])}, seeds {meta['seeds']}, `{meta['mode']}` mode; mean +- std over "
+            f"seeds. {minutes:.0f} min in all on {meta['machine']} ({meta['date']}).\n"
+            f"Command: `{meta['command']}`\n\n" + "\n".join(tables))
+    with atomic_path(os.path.join(out, "results.md"), suffix=".md") as tmp, open(tmp, "w") as fh:
+        fh.write(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
