@@ -68,7 +68,7 @@ def _shorten(text, width=18):
 RELEVANT_MARK, IRRELEVANT_MARK = "\u2713", "\u2717"  # check mark, ballot x: relevance without colour
 
 
-def _check_results(result_images, n_name, **per_result):
+def _check_results(result_images, **per_result):
     """Validate a query's result stack and its per-result arrays (None or one entry per result)."""
     result_images = np.asarray(result_images)
     if result_images.ndim < 3:
@@ -95,7 +95,7 @@ def _cell_label(rank, relevant, class_name, distance, caption):
 
 
 def plot_ranked_list(query_image, result_images, relevant=None, path=None, normalized=None,
-                     figsize=(12.8, 3.6), dpi=100, title=None, captions=None, classes=None, distances=None,
+                     figsize=None, dpi=100, title=None, captions=None, classes=None, distances=None,
                      query_class=None):
     """The original Demo's figure: the query and its top results in a 2x8 grid.
 
@@ -112,7 +112,8 @@ def plot_ranked_list(query_image, result_images, relevant=None, path=None, norma
             None draws no frames or marks.
         path: file to write (format from the extension, default PNG); None returns the Figure.
         normalized: passed to `to_display` (None: float images are normalised model inputs).
-        figsize: inches (width, height). Default (12.8, 3.6), i.e. 1280x360 pixels at dpi 100.
+        figsize: inches (width, height). Default (12.8, 3.6), i.e. 1280x360 pixels at dpi 100, and
+            0.4 inch more per line of captions or of classes and distances.
         dpi: dots per inch of the file.
         title: optional figure title.
         captions: optional names of the results (e.g. file names), shown under their ranks.
@@ -153,7 +154,7 @@ def plot_ranked_lists(queries, path=None, normalized=None, figsize=None, dpi=100
         relevant = item.get("relevant")
         if relevant is not None:
             relevant = np.asarray(relevant, bool).reshape(-1)
-        results = _check_results(item["result_images"], "result_images", relevant=relevant,
+        results = _check_results(item["result_images"], relevant=relevant,
                                  captions=item.get("captions"), classes=item.get("classes"),
                                  distances=item.get("distances"))
         blocks.append(dict(item, result_images=results, relevant=relevant))
@@ -287,7 +288,7 @@ def plot_tsne(features, labels, path=None, class_names=None, seed=0, max_points=
     points = tsne_embedding(features[keep], seed) if embedding is None else np.asarray(embedding)[keep]
     fig = _figure(figsize)
     ax = fig.subplots()
-    cmap = matplotlib_colormap("tab10" if labels.max() < 10 else "tab20")
+    cmap = _colormap("tab10" if labels.max() < 10 else "tab20")
     for c in np.unique(labels[keep]):
         at = labels[keep] == c
         name = class_names[c] if class_names is not None else str(c)
@@ -300,7 +301,7 @@ def plot_tsne(features, labels, path=None, class_names=None, seed=0, max_points=
     return _finish(fig, path, dpi)
 
 
-def matplotlib_colormap(name):
+def _colormap(name):
     from matplotlib import colormaps
 
     return colormaps[name]
