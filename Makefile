@@ -32,7 +32,7 @@ notebook: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
-# Everything but the slow end-to-end tests (@pytest.mark.large): under a minute.
+# Everything but the slow end-to-end tests (@pytest.mark.large): about a minute.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not large" tests
 
