@@ -8,8 +8,11 @@ DEMO_EPOCHS ?= 40
 # A narrower VGG than the original's (64,128,256,512) so the demo trains in minutes on 2 CPU cores.
 DEMO_FILTERS ?= 16,32,64,64
 DEMO_SEED ?= 0
+# pytest-xdist workers; a test file stays on one worker (its module fixtures are built once)
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: demo notebook test test-fast bench clean
+.PHONY: demo notebook test test-jax test-fast bench clean
 
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,12 +32,17 @@ notebook: $(VENV)/.installed
 	test -f $(DEMO_DIR)/model.keras || $(MAKE) demo
 	$(PY) notebooks/execute.py notebooks/demo.ipynb
 
+# The suite on TensorFlow, then the tests marked `backends` (layers, losses, backbone, model) on JAX.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
+	$(MAKE) test-jax
 
-# Everything but the slow end-to-end tests (@pytest.mark.large): about a minute.
+test-jax: $(VENV)/.installed
+	KERAS_BACKEND=jax $(PYTEST) tests
+
+# Everything but the slow end-to-end tests (@pytest.mark.large), on TensorFlow: about a minute.
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not large" tests
+	$(PYTEST) -m "not large" tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_train_step.py

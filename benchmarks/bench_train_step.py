@@ -1,4 +1,4 @@
-"""Train-step time: the original's TF1 training step against ours (float32, mixed bfloat16, XLA).
+"""Train-step time: the original's TF1 training step against ours (float32, mixed bfloat16, XLA; Keras on JAX).
 
 Every candidate runs GPQ's full training step (two backbone calls with training-mode batch norm, soft PQ,
 the three losses, gradient reversal, Adam) on the same labeled and unlabeled batches of `--batch-size` images
@@ -9,7 +9,11 @@ each, fed from NumPy on every step (as the original's train.py feeds them), all 
 - `Keras float32`: `GPQ(config)`, `compile(jit_compile=False)`, `train_on_batch` (Keras' "auto" would pick XLA
   on a GPU, so it is set off here: the XLA row measures that);
 - `Keras mixed_bfloat16`: `GPQ(config, dtype="mixed_bfloat16")` (backbone in bfloat16, heads in float32);
-- `Keras float32 + XLA`: `compile(jit_compile=True)`.
+- `Keras float32 + XLA`: `compile(jit_compile=True)`;
+- with `--backend jax`: `Keras on JAX float32` and `Keras on JAX mixed_bfloat16`, the same model and
+  `train_on_batch` with `KERAS_BACKEND=jax` (XLA-compiled, as Keras runs JAX). A backend is chosen once per
+  process, so these run in a worker process this one drives step by step over a pipe: the rounds interleave
+  them with the TensorFlow candidates all the same, and only one process computes at a time.
 
 One warm-up step each (tracing, XLA compilation: its time is the `first step` column), then `--rounds`
 rounds, each running every candidate once (the order rotates per round) so that load changes hit all alike.
@@ -17,20 +21,59 @@ Prints a Markdown table: best and median seconds per step, images/s at the best 
 and the best time over the TF1 step's best time. Run by hand:
 
     .venv/bin/python benchmarks/bench_train_step.py [--batch-size 500] [--bits 48] [--rounds 3]
-        [--filters 64,128,256,512] [--only tf1,f32,bf16,xla]
+        [--filters 64,128,256,512] [--only tf1,f32,bf16,xla] [--backend jax]
 
 A quick CPU run: `--batch-size 100 --filters 16,32,64,64` (a few minutes on 2 cores).
 """
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if "--worker" not in sys.argv:
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+def _inputs(batch_size, config):
+    """The same labeled and unlabeled batches and labels in every process (NumPy, seeded)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x_l = rng.normal(size=(batch_size, *config.image_shape)).astype(np.float32)
+    x_u = rng.normal(size=(batch_size, *config.image_shape)).astype(np.float32)
+    return x_l, x_u, rng.integers(0, config.num_classes, batch_size)
+
+
+def _worker(settings):
+    """The JAX side: build the candidates of `settings` (JSON), then answer each candidate name read from
+    stdin with one step's loss, until stdin closes."""
+    import keras
+
+    from gpq_keras import GPQ, GPQConfig
+
+    settings = json.loads(settings)
+    config = GPQConfig.from_bits(settings["bits"], filters=tuple(settings["filters"]))
+    x_l, x_u, labels = _inputs(settings["batch_size"], config)
+    steps = {}
+    for name in settings["names"]:
+        model = GPQ(config, dtype="mixed_bfloat16" if name == "jax-bf16" else None)
+        model.compile()
+        steps[name] = (lambda m: lambda: m.train_on_batch({"labeled": x_l, "unlabeled": x_u}, labels,
+                                                           return_dict=True)["loss"])(model)
+    print(json.dumps({"keras": keras.__version__, "jax": __import__("jax").__version__}), flush=True)
+    for line in sys.stdin:
+        print(float(steps[line.strip()]()), flush=True)
+
+
+if "--worker" in sys.argv:
+    _worker(sys.argv[sys.argv.index("--worker") + 1])
+    sys.exit(0)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -47,6 +90,36 @@ CANDIDATES = {
     "bf16": "Keras mixed_bfloat16",
     "xla": "Keras float32 + XLA",
 }
+JAX_CANDIDATES = {
+    "jax": "Keras on JAX float32",
+    "jax-bf16": "Keras on JAX mixed_bfloat16",
+}
+
+
+class JaxWorker:
+    """This script in a `KERAS_BACKEND=jax` process, driven one step at a time: `step(name)` -> loss."""
+
+    def __init__(self, names, batch_size, bits, filters):
+        settings = json.dumps({"names": names, "batch_size": batch_size, "bits": bits, "filters": filters})
+        env = dict(os.environ, KERAS_BACKEND="jax")
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", settings], env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.versions = json.loads(self._read())
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the JAX worker ended (exit status {self.process.wait()})")
+        return line
+
+    def step(self, name):
+        self.process.stdin.write(name + "\n")
+        self.process.stdin.flush()
+        return float(self._read())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def _device():
@@ -98,22 +171,22 @@ def main():
     parser.add_argument("--bits", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--filters", default="64,128,256,512", help="the four VGG stage widths")
-    parser.add_argument("--only", default=",".join(CANDIDATES), help="comma-separated subset of "
-                                                                        + ", ".join(CANDIDATES))
+    parser.add_argument("--only", help="comma-separated subset of " + ", ".join([*CANDIDATES, *JAX_CANDIDATES])
+                                            + " (default: all of the backends run)")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
+                        help="jax: also Keras on JAX (in a worker process), beside TensorFlow")
     args = parser.parse_args()
-    only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(only) - set(CANDIDATES))
+    known = {**CANDIDATES, **(JAX_CANDIDATES if args.backend == "jax" else {})}
+    only = [name.strip() for name in (args.only or ",".join(known)).split(",") if name.strip()]
+    unknown = sorted(set(only) - set(known))
     if unknown:
-        parser.error(f"unknown candidates {unknown}; choose from {list(CANDIDATES)}")
+        parser.error(f"unknown candidates {unknown}; choose from {list(known)}")
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
 
     filters = tuple(int(v) for v in args.filters.split(","))
     config = GPQConfig.from_bits(args.bits, filters=filters)
-    rng = np.random.default_rng(0)
-    x_l = rng.normal(size=(args.batch_size, *config.image_shape)).astype(np.float32)
-    x_u = rng.normal(size=(args.batch_size, *config.image_shape)).astype(np.float32)
-    labels = rng.integers(0, config.num_classes, args.batch_size)
+    x_l, x_u, labels = _inputs(args.batch_size, config)
 
     builders = {
         "tf1": lambda: _tf1_step(config, x_l, x_u, labels),
@@ -122,7 +195,14 @@ def main():
         "xla": lambda: _keras_step(config, x_l, x_u, labels, jit_compile=True),
     }
     candidates = {name: builders[name]() for name in CANDIDATES if name in only}
+    worker = None
+    jax_names = [name for name in JAX_CANDIDATES if name in only]
+    if jax_names:
+        worker = JaxWorker(jax_names, args.batch_size, args.bits, list(filters))
+        candidates.update({name: (lambda n: lambda: worker.step(n))(name) for name in jax_names})
     results = _time(args.rounds, candidates)
+    if worker is not None:
+        worker.close()
 
     images = 2 * args.batch_size
     reference = min(results["tf1"][1]) if "tf1" in results else None
@@ -130,14 +210,15 @@ def main():
           f"{'x'.join(map(str, config.image_shape))}, {config.bits} bits (M={config.num_subspaces}, "
           f"K={config.num_codewords}), VGG widths {','.join(map(str, filters))}; {args.rounds} rounds "
           f"after one warm-up step each")
-    print(f"{_device()}; TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    print(f"{_device()}; TensorFlow {tf.__version__}, Keras {keras.__version__}"
+          + (f", JAX {worker.versions['jax']}" if worker is not None else ""))
     print()
     print("| step | first step (s) | best s/step | median s/step | images/s (best) | time / TF1 time |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, (first, times) in results.items():
         best, median = min(times), statistics.median(times)
         ratio = f"{best / reference:.2f}" if reference else "-"
-        print(f"| {CANDIDATES[name]} | {first:.2f} | {best:.3f} | {median:.3f} | {images / best:,.0f} | {ratio} |")
+        print(f"| {known[name]} | {first:.2f} | {best:.3f} | {median:.3f} | {images / best:,.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

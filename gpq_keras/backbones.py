@@ -27,9 +27,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
     with Keras' own layer load into this one (and the other way round).
 
     For 4-D channels-last inputs on the TensorFlow backend, one fused op normalises (and in training gives
-    the batch statistics); Keras' own path runs otherwise (other backends, masks). Like the original,
-    training updates the moving variance with the unbiased batch variance (x n / (n - 1), n = B * H * W);
-    16-bit inputs stay 16-bit (the kernel accumulates in float32).
+    the batch statistics); on other backends (JAX) the same computation runs in `keras.ops`, in float32, and
+    Keras' own path only for masks and renorm. Like the original, training normalises with the batch
+    variance and updates the moving variance with the unbiased one (x n / (n - 1), n = B * H * W); on
+    TensorFlow 16-bit inputs stay 16-bit (the kernel accumulates in float32).
 
     `synchronized=True` under a `tf.distribute` strategy of several replicas: the mean and variance are
     those of the global batch (two all-reduces, two passes as the fused kernel), so N replicas normalise
@@ -52,8 +53,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 and self.axis in (-1, 3) and self.center and self.scale and not self.renorm)
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        if mask is not None or self.renorm:
             return super().call(inputs, training=training, mask=mask)
+        if not self._fusable(inputs, mask):
+            return self._ops_batch_norm(inputs, training)
         import tensorflow as tf
 
         x = ops.cast(inputs, self.compute_dtype)
@@ -73,6 +76,32 @@ class BatchNormalization(keras.layers.BatchNormalization):
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 x, gamma, beta, mean=ops.cast(self.moving_mean, "float32"),
                 variance=ops.cast(self.moving_variance, "float32"), epsilon=self.epsilon, is_training=False)
+        return ops.cast(y, self.compute_dtype)
+
+    def _ops_batch_norm(self, inputs, training):
+        """The fused op's computation in `keras.ops` (any backend), in float32."""
+        x = ops.cast(inputs, "float32")
+        gamma = None if not self.scale else ops.cast(self.gamma, "float32")
+        beta = None if not self.center else ops.cast(self.beta, "float32")
+        if training and self.trainable:
+            axis = self.axis % len(x.shape)
+            axes = [i for i in range(len(x.shape)) if i != axis]
+            mean = ops.mean(x, axis=axes)
+            shape = [1] * len(x.shape)
+            shape[axis] = -1
+            variance = ops.mean(ops.square(x - ops.reshape(mean, shape)), axis=axes)  # two passes, as the kernel
+            count = 1
+            for i in axes:
+                count = count * ops.shape(x)[i]
+            count = ops.cast(count, "float32")
+            unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum + unbiased * (1.0 - momentum))
+        else:
+            mean, variance = ops.cast(self.moving_mean, "float32"), ops.cast(self.moving_variance, "float32")
+        y = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
+                                    epsilon=self.epsilon)
         return ops.cast(y, self.compute_dtype)
 
     def _synchronized_batch_norm(self, x, gamma, beta, replicas):

@@ -190,8 +190,13 @@ def _config_from_args(args, split, replicas=1):
 
 
 def _jit_compile(choice):
-    """--jit-compile: on, off, or auto (XLA where a GPU is visible; on CPU it is slower, see README)."""
+    """--jit-compile: on, off, or auto (TensorFlow: XLA where a GPU is visible, on CPU it is slower, see
+    README; JAX: always, as Keras compiles JAX steps)."""
     if choice == "auto":
+        import keras
+
+        if keras.config.backend() != "tensorflow":
+            return True
         import tensorflow as tf
 
         return bool(tf.config.list_physical_devices("GPU"))
@@ -207,6 +212,18 @@ def _resume_check(run, settings):
         raise CLIError(f"{run.path} holds an interrupted run with other settings ({', '.join(changed)}); rerun "
                        "it with its own arguments to resume, or pass --restart to start over")
     return record
+
+
+def _init_from_model(model, path):
+    """Give `model` the weights of the GPQ saved at `path`, which must have the same configuration."""
+    from gpq_keras.model import load_gpq
+
+    source = load_gpq(path)
+    if source.gpq_config != model.gpq_config:
+        mine, theirs = model.gpq_config.to_dict(), source.gpq_config.to_dict()
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise CLIError(f"--init-model {path} has another configuration than this run ({', '.join(changed)})")
+    model.set_weights(source.get_weights())
 
 
 def cmd_train(args):
@@ -248,6 +265,10 @@ def _train(args, run, strategy):
     config = _config_from_args(args, split, replicas)
     settings = {"data": args.data, "config": config.to_dict(), "seed": args.seed, "batch_size": args.batch_size,
                 "val_per_class": per_class, "precision": args.precision}
+    if args.init_model:
+        settings["init_model"] = os.path.abspath(args.init_model)
+    if args.pipeline != "auto":
+        settings["pipeline"] = args.pipeline
     record = {}
     if state != "new" and (args.overwrite or args.restart):
         run.clear()
@@ -259,13 +280,16 @@ def _train(args, run, strategy):
         print(f"removed {len(stale)} temporary file(s) an interrupted write left in {args.output}")
 
     keras.utils.set_random_seed(args.seed)
-    if args.deterministic:
+    if args.deterministic and keras.config.backend() == "tensorflow":  # XLA on CPU is deterministic as it is
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
     with strategy.scope():
         model = GPQ(config, dtype=args.precision)
         resuming = TrainingBackup.has_backup(run.backup)
+        if args.init_model and not resuming:
+            _init_from_model(model, args.init_model)
+            print(f"weights initialised from {args.init_model}")
         if args.imagenet_mat and not resuming:
             from gpq_keras.convert import load_imagenet_mat
 
@@ -287,7 +311,7 @@ def _train(args, run, strategy):
         record = fit_run(model, split, run, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                          validation=None if x_val is None else (x_val, y_val), eval_every=args.eval_every,
                          backup_every_steps=args.backup_every_steps, save_every=args.save_every,
-                         keep_checkpoints=args.keep_checkpoints, record=record,
+                         keep_checkpoints=args.keep_checkpoints, record=record, pipeline=args.pipeline,
                          verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         record = run.read_record() or record
@@ -624,10 +648,15 @@ def _add_train(sub):
     p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
     p.add_argument("--retrieval-mode", choices=RETRIEVAL_MODES, help="default retrieval mode stored in the model")
     p.add_argument("--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat")
+    p.add_argument("--init-model", help="start from the weights of this GPQ .keras file, of the same configuration "
+                                        "(fine-tuning; the same start on every Keras backend)")
     p.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (0)")
+    p.add_argument("--pipeline", choices=("auto", "tf.data", "numpy"), default="auto",
+                   help="training input: tf.data, or NumPy (a keras.utils.PyDataset, the same augmentation drawn "
+                        "from NumPy's generator); auto = tf.data when TensorFlow is installed (auto)")
     p.add_argument("--deterministic", action="store_true",
                    help="TensorFlow's op determinism: the same seed gives the same model on the same machine "
-                        "(some GPU ops get slower)")
+                        "(some GPU ops get slower; JAX on CPU is deterministic without it)")
     run = p.add_argument_group("long runs")
     start = run.add_mutually_exclusive_group()
     start.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
@@ -766,7 +795,7 @@ def build_parser():
 
 # Where each command reads and writes: (flag, attribute) of its input files and of its output files.
 _INPUTS = (("--model", "model"), ("--index", "index"), ("--checkpoint", "checkpoint"),
-           ("--imagenet-mat", "imagenet_mat"), ("--config", "config"))
+           ("--imagenet-mat", "imagenet_mat"), ("--init-model", "init_model"), ("--config", "config"))
 _OUTPUTS = (("--output", "output"), ("--json", "json"), ("--figure", "figure"))
 
 

@@ -11,17 +11,39 @@ with strategy.scope():
     model.compile()
 model.fit(dataset, ...)                         # dataset batches are the global batch
 ```
+
+On other Keras backends than TensorFlow there is no `tf.distribute`: `make_strategy("one" | "auto")` gives
+`LOCAL`, this process's default device, and this module does not import TensorFlow.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import tempfile
 
-import tensorflow as tf
+import keras
 
 from gpq_keras.config import STRATEGIES
+
+
+class LocalDevice:
+    """The strategy of a backend without `tf.distribute` (JAX): one process on its default device."""
+
+    num_replicas_in_sync = 1
+    cluster_resolver = None
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+LOCAL = LocalDevice()
+
+
+def strategy_of(model):
+    """The `tf.distribute` strategy `model` was built under (TensorFlow), else `LOCAL`."""
+    return model.distribute_strategy if keras.config.backend() == "tensorflow" else LOCAL
 
 
 def read_tf_config():
@@ -57,9 +79,17 @@ def make_strategy(name="auto"):
     - `"auto"`: mirrored when more than one GPU is visible, else one device.
 
     Create it before TensorFlow runs anything else (a multi-worker strategy sets up its collectives).
+    On another Keras backend: `LOCAL` for "one" and "auto", a ValueError for the others.
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    if keras.config.backend() != "tensorflow":
+        if name in ("one", "auto"):
+            return LOCAL
+        raise ValueError(f"--strategy {name} is a tf.distribute strategy: it needs KERAS_BACKEND=tensorflow "
+                         f"(the backend is {keras.config.backend()})")
+    import tensorflow as tf
+
     if name == "multi-worker":
         read_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -75,7 +105,11 @@ def make_strategy(name="auto"):
 def num_workers(strategy):
     """How many machines (processes) take part in `strategy`: 1 unless it is multi-worker."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+    if resolver is None:
+        return 1
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return 1
     spec = resolver.cluster_spec()
     return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs) or 1
@@ -114,9 +148,11 @@ def share_chief_state(model, step):
     """Give every worker of a multi-worker run the chief's variables (model and optimizer) and its global
     step -> the step. The chief restored them from its backup; the others start from their own (or no)
     state, so a resumed run needs no shared file system. One worker: `step` unchanged."""
-    strategy = model.distribute_strategy
+    strategy = strategy_of(model)
     if num_workers(strategy) == 1:
         return step
+    import tensorflow as tf
+
     if model.optimizer is not None and not model.optimizer.built:
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)

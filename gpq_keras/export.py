@@ -33,6 +33,9 @@ def export_saved_model(model, path, mode=None):
     then POST `{"instances": [[[[0,0,0],...]]]}` (one H x W x C pixel array per image) to
     `http://localhost:8501/v1/models/gpq:predict`.
     """
+    if keras.config.backend() != "tensorflow":
+        raise ValueError(f"a SavedModel is TensorFlow's format: export with KERAS_BACKEND=tensorflow (the backend "
+                         f"is {keras.config.backend()}; the .keras file itself loads on any backend)")
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path):
         raise _exists(path)

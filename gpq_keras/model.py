@@ -5,12 +5,11 @@ import zipfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from gpq_keras.backbones import VGGBackbone
 from gpq_keras.config import GPQConfig
-from gpq_keras.distribute import num_workers
+from gpq_keras.distribute import num_workers, strategy_of
 from gpq_keras.files import FileFormatError, atomic_path
 from gpq_keras.layers import GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
@@ -73,9 +72,12 @@ def load_gpq(path):
 
 
 def _replica_context():
-    """The `tf.distribute` replica context of a step with more than one replica, else None."""
+    """The `tf.distribute` replica context of a step with more than one replica, else None (always None on
+    other backends than TensorFlow)."""
     if keras.config.backend() != "tensorflow":
         return None
+    import tensorflow as tf
+
     context = tf.distribute.get_replica_context()
     return context if context is not None and context.num_replicas_in_sync > 1 else None
 
@@ -91,6 +93,8 @@ def _gather_replicas(*tensors):
     context = _replica_context()
     if context is None:
         return tensors
+    import tensorflow as tf
+
     widths = [int(t.shape[-1]) for t in tensors]
     packed = context.all_gather(tf.concat(tensors, axis=-1), axis=0)
     packed = tf.ensure_shape(packed, [None, sum(widths)])
@@ -102,6 +106,8 @@ def _mean_over_replicas(losses):
     context = _replica_context()
     if context is None:
         return losses
+    import tensorflow as tf
+
     names = list(losses)
     values = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.stop_gradient(losses[n]) for n in names])
     return dict(zip(names, values))
@@ -125,6 +131,10 @@ class GPQ(keras.Model):
     Built under a `tf.distribute` strategy's scope, `fit` on global batches trains as one device on the
     whole batch: the N-pair loss sees every replica's images (see README, "Training at scale"; with
     `GPQConfig.sync_batch_norm` the batch norm too).
+
+    It runs on Keras' TensorFlow and JAX backends (`KERAS_BACKEND`): one objective, `compute_losses`, whose
+    gradient TensorFlow takes with a tape and JAX with `jax.value_and_grad` in Keras' stateless
+    `train_step(state, data)` (see README, "Backends").
 
     Args:
         config: `GPQConfig` (or its dict). Default: the original 48-bit CIFAR-10 setting.
@@ -156,7 +166,7 @@ class GPQ(keras.Model):
         self.normalize_pixels = bool(normalize_pixels)
         self.preprocessor = None
         if self.normalize_pixels:  # (x - mean) / std per channel, in float32 whatever the policy
-            from gpq_keras.data.pipeline import CHANNEL_MEAN, CHANNEL_STD
+            from gpq_keras.data.numpy_pipeline import CHANNEL_MEAN, CHANNEL_STD
 
             self.preprocessor = keras.layers.Normalization(
                 mean=list(CHANNEL_MEAN), variance=[s * s for s in CHANNEL_STD], name="pixel_normalization",
@@ -200,28 +210,36 @@ class GPQ(keras.Model):
 
     def encode(self, images, batch_size=500, verbose=0):
         """Raw features F(x) as a float32 NumPy array (N, M*d) of pixels (N, H, W, C), uint8 or float in
-        0..255. A `tf.data.Dataset` of batches is used as it is.
+        0..255. A `tf.data.Dataset` or `keras.utils.PyDataset` of batches is used as it is. (Batches come from
+        tf.data on TensorFlow, from `gpq_keras.data.numpy_pipeline.ArrayBatches` on other backends.)
 
         (A model with `normalize_pixels=False`, saved by an earlier version, keeps its contract: uint8
         arrays are normalised here, float arrays taken as normalised.)
         """
         if isinstance(images, np.ndarray):
-            from gpq_keras.data.pipeline import eval_dataset
-
             self.check_images(images)
-            images = eval_dataset(images, batch_size, normalized=not self.normalize_pixels)
+            normalized = not self.normalize_pixels
+            if keras.config.backend() == "tensorflow":
+                from gpq_keras.data.pipeline import eval_dataset
+
+                images = eval_dataset(images, batch_size, normalized=normalized)
+            else:
+                from gpq_keras.data.numpy_pipeline import ArrayBatches
+
+                images = ArrayBatches(images, batch_size, normalized=normalized)
             batch_size = None
         return np.asarray(self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32)
 
     @property
     def codebook(self):
         """The raw learned codebook Z (K, M*d), as the original uses it at retrieval."""
-        return np.asarray(self.quantizer.codewords.numpy(), np.float32)
+        return np.asarray(ops.convert_to_numpy(self.quantizer.codewords), np.float32)
 
     @property
     def refined_codebook(self):
         """Z' = SA(intra_norm(C), Z) (K, M*d), the codebook training quantises with."""
-        return np.asarray(self.quantizer.codebook(self.classifier.normalized_prototypes()), np.float32)
+        return np.asarray(ops.convert_to_numpy(self.quantizer.codebook(self.classifier.normalized_prototypes())),
+                          np.float32)
 
     @property
     def fingerprint(self):
@@ -237,7 +255,7 @@ class GPQ(keras.Model):
     @property
     def prototypes(self):
         """The raw class prototypes C (classes, M*d)."""
-        return np.asarray(self.classifier.prototypes.numpy(), np.float32)
+        return np.asarray(ops.convert_to_numpy(self.classifier.prototypes), np.float32)
 
     # --- training --------------------------------------------------------------------------------
     def compile(self, optimizer=None, **kwargs):
@@ -261,7 +279,7 @@ class GPQ(keras.Model):
         a distributed dataset, which fails for the {"labeled", "unlabeled"} inputs under
         `MultiWorkerMirroredStrategy`.)"""
         if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
+            with strategy_of(self).scope():
                 self.optimizer.build(self.trainable_variables)
 
     def label_matrix(self, labels):
@@ -280,6 +298,8 @@ class GPQ(keras.Model):
         labels = batch[2]
         if len(labels.shape) != 1 or keras.config.backend() != "tensorflow" or self.jit_compile:
             return batch
+        import tensorflow as tf
+
         message = f"GPQ: a label is outside the class ids [0, {self.gpq_config.num_classes}) of this model"
         checks = [tf.debugging.assert_non_negative(labels, message=message),
                   tf.debugging.assert_less(ops.cast(labels, "int64"), tf.constant(self.gpq_config.num_classes, "int64"),
@@ -314,31 +334,124 @@ class GPQ(keras.Model):
         for name, value in losses.items():
             self.trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
-        if num_workers(self.distribute_strategy) > 1:
+        if num_workers(strategy_of(self)) > 1:
             # Keras' TensorFlow trainer reduces each log of a multi-worker step with
             # `strategy.reduce("MEAN", value, axis=0)`, which needs a batch axis: (1,) gives the same scalar.
             logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
         return logs
 
-    def train_step(self, data):
-        labeled, unlabeled, labels = self._checked(self._unpack(data))
-        if unlabeled is None:
-            raise ValueError('GPQ.fit needs inputs {"labeled": images, "unlabeled": images}')
-        with tf.GradientTape() as tape:
-            losses = self.compute_losses(labeled, unlabeled, labels, training=True)
-            # Each of N replicas holds the loss of its slice of the batch (the whole batch's negatives
-            # included); the optimizer sums the replicas' gradients: loss / N makes that sum the gradient
-            # of the whole batch's loss on one device.
-            scaled = self.optimizer.scale_loss(losses["loss"] / _num_replicas())
-        grads = tape.gradient(scaled, self.trainable_variables)
+    # Gradient plumbing, one small place per backend. Every backend computes `compute_losses` and applies
+    # the gradient of losses["loss"] with the optimizer; TensorFlow through a tape on the variables, JAX
+    # through `jax.value_and_grad` of a pure function of the variables' values (Keras' stateless form).
+    def train_step(self, *args):
+        """One optimizer step on a `fit` batch -> the running losses. TensorFlow: `train_step(data)`;
+        JAX: `train_step(state, data)` -> (logs, state), state = (trainable, non-trainable, optimizer,
+        metrics variables' values)."""
+        if keras.config.backend() == "jax":
+            return self._jax_train_step(*args)
+        labeled, unlabeled, labels = self._training_batch(args[0])
+        # Each of N replicas holds the loss of its slice of the batch (the whole batch's negatives
+        # included); the optimizer sums the replicas' gradients: loss / N makes that sum the gradient
+        # of the whole batch's loss on one device.
+        losses, grads = self._tf_gradients(labeled, unlabeled, labels, scale=1.0 / _num_replicas())
         self.optimizer.apply(grads, self.trainable_variables)
         return self._record(_mean_over_replicas(losses))
 
-    def test_step(self, data):
-        labeled, unlabeled, labels = self._checked(self._unpack(data))
-        if unlabeled is None:  # held-out labeled data only: entropy measured on the same images
-            unlabeled = labeled
+    def test_step(self, *args):
+        """The losses of an `evaluate` batch (labeled images only: the entropy is measured on them)."""
+        if keras.config.backend() == "jax":
+            return self._jax_test_step(*args)
+        labeled, unlabeled, labels = self._evaluation_batch(args[0])
         return self._record(_mean_over_replicas(self.compute_losses(labeled, unlabeled, labels, training=False)))
+
+    def loss_and_gradients(self, data):
+        """({name: loss} for `LOSS_NAMES`, gradients of losses["loss"] in `trainable_variables`' order) of one
+        `fit` batch, as NumPy, on any backend, computed as `train_step` computes them. Like a training step
+        it updates batch norm's moving statistics; it changes no weight and no optimizer state."""
+        labeled, unlabeled, labels = self._training_batch(data)
+        if keras.config.backend() == "jax":
+            import jax
+
+            trainable = [v.value for v in self.trainable_variables]
+            non_trainable = [v.value for v in self.non_trainable_variables]
+            step = jax.jit(lambda *args: self._jax_value_and_grad(*args[:2], (), *args[2:]))  # as fit compiles
+            (_, (losses, non_trainable)), grads = step(trainable, non_trainable, labeled, unlabeled, labels)
+            for variable, value in zip(self.non_trainable_variables, non_trainable):
+                variable.assign(value)
+        else:
+            losses, grads = self._tf_gradients(labeled, unlabeled, labels)
+        to_numpy = ops.convert_to_numpy
+        return {name: float(to_numpy(value)) for name, value in losses.items()}, [to_numpy(g) for g in grads]
+
+    def _training_batch(self, data):
+        labeled, unlabeled, labels = self._checked(self._unpack(data))
+        if unlabeled is None:
+            raise ValueError('GPQ.fit needs inputs {"labeled": images, "unlabeled": images}')
+        return labeled, unlabeled, labels
+
+    def _evaluation_batch(self, data):
+        labeled, unlabeled, labels = self._checked(self._unpack(data))
+        return labeled, labeled if unlabeled is None else unlabeled, labels
+
+    def _tf_gradients(self, labeled, unlabeled, labels, scale=None):
+        """TensorFlow: (losses, gradients of loss), or of optimizer.scale_loss(scale * loss) given a scale."""
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(labeled, unlabeled, labels, training=True)
+            loss = losses["loss"]
+            if scale is not None:
+                loss = self.optimizer.scale_loss(loss * scale)
+        return losses, tape.gradient(loss, self.trainable_variables)
+
+    def _stateless_losses(self, trainable, non_trainable, optimizer_state, labeled, unlabeled, labels, training):
+        """compute_losses on the given variable values -> (loss to differentiate, (losses, new non-trainable
+        values)): a pure function, as `jax.value_and_grad` needs."""
+        variables = self.trainable_variables + self.non_trainable_variables
+        mapping = list(zip(variables, list(trainable) + list(non_trainable)))
+        if optimizer_state:
+            mapping += list(zip(self.optimizer.variables, optimizer_state))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            losses = self.compute_losses(labeled, unlabeled, labels, training=training)
+            loss = losses["loss"]
+            if training and optimizer_state:
+                loss = self.optimizer.scale_loss(loss)  # reads the loss scale of a LossScaleOptimizer
+        updated = [scope.get_current_value(v) for v in self.non_trainable_variables]
+        non_trainable = [old if new is None else new for old, new in zip(non_trainable, updated)]
+        return loss, (losses, non_trainable)
+
+    def _jax_value_and_grad(self, trainable, non_trainable, optimizer_state, labeled, unlabeled, labels):
+        import jax
+
+        def loss_fn(trainable_values):
+            return self._stateless_losses(trainable_values, non_trainable, optimizer_state, labeled, unlabeled,
+                                          labels, training=True)
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+
+    def _jax_train_step(self, state, data):
+        trainable, non_trainable, optimizer_state, metrics_state = state
+        labeled, unlabeled, labels = self._training_batch(data)
+        (_, (losses, non_trainable)), grads = self._jax_value_and_grad(
+            trainable, non_trainable, optimizer_state, labeled, unlabeled, labels)
+        trainable, optimizer_state = self.optimizer.stateless_apply(optimizer_state, grads, trainable)
+        logs, metrics_state = self._stateless_record(metrics_state, losses)
+        return logs, (trainable, non_trainable, optimizer_state, metrics_state)
+
+    def _jax_test_step(self, state, data):
+        trainable, non_trainable, metrics_state = state
+        labeled, unlabeled, labels = self._evaluation_batch(data)
+        _, (losses, non_trainable) = self._stateless_losses(trainable, non_trainable, (), labeled, unlabeled,
+                                                            labels, training=False)
+        logs, metrics_state = self._stateless_record(metrics_state, losses)
+        return logs, (trainable, non_trainable, metrics_state)
+
+    def _stateless_record(self, metrics_state, losses):
+        """`_record` on the given tracker values -> (logs, new tracker values)."""
+        with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, metrics_state))) as scope:
+            logs = self._record(losses)
+        updated = [scope.get_current_value(v) for v in self.metrics_variables]
+        return logs, [old if new is None else new for old, new in zip(metrics_state, updated)]
 
     # --- serialisation ---------------------------------------------------------------------------
     def get_config(self):

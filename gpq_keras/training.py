@@ -26,9 +26,8 @@ import shutil
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from gpq_keras.distribute import num_workers, share_chief_state
+from gpq_keras.distribute import num_workers, share_chief_state, strategy_of
 from gpq_keras.files import atomic_path, sweep_temporaries, write_json
 
 RUN_FILES = ("model.keras", "best.keras", "log.csv", "run.json")
@@ -356,6 +355,10 @@ class RetrievalValidation(keras.callbacks.Callback):
             self._summaries(epoch + 1, entropy, codes)
 
     def _summaries(self, step, entropy, codes):
+        from gpq_keras.data import has_tensorflow
+
+        if not has_tensorflow():  # TensorBoard's writer is TensorFlow's
+            return
         import tensorflow as tf
 
         if self._writer is None:
@@ -381,23 +384,26 @@ def finite_or_none(value):
 def new_record(command, settings):
     """The start of a run.json: the command line, its settings (GPQConfig included), the library versions,
     the devices and the start time."""
+    import importlib
     import platform
-
-    import tensorflow as tf
 
     import gpq_keras
 
+    backend = keras.config.backend()
+    versions = {"gpq_keras": gpq_keras.__version__, "keras": keras.__version__, "numpy": np.__version__,
+                "python": platform.python_version(), backend: importlib.import_module(backend).__version__}
+    if backend == "tensorflow":
+        devices = [device.name for device in _tf().config.list_logical_devices()]
+    else:
+        devices = [str(device) for device in keras.distribution.list_devices()]
     return {"command": list(command), "settings": settings, "config": settings.get("config"),
-            "seed": settings.get("seed"),
-            "versions": {"gpq_keras": gpq_keras.__version__, "keras": keras.__version__,
-                         "tensorflow": tf.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()},
-            "devices": [device.name for device in tf.config.list_logical_devices()],
+            "seed": settings.get("seed"), "backend": backend, "versions": versions, "devices": devices,
             "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eval_every=5,
-            backup_every_steps=None, save_every=0, keep_checkpoints=3, record=None, verbose=2, callbacks=()):
+            backup_every_steps=None, save_every=0, keep_checkpoints=3, record=None, verbose=2, callbacks=(),
+            pipeline="auto"):
     """Train `model` (compiled) on `split` in the run folder `run`, resuming from its backup if it has one.
 
     The data of global step g is a function of (seed, g) (`train_dataset(start_step=g)`), so a resumed run
@@ -420,19 +426,23 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
         record: dict written to run.json (status, progress and validation figures are added).
         verbose: `fit`'s verbosity.
         callbacks: more Keras callbacks, run after the run's own.
+        pipeline: the training input, "auto", "tf.data" or "numpy" (`gpq_keras.data.train_input`).
 
     Returns:
         The record dict.
     """
-    from gpq_keras.data import train_dataset
+    from gpq_keras.data import has_tensorflow, train_input
     from gpq_keras.model import save_atomic
 
     record, extra_callbacks = dict(record or {}), callbacks
-    pixels = {"normalized": not getattr(model, "normalize_pixels", True)}  # what the model takes
-    _, steps = train_dataset(split, batch_size=batch_size, seed=seed, **pixels)
+    if pipeline == "auto":
+        pipeline = "tf.data" if has_tensorflow() else "numpy"
+    options = {"pipeline": pipeline, "batch_size": batch_size, "seed": seed,
+               "normalized": not getattr(model, "normalize_pixels", True)}  # what the model takes
+    _, steps = train_input(split, **options)
     backup = TrainingBackup(run.backup, steps, save_freq=backup_every_steps or "epoch")
-    strategy = model.distribute_strategy
-    if num_workers(strategy) > 1 and tf.distribute.has_strategy():
+    strategy = strategy_of(model)
+    if num_workers(strategy) > 1 and _tf().distribute.has_strategy():
         # Under the scope of a multi-worker strategy a weight assignment is a broadcast from the chief, which
         # the other workers would have to join: the chief alone restores its backup, outside the scope.
         raise ValueError("fit_run: call it outside strategy.scope() in a multi-worker run (create and compile "
@@ -445,7 +455,7 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
         raise ValueError(f"{run.backup}: the backup is at step {step} (epoch {step // steps}), beyond "
                          f"--epochs {epochs}; rerun with at least {math.ceil(step / steps)} epochs or --restart")
     initial_epoch, done = divmod(step, steps)
-    record.update(status="running", steps_per_epoch=steps, total_steps=epochs * steps)
+    record.update(status="running", steps_per_epoch=steps, total_steps=epochs * steps, pipeline=pipeline)
     if step:
         record.setdefault("resumed", []).append({"step": step, "epoch": initial_epoch})
     callbacks = []
@@ -460,14 +470,15 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
     callbacks.append(backup)  # after the log row: a kill in between redoes the epoch, its row written once
     if save_every:
         callbacks.append(PeriodicCheckpoint(run.checkpoints, save_every, keep_checkpoints))
-    callbacks.append(keras.callbacks.TensorBoard(run.logs, write_graph=False))
+    if has_tensorflow():  # Keras' TensorBoard callback writes with TensorFlow
+        callbacks.append(keras.callbacks.TensorBoard(run.logs, write_graph=False))
     callbacks.append(_RecordUpdate(run, record, checker))
     callbacks += list(extra_callbacks)
     run.write_record(record)
 
     def fit(first_epoch, steps_per_epoch, start_step, offset, last_epoch):
         backup.batch_offset = offset
-        dataset, _ = train_dataset(split, batch_size=batch_size, seed=seed, start_step=start_step, **pixels)
+        dataset, _ = train_input(split, start_step=start_step, **options)
         model.fit(dataset, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps_per_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
 
@@ -481,6 +492,12 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
     run.write_record(record)
     backup.discard()
     return record
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
 
 
 class _RecordUpdate(keras.callbacks.Callback):

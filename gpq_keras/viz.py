@@ -39,7 +39,7 @@ def to_display(image, normalized=None):
     """An image as floats in [0, 1] (H, W, 3) or (H, W) for `imshow`.
 
     uint8 images are divided by 255. Float images are taken as normalised with the original's colour
-    statistics (model inputs) and de-normalised with `gpq_keras.data.pipeline.denormalize`, unless
+    statistics (model inputs) and de-normalised with `gpq_keras.data.denormalize`, unless
     `normalized=False`, when they are taken as [0, 1] already.
     """
     image = np.asarray(image)
@@ -56,7 +56,7 @@ def to_display(image, normalized=None):
     if image.ndim != 3:
         raise ValueError("Normalised float images must have 3 colour channels to be de-normalised; "
                          "pass normalized=False for [0, 1] grey images")
-    from gpq_keras.data.pipeline import denormalize
+    from gpq_keras.data.numpy_pipeline import denormalize
 
     return denormalize(image)
 

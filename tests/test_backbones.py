@@ -4,6 +4,8 @@ import pytest
 from gpq_keras import VGGBackbone
 from test_case import run_backbone_test, run_model_saving_test, run_precision_test
 
+pytestmark = pytest.mark.backends
+
 INIT_KWARGS = {
     "feature_dim": 12,
     "filters": (4, 8, 8, 8),

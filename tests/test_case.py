@@ -178,3 +178,23 @@ def run_model_saving_test(cls, init_kwargs, input_data, tmp_path):
     restored = keras.models.load_model(path, safe_mode=True)
     assert type(restored) is cls
     np.testing.assert_allclose(_numpy(restored(input_data)), output, rtol=1e-6, atol=1e-6)
+
+
+def gradients(fn, variables):
+    """Gradients (NumPy) of the scalar `fn()` in each of `variables` (Keras variables; wrap an input array in
+    `keras.Variable`), on the current backend: a tape on TensorFlow, `jax.grad` of `fn` made a pure function
+    of the variables' values (Keras' `StatelessScope`) on JAX."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        def pure(values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn()
+
+        return [np.asarray(g) for g in jax.grad(pure)([v.value for v in variables])]
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch([v.value for v in variables])
+        loss = fn()
+    return [keras.ops.convert_to_numpy(g) for g in tape.gradient(loss, [v.value for v in variables])]

@@ -171,3 +171,14 @@ def test_outputs_get_the_usual_permissions(files, tmp_path):
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")] == []
+
+
+def test_an_init_model_of_another_configuration_is_refused(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", f"npz:{files / 'data.npz'}", "--output", str(out), "--epochs", "1",
+            "--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8", "--init-model", str(files / "a.keras")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpq train: error: --init-model") and "another configuration" in err
+    assert "subspace_dim" in err and len(err.splitlines()) == 1
+    assert not (out / "model.keras").exists()

@@ -4,6 +4,7 @@ import hashlib
 from importlib import resources
 
 import numpy as np
+import pytest
 
 from gpq_keras.data import digits
 
@@ -43,3 +44,17 @@ def test_load_images_scales_resizes_and_repeats_the_raw_digits():
     big, _ = digits.load_images()
     assert big.shape == (1797, 32, 32, 3) and big.dtype == np.uint8
     assert big.max() == 255 and (big[..., 0] == big[..., 2]).all()
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_the_numpy_resize_is_tensorflows_bilinear_resize(size):
+    """Digits load without TensorFlow; enlarged, they are `tf.image.resize`'s to the last bit (before
+    rounding), so models and figures trained on them before stay reproducible."""
+    import tensorflow as tf
+
+    raw, _ = digits.load_raw()
+    scaled = np.round(raw * (255 / 16)).astype(np.uint8)[..., None]
+    expected = tf.image.resize(scaled, (size, size), method="bilinear").numpy()
+    np.testing.assert_allclose(digits.resize_bilinear(scaled, (size, size)), expected, rtol=0, atol=1e-4)
+    images, _ = digits.load_images(size)
+    np.testing.assert_array_equal(images[..., 0], np.clip(np.round(expected[..., 0]), 0, 255).astype(np.uint8))

@@ -1,12 +1,29 @@
-"""The tf.data pipelines: augmentation as claimed, two independent streams, evaluation input."""
+"""The input pipelines, tf.data and NumPy (`keras.utils.PyDataset`): augmentation as claimed, two independent
+streams, evaluation input; the two give batches of the same distribution."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpq_keras.data import Split, eval_dataset, pipeline, train_dataset
+from gpq_keras.data import ArrayBatches, Split, eval_dataset, numpy_pipeline, pipeline, train_input
 
 MEAN, STD = np.array(pipeline.CHANNEL_MEAN), np.array(pipeline.CHANNEL_STD)
+PIPELINES = ["tf.data", "numpy"]
+
+
+def take(kind, split, count, **options):
+    """([(x_l, x_u, y)] of the first `count` batches as NumPy, steps_per_epoch) of pipeline `kind`."""
+    dataset, steps = train_input(split, pipeline=kind, **options)
+    items = (dataset[i] for i in range(count)) if kind == "numpy" else dataset.take(count)
+    return [(np.asarray(x["labeled"]), np.asarray(x["unlabeled"]), np.asarray(y)) for x, y in items], steps
+
+
+def augment_numpy(batch, seed, fill):
+    return numpy_pipeline.augment_batch(batch, np.random.default_rng(seed), fill=fill)
+
+
+def augment_tf(batch, seed, fill):
+    return pipeline.augment_batch(batch, seed=seed, fill=fill).numpy()
 
 
 def candidates(image, padding, fill=0.0):
@@ -24,24 +41,46 @@ def candidates(image, padding, fill=0.0):
     return out
 
 
-@pytest.mark.parametrize("fill", [0.0, (300.5, -2.0)])  # normalised images; a fill per channel (pixels)
-def test_augment_batch_is_a_flip_then_a_padded_crop(fill):
+def draws(augment, seed, fill=0.0, count=4000):
+    """The (flip, dy, dx) of each of `count` augmentations of one image; each output must be exactly one
+    flip + crop of the padded image (NumPy reference `candidates`)."""
     image = np.arange(1, 8 * 8 * 2 + 1, dtype=np.float32).reshape(8, 8, 2)  # every pixel unique, > 0
-    batch = np.repeat(image[None], 2000, axis=0)
-    out = pipeline.augment_batch(batch, seed=[3, 4], fill=fill).numpy()
+    batch = np.repeat(image[None], count, axis=0)
+    out = augment(batch, seed, fill)
     assert out.shape == batch.shape and out.dtype == np.float32
-    table = candidates(image, 4, np.asarray(fill, np.float32))
-    keys = {k: v.tobytes() for k, v in table.items()}
-    lookup = {v: k for k, v in keys.items()}
+    lookup = {v.tobytes(): k for k, v in candidates(image, 4, np.asarray(fill, np.float32)).items()}
     found = [lookup.get(o.tobytes()) for o in out]
-    assert None not in found  # each output is exactly one flip + crop of the zero-padded image
-    assert len(set(found)) == 2 * 9 * 9  # every flip and offset occurs (2000 draws of 162)
-    flips = np.mean([f[0] for f in found])
-    assert 0.4 < flips < 0.6
+    assert None not in found
+    return np.array(found, dtype=int)
+
+
+@pytest.mark.parametrize("augment", [augment_tf, augment_numpy])
+@pytest.mark.parametrize("fill", [0.0, (300.5, -2.0)])  # normalised images; a fill per channel (pixels)
+def test_augment_batch_is_a_flip_then_a_padded_crop(augment, fill):
+    found = draws(augment, [3, 4], fill, count=2000)
+    assert len({tuple(f) for f in found}) == 2 * 9 * 9  # every flip and offset occurs (2000 draws of 162)
+    assert 0.4 < found[:, 0].mean() < 0.6
     # The same seed gives the same batch, another seed another one.
-    np.testing.assert_array_equal(pipeline.augment_batch(batch[:50], seed=[3, 4], fill=fill).numpy(),
-                                  pipeline.augment_batch(batch[:50], seed=[3, 4], fill=fill).numpy())
-    assert not np.array_equal(out[:50], pipeline.augment_batch(batch[:50], seed=[5, 6], fill=fill).numpy())
+    batch = np.random.default_rng(0).normal(size=(50, 8, 8, 2)).astype(np.float32)
+    np.testing.assert_array_equal(augment(batch, [3, 4], fill), augment(batch, [3, 4], fill))
+    assert not np.array_equal(augment(batch, [3, 4], fill), augment(batch, [5, 6], fill))
+
+
+def test_numpy_and_tf_augmentations_draw_from_the_same_distribution():
+    """Flip and the two offsets: uniform (chi-square against 1/2 and 1/9 per value) and independent, for both;
+    and the two pipelines' frequencies agree (two-sample chi-square over the 162 outcomes)."""
+    from scipy import stats
+
+    counts = {}
+    for name, augment in (("tf", augment_tf), ("numpy", augment_numpy)):
+        found = draws(augment, [11, 12], count=16200)
+        for column, values in ((0, 2), (1, 9), (2, 9)):
+            observed = np.bincount(found[:, column], minlength=values)
+            assert stats.chisquare(observed).pvalue > 1e-4, (name, column, observed)
+        counts[name] = np.bincount(found[:, 0] * 81 + found[:, 1] * 9 + found[:, 2], minlength=162)
+        assert stats.chisquare(counts[name]).pvalue > 1e-4, name  # the joint: independent and uniform
+    table = np.stack([counts["tf"], counts["numpy"]])
+    assert stats.chi2_contingency(table).pvalue > 1e-4
 
 
 def test_augment_shifts_a_known_pattern():
@@ -78,30 +117,32 @@ def pixel_values(batch):
     return np.round(centre)[:, 0].astype(int)
 
 
-def test_train_dataset_structure_and_label_alignment():
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_train_dataset_structure_and_label_alignment(kind):
     split = split_of_constant_images()
-    ds, steps = train_dataset(split, batch_size=8, seed=1)
+    dataset, steps = train_input(split, pipeline=kind, batch_size=8, seed=1)
     assert steps == 5
-    (x, y) = next(iter(ds))
+    x, y = dataset[0] if kind == "numpy" else next(iter(dataset))
     assert set(x) == {"labeled", "unlabeled"}
     assert x["labeled"].shape == (8, 32, 32, 3) and x["unlabeled"].shape == (8, 32, 32, 3)
-    assert x["labeled"].dtype == tf.float32 and y.dtype == tf.int64
-    for x, y in ds.take(10):  # augmented, shuffled: labels still belong to their images
-        np.testing.assert_array_equal(pixel_values(x["labeled"].numpy()), y.numpy() * 10 + 1)
+    assert np.asarray(x["labeled"]).dtype == np.float32 and np.asarray(y).dtype == np.int64
+    for x_l, _, y in take(kind, split, 10, batch_size=8, seed=1)[0]:  # augmented, shuffled: labels still
+        np.testing.assert_array_equal(pixel_values(x_l), y * 10 + 1)  # belong to their images
 
 
+@pytest.mark.parametrize("kind", PIPELINES)
 @pytest.mark.parametrize("normalized", [False, True])
-def test_padding_is_zero_after_normalisation(normalized):
+def test_padding_is_zero_after_normalisation(normalized, kind):
     """Pixels are padded with the channel mean, which the model's normalisation makes 0 (`normalized=True`:
     normalised images padded with 0, the original's order)."""
     split = split_of_constant_images()
-    ds, _ = train_dataset(split, batch_size=20, seed=2, normalized=normalized)
+    batches, _ = take(kind, split, 5, batch_size=20, seed=2, normalized=normalized)
     padded = 0
     fill = np.zeros(3, np.float32) if normalized else np.asarray(MEAN, np.float32)
     if not normalized:
         np.testing.assert_array_equal(pipeline.normalize(fill).numpy(), 0.0)
-    for x, _ in ds.take(5):
-        for image in x["unlabeled"].numpy():
+    for _, x_u, _ in batches:
+        for image in x_u:
             value = image[16, 16]
             border = np.all(image == fill, axis=-1)  # pixels from the padding
             assert np.allclose(image[~border], value, atol=1e-6)
@@ -115,15 +156,14 @@ def test_padding_is_zero_after_normalisation(normalized):
     assert padded > 80  # 100 images, each padded unless its offset is (4, 4)
 
 
-def test_streams_are_shuffled_independently_and_cover_each_pass():
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_streams_are_shuffled_independently_and_cover_each_pass(kind):
     split = split_of_constant_images(num_labeled=40, num_unlabeled=40)
     split.x_unlabeled = split.x_labeled.copy()  # same images in both streams
-    ds, steps = train_dataset(split, batch_size=10, seed=0, augmented=False)
-    lab, unl = [], []
-    for x, _ in ds.take(steps):
-        lab.append(pixel_values(x["labeled"].numpy()))
-        unl.append(pixel_values(x["unlabeled"].numpy()))
-    lab, unl = np.concatenate(lab), np.concatenate(unl)
+    batches, steps = take(kind, split, 4, batch_size=10, seed=0, augmented=False)
+    assert steps == 4
+    lab = np.concatenate([pixel_values(x_l) for x_l, _, _ in batches])
+    unl = np.concatenate([pixel_values(x_u) for _, x_u, _ in batches])
     expected = np.sort(split.y_labeled * 10 + 1)
     np.testing.assert_array_equal(np.sort(lab), expected)  # one pass = each image once
     np.testing.assert_array_equal(np.sort(unl), expected)
@@ -131,27 +171,32 @@ def test_streams_are_shuffled_independently_and_cover_each_pass():
     assert not np.array_equal(lab, split.y_labeled * 10 + 1)  # shuffled
 
 
-def test_seed_makes_the_stream_reproducible():
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_seed_makes_the_stream_reproducible(kind):
     split = split_of_constant_images()
 
     def first(seed):
-        x, y = next(iter(train_dataset(split, batch_size=8, seed=seed)[0]))
-        return np.concatenate([x["labeled"].numpy().ravel(), x["unlabeled"].numpy().ravel(), y.numpy()])
+        (x_l, x_u, y), = take(kind, split, 1, batch_size=8, seed=seed)[0]
+        return np.concatenate([x_l.ravel(), x_u.ravel(), y])
 
     np.testing.assert_array_equal(first(7), first(7))
     assert not np.array_equal(first(7), first(8))
 
 
-def test_batch_size_is_capped_and_multi_hot_labels_pass():
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_batch_size_is_capped_and_multi_hot_labels_pass(kind):
     split = split_of_constant_images(num_labeled=12, num_unlabeled=30)
     split.y_labeled = np.eye(21, dtype=np.uint8)[np.arange(12)]
     split.num_classes = 21
-    ds, steps = train_dataset(split, batch_size=500)
-    x, y = next(iter(ds))
-    assert x["labeled"].shape[0] == x["unlabeled"].shape[0] == 12 and steps == 1
-    assert y.shape == (12, 21) and y.dtype == tf.uint8
+    (x_l, x_u, y), = (batches := take(kind, split, 1, batch_size=500))[0]
+    assert x_l.shape[0] == x_u.shape[0] == 12 and batches[1] == 1
+    assert y.shape == (12, 21) and y.dtype == np.uint8
     with pytest.raises(ValueError, match="no labeled"):
-        train_dataset(Split(x_query=split.x_db, y_query=split.y_db, x_db=split.x_db, y_db=split.y_db))
+        train_input(Split(x_query=split.x_db, y_query=split.y_db, x_db=split.x_db, y_db=split.y_db), pipeline=kind)
+    split.y_labeled = np.full(12, 3)
+    split.num_classes = 5
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        train_input(split, pipeline=kind)
 
 
 def test_eval_dataset_is_ordered_pixels_without_augmentation():
@@ -165,32 +210,68 @@ def test_eval_dataset_is_ordered_pixels_without_augmentation():
     legacy = np.concatenate([b.numpy() for b in eval_dataset(images, batch_size=10, normalized=True)])
     np.testing.assert_allclose(legacy, (images.astype(np.float64) - MEAN) / STD, atol=1e-5)
     np.testing.assert_allclose(pipeline.denormalize(legacy), images / 255.0, atol=1e-5)
+    # The NumPy version (a PyDataset): the same batches.
+    for normalized in (False, True):
+        ours = ArrayBatches(images, batch_size=10, normalized=normalized)
+        theirs = [b.numpy() for b in eval_dataset(images, batch_size=10, normalized=normalized)]
+        assert len(ours) == 3
+        for i, batch in enumerate(theirs):
+            np.testing.assert_allclose(ours[i], batch, rtol=1e-6, atol=1e-5)
 
 
 
-def test_a_batch_never_holds_an_image_twice():
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_a_batch_never_holds_an_image_twice(kind):
     """43 labeled / 67 unlabeled images at batch 10: passes do not divide evenly, batches never span two."""
     split = split_of_constant_images(num_labeled=43, num_unlabeled=67)
     split.y_labeled, split.num_classes = np.arange(43), 43  # labeled image i: its label, to identify it
     split.x_unlabeled = np.broadcast_to(np.arange(1, 68, dtype=np.uint8)[:, None, None, None], (67, 32, 32, 3))
-    ds, steps = train_dataset(split, batch_size=10, seed=5, augmented=False)
+    batches, steps = take(kind, split, 40, batch_size=10, seed=5, augmented=False)
     assert steps == 4
     unlabeled_passes = []
-    for x, y in ds.take(40):
-        assert len(set(y.numpy().tolist())) == 10
-        ids = pixel_values(x["unlabeled"].numpy())
+    for _, x_u, y in batches:
+        assert len(set(y.tolist())) == 10
+        ids = pixel_values(x_u)
         assert len(set(ids.tolist())) == 10
         unlabeled_passes.append(set(ids.tolist()))
     for first in range(0, 36, 6):  # 6 batches per unlabeled pass: 60 distinct images, 7 left out
         assert len(set().union(*unlabeled_passes[first:first + 6])) == 60
 
 
-def test_start_step_resumes_the_same_batches():
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_start_step_resumes_the_same_batches(kind):
     split = split_of_constant_images(num_labeled=43, num_unlabeled=67)
-    ds, _ = train_dataset(split, batch_size=10, seed=3)
-    later, _ = train_dataset(split, batch_size=10, seed=3, start_step=13)
-    whole = [(x["labeled"].numpy(), x["unlabeled"].numpy(), y.numpy()) for x, y in ds.take(20)]
-    resumed = [(x["labeled"].numpy(), x["unlabeled"].numpy(), y.numpy()) for x, y in later.take(7)]
+    whole, _ = take(kind, split, 20, batch_size=10, seed=3)
+    resumed, _ = take(kind, split, 7, batch_size=10, seed=3, start_step=13)
     for a, b in zip(whole[13:], resumed):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
+
+
+def test_the_numpy_pipeline_has_the_statistics_of_the_tf_data_one():
+    """Digits through both pipelines, 40 batches of 100 + 100 each: the per-pixel means of the labeled and
+    the unlabeled images, the share of padded (channel-mean) pixels and the label frequencies agree within
+    sampling error; un-augmented, one pass of each holds the same images."""
+    from gpq_keras.data import load_data
+
+    split = load_data("digits")
+    stats = {}
+    for kind in PIPELINES:
+        batches, steps = take(kind, split, 40, batch_size=100, seed=4)
+        x_l = np.concatenate([b[0] for b in batches])
+        x_u = np.concatenate([b[1] for b in batches])
+        y = np.concatenate([b[2] for b in batches])
+        fill = np.all(x_u == np.float32(MEAN), axis=-1)
+        stats[kind] = {"steps": steps, "labeled": x_l.mean(0), "unlabeled": x_u.mean(0), "fill": fill.mean(),
+                       "fill_rows": fill.mean((0, 2)), "labels": np.bincount(y, minlength=10) / len(y)}
+    a, b = stats["tf.data"], stats["numpy"]
+    assert a["steps"] == b["steps"]
+    for key in ("labeled", "unlabeled"):  # 4,000 images a pixel: the means' sampling error is ~1.5 levels
+        assert np.abs(a[key] - b[key]).mean() < 2.0, key
+        assert np.abs(a[key] - b[key]).max() < 12.0, key
+    assert a["fill"] == pytest.approx(b["fill"], abs=0.01)
+    np.testing.assert_allclose(a["fill_rows"], b["fill_rows"], atol=0.03)  # the border's shape by row
+    np.testing.assert_allclose(a["labels"], b["labels"], atol=0.03)
+    one_pass = {kind: take(kind, split, 1, batch_size=len(split.x_labeled), augmented=False, seed=1)[0][0][0]
+                for kind in PIPELINES}  # the labeled set (the smaller) in one batch
+    assert sorted(x.tobytes() for x in one_pass["tf.data"]) == sorted(x.tobytes() for x in one_pass["numpy"])

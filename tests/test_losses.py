@@ -4,6 +4,9 @@ import pytest
 
 import numpy_reference as ref
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
+from test_case import gradients
+
+pytestmark = pytest.mark.backends
 
 RNG = np.random.default_rng(1)
 M, D, CLASSES, B = 4, 3, 5, 9
@@ -45,17 +48,15 @@ def test_n_pair_pq_loss_of_replica_slices_averages_to_the_whole_batch(replicas):
     parts = [_np(n_pair_pq_loss(y[r], f[r], q[r], M, 0.002, all_labels=y, all_descriptors=q)) for r in slices]
     assert np.mean(parts) == pytest.approx(whole, rel=1e-5)
 
-    import tensorflow as tf
+    var_f, var_q = keras.Variable(f), keras.Variable(q)
+    one = gradients(lambda: n_pair_pq_loss(y, var_f, var_q, M, 0.002), [var_f, var_q])
+    def replicas_mean():
+        return sum(n_pair_pq_loss(y[r], keras.ops.take(var_f, r, axis=0), keras.ops.take(var_q, r, axis=0), M,
+                                  0.002, all_labels=y, all_descriptors=var_q) for r in slices) / replicas
 
-    tf_f, tf_q = tf.constant(f), tf.constant(q)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch([tf_f, tf_q])
-        one = n_pair_pq_loss(y, tf_f, tf_q, M, 0.002)
-        split = sum(n_pair_pq_loss(y[r], tf.gather(tf_f, r), tf.gather(tf_q, r), M, 0.002, all_labels=y,
-                                   all_descriptors=tf_q) for r in slices) / replicas
-    for a, b in zip(tape.gradient(one, [tf_f, tf_q]), tape.gradient(split, [tf_f, tf_q])):
-        np.testing.assert_allclose(tf.convert_to_tensor(b).numpy(), tf.convert_to_tensor(a).numpy(), rtol=1e-4,
-                                   atol=1e-6)
+    split = gradients(replicas_mean, [var_f, var_q])
+    for a, b in zip(one, split):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
 def test_n_pair_pq_loss_row_without_labels_adds_nothing():

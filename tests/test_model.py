@@ -1,14 +1,16 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from gpq_keras import GPQ, GPQConfig, VGGBackbone
-from gpq_keras.data import digits, protocol_split, train_dataset
-from gpq_keras.data.pipeline import CHANNEL_MEAN, CHANNEL_STD, normalize
+from gpq_keras.data import digits, protocol_split, train_input
+from gpq_keras.data.numpy_pipeline import CHANNEL_MEAN, CHANNEL_STD, normalize_array
 from gpq_keras.losses import subspace_entropy_loss
 from gpq_keras.model import default_optimizer, load_gpq
 from gpq_keras.retrieval import PQIndex
+from test_case import gradients
+
+backends = pytest.mark.backends  # also on JAX
 
 RNG = np.random.default_rng(2)
 
@@ -17,6 +19,7 @@ def _images(n, shape=(16, 16, 3)):
     return RNG.normal(size=(n, *shape)).astype(np.float32)
 
 
+@backends
 def test_predict_encode_and_codebooks(tiny_config):
     model = GPQ(tiny_config)
     x = _images(5)
@@ -29,9 +32,10 @@ def test_predict_encode_and_codebooks(tiny_config):
     np.testing.assert_allclose(np.linalg.norm(refined.reshape(4, 3, 4), axis=-1), 1.0, rtol=1e-5)
 
 
+@backends
 def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
     model = GPQ(tiny_config)
-    x = tf.constant(_images(8))
+    x = _images(8)
     dense = model.backbone.get_layer("feature_vector").kernel
     prototypes = model.classifier.prototypes
 
@@ -41,11 +45,7 @@ def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
             features = model.reversal(features)
         return subspace_entropy_loss(model.classifier(model.intra_norm(features)))
 
-    grads = {}
-    for reverse in (True, False):
-        with tf.GradientTape() as tape:
-            loss = entropy(reverse)
-        grads[reverse] = [g.numpy() for g in tape.gradient(loss, [dense, prototypes])]
+    grads = {reverse: gradients(lambda: entropy(reverse), [dense, prototypes]) for reverse in (True, False)}
     np.testing.assert_allclose(grads[True][0], -grads[False][0], rtol=1e-6, atol=1e-10)
     np.testing.assert_allclose(grads[True][1], grads[False][1], rtol=1e-6, atol=1e-10)
     assert np.abs(grads[True][0]).max() > 0 and np.abs(grads[True][1]).max() > 0
@@ -55,7 +55,7 @@ def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
     base = float(entropy(True))
     eps = 1e-2
     for variable, grad, direction in ((prototypes, grads[True][1], -1), (dense, grads[True][0], +1)):
-        original = variable.numpy()
+        original = keras.ops.convert_to_numpy(variable)
         variable.assign(original - eps * grad / np.abs(grad).max())
         moved = float(entropy(True))
         variable.assign(original)
@@ -63,6 +63,7 @@ def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
 
 
 @pytest.mark.large
+@backends
 def test_each_stream_updates_batch_norm_with_its_own_statistics(tiny_config):
     model = GPQ(tiny_config)
     model.compile(optimizer=keras.optimizers.Adam(0.0))
@@ -72,13 +73,13 @@ def test_each_stream_updates_batch_norm_with_its_own_statistics(tiny_config):
     def conv0(pixels):  # the model normalises its inputs before the backbone
         return backbone_conv0(model.preprocessor(pixels))
 
-    mean_l = conv0(x_l).numpy().mean(axis=(0, 1, 2))
-    mean_u = conv0(x_u).numpy().mean(axis=(0, 1, 2))
+    mean_l = keras.ops.convert_to_numpy(conv0(x_l)).mean(axis=(0, 1, 2))
+    mean_u = keras.ops.convert_to_numpy(conv0(x_u)).mean(axis=(0, 1, 2))
     model.train_on_batch({"labeled": x_l, "unlabeled": x_u}, np.arange(6) % 5)
-    moving = model.backbone.get_layer("batch0").moving_mean.numpy()
+    moving = keras.ops.convert_to_numpy(model.backbone.get_layer("batch0").moving_mean)
     expected = 0.9 * (0.1 * mean_l) + 0.1 * mean_u  # labeled call first, then unlabeled
     np.testing.assert_allclose(moving, expected, rtol=1e-4, atol=1e-6)
-    concatenated = 0.1 * np.concatenate([conv0(x_l), conv0(x_u)]).mean(axis=(0, 1, 2))
+    concatenated = 0.1 * np.concatenate([keras.ops.convert_to_numpy(conv0(x)) for x in (x_l, x_u)]).mean(axis=(0, 1, 2))
     assert not np.allclose(moving, concatenated, rtol=1e-3)
 
 
@@ -107,7 +108,7 @@ def test_fit_one_epoch_on_digits_losses_finite_and_decreasing():
     config = GPQConfig(num_subspaces=4, num_codewords=8, subspace_dim=6, filters=(8, 16, 16, 16), learning_rate=3e-3)
     model = GPQ(config)
     model.compile()
-    dataset, steps = train_dataset(split, batch_size=30, seed=0, augmented=False)
+    dataset, steps = train_input(split, batch_size=30, seed=0, augmented=False)
     assert steps == 5
     record = _StepLosses()
     history = model.fit(dataset, steps_per_epoch=steps * 4, epochs=1, verbose=0, callbacks=[record])
@@ -121,6 +122,7 @@ def test_fit_one_epoch_on_digits_losses_finite_and_decreasing():
 
 
 @pytest.mark.large
+@backends
 def test_fit_accepts_multi_hot_labels_and_evaluate_reports_the_same_metrics(tiny_config):
     model = GPQ(tiny_config)
     model.compile()
@@ -135,6 +137,23 @@ def test_fit_accepts_multi_hot_labels_and_evaluate_reports_the_same_metrics(tiny
         model.train_on_batch(x, np.arange(8) % 5)
 
 
+@pytest.mark.large
+@backends
+@pytest.mark.parametrize("pipeline", ["tf.data", "numpy"])
+def test_fit_takes_either_input_pipeline(tiny_config, pipeline):
+    """`fit` on the tf.data pipeline (any backend, when TensorFlow is installed) and on the NumPy PyDataset,
+    with the steps of each epoch continuing the stream (the optimizer counts every step)."""
+    images = RNG.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    split = protocol_split(images, np.arange(40) % 5, query_every=10, labeled_per_class=4)
+    model = GPQ(tiny_config)
+    model.compile()
+    dataset, steps = train_input(split, pipeline=pipeline, batch_size=8, seed=0)
+    history = model.fit(dataset, steps_per_epoch=2, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+    assert int(model.optimizer.iterations) == 4
+
+
+@backends
 def test_default_optimizer_is_the_original_schedule():
     opt = default_optimizer(GPQConfig())
     schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
@@ -144,6 +163,7 @@ def test_default_optimizer_is_the_original_schedule():
 
 
 @pytest.mark.large
+@backends
 def test_save_and_load_round_trip(tmp_path, tiny_config):
     model = GPQ(tiny_config.replace(retrieval_mode="consistent"))
     model.compile()
@@ -170,7 +190,7 @@ def test_backbone_with_wrong_output_size_is_refused(tiny_config):
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("policy", [pytest.param("mixed_float16", marks=backends), "mixed_bfloat16"])
 def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(tmp_path, tiny_config, policy):
     batch = ({"labeled": _images(8), "unlabeled": _images(8)}, np.arange(8) % 5)
     reference = GPQ(tiny_config)
@@ -199,6 +219,7 @@ def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(tm
                                   model.predict(batch[0]["labeled"], verbose=0))
 
 
+@backends
 def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
     """tests/data/gpq_0.1.0_tiny.keras was written before the vocabulary and weight names changed (config
     keys n_book, n_word, len_code, n_classes; weights Z and C; conv biases; Keras' batch norm; no dtype in
@@ -220,10 +241,11 @@ def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
     # It keeps its contract: normalised inputs, and `encode` normalises uint8 arrays as before.
     assert model.normalize_pixels is False and model.preprocessor is None
     pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-    np.testing.assert_allclose(model.encode(pixels), model.predict(normalize(pixels).numpy(), verbose=0),
+    np.testing.assert_allclose(model.encode(pixels), model.predict(normalize_array(pixels), verbose=0),
                                rtol=1e-5, atol=1e-6)
 
 
+@backends
 def test_pixels_in_uint8_and_float_give_the_same_features_and_neighbours(tiny_config, tmp_path):
     """The first layer normalises pixels with the original's statistics: uint8 and float 0..255 versions of
     images (what keras.utils.img_to_array gives) give the same features, equal to the backbone's on
@@ -246,6 +268,8 @@ def test_pixels_in_uint8_and_float_give_the_same_features_and_neighbours(tiny_co
 
 @pytest.mark.large
 def test_a_label_outside_the_classes_is_an_error_not_a_silent_zero_row(tiny_config):
+    import tensorflow as tf
+
     model = GPQ(tiny_config)
     model.compile()
     x = {"labeled": _images(4), "unlabeled": _images(4)}

@@ -12,8 +12,10 @@
 | `npz:FILE`                   | x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)  |
 | `folder:DIR`                 | class sub-folders of images, split like the paper                   |
 
-The tf.data pipelines (`train_dataset`, `eval_dataset`, `normalize`, `denormalize`) load on first use, so
-importing this package, its specs and the NumPy loaders does not import TensorFlow or Keras.
+The input pipelines load on first use, so importing this package, its specs and the NumPy loaders does not
+import TensorFlow or Keras: tf.data (`train_dataset`, `eval_dataset`, `normalize`) and, for Keras backends
+without TensorFlow, NumPy `keras.utils.PyDataset`s (`train_pydataset`, `ArrayBatches`). `train_input` picks
+one.
 """
 
 import os
@@ -21,9 +23,11 @@ import os
 from gpq_keras import lazy_exports
 from gpq_keras.data.split import Split, check_images, protocol_split
 
-_LAZY = {name: "gpq_keras.data.pipeline" for name in ("normalize", "denormalize", "train_dataset",
-                                                      "eval_dataset")}
-__all__ = sorted(["SPEC_FORMS", "Split", "check_images", "load_data", "protocol_split", "spec_paths", *_LAZY])
+_LAZY = {**{name: "gpq_keras.data.pipeline" for name in ("normalize", "train_dataset", "eval_dataset")},
+         **{name: "gpq_keras.data.numpy_pipeline" for name in ("denormalize", "train_pydataset", "ArrayBatches")}}
+__all__ = sorted(["PIPELINES", "SPEC_FORMS", "Split", "check_images", "has_tensorflow", "load_data",
+                  "protocol_split", "spec_paths", "train_input", *_LAZY])
+PIPELINES = ("auto", "tf.data", "numpy")
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _LAZY)
@@ -31,6 +35,30 @@ __getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 SPEC_FORMS = ("digits", "cifar10:DIR", "tfds:cifar10[:DATA_DIR]", "nuswide:LIST_DIR:IMAGE_ROOT",
               "npz:FILE", "folder:DIR")
+
+
+def has_tensorflow():
+    """Whether TensorFlow can be imported (it is imported, once, to find out)."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def train_input(split, pipeline="auto", **options):
+    """`GPQ.fit`'s two-stream input -> (dataset, steps_per_epoch): `pipeline` "tf.data" (`train_dataset`),
+    "numpy" (`train_pydataset`, a `keras.utils.PyDataset`) or "auto": tf.data whenever TensorFlow can be
+    imported, so that every backend trains on the same batches, else NumPy. `options` go to the pipeline."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"Unknown input pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}")
+    if pipeline == "tf.data" or (pipeline == "auto" and has_tensorflow()):
+        from gpq_keras.data.pipeline import train_dataset
+
+        return train_dataset(split, **options)
+    from gpq_keras.data.numpy_pipeline import train_pydataset
+
+    return train_pydataset(split, **options)
 
 
 def _bad_spec(spec, why):

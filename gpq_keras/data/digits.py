@@ -23,16 +23,29 @@ def load_raw():
         return data["images"], data["labels"]
 
 
+def resize_bilinear(images, size):
+    """Bilinear resize of images (N, H, W, C) to (N, *size, C) with half-pixel centres, float64 (NumPy):
+    `tf.image.resize(method="bilinear")` without TensorFlow; the same values when enlarging."""
+    x = np.asarray(images, np.float64)
+    for axis, size_out in ((1, size[0]), (2, size[1])):
+        size_in = x.shape[axis]
+        source = np.maximum((np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5, 0.0)
+        low = np.floor(source)
+        frac = (source - low).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+        low = low.astype(int)
+        x = (np.take(x, low, axis=axis) * (1.0 - frac)
+             + np.take(x, np.minimum(low + 1, size_in - 1), axis=axis) * frac)
+    return x
+
+
 def load_images(image_size=32):
     """All digits as uint8 (1797, image_size, image_size, 3) and int64 labels (1797,).
 
-    Raw values 0..16 are scaled to 0..255, resized bilinearly (TensorFlow) and repeated to 3 channels.
+    Raw values 0..16 are scaled to 0..255, resized bilinearly (`resize_bilinear`) and repeated to 3 channels.
     """
     raw, labels = load_raw()
     images = np.round(raw.astype(np.float64) * (255.0 / MAX_VALUE)).astype(np.uint8)  # 0..16 -> 0..255
-    import tensorflow as tf
-
-    images = tf.image.resize(images[..., None], (image_size, image_size), method="bilinear").numpy()
+    images = resize_bilinear(images[..., None], (image_size, image_size))
     images = np.repeat(np.clip(np.round(images), 0, 255).astype(np.uint8), 3, axis=-1)
     return images, labels.astype(np.int64)
 

@@ -17,21 +17,17 @@ saved before the model normalised (`GPQ(normalize_pixels=False)`).
 import numpy as np
 import tensorflow as tf
 
-# Per-channel statistics the original normalises CIFAR-10 with.
-CHANNEL_MEAN = (125.642, 123.738, 114.46)
-CHANNEL_STD = (63.01, 62.157, 66.94)
-PADDING = 4
+from gpq_keras.data.numpy_pipeline import CHANNEL_MEAN, CHANNEL_STD, PADDING, check_training_input, denormalize
+from gpq_keras.data.split import check_training_labels
+
+__all__ = ["CHANNEL_MEAN", "CHANNEL_STD", "PADDING", "augment", "augment_batch", "check_training_labels",
+           "denormalize", "eval_dataset", "normalize", "train_dataset"]
 _ENDLESS = 2**62  # "for ever" for Dataset.range
 
 
 def normalize(images):
     """uint8 (..., H, W, 3) -> float32 (x - mean) / std, the original's colour pre-processing."""
     return (tf.cast(images, tf.float32) - CHANNEL_MEAN) / CHANNEL_STD
-
-
-def denormalize(images):
-    """Inverse of `normalize`, to [0, 1] floats for display (NumPy)."""
-    return np.clip((np.asarray(images, np.float32) * CHANNEL_STD + CHANNEL_MEAN) / 255.0, 0.0, 1.0)
 
 
 def augment_batch(images, seed, padding=PADDING, fill=0.0):
@@ -81,42 +77,6 @@ def _pass_batches(count, batch_size, seed, start_batch):
     return tf.data.Dataset.range(first, _ENDLESS).flat_map(one_pass).skip(start_batch - first * per_pass)
 
 
-def check_training_labels(split):
-    """Raise ValueError (one line) unless the labeled set can train GPQ: int ids in [0, num_classes) or
-    multi-hot rows of num_classes 0/1 values, and images of at least 2 classes.
-
-    An int id outside [0, num_classes) would become an all-zero one-hot row and silently drop out of the
-    N-pair and classification losses; with one class the N-pair loss has nothing to tell apart.
-    """
-    y, num_classes = np.asarray(split.y_labeled), split.num_classes
-    where = f"{split.name}: y_labeled"
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"{split.name}: num_classes must be an int >= 1; received "
-                         f"num_classes={num_classes!r}")
-    if y.ndim not in (1, 2) or len(y) != len(split.x_labeled) or not (
-            np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
-        raise ValueError(f"{where} must be {len(split.x_labeled)} int class ids (N,) or multi-hot rows "
-                         f"(N, {num_classes}); got {y.dtype} {y.shape}")
-    if y.ndim == 1:
-        bad = (y < 0) | (y >= num_classes)
-        if bad.any():
-            raise ValueError(f"{where} holds class id {int(y[bad][0])} (labeled image "
-                             f"{int(np.argmax(bad))}); class ids must be in [0, {num_classes}) for "
-                             f"num_classes={num_classes}")
-        present = len(np.unique(y))
-    else:
-        if y.shape[1] != num_classes:
-            raise ValueError(f"{where} has {y.shape[1]} classes per row but num_classes={num_classes}")
-        bad = (y != 0) & (y != 1)
-        if bad.any():
-            raise ValueError(f"{where} holds {int(y[bad][0])} (labeled image {int(np.argmax(bad.any(1)))}); "
-                             f"multi-hot labels must be 0 or 1")
-        present = int((y != 0).any(0).sum())
-    if present < 2:
-        raise ValueError(f"GPQ needs labeled images of at least 2 classes; {split.name}'s labeled set "
-                         f"({len(y)} images) has {present}")
-
-
 def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0, normalized=False):
     """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels, each stream shuffled
     on its own (`normalized=True`: normalised images, for `GPQ(normalize_pixels=False)` models).
@@ -132,16 +92,7 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
     Raises ValueError (one line) for labels that cannot train (`check_training_labels`: ids outside
     [0, num_classes), fewer than 2 classes) and for empty training sets.
     """
-    if not split.has_training_data:
-        raise ValueError(f"{split.name}: no labeled/unlabeled training images in this data")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; received batch_size={batch_size}")
-    if start_step < 0:
-        raise ValueError(f"start_step must be >= 0; received start_step={start_step}")
-    check_training_labels(split)
-    if not len(split.x_unlabeled):
-        raise ValueError(f"{split.name}: the unlabeled training set holds no images")
-    batch_size = min(batch_size, len(split.x_labeled), len(split.x_unlabeled))
+    batch_size = check_training_input(split, batch_size, start_step)
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31 - 1))
     x_l, y_l, x_u = (tf.constant(a) for a in (split.x_labeled, split.y_labeled, split.x_unlabeled))

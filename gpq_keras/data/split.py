@@ -207,3 +207,39 @@ def hold_out_validation(split, per_class):
                          f"training ({len(y)} labeled images); use a smaller --val-per-class")
     train = dataclasses.replace(split, x_labeled=split.x_labeled[~held], y_labeled=y[~held])
     return train, split.x_labeled[held], y[held]
+
+
+def check_training_labels(split):
+    """Raise ValueError (one line) unless the labeled set can train GPQ: int ids in [0, num_classes) or
+    multi-hot rows of num_classes 0/1 values, and images of at least 2 classes.
+
+    An int id outside [0, num_classes) would become an all-zero one-hot row and silently drop out of the
+    N-pair and classification losses; with one class the N-pair loss has nothing to tell apart.
+    """
+    y, num_classes = np.asarray(split.y_labeled), split.num_classes
+    where = f"{split.name}: y_labeled"
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"{split.name}: num_classes must be an int >= 1; received "
+                         f"num_classes={num_classes!r}")
+    if y.ndim not in (1, 2) or len(y) != len(split.x_labeled) or not (
+            np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+        raise ValueError(f"{where} must be {len(split.x_labeled)} int class ids (N,) or multi-hot rows "
+                         f"(N, {num_classes}); got {y.dtype} {y.shape}")
+    if y.ndim == 1:
+        bad = (y < 0) | (y >= num_classes)
+        if bad.any():
+            raise ValueError(f"{where} holds class id {int(y[bad][0])} (labeled image "
+                             f"{int(np.argmax(bad))}); class ids must be in [0, {num_classes}) for "
+                             f"num_classes={num_classes}")
+        present = len(np.unique(y))
+    else:
+        if y.shape[1] != num_classes:
+            raise ValueError(f"{where} has {y.shape[1]} classes per row but num_classes={num_classes}")
+        bad = (y != 0) & (y != 1)
+        if bad.any():
+            raise ValueError(f"{where} holds {int(y[bad][0])} (labeled image {int(np.argmax(bad.any(1)))}); "
+                             f"multi-hot labels must be 0 or 1")
+        present = int((y != 0).any(0).sum())
+    if present < 2:
+        raise ValueError(f"GPQ needs labeled images of at least 2 classes; {split.name}'s labeled set "
+                         f"({len(y)} images) has {present}")
