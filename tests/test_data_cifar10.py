@@ -211,12 +211,14 @@ def no_network(monkeypatch):
 
 
 def test_tfds_is_offline_by_default_and_fails_fast_without_archive(tmp_path, no_network):
+    import tensorflow_datasets  # noqa: F401  (imported before timing: the import alone takes seconds)
+
     archive = os.path.join(str(tmp_path), "downloads", "manual", "cifar-10-binary.tar.gz")
     for options in ({}, {"download": False}):  # load_data("tfds:cifar10:DIR") passes no download option
         start = time.perf_counter()
         with pytest.raises(FileNotFoundError) as info:
             cifar10.load_split(from_tfds=True, data_dir=str(tmp_path), **options)
-        assert time.perf_counter() - start < 5
+        assert time.perf_counter() - start < 20  # no download retries, which back off for minutes
         message = str(info.value)
         assert message == (f"tfds:cifar10: no prepared data set in {tmp_path} and downloading is off "
                            f"(download=False); download {cifar10.ARCHIVE_URL} and put it at {archive}")

@@ -266,7 +266,10 @@ def _tensorboard_tags(folder):
 
 
 def _train_process(out, data, epochs=6):
-    code = "import sys\nfrom gpq_keras import cli\nsys.exit(cli.main(sys.argv[1:]))"
+    # Ctrl-C raises KeyboardInterrupt even when this test runs where SIGINT is ignored (a background job,
+    # whose children, pytest-xdist's workers and this process, inherit that)
+    code = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from gpq_keras import cli\nsys.exit(cli.main(sys.argv[1:]))")
     argv = ["train", "--data", f"npz:{data}", "--output", str(out), "--epochs", str(epochs), "--batch-size", "4",
             "--eval-every", "3", "--save-every", "1", "--keep-checkpoints", "2"] + TINY_ARGS
     return [sys.executable, "-c", code] + argv
