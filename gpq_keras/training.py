@@ -431,15 +431,15 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
     Returns:
         The record dict.
     """
-    from gpq_keras.data import has_tensorflow, train_input
+    from gpq_keras.data import has_tensorflow, resolve_pipeline, train_input
+    from gpq_keras.data.numpy_pipeline import steps_per_epoch
     from gpq_keras.model import save_atomic
 
     record, extra_callbacks = dict(record or {}), callbacks
-    if pipeline == "auto":
-        pipeline = "tf.data" if has_tensorflow() else "numpy"
+    pipeline = resolve_pipeline(pipeline)
     options = {"pipeline": pipeline, "batch_size": batch_size, "seed": seed,
                "normalized": not getattr(model, "normalize_pixels", True)}  # what the model takes
-    _, steps = train_input(split, **options)
+    steps = steps_per_epoch(split, batch_size)
     backup = TrainingBackup(run.backup, steps, save_freq=backup_every_steps or "epoch")
     strategy = strategy_of(model)
     if num_workers(strategy) > 1 and _tf().distribute.has_strategy():

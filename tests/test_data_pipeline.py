@@ -121,7 +121,7 @@ def pixel_values(batch):
 def test_train_dataset_structure_and_label_alignment(kind):
     split = split_of_constant_images()
     dataset, steps = train_input(split, pipeline=kind, batch_size=8, seed=1)
-    assert steps == 5
+    assert steps == 5 == numpy_pipeline.steps_per_epoch(split, 8)
     x, y = dataset[0] if kind == "numpy" else next(iter(dataset))
     assert set(x) == {"labeled", "unlabeled"}
     assert x["labeled"].shape == (8, 32, 32, 3) and x["unlabeled"].shape == (8, 32, 32, 3)
@@ -189,7 +189,7 @@ def test_batch_size_is_capped_and_multi_hot_labels_pass(kind):
     split.y_labeled = np.eye(21, dtype=np.uint8)[np.arange(12)]
     split.num_classes = 21
     (x_l, x_u, y), = (batches := take(kind, split, 1, batch_size=500))[0]
-    assert x_l.shape[0] == x_u.shape[0] == 12 and batches[1] == 1
+    assert x_l.shape[0] == x_u.shape[0] == 12 and batches[1] == 1 == numpy_pipeline.steps_per_epoch(split, 500)
     assert y.shape == (12, 21) and y.dtype == np.uint8
     with pytest.raises(ValueError, match="no labeled"):
         train_input(Split(x_query=split.x_db, y_query=split.y_db, x_db=split.x_db, y_db=split.y_db), pipeline=kind)
@@ -275,3 +275,12 @@ def test_the_numpy_pipeline_has_the_statistics_of_the_tf_data_one():
     one_pass = {kind: take(kind, split, 1, batch_size=len(split.x_labeled), augmented=False, seed=1)[0][0][0]
                 for kind in PIPELINES}  # the labeled set (the smaller) in one batch
     assert sorted(x.tobytes() for x in one_pass["tf.data"]) == sorted(x.tobytes() for x in one_pass["numpy"])
+
+
+def test_the_pipeline_choice_resolves_and_a_bad_one_is_named():
+    from gpq_keras.data import resolve_pipeline
+
+    assert resolve_pipeline("auto") == "tf.data"  # TensorFlow is installed here
+    assert [resolve_pipeline(p) for p in PIPELINES] == PIPELINES
+    with pytest.raises(ValueError, match="Unknown input pipeline 'tfdata'; expected one of auto, tf.data, numpy"):
+        train_input(split_of_constant_images(), pipeline="tfdata")

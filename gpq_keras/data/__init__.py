@@ -18,6 +18,7 @@ without TensorFlow, NumPy `keras.utils.PyDataset`s (`train_pydataset`, `ArrayBat
 one.
 """
 
+import functools
 import os
 
 from gpq_keras import lazy_exports
@@ -26,7 +27,7 @@ from gpq_keras.data.split import Split, check_images, protocol_split
 _LAZY = {**{name: "gpq_keras.data.pipeline" for name in ("normalize", "train_dataset", "eval_dataset")},
          **{name: "gpq_keras.data.numpy_pipeline" for name in ("denormalize", "train_pydataset", "ArrayBatches")}}
 __all__ = sorted(["PIPELINES", "SPEC_FORMS", "Split", "check_images", "has_tensorflow", "load_data",
-                  "protocol_split", "spec_paths", "train_input", *_LAZY])
+                  "protocol_split", "resolve_pipeline", "spec_paths", "train_input", *_LAZY])
 PIPELINES = ("auto", "tf.data", "numpy")
 
 
@@ -37,6 +38,7 @@ SPEC_FORMS = ("digits", "cifar10:DIR", "tfds:cifar10[:DATA_DIR]", "nuswide:LIST_
               "npz:FILE", "folder:DIR")
 
 
+@functools.lru_cache(maxsize=None)
 def has_tensorflow():
     """Whether TensorFlow can be imported (it is imported, once, to find out)."""
     try:
@@ -46,13 +48,21 @@ def has_tensorflow():
     return True
 
 
+def resolve_pipeline(pipeline="auto"):
+    """The input pipeline a choice of `PIPELINES` means: "tf.data" or "numpy" ("auto": tf.data whenever
+    TensorFlow can be imported)."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"Unknown input pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}")
+    if pipeline == "auto":
+        return "tf.data" if has_tensorflow() else "numpy"
+    return pipeline
+
+
 def train_input(split, pipeline="auto", **options):
     """`GPQ.fit`'s two-stream input -> (dataset, steps_per_epoch): `pipeline` "tf.data" (`train_dataset`),
     "numpy" (`train_pydataset`, a `keras.utils.PyDataset`) or "auto": tf.data whenever TensorFlow can be
     imported, so that every backend trains on the same batches, else NumPy. `options` go to the pipeline."""
-    if pipeline not in PIPELINES:
-        raise ValueError(f"Unknown input pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}")
-    if pipeline == "tf.data" or (pipeline == "auto" and has_tensorflow()):
+    if resolve_pipeline(pipeline) == "tf.data":
         from gpq_keras.data.pipeline import train_dataset
 
         return train_dataset(split, **options)

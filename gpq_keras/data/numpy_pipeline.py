@@ -49,6 +49,12 @@ def check_training_input(split, batch_size, start_step):
     return min(batch_size, len(split.x_labeled), len(split.x_unlabeled))
 
 
+def steps_per_epoch(split, batch_size):
+    """Steps of the original's epoch, one pass over the labeled images at the batch size both streams are
+    drawn at -> int >= 1 (what the pipelines return beside their dataset), after `check_training_input`."""
+    return max(1, len(split.x_labeled) // check_training_input(split, batch_size, 0))
+
+
 def augment_batch(images, rng, padding=PADDING, fill=0.0):
     """The original's augmentation of a batch (B, H, W, C) with NumPy's generator `rng`, each image on its
     own draw: flip left-right with probability 1/2, pad `padding` pixels of value `fill` (a scalar or one
