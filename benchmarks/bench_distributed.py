@@ -32,8 +32,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import tensorflow as tf  # noqa: E402
 
 if not tf.config.list_physical_devices("GPU"):  # before TensorFlow's runtime starts
-    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                               [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -74,16 +75,21 @@ def main():
     config = GPQConfig.from_bits(args.bits, filters=tuple(int(v) for v in args.filters.split(",")))
     rng = np.random.default_rng(0)
     shape = (args.batch_size, *config.image_shape)
-    batch = ({"labeled": rng.normal(size=shape).astype(np.float32),
-              "unlabeled": rng.normal(size=shape).astype(np.float32)},
-             rng.integers(0, config.num_classes, args.batch_size))
+    batch = (
+        {
+            "labeled": rng.normal(size=shape).astype(np.float32),
+            "unlabeled": rng.normal(size=shape).astype(np.float32),
+        },
+        rng.integers(0, config.num_classes, args.batch_size),
+    )
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
 
     candidates = {
         "one device": _candidate(make_strategy("one"), config, dataset, args.steps),
         f"mirrored, {replicas} replicas": _candidate(mirrored, config, dataset, args.steps),
         f"mirrored, {replicas} replicas, sync BN": _candidate(
-            mirrored, config.replace(sync_batch_norm=True), dataset, args.steps),
+            mirrored, config.replace(sync_batch_norm=True), dataset, args.steps
+        ),
     }
     first, times = {}, {name: [] for name in candidates}
     for name, run in candidates.items():
@@ -93,24 +99,32 @@ def main():
         first[name] = time.perf_counter() - start
     names = list(candidates)
     for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             candidates[name]()
             times[name].append((time.perf_counter() - start) / args.steps)
 
-    print(f"GPQ fit steps, global batch {args.batch_size} labeled + {args.batch_size} unlabeled images of "
-          f"{'x'.join(map(str, config.image_shape))}, {config.bits} bits, VGG widths {args.filters}; "
-          f"{args.rounds} rounds of {args.steps} steps after one warm-up call each")
-    print(f"{_device()}; {replicas} {'GPUs' if tf.config.list_physical_devices('GPU') else 'logical CPU devices'}; "
-          f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    print(
+        f"GPQ fit steps, global batch {args.batch_size} labeled + {args.batch_size} unlabeled images of "
+        f"{'x'.join(map(str, config.image_shape))}, {config.bits} bits, VGG widths {args.filters}; "
+        f"{args.rounds} rounds of {args.steps} steps after one warm-up call each"
+    )
+    print(
+        f"{_device()}; {replicas} {'GPUs' if tf.config.list_physical_devices('GPU') else 'logical CPU devices'}; "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    )
     print()
-    print("| strategy | best s/step | median s/step | steps/s (best) | images/s (best) | time / one device |")
+    print(
+        "| strategy | best s/step | median s/step | steps/s (best) | images/s (best) | time / one device |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     reference = min(times["one device"])
     for name, values in times.items():
         best, median = min(values), statistics.median(values)
-        print(f"| {name} | {best:.3f} | {median:.3f} | {1 / best:.2f} | {2 * args.batch_size / best:,.0f} | "
-              f"{best / reference:.2f} |")
+        print(
+            f"| {name} | {best:.3f} | {median:.3f} | {1 / best:.2f} | {2 * args.batch_size / best:,.0f} | "
+            f"{best / reference:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,15 @@ def cifar_sized_split(seed=0):
     x_l = rng.integers(0, 256, (5000, 32, 32, 3), dtype=np.uint8)
     y_l = np.arange(5000) % 10
     x_u = rng.integers(0, 256, (54000, 32, 32, 3), dtype=np.uint8)
-    return Split(x_query=x_l[:1000], y_query=y_l[:1000], x_db=x_u, y_db=np.zeros(54000, np.int64),
-                 x_labeled=x_l, y_labeled=y_l, name="cifar10-sized")
+    return Split(
+        x_query=x_l[:1000],
+        y_query=y_l[:1000],
+        x_db=x_u,
+        y_db=np.zeros(54000, np.int64),
+        x_labeled=x_l,
+        y_labeled=y_l,
+        name="cifar10-sized",
+    )
 
 
 def images_per_second(dataset, steps, images_per_step, warmup=3):
@@ -56,8 +63,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="pipeline batches to time")
     parser.add_argument("--batch-size", type=int, default=500, help="per stream, as the original")
-    parser.add_argument("--step-batch", type=int, default=50,
-                        help="per-stream batch of the timed GPQ train steps (0: skip them)")
+    parser.add_argument(
+        "--step-batch",
+        type=int,
+        default=50,
+        help="per-stream batch of the timed GPQ train steps (0: skip them)",
+    )
     parser.add_argument("--train-steps", type=int, default=3)
     args = parser.parse_args()
 
@@ -66,9 +77,13 @@ def main():
     for augmented in (True, False):
         ds, _ = train_dataset(split, batch_size=args.batch_size, seed=0, augmented=augmented)
         rate = images_per_second(ds, args.steps, 2 * args.batch_size)
-        rows.append((f"train_dataset {args.batch_size}+{args.batch_size}, augment={augmented}", rate))
+        rows.append(
+            (f"train_dataset {args.batch_size}+{args.batch_size}, augment={augmented}", rate)
+        )
     ds = eval_dataset(split.x_db, batch_size=args.batch_size).repeat()
-    rows.append((f"eval_dataset {args.batch_size}", images_per_second(ds, args.steps, args.batch_size)))
+    rows.append(
+        (f"eval_dataset {args.batch_size}", images_per_second(ds, args.steps, args.batch_size))
+    )
     if args.step_batch:
         rate = train_step_rate(split, args.step_batch, args.train_steps)
         rows.append((f"GPQ train step (48-bit VGG) {args.step_batch}+{args.step_batch}", rate))

@@ -42,8 +42,8 @@ import original_retrieval as original  # noqa: E402
 from gpq_keras import metrics, parallel  # noqa: E402
 from gpq_keras.retrieval import PQIndex  # noqa: E402
 
-
 # --- the original's loops (tests/original_retrieval.py), as the original runs them ----------------------
+
 
 def run_original(z, m, codes, queries, query_labels, db_labels):
     """`pqDist` (float32, as the original), `np.argsort` of the (N, Q) distances, `cat_apcal` reading a dense
@@ -51,7 +51,9 @@ def run_original(z, m, codes, queries, query_labels, db_labels):
     times = {}
     similarity = np.asmatrix((query_labels[:, None] == db_labels[None, :]).astype(np.uint8))
     start = time.perf_counter()
-    distances = original.pq_dist(z, m, codes, queries, dtype=np.float32).T  # (N, Q), as the original
+    distances = original.pq_dist(
+        z, m, codes, queries, dtype=np.float32
+    ).T  # (N, Q), as the original
     times["distances"] = time.perf_counter() - start
     start = time.perf_counter()
     rank = np.argsort(distances, axis=0)
@@ -83,8 +85,10 @@ def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
     from gpq_keras.model import GPQ
 
     split = load_data("digits")
-    print(f"# Retrieval modes on digits: {len(split.x_query)} queries, {len(split.x_db)} database items, "
-          f"{epochs} epochs x {max(1, len(split.x_labeled) // batch_size)} steps, filters {filters}")
+    print(
+        f"# Retrieval modes on digits: {len(split.x_query)} queries, {len(split.x_db)} database items, "
+        f"{epochs} epochs x {max(1, len(split.x_labeled) // batch_size)} steps, filters {filters}"
+    )
     print()
     print("| seed | mode | mAP (database) | mAP@100 | precision@10 | precision@100 |")
     print("|---|---|---:|---:|---:|---:|")
@@ -97,24 +101,39 @@ def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
         db, queries = model.encode(split.x_db), model.encode(split.x_query)
         for mode in ("original", "consistent"):
             index = PQIndex.from_model(model, mode=mode).add(db, labels=split.y_db)
-            full = metrics.evaluate_ranking(index.rank(queries, with_distances=False), split.y_query, split.y_db)
-            top = metrics.evaluate_ranking(index.rank(queries, 100, with_distances=False), split.y_query,
-                                           split.y_db)
-            print(f"| {seed} | {mode} | {full['mAP']:.4f} | {top['mAP']:.4f} | {full['precision'][10]:.4f} | "
-                  f"{full['precision'][100]:.4f} |", flush=True)
+            full = metrics.evaluate_ranking(
+                index.rank(queries, with_distances=False), split.y_query, split.y_db
+            )
+            top = metrics.evaluate_ranking(
+                index.rank(queries, 100, with_distances=False), split.y_query, split.y_db
+            )
+            print(
+                f"| {seed} | {mode} | {full['mAP']:.4f} | {top['mAP']:.4f} | {full['precision'][10]:.4f} | "
+                f"{full['precision'][100]:.4f} |",
+                flush=True,
+            )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--database", type=int, default=54000)
-    parser.add_argument("--original-queries", type=int, default=None,
-                        help="run the original's loops on this many queries and scale (default: all)")
+    parser.add_argument(
+        "--original-queries",
+        type=int,
+        default=None,
+        help="run the original's loops on this many queries and scale (default: all)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="ours and faiss: interleaved rounds")
-    parser.add_argument("--threads", type=int, default=None, help="ranking threads (default: all CPUs)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="ranking threads (default: all CPUs)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compare-modes", action="store_true",
-                        help="train on digits and compare the retrieval modes instead of timing")
+    parser.add_argument(
+        "--compare-modes",
+        action="store_true",
+        help="train on digits and compare the retrieval modes instead of timing",
+    )
     parser.add_argument("--seeds", default="0,1,2", help="--compare-modes: training seeds")
     parser.add_argument("--epochs", type=int, default=40, help="--compare-modes: training epochs")
     args = parser.parse_args(argv)
@@ -133,29 +152,42 @@ def main(argv=None):
     from gpq_keras.retrieval import import_faiss
 
     faiss = import_faiss()
-    print(f"# Retrieval benchmark: {args.queries} queries x {args.database} items, M={m}, K={k}, d={d}")
-    print(f"numpy {np.__version__}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
-          f"{parallel.get_num_threads()} ranking threads, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}); {args.repeat} interleaved rounds, best / median")
+    print(
+        f"# Retrieval benchmark: {args.queries} queries x {args.database} items, M={m}, K={k}, d={d}"
+    )
+    print(
+        f"numpy {np.__version__}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
+        f"{parallel.get_num_threads()} ranking threads, {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}); {args.repeat} interleaved rounds, best / median"
+    )
     print()
 
     def evaluate():  # the whole evaluation: index build, distances, ranking, AP
         index = PQIndex(z, m).add(codes, labels=db_labels)
-        return metrics.evaluate_ranking(index.rank(queries, with_distances=False), query_labels, db_labels)
+        return metrics.evaluate_ranking(
+            index.rank(queries, with_distances=False), query_labels, db_labels
+        )
 
     index = PQIndex(z, m).add(codes, labels=db_labels)
     fx = index.to_faiss()
     top = min(1000, args.database)
-    runs = interleaved(args.repeat, evaluate=evaluate,
-                       distances=lambda: [None for _ in index.rank(queries, 1, with_distances=False)],
-                       search=lambda: index.search(queries, top),
-                       search_numpy=lambda: index.search(queries, top, backend="numpy"),
-                       faiss=lambda: fx.search(queries, top))
+    runs = interleaved(
+        args.repeat,
+        evaluate=evaluate,
+        distances=lambda: [None for _ in index.rank(queries, 1, with_distances=False)],
+        search=lambda: index.search(queries, top),
+        search_numpy=lambda: index.search(queries, top, backend="numpy"),
+        faiss=lambda: fx.search(queries, top),
+    )
     result = runs["evaluate"][2]
 
     # The original's loops, on all queries or a prefix scaled up.
-    n_orig = args.queries if args.original_queries is None else min(args.original_queries, args.queries)
-    times, orig_map, orig_ap = run_original(z, m, codes, queries[:n_orig], query_labels[:n_orig], db_labels)
+    n_orig = (
+        args.queries if args.original_queries is None else min(args.original_queries, args.queries)
+    )
+    times, orig_map, orig_ap = run_original(
+        z, m, codes, queries[:n_orig], query_labels[:n_orig], db_labels
+    )
     scale = args.queries / n_orig
     times = {key: value * scale for key, value in times.items()}
     ap_diff = np.abs(result["ap"][:n_orig] - orig_ap).max()
@@ -166,29 +198,45 @@ def main(argv=None):
     scaled = "" if n_orig == args.queries else f" (run on {n_orig} queries, scaled x{scale:g})"
     print(f"| step | original loops{scaled} | gpq_keras (best / median) | speed-up (best) |")
     print("|---|---:|---:|---:|")
-    print(f"| asymmetric distances + top-1 (Q x N) | {times['distances']:.2f} s | {fmt('distances')} | "
-          f"{times['distances'] / runs['distances'][0]:.0f}x |")
+    print(
+        f"| asymmetric distances + top-1 (Q x N) | {times['distances']:.2f} s | {fmt('distances')} | "
+        f"{times['distances'] / runs['distances'][0]:.0f}x |"
+    )
     print(f"| ranking (`np.argsort`) | {times['ranking']:.2f} s | (in the evaluation below) | |")
-    print(f"| AP over the whole database (`cat_apcal`) | {times['ap']:.2f} s | (in the evaluation below) | |")
-    print(f"| **whole mAP evaluation** | **{times['total']:.2f} s** | **{fmt('evaluate')}** | "
-          f"**{times['total'] / runs['evaluate'][0]:.0f}x** |")
+    print(
+        f"| AP over the whole database (`cat_apcal`) | {times['ap']:.2f} s | (in the evaluation below) | |"
+    )
+    print(
+        f"| **whole mAP evaluation** | **{times['total']:.2f} s** | **{fmt('evaluate')}** | "
+        f"**{times['total'] / runs['evaluate'][0]:.0f}x** |"
+    )
     print()
-    print(f"mAP: original {orig_map:.6f} on {n_orig} queries; ours {result['ap'][:n_orig].mean():.6f} "
-          f"(max per-query AP difference {ap_diff:.1e}); ours on all queries {result['mAP']:.6f}")
+    print(
+        f"mAP: original {orig_map:.6f} on {n_orig} queries; ours {result['ap'][:n_orig].mean():.6f} "
+        f"(max per-query AP difference {ap_diff:.1e}); ours on all queries {result['mAP']:.6f}"
+    )
     print()
     dist, ids = runs["search"][2]
     fdist, fids = runs["faiss"][2]
     print(f"| top-{top} search | best / median | queries/s (best) |")
     print("|---|---:|---:|")
-    print(f"| faiss IndexPQ (inner product, same codes) | {fmt('faiss')} | {args.queries / runs['faiss'][0]:.0f} |")
-    print(f"| gpq_keras PQIndex.search (fast-scan + exact re-rank) | {fmt('search')} | "
-          f"{args.queries / runs['search'][0]:.0f} |")
-    print(f"| gpq_keras PQIndex.search(backend='numpy') | {fmt('search_numpy')} | "
-          f"{args.queries / runs['search_numpy'][0]:.0f} |")
+    print(
+        f"| faiss IndexPQ (inner product, same codes) | {fmt('faiss')} | {args.queries / runs['faiss'][0]:.0f} |"
+    )
+    print(
+        f"| gpq_keras PQIndex.search (fast-scan + exact re-rank) | {fmt('search')} | "
+        f"{args.queries / runs['search'][0]:.0f} |"
+    )
+    print(
+        f"| gpq_keras PQIndex.search(backend='numpy') | {fmt('search_numpy')} | "
+        f"{args.queries / runs['search_numpy'][0]:.0f} |"
+    )
     print()
-    print(f"ours / faiss time (best): {runs['search'][0] / runs['faiss'][0]:.2f}; same id at the same rank: "
-          f"{float((fids == ids).mean()):.4%}; max |distance difference|: "
-          f"{float(np.abs((m - fdist) - dist).max()):.1e} (float32 summation order)")
+    print(
+        f"ours / faiss time (best): {runs['search'][0] / runs['faiss'][0]:.2f}; same id at the same rank: "
+        f"{float((fids == ids).mean()):.4%}; max |distance difference|: "
+        f"{float(np.abs((m - fdist) - dist).max()):.1e} (float32 summation order)"
+    )
 
 
 if __name__ == "__main__":

@@ -69,18 +69,22 @@ def make_index(size, data, mode, seed=0):
         n = min(GENERATE_BLOCK, size - start)
         block_rng = np.random.default_rng([seed, start])
         if data == "random":
-            codes[start:start + n] = block_rng.integers(0, K, (n, M), dtype=np.uint8)
+            codes[start : start + n] = block_rng.integers(0, K, (n, M), dtype=np.uint8)
         else:
-            x = centres[block_rng.integers(0, CLUSTERS, n)] + NOISE * block_rng.normal(size=(n, M * D_SUB)).astype(np.float32)
-            codes[start:start + n] = index.pq.encode(x)
+            x = centres[block_rng.integers(0, CLUSTERS, n)] + NOISE * block_rng.normal(
+                size=(n, M * D_SUB)
+            ).astype(np.float32)
+            codes[start : start + n] = index.pq.encode(x)
     index.add(codes)
     return index, centres
 
 
 def make_queries(count, centres, seed=1):
     rng = np.random.default_rng(seed)
-    return (centres[rng.integers(0, CLUSTERS, count)]
-            + NOISE * rng.normal(size=(count, M * D_SUB)).astype(np.float32)).astype(np.float32)
+    return (
+        centres[rng.integers(0, CLUSTERS, count)]
+        + NOISE * rng.normal(size=(count, M * D_SUB)).astype(np.float32)
+    ).astype(np.float32)
 
 
 def recall(found, truth, at):
@@ -130,6 +134,7 @@ def run_size(size, args):
         def run():
             ivf.nprobe = nprobe
             return ivf.search(prepared, args.k)
+
         return run
 
     methods = {
@@ -152,20 +157,28 @@ def run_size(size, args):
             times[name].append(time.perf_counter() - begin)
             peaks[name] = max(peaks[name], rss_kib("VmHWM") - base)
     truth = results["numpy"][1]
-    print(f"\n### {size:,} items, {num_queries} queries, top {args.k} ({args.data} data, {args.mode} mode)\n")
-    print(f"| method | best s | median s | ns / (query x item) | queries/s | recall@10 | recall@{args.k} | "
-          f"= brute force | peak MB |")
+    print(
+        f"\n### {size:,} items, {num_queries} queries, top {args.k} ({args.data} data, {args.mode} mode)\n"
+    )
+    print(
+        f"| method | best s | median s | ns / (query x item) | queries/s | recall@10 | recall@{args.k} | "
+        f"= brute force | peak MB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in methods:
         best, median = min(times[name]), float(np.median(times[name]))
         ids = results[name][1]
         same = same_up_to_ties(index, queries, ids, truth)
-        print(f"| {name} | {best:.3f} | {median:.3f} | {best / (num_queries * size) * 1e9:.3f} | "
-              f"{num_queries / best:,.0f} | {recall(ids, truth, 10):.4f} | {recall(ids, truth, args.k):.4f} | "
-              f"{same}/{num_queries} | {peaks[name] / 1024:.0f} |")
+        print(
+            f"| {name} | {best:.3f} | {median:.3f} | {best / (num_queries * size) * 1e9:.3f} | "
+            f"{num_queries / best:,.0f} | {recall(ids, truth, 10):.4f} | {recall(ids, truth, args.k):.4f} | "
+            f"{same}/{num_queries} | {peaks[name] / 1024:.0f} |"
+        )
     fs, pq = min(times["fast-scan exact"]), min(times["IndexPQ"])
-    print(f"\nfast-scan exact: {fs / min(times['fast-scan raw']):.2f}x raw fast-scan time, {pq / fs:.1f}x faster "
-          f"than IndexPQ. Builds: " + ", ".join(f"{name} {t:.1f} s" for name, t in builds.items()))
+    print(
+        f"\nfast-scan exact: {fs / min(times['fast-scan raw']):.2f}x raw fast-scan time, {pq / fs:.1f}x faster "
+        f"than IndexPQ. Builds: " + ", ".join(f"{name} {t:.1f} s" for name, t in builds.items())
+    )
     return times
 
 
@@ -174,19 +187,25 @@ def main():
     parser.add_argument("--sizes", default="10000,100000,1000000,2000000,10000000")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--large-queries", type=int, default=100)
-    parser.add_argument("--large", type=int, default=5_000_000, help="sizes from here on get --large-queries")
+    parser.add_argument(
+        "--large", type=int, default=5_000_000, help="sizes from here on get --large-queries"
+    )
     parser.add_argument("-k", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data", choices=("clustered", "random"), default="clustered")
     parser.add_argument("--mode", choices=("original", "consistent"), default="consistent")
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~sqrt(N), a power of 2)")
+    parser.add_argument(
+        "--nlist", type=int, default=None, help="IVF lists (default ~sqrt(N), a power of 2)"
+    )
     parser.add_argument("--nprobe", default="1,8,32,128")
     args = parser.parse_args()
     args.nprobe = [int(p) for p in args.nprobe.split(",")]
     faiss = import_faiss()
-    print(f"# bench_search: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), NumPy {np.__version__}, "
-          f"{parallel.get_num_threads()} row threads, peak memory reset: {reset_peak()}")
+    print(
+        f"# bench_search: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), NumPy {np.__version__}, "
+        f"{parallel.get_num_threads()} row threads, peak memory reset: {reset_peak()}"
+    )
     for size in (int(float(s)) for s in args.sizes.split(",")):
         run_size(size, args)
 

@@ -64,9 +64,16 @@ def _worker(settings):
     for name in settings["names"]:
         model = GPQ(config, dtype="mixed_bfloat16" if name == "jax-bf16" else None)
         model.compile()
-        steps[name] = (lambda m: lambda: m.train_on_batch({"labeled": x_l, "unlabeled": x_u}, labels,
-                                                           return_dict=True)["loss"])(model)
-    print(json.dumps({"keras": keras.__version__, "jax": __import__("jax").__version__}), flush=True)
+        steps[name] = (
+            lambda m: (
+                lambda: m.train_on_batch(
+                    {"labeled": x_l, "unlabeled": x_u}, labels, return_dict=True
+                )["loss"]
+            )
+        )(model)
+    print(
+        json.dumps({"keras": keras.__version__, "jax": __import__("jax").__version__}), flush=True
+    )
     for line in sys.stdin:
         print(float(steps[line.strip()]()), flush=True)
 
@@ -100,10 +107,17 @@ class JaxWorker:
     """This script in a `KERAS_BACKEND=jax` process, driven one step at a time: `step(name)` -> loss."""
 
     def __init__(self, names, batch_size, bits, filters):
-        settings = json.dumps({"names": names, "batch_size": batch_size, "bits": bits, "filters": filters})
+        settings = json.dumps(
+            {"names": names, "batch_size": batch_size, "bits": bits, "filters": filters}
+        )
         env = dict(os.environ, KERAS_BACKEND="jax")
-        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", settings], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", settings],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.versions = json.loads(self._read())
 
     def _read(self):
@@ -125,7 +139,9 @@ class JaxWorker:
 def _device():
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        names = [
+            tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
+        ]
         return f"GPU: {', '.join(names)}"
     return f"CPU: {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
 
@@ -133,10 +149,16 @@ def _device():
 def _tf1_step(config, x_l, x_u, labels):
     session_config = tf.compat.v1.ConfigProto()
     session_config.gpu_options.allow_growth = True  # share the GPU with the Keras candidates
-    step = ref.TF1TrainStep(filters=config.filters, num_subspaces=config.num_subspaces,
-                            num_codewords=config.num_codewords, subspace_dim=config.subspace_dim,
-                            num_classes=config.num_classes, image_shape=config.image_shape, ordered=False,
-                            session_config=session_config)
+    step = ref.TF1TrainStep(
+        filters=config.filters,
+        num_subspaces=config.num_subspaces,
+        num_codewords=config.num_codewords,
+        subspace_dim=config.subspace_dim,
+        num_classes=config.num_classes,
+        image_shape=config.image_shape,
+        ordered=False,
+        session_config=session_config,
+    )
     return step.step_fn(x_l, x_u, labels)
 
 
@@ -158,7 +180,7 @@ def _time(rounds, candidates):
             raise RuntimeError(f"{name}: non-finite loss {loss} on the warm-up step")
     names = list(candidates)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             candidates[name]()
             times[name].append(time.perf_counter() - start)
@@ -167,14 +189,24 @@ def _time(rounds, candidates):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=500, help="per stream (default 500, the original's)")
+    parser.add_argument(
+        "--batch-size", type=int, default=500, help="per stream (default 500, the original's)"
+    )
     parser.add_argument("--bits", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--filters", default="64,128,256,512", help="the four VGG stage widths")
-    parser.add_argument("--only", help="comma-separated subset of " + ", ".join([*CANDIDATES, *JAX_CANDIDATES])
-                                            + " (default: all of the backends run)")
-    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
-                        help="jax: also Keras on JAX (in a worker process), beside TensorFlow")
+    parser.add_argument(
+        "--only",
+        help="comma-separated subset of "
+        + ", ".join([*CANDIDATES, *JAX_CANDIDATES])
+        + " (default: all of the backends run)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax"),
+        default="tensorflow",
+        help="jax: also Keras on JAX (in a worker process), beside TensorFlow",
+    )
     args = parser.parse_args()
     known = {**CANDIDATES, **(JAX_CANDIDATES if args.backend == "jax" else {})}
     only = [name.strip() for name in (args.only or ",".join(known)).split(",") if name.strip()]
@@ -206,19 +238,27 @@ def main():
 
     images = 2 * args.batch_size
     reference = min(results["tf1"][1]) if "tf1" in results else None
-    print(f"GPQ train step, {args.batch_size} labeled + {args.batch_size} unlabeled images of "
-          f"{'x'.join(map(str, config.image_shape))}, {config.bits} bits (M={config.num_subspaces}, "
-          f"K={config.num_codewords}), VGG widths {','.join(map(str, filters))}; {args.rounds} rounds "
-          f"after one warm-up step each")
-    print(f"{_device()}; TensorFlow {tf.__version__}, Keras {keras.__version__}"
-          + (f", JAX {worker.versions['jax']}" if worker is not None else ""))
+    print(
+        f"GPQ train step, {args.batch_size} labeled + {args.batch_size} unlabeled images of "
+        f"{'x'.join(map(str, config.image_shape))}, {config.bits} bits (M={config.num_subspaces}, "
+        f"K={config.num_codewords}), VGG widths {','.join(map(str, filters))}; {args.rounds} rounds "
+        f"after one warm-up step each"
+    )
+    print(
+        f"{_device()}; TensorFlow {tf.__version__}, Keras {keras.__version__}"
+        + (f", JAX {worker.versions['jax']}" if worker is not None else "")
+    )
     print()
-    print("| step | first step (s) | best s/step | median s/step | images/s (best) | time / TF1 time |")
+    print(
+        "| step | first step (s) | best s/step | median s/step | images/s (best) | time / TF1 time |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, (first, times) in results.items():
         best, median = min(times), statistics.median(times)
         ratio = f"{best / reference:.2f}" if reference else "-"
-        print(f"| {known[name]} | {first:.2f} | {best:.3f} | {median:.3f} | {images / best:,.0f} | {ratio} |")
+        print(
+            f"| {known[name]} | {first:.2f} | {best:.3f} | {median:.3f} | {images / best:,.0f} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

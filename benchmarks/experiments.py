@@ -58,10 +58,15 @@ def plan(groups, labels, bits):
     if "baselines" in groups:
         out["baselines"] = [(m, DEFAULT_LABELS, DEFAULT_BITS) for m in ("GPQ", *TWO_STEP, PIXELS)]
     if "labels" in groups:
-        out["labels"] = [(m, n, DEFAULT_BITS) for n in labels
-                         for m in ("GPQ", "GPQ, no entropy (lambda1=0)", "two-step: classifier + PQ", PIXELS)]
+        out["labels"] = [
+            (m, n, DEFAULT_BITS)
+            for n in labels
+            for m in ("GPQ", "GPQ, no entropy (lambda1=0)", "two-step: classifier + PQ", PIXELS)
+        ]
     if "bits" in groups:
-        out["bits"] = [(m, DEFAULT_LABELS, b) for b in bits for m in ("GPQ", "two-step: classifier + PQ")]
+        out["bits"] = [
+            (m, DEFAULT_LABELS, b) for b in bits for m in ("GPQ", "two-step: classifier + PQ")
+        ]
     return out
 
 
@@ -92,17 +97,27 @@ class Runner:
             for c in np.unique(y):
                 rank[y == c] = np.arange(np.sum(y == c))
             if np.bincount(y).min() < labels:
-                raise SystemExit(f"--labels {labels}: {self.args.data} has only {np.bincount(y).min()} labeled "
-                                 "images in some class")
+                raise SystemExit(
+                    f"--labels {labels}: {self.args.data} has only {np.bincount(y).min()} labeled "
+                    "images in some class"
+                )
             keep = rank < labels
-            self.splits[labels] = dataclasses.replace(full, x_labeled=full.x_labeled[keep], y_labeled=y[keep])
+            self.splits[labels] = dataclasses.replace(
+                full, x_labeled=full.x_labeled[keep], y_labeled=y[keep]
+            )
         return self.splits[labels]
 
     def config(self, split, bits, lambda1=0.1, lambda2=0.1):
         from gpq_keras.config import GPQConfig
 
-        return GPQConfig.from_bits(bits, num_classes=split.num_classes, image_shape=tuple(split.x_query.shape[1:]),
-                                   filters=self.args.filters, lambda1=lambda1, lambda2=lambda2)
+        return GPQConfig.from_bits(
+            bits,
+            num_classes=split.num_classes,
+            image_shape=tuple(split.x_query.shape[1:]),
+            filters=self.args.filters,
+            lambda1=lambda1,
+            lambda2=lambda2,
+        )
 
     def run(self, method, labels, bits, seed):
         key = (method, labels, bits, seed)
@@ -115,11 +130,19 @@ class Runner:
                 score = self._two_step(split, labels, bits, seed, TWO_STEP[method])
             else:
                 score = _faiss_score(_pixels(split.x_db), _pixels(split.x_query), split, bits, "pq")
-            score.update(method=method, labels_per_class=labels, bits=bits, seed=seed,
-                         seconds=round(time.perf_counter() - start, 1))
+            score.update(
+                method=method,
+                labels_per_class=labels,
+                bits=bits,
+                seed=seed,
+                seconds=round(time.perf_counter() - start, 1),
+            )
             self.results[key] = score
-            print(f"  {method:<36} labels {labels:>3}/class {bits:>2} bits seed {seed}: mAP {score['mAP']:.4f} "
-                  f"P@10 {score['precision@10']:.4f} ({score['seconds']:.0f} s)", flush=True)
+            print(
+                f"  {method:<36} labels {labels:>3}/class {bits:>2} bits seed {seed}: mAP {score['mAP']:.4f} "
+                f"P@10 {score['precision@10']:.4f} ({score['seconds']:.0f} s)",
+                flush=True,
+            )
         return self.results[key]
 
     def _dataset(self, split, seed):
@@ -134,10 +157,20 @@ class Runner:
         self.keras.utils.set_random_seed(seed)
         model = GPQ(self.config(split, bits, lambda1, lambda2))
         model.compile()
-        model.fit(self._dataset(split, seed), steps_per_epoch=self.args.steps, epochs=1, verbose=0, shuffle=False)
+        model.fit(
+            self._dataset(split, seed),
+            steps_per_epoch=self.args.steps,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+        )
         index = PQIndex.from_model(model).add(model.encode(split.x_db), labels=split.y_db)
-        result = metrics.evaluate_ranking(index.rank(model.encode(split.x_query), with_distances=False),
-                                          split.y_query, split.y_db, precision_at=(10,))
+        result = metrics.evaluate_ranking(
+            index.rank(model.encode(split.x_query), with_distances=False),
+            split.y_query,
+            split.y_db,
+            precision_at=(10,),
+        )
         return {"mAP": result["mAP"], "precision@10": result["precision"][10]}
 
     def _two_step(self, split, labels, bits, seed, kind):
@@ -152,11 +185,17 @@ class Runner:
             config = self.config(split, bits)
             features = GPQ(config)
             inputs = keras.Input(config.image_shape)
-            classifier = keras.Model(inputs, keras.layers.Dense(split.num_classes)(features(inputs)))
-            classifier.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            classifier = keras.Model(
+                inputs, keras.layers.Dense(split.num_classes)(features(inputs))
+            )
+            classifier.compile(
+                optimizer=keras.optimizers.Adam(config.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
             labeled = self._dataset(split, seed).map(lambda x, y: (x["labeled"], y))
-            classifier.fit(labeled, steps_per_epoch=self.args.steps, epochs=1, verbose=0, shuffle=False)
+            classifier.fit(
+                labeled, steps_per_epoch=self.args.steps, epochs=1, verbose=0, shuffle=False
+            )
             self.features[key] = (features.encode(split.x_db), features.encode(split.x_query))
         db, queries = self.features[key]
         return _faiss_score(db, queries, split, bits, kind)
@@ -195,16 +234,21 @@ def summarise(rows):
     for key, runs in groups.items():
         maps = np.array([r["mAP"] for r in runs])
         p10 = np.array([r["precision@10"] for r in runs])
-        std = (lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0)
+        std = lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
         out[key] = (float(maps.mean()), std(maps), float(p10.mean()), std(p10), len(runs))
     return out
 
 
 def markdown(group, rows):
     """The group's table: one row per (method, labels, bits), mean +- std over seeds."""
-    lines = [f"| method | labels / class | bits | mAP | precision@10 | seeds |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | labels / class | bits | mAP | precision@10 | seeds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for (method, labels, bits), (m, s, p, ps, n) in summarise(rows).items():
-        lines.append(f"| {method} | {labels} | {bits} | {m:.4f} +- {s:.4f} | {p:.4f} +- {ps:.4f} | {n} |")
+        lines.append(
+            f"| {method} | {labels} | {bits} | {m:.4f} +- {s:.4f} | {p:.4f} +- {ps:.4f} | {n} |"
+        )
     return f"### {group}\n\n" + "\n".join(lines) + "\n"
 
 
@@ -218,7 +262,11 @@ def plot_labels(rows, path):
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()
     for method in dict.fromkeys(key[0] for key in summary):
-        points = sorted((labels, mean, std) for (m, labels, _), (mean, std, *_) in summary.items() if m == method)
+        points = sorted(
+            (labels, mean, std)
+            for (m, labels, _), (mean, std, *_) in summary.items()
+            if m == method
+        )
         x, y, err = (np.array(v) for v in zip(*points))
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
     ax.set_xscale("log")
@@ -244,18 +292,33 @@ def _write_json(path, payload):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, 8 steps, fewer settings (a smoke run)")
-    parser.add_argument("--data", default="digits", help="a data spec (gpq --help); default the embedded digits")
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed, 8 steps, fewer settings (a smoke run)"
+    )
+    parser.add_argument(
+        "--data", default="digits", help="a data spec (gpq --help); default the embedded digits"
+    )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per run (200: `make demo`'s)")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="training steps per run (200: `make demo`'s)"
+    )
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--filters", default="16,32,64,64", help="VGG widths (`make demo`'s narrow VGG)")
+    parser.add_argument(
+        "--filters", default="16,32,64,64", help="VGG widths (`make demo`'s narrow VGG)"
+    )
     parser.add_argument("--groups", default=",".join(GROUPS))
-    parser.add_argument("--labels", default="5,10,25,50", help="labeled images per class (group `labels`)")
+    parser.add_argument(
+        "--labels", default="5,10,25,50", help="labeled images per class (group `labels`)"
+    )
     parser.add_argument("--bits", default="12,24,32,48", help="code lengths (group `bits`)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    parser.add_argument("--report-only", action="store_true",
-                        help="no training: rewrite results.md and labels.png from the JSON files in --out")
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no training: rewrite results.md and labels.png from the JSON files in --out",
+    )
     args = parser.parse_args(argv)
     if args.report_only:
         print(report(args.out))
@@ -268,28 +331,45 @@ def main(argv=None):
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         parser.error(f"--groups: unknown {unknown}; choose from {GROUPS}")
-    settings = plan(groups, [int(v) for v in args.labels.split(",")], [int(v) for v in args.bits.split(",")])
+    settings = plan(
+        groups, [int(v) for v in args.labels.split(",")], [int(v) for v in args.bits.split(",")]
+    )
     os.makedirs(args.out, exist_ok=True)
 
+    import faiss
     import keras
     import tensorflow as tf
-
-    import faiss
 
     runner = Runner(args)
     began = time.perf_counter()
     meta = {
-        "command": " ".join(["python", "benchmarks/experiments.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            ["python", "benchmarks/experiments.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
-        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                     "keras": keras.__version__, "numpy": np.__version__, "faiss": faiss.__version__},
-        "data": args.data, "steps": args.steps, "batch_size": args.batch_size, "filters": list(args.filters),
-        "seeds": seeds, "mode": "consistent", "metric": "mAP over the whole database; precision@10",
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "faiss": faiss.__version__,
+        },
+        "data": args.data,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "filters": list(args.filters),
+        "seeds": seeds,
+        "mode": "consistent",
+        "metric": "mAP over the whole database; precision@10",
     }
     for group, wanted in settings.items():
         print(f"{group}:", flush=True)
-        rows = [runner.run(method, labels, bits, seed) for method, labels, bits in wanted for seed in seeds]
+        rows = [
+            runner.run(method, labels, bits, seed)
+            for method, labels, bits in wanted
+            for seed in seeds
+        ]
         meta["minutes"] = round((time.perf_counter() - began) / 60, 1)  # so far
         _write_json(os.path.join(args.out, f"{group}.json"), {**meta, "group": group, "runs": rows})
     print(report(args.out, groups))
@@ -313,10 +393,12 @@ def report(out, groups=GROUPS):
             plot_labels(payload["runs"], os.path.join(out, "labels.png"))
     if meta is None:
         raise SystemExit(f"no results in {out}: run benchmarks/experiments.py first")
-    text = (f"Data {meta['data']}, {meta['steps']} steps of batch {meta['batch_size']} (+ as many unlabeled), VGG "
-            f"widths {tuple(meta['filters'])}, seeds {meta['seeds']}, `{meta['mode']}` mode; mean +- std over "
-            f"seeds. {minutes:.0f} min in all on {meta['machine']} ({meta['date']}).\n"
-            f"Command: `{meta['command']}`\n\n" + "\n".join(tables))
+    text = (
+        f"Data {meta['data']}, {meta['steps']} steps of batch {meta['batch_size']} (+ as many unlabeled), VGG "
+        f"widths {tuple(meta['filters'])}, seeds {meta['seeds']}, `{meta['mode']}` mode; mean +- std over "
+        f"seeds. {minutes:.0f} min in all on {meta['machine']} ({meta['date']}).\n"
+        f"Command: `{meta['command']}`\n\n" + "\n".join(tables)
+    )
     with atomic_path(os.path.join(out, "results.md"), suffix=".md") as tmp, open(tmp, "w") as fh:
         fh.write(text)
     return text

@@ -49,8 +49,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return super().add_weight(*args, **kwargs)
 
     def _fusable(self, inputs, mask):
-        return (keras.config.backend() == "tensorflow" and mask is None and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and self.center and self.scale and not self.renorm)
+        return (
+            keras.config.backend() == "tensorflow"
+            and mask is None
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and self.center
+            and self.scale
+            and not self.renorm
+        )
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None or self.renorm:
@@ -66,16 +73,26 @@ class BatchNormalization(keras.layers.BatchNormalization):
             if self.synchronized and replicas is not None and replicas.num_replicas_in_sync > 1:
                 y, mean, variance = self._synchronized_batch_norm(x, gamma, beta, replicas)
             else:
-                y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
-                                                                     is_training=True)
+                y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                    x, gamma, beta, epsilon=self.epsilon, is_training=True
+                )
             momentum = self.momentum
-            self.moving_mean.assign(self.moving_mean * momentum + ops.cast(mean, "float32") * (1.0 - momentum))
+            self.moving_mean.assign(
+                self.moving_mean * momentum + ops.cast(mean, "float32") * (1.0 - momentum)
+            )
             self.moving_variance.assign(
-                self.moving_variance * momentum + ops.cast(variance, "float32") * (1.0 - momentum))
+                self.moving_variance * momentum + ops.cast(variance, "float32") * (1.0 - momentum)
+            )
         else:
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                x, gamma, beta, mean=ops.cast(self.moving_mean, "float32"),
-                variance=ops.cast(self.moving_variance, "float32"), epsilon=self.epsilon, is_training=False)
+                x,
+                gamma,
+                beta,
+                mean=ops.cast(self.moving_mean, "float32"),
+                variance=ops.cast(self.moving_variance, "float32"),
+                epsilon=self.epsilon,
+                is_training=False,
+            )
         return ops.cast(y, self.compute_dtype)
 
     def _ops_batch_norm(self, inputs, training):
@@ -89,7 +106,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
             mean = ops.mean(x, axis=axes)
             shape = [1] * len(x.shape)
             shape[axis] = -1
-            variance = ops.mean(ops.square(x - ops.reshape(mean, shape)), axis=axes)  # two passes, as the kernel
+            variance = ops.mean(
+                ops.square(x - ops.reshape(mean, shape)), axis=axes
+            )  # two passes, as the kernel
             count = 1
             for i in axes:
                 count = count * ops.shape(x)[i]
@@ -97,11 +116,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
             unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
             momentum = self.momentum
             self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-            self.moving_variance.assign(self.moving_variance * momentum + unbiased * (1.0 - momentum))
+            self.moving_variance.assign(
+                self.moving_variance * momentum + unbiased * (1.0 - momentum)
+            )
         else:
-            mean, variance = ops.cast(self.moving_mean, "float32"), ops.cast(self.moving_variance, "float32")
-        y = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
-                                    epsilon=self.epsilon)
+            mean, variance = (
+                ops.cast(self.moving_mean, "float32"),
+                ops.cast(self.moving_variance, "float32"),
+            )
+        y = ops.batch_normalization(
+            x, mean, variance, axis=self.axis, offset=beta, scale=gamma, epsilon=self.epsilon
+        )
         return ops.cast(y, self.compute_dtype)
 
     def _synchronized_batch_norm(self, x, gamma, beta, replicas):
@@ -111,10 +136,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
         x32 = tf.cast(x, tf.float32)
         count = tf.cast(tf.reduce_prod(tf.shape(x32)[:-1]), tf.float32)
-        total, n = replicas.all_reduce(tf.distribute.ReduceOp.SUM, [tf.reduce_sum(x32, [0, 1, 2]), count])
+        total, n = replicas.all_reduce(
+            tf.distribute.ReduceOp.SUM, [tf.reduce_sum(x32, [0, 1, 2]), count]
+        )
         mean = total / n
-        squares = replicas.all_reduce(tf.distribute.ReduceOp.SUM,
-                                      tf.reduce_sum(tf.math.squared_difference(x32, mean), [0, 1, 2]))
+        squares = replicas.all_reduce(
+            tf.distribute.ReduceOp.SUM,
+            tf.reduce_sum(tf.math.squared_difference(x32, mean), [0, 1, 2]),
+        )
         variance = squares / n
         y = tf.nn.batch_normalization(x32, mean, variance, beta, gamma, self.epsilon)
         return tf.cast(y, x.dtype), mean, variance * n / tf.maximum(n - 1.0, 1.0)
@@ -148,8 +177,18 @@ class VGGBackbone(keras.Model):
         dtype: the dtype policy of every layer, e.g. `"mixed_bfloat16"`. Default: Keras' global policy.
     """
 
-    def __init__(self, feature_dim, filters=(64, 128, 256, 512), image_shape=(32, 32, 3),
-                 bn_momentum=0.9, bn_epsilon=1e-3, sync_batch_norm=False, conv_bias=False, dtype=None, **kwargs):
+    def __init__(
+        self,
+        feature_dim,
+        filters=(64, 128, 256, 512),
+        image_shape=(32, 32, 3),
+        bn_momentum=0.9,
+        bn_epsilon=1e-3,
+        sync_batch_norm=False,
+        conv_bias=False,
+        dtype=None,
+        **kwargs,
+    ):
         filters = tuple(filters)
         image_shape = tuple(image_shape)
         if len(filters) != 4:
@@ -160,13 +199,21 @@ class VGGBackbone(keras.Model):
         x = inputs
         branch = None
         for stage, conv_name, bn_name in CONV_BLOCKS:
-            x = keras.layers.Conv2D(filters[stage], 3, padding="same", use_bias=conv_bias, name=conv_name,
-                                    dtype=dtype)(x)
-            x = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, synchronized=sync_batch_norm,
-                                   name=bn_name, dtype=dtype)(x)
+            x = keras.layers.Conv2D(
+                filters[stage], 3, padding="same", use_bias=conv_bias, name=conv_name, dtype=dtype
+            )(x)
+            x = BatchNormalization(
+                momentum=bn_momentum,
+                epsilon=bn_epsilon,
+                synchronized=sync_batch_norm,
+                name=bn_name,
+                dtype=dtype,
+            )(x)
             x = keras.layers.ReLU(name=f"{conv_name}_relu", dtype=dtype)(x)
             if conv_name in ("conv0_1", "conv1_1", "conv2_2"):
-                x = keras.layers.MaxPooling2D(2, strides=2, padding="valid", name=f"pool{stage}", dtype=dtype)(x)
+                x = keras.layers.MaxPooling2D(
+                    2, strides=2, padding="valid", name=f"pool{stage}", dtype=dtype
+                )(x)
             if conv_name == "conv2_2":
                 branch = keras.layers.GlobalAveragePooling2D(name="pool2_gap", dtype=dtype)(x)
         x = keras.layers.GlobalAveragePooling2D(name="pool3_gap", dtype=dtype)(x)
@@ -201,4 +248,6 @@ class VGGBackbone(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**{"conv_bias": True, **config})  # 0.1.0 configs have no conv_bias: their convs had biases
+        return cls(
+            **{"conv_bias": True, **config}
+        )  # 0.1.0 configs have no conv_bias: their convs had biases

@@ -13,10 +13,14 @@ import textwrap
 from gpq_keras.config import RETRIEVAL_MODES  # the standard library only: cheap to import
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-IMAGES_HELP = ("a folder of images (any depth; classes from its sub-folders when every image is in one) or a "
-               "glob such as 'photos/**/*.jpg'")
-DATA_HELP = ("data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
-             "npz:FILE | folder:DIR")
+IMAGES_HELP = (
+    "a folder of images (any depth; classes from its sub-folders when every image is in one) or a "
+    "glob such as 'photos/**/*.jpg'"
+)
+DATA_HELP = (
+    "data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
+    "npz:FILE | folder:DIR"
+)
 
 
 class CLIError(Exception):
@@ -98,9 +102,12 @@ def _add_files(index, model, paths, labels):
     print(f"encoding {len(paths)} images", file=sys.stderr)
     bar = keras.utils.Progbar(len(paths), unit_name="image") if sys.stdout.isatty() else None
     for start in range(0, len(paths), _FILE_CHUNK):
-        chunk = paths[start:start + _FILE_CHUNK]
-        index.add(model.encode(_decode_files(model, chunk)), sources=chunk,
-                  labels=None if labels is None else labels[start:start + _FILE_CHUNK])
+        chunk = paths[start : start + _FILE_CHUNK]
+        index.add(
+            model.encode(_decode_files(model, chunk)),
+            sources=chunk,
+            labels=None if labels is None else labels[start : start + _FILE_CHUNK],
+        )
         if bar is not None:
             bar.update(start + len(chunk))
 
@@ -145,8 +152,10 @@ class _FaissIndex:
         try:
             self.index = faiss.read_index(path)
         except RuntimeError as exc:
-            raise FileFormatError(f"{path}: neither a PQIndex .npz nor a faiss index "
-                                  f"({str(exc).strip().splitlines()[0]})") from None
+            raise FileFormatError(
+                f"{path}: neither a PQIndex .npz nor a faiss index "
+                f"({str(exc).strip().splitlines()[0]})"
+            ) from None
         inner = self.index
         if isinstance(inner, faiss.IndexIDMap):
             inner = faiss.downcast_index(inner.index)
@@ -154,14 +163,28 @@ class _FaissIndex:
         self.pq = ProductQuantizer.from_model(model, mode)
         centroids = None
         kinds = (faiss.IndexPQ, faiss.IndexPQFastScan, faiss.IndexIVFPQFastScan)
-        if isinstance(inner, kinds) and inner.d == self.pq.dim and inner.pq.M == self.pq.num_subspaces:
+        if (
+            isinstance(inner, kinds)
+            and inner.d == self.pq.dim
+            and inner.pq.M == self.pq.num_subspaces
+        ):
             centroids = faiss.vector_to_array(inner.pq.centroids)
-        words = self.pq.words.reshape(self.pq.num_codewords, self.pq.num_subspaces, -1).transpose(1, 0, 2)
-        if centroids is None or centroids.size != words.size or not np.allclose(centroids, words.ravel()):
-            raise ValueError(f"{path}: the faiss index was not built with this model in {self.pq.mode} mode "
-                             "(its codebook differs); rebuild it or pass the --mode it was built with")
+        words = self.pq.words.reshape(self.pq.num_codewords, self.pq.num_subspaces, -1).transpose(
+            1, 0, 2
+        )
+        if (
+            centroids is None
+            or centroids.size != words.size
+            or not np.allclose(centroids, words.ravel())
+        ):
+            raise ValueError(
+                f"{path}: the faiss index was not built with this model in {self.pq.mode} mode "
+                "(its codebook differs); rebuild it or pass the --mode it was built with"
+            )
         self.ntotal = int(self.index.ntotal)
-        self.sources = self.labels = self.class_names = None  # a faiss file keeps codes and ids only
+        self.sources = self.labels = self.class_names = (
+            None  # a faiss file keeps codes and ids only
+        )
 
     def search(self, queries, k, nprobe=None):
         if nprobe is not None:
@@ -172,12 +195,16 @@ class _FaissIndex:
 
 # --- commands -------------------------------------------------------------------------------------
 
+
 def _config_from_args(args, split, replicas=1):
     from gpq_keras.config import GPQConfig
 
     sync = replicas > 1 if args.sync_batch_norm is None else args.sync_batch_norm
-    base = {"num_classes": split.num_classes, "image_shape": tuple(split.x_query.shape[1:]),
-            "sync_batch_norm": sync}
+    base = {
+        "num_classes": split.num_classes,
+        "image_shape": tuple(split.x_query.shape[1:]),
+        "sync_batch_norm": sync,
+    }
     if args.filters:
         base["filters"] = tuple(int(v) for v in args.filters.split(","))
     if args.learning_rate is not None:
@@ -185,7 +212,9 @@ def _config_from_args(args, split, replicas=1):
     if args.retrieval_mode:
         base["retrieval_mode"] = args.retrieval_mode
     if args.num_subspaces is not None or args.num_codewords is not None:
-        return GPQConfig(num_subspaces=args.num_subspaces or 12, num_codewords=args.num_codewords or 16, **base)
+        return GPQConfig(
+            num_subspaces=args.num_subspaces or 12, num_codewords=args.num_codewords or 16, **base
+        )
     return GPQConfig.from_bits(args.bits or 48, **base)
 
 
@@ -208,9 +237,13 @@ def _resume_check(run, settings):
     record = run.read_record() or {}
     started = record.get("settings")
     if started is not None and started != settings:
-        changed = sorted(k for k in set(started) | set(settings) if started.get(k) != settings.get(k))
-        raise CLIError(f"{run.path} holds an interrupted run with other settings ({', '.join(changed)}); rerun "
-                       "it with its own arguments to resume, or pass --restart to start over")
+        changed = sorted(
+            k for k in set(started) | set(settings) if started.get(k) != settings.get(k)
+        )
+        raise CLIError(
+            f"{run.path} holds an interrupted run with other settings ({', '.join(changed)}); rerun "
+            "it with its own arguments to resume, or pass --restart to start over"
+        )
     return record
 
 
@@ -222,7 +255,9 @@ def _init_from_model(model, path):
     if source.gpq_config != model.gpq_config:
         mine, theirs = model.gpq_config.to_dict(), source.gpq_config.to_dict()
         changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        raise CLIError(f"--init-model {path} has another configuration than this run ({', '.join(changed)})")
+        raise CLIError(
+            f"--init-model {path} has another configuration than this run ({', '.join(changed)})"
+        )
     model.set_weights(source.get_weights())
 
 
@@ -235,11 +270,15 @@ def cmd_train(args):
     strategy, chief = _strategy(args)
     # Only the chief writes --output; another worker of a multi-worker run writes the same files to a
     # scratch folder of its own, cleared at each start (it resumes from the chief's state).
-    run = RunDirectory(args.output if chief else args.scratch or scratch_folder(args.output, strategy))
+    run = RunDirectory(
+        args.output if chief else args.scratch or scratch_folder(args.output, strategy)
+    )
     with run.lock():
         if not chief:
             run.clear()
-            print(f"a non-chief worker: the chief writes {args.output}; this worker writes {run.path}")
+            print(
+                f"a non-chief worker: the chief writes {args.output}; this worker writes {run.path}"
+            )
         _train(args, run, strategy)
 
 
@@ -254,17 +293,27 @@ def _train(args, run, strategy):
 
     state = run.state()
     if state == "finished" and not args.overwrite:
-        raise CLIError(f"{args.output} holds a finished run ({run.model}); pass --overwrite to train a new one there")
+        raise CLIError(
+            f"{args.output} holds a finished run ({run.model}); pass --overwrite to train a new one there"
+        )
     split = load_data(args.data)
     if not split.has_training_data:
         raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
-    per_class = default_validation_per_class(split) if args.val_per_class is None else args.val_per_class
+    per_class = (
+        default_validation_per_class(split) if args.val_per_class is None else args.val_per_class
+    )
     split, x_val, y_val = hold_out_validation(split, per_class)
     replicas = strategy.num_replicas_in_sync
     check_global_batch(min(args.batch_size, len(split.x_labeled), len(split.x_unlabeled)), strategy)
     config = _config_from_args(args, split, replicas)
-    settings = {"data": args.data, "config": config.to_dict(), "seed": args.seed, "batch_size": args.batch_size,
-                "val_per_class": per_class, "precision": args.precision}
+    settings = {
+        "data": args.data,
+        "config": config.to_dict(),
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "val_per_class": per_class,
+        "precision": args.precision,
+    }
     if args.init_model:
         settings["init_model"] = os.path.abspath(args.init_model)
     if args.pipeline != "auto":
@@ -280,7 +329,9 @@ def _train(args, run, strategy):
         print(f"removed {len(stale)} temporary file(s) an interrupted write left in {args.output}")
 
     keras.utils.set_random_seed(args.seed)
-    if args.deterministic and keras.config.backend() == "tensorflow":  # XLA on CPU is deterministic as it is
+    if (
+        args.deterministic and keras.config.backend() == "tensorflow"
+    ):  # XLA on CPU is deterministic as it is
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -297,27 +348,49 @@ def _train(args, run, strategy):
             print(f"backbone initialised from {args.imagenet_mat}")
         model.compile(jit_compile=_jit_compile(args.jit_compile))
     record = record or new_record(["gpq"] + args.argv, settings)
-    record.update(jit_compile=bool(model.jit_compile), strategy=type(strategy).__name__, replicas=replicas)
+    record.update(
+        jit_compile=bool(model.jit_compile), strategy=type(strategy).__name__, replicas=replicas
+    )
     if num_workers(strategy) > 1:
-        record["task"] = f"{strategy.cluster_resolver.task_type} {strategy.cluster_resolver.task_id}"
-    print(f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
-          f"d={config.subspace_dim}) on {split.name}: {len(split.x_labeled)} labeled, "
-          f"{len(split.x_unlabeled)} unlabeled, {0 if x_val is None else len(x_val)} validation images; "
-          f"{args.precision}, XLA {'on' if model.jit_compile else 'off'}"
-          + (f"; {replicas} replicas, sync batch norm {'on' if config.sync_batch_norm else 'off'}"
-             if replicas > 1 else "")
-          + ("; resuming from the backup in " + run.backup if resuming else ""))
+        record["task"] = (
+            f"{strategy.cluster_resolver.task_type} {strategy.cluster_resolver.task_id}"
+        )
+    print(
+        f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
+        f"d={config.subspace_dim}) on {split.name}: {len(split.x_labeled)} labeled, "
+        f"{len(split.x_unlabeled)} unlabeled, {0 if x_val is None else len(x_val)} validation images; "
+        f"{args.precision}, XLA {'on' if model.jit_compile else 'off'}"
+        + (
+            f"; {replicas} replicas, sync batch norm {'on' if config.sync_batch_norm else 'off'}"
+            if replicas > 1
+            else ""
+        )
+        + ("; resuming from the backup in " + run.backup if resuming else "")
+    )
     try:  # outside the strategy's scope: fit_run restores the backup on the chief alone
-        record = fit_run(model, split, run, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                         validation=None if x_val is None else (x_val, y_val), eval_every=args.eval_every,
-                         backup_every_steps=args.backup_every_steps, save_every=args.save_every,
-                         keep_checkpoints=args.keep_checkpoints, record=record, pipeline=args.pipeline,
-                         verbose=1 if sys.stdout.isatty() else 2)
+        record = fit_run(
+            model,
+            split,
+            run,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            validation=None if x_val is None else (x_val, y_val),
+            eval_every=args.eval_every,
+            backup_every_steps=args.backup_every_steps,
+            save_every=args.save_every,
+            keep_checkpoints=args.keep_checkpoints,
+            record=record,
+            pipeline=args.pipeline,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
     except KeyboardInterrupt:
         record = run.read_record() or record
         record["status"] = "interrupted"
         run.write_record(record)
-        raise Interrupted(f"interrupted; rerun the same command to resume from the last backup in {run.backup}")
+        raise Interrupted(
+            f"interrupted; rerun the same command to resume from the last backup in {run.backup}"
+        )
     best = (record.get("validation") or {}).get("best")
     if best:
         print(f"best val_mAP {best['val_mAP']:.4f} at epoch {best['epoch']}: {run.best}")
@@ -338,15 +411,23 @@ def cmd_evaluate(args):
         raise CLIError(f"--top-k {top_k} exceeds the {len(split.x_db)} database items")
     index = PQIndex.from_model(model, mode=args.mode).add(_features(model, split.x_db, "database"))
     queries = _features(model, split.x_query, "query")
-    result = metrics.evaluate_ranking(index.rank(queries, top_k, with_distances=False), split.y_query,
-                                      split.y_db)
+    result = metrics.evaluate_ranking(
+        index.rank(queries, top_k, with_distances=False), split.y_query, split.y_db
+    )
     print(f"mAP: {result['mAP']:.4f}")
     for k, value in sorted(result["precision"].items()):
         print(f"precision@{k}: {value:.4f}")
-    report = {"mAP": result["mAP"], "top_k": top_k, "bits": model.gpq_config.bits,
-              "n_query": len(split.x_query), "n_database": len(split.x_db), "mode": index.mode,
-              "precision_at_k": {str(k): v for k, v in result["precision"].items()},
-              "data": args.data, "model": os.path.abspath(args.model)}
+    report = {
+        "mAP": result["mAP"],
+        "top_k": top_k,
+        "bits": model.gpq_config.bits,
+        "n_query": len(split.x_query),
+        "n_database": len(split.x_db),
+        "mode": index.mode,
+        "precision_at_k": {str(k): v for k, v in result["precision"].items()},
+        "data": args.data,
+        "model": os.path.abspath(args.model),
+    }
     if not chief:
         for path in filter(None, (args.json, args.figure)):
             _not_chief(path)
@@ -372,17 +453,26 @@ def cmd_evaluate(args):
 
         blocks = []
         for what, query in picks.items():
-            distances, ids = index.search(queries[query:query + 1], viz.MAX_RESULTS)
-            relevant = metrics.relevance(split.y_query[query:query + 1], split.y_db[ids[0]])[0]
-            query_class = class_of(split.y_query[query:query + 1])
-            blocks.append(dict(query_image=split.x_query[query], result_images=split.x_db[ids[0]],
-                               relevant=relevant, classes=class_of(split.y_db[ids[0]]), distances=distances[0],
-                               query_class=None if query_class is None else query_class[0],
-                               title=("" if what == "query" else f"{what}\n")
-                               + f"query {query}\nAP {result['ap'][query]:.2f}"))
+            distances, ids = index.search(queries[query : query + 1], viz.MAX_RESULTS)
+            relevant = metrics.relevance(split.y_query[query : query + 1], split.y_db[ids[0]])[0]
+            query_class = class_of(split.y_query[query : query + 1])
+            blocks.append(
+                dict(
+                    query_image=split.x_query[query],
+                    result_images=split.x_db[ids[0]],
+                    relevant=relevant,
+                    classes=class_of(split.y_db[ids[0]]),
+                    distances=distances[0],
+                    query_class=None if query_class is None else query_class[0],
+                    title=("" if what == "query" else f"{what}\n")
+                    + f"query {query}\nAP {result['ap'][query]:.2f}",
+                )
+            )
         viz.plot_ranked_lists(blocks, args.figure)
-        print(f"wrote {args.figure}: " + ", ".join(f"{what} query {q} (AP {result['ap'][q]:.4f})"
-                                                  for what, q in picks.items()))
+        print(
+            f"wrote {args.figure}: "
+            + ", ".join(f"{what} query {q} (AP {result['ap'][q]:.4f})" for what, q in picks.items())
+        )
 
 
 def cmd_encode(args):
@@ -450,7 +540,9 @@ def cmd_index_build(args):
         raise CLIError("--fast-scan and --nlist build faiss indexes: add --faiss")
     else:
         index.save(args.output)
-    print(f"wrote {args.output}: {index.ntotal} items, {model.gpq_config.bits} bits ({index.mode} mode)")
+    print(
+        f"wrote {args.output}: {index.ntotal} items, {model.gpq_config.bits} bits ({index.mode} mode)"
+    )
 
 
 def cmd_index_add(args):
@@ -464,7 +556,9 @@ def cmd_index_add(args):
     index.check_model(model)
     paths, labels, class_names = list_images(args.images)
     if index.ntotal and index.sources is None:
-        raise CLIError(f"{args.index} was built from a data set (no file names); build a new index of files")
+        raise CLIError(
+            f"{args.index} was built from a data set (no file names); build a new index of files"
+        )
     if index.labels is not None or (index.ntotal == 0 and index.class_names is not None):
         if labels is None or index.class_names is None:
             raise CLIError(f"{args.index} has classes; add a folder of class sub-folders")
@@ -513,20 +607,34 @@ def cmd_search(args):
             _not_chief(path)
         return
     if args.json:
-        write_json(args.json, {"index": os.path.abspath(args.index), "model": os.path.abspath(args.model),
-                               "k": k, "queries": report})
+        write_json(
+            args.json,
+            {
+                "index": os.path.abspath(args.index),
+                "model": os.path.abspath(args.model),
+                "k": k,
+                "queries": report,
+            },
+        )
         print(f"wrote {args.json}")
     if args.figure:
         from gpq_keras import viz
 
-        shown = report[0]["results"][:viz.MAX_RESULTS]
+        shown = report[0]["results"][: viz.MAX_RESULTS]
         if sources is None:
             raise CLIError(f"{args.index} holds no file names to show in --figure")
         images = _decode_files(model, [hit["source"] for hit in shown])
-        captions = [os.path.basename(hit["source"]) + (f" ({hit['class']})" if "class" in hit else "")
-                    for hit in shown]
-        viz.plot_ranked_list(queries[0], images, path=args.figure, captions=captions,
-                             title=f"{os.path.basename(args.image[0])}: top {len(shown)} of {index.ntotal}")
+        captions = [
+            os.path.basename(hit["source"]) + (f" ({hit['class']})" if "class" in hit else "")
+            for hit in shown
+        ]
+        viz.plot_ranked_list(
+            queries[0],
+            images,
+            path=args.figure,
+            captions=captions,
+            title=f"{os.path.basename(args.image[0])}: top {len(shown)} of {index.ntotal}",
+        )
         print(f"wrote {args.figure}")
 
 
@@ -537,8 +645,10 @@ def cmd_export(args):
     if not chief:
         return _not_chief(args.output)
     export_saved_model(model, args.output, mode=args.mode)
-    print(f"wrote {args.output}: a SavedModel, serving_default(images uint8 [N, "
-          f"{', '.join(map(str, model.gpq_config.image_shape))}]) -> features, codes")
+    print(
+        f"wrote {args.output}: a SavedModel, serving_default(images uint8 [N, "
+        f"{', '.join(map(str, model.gpq_config.image_shape))}]) -> features, codes"
+    )
 
 
 def cmd_index_search(args):
@@ -554,10 +664,14 @@ def cmd_index_search(args):
     check_k(index)  # a faiss file: once opened with the model
     queries = _features(model, split.x_query, "query")
     if args.nprobe is not None and not getattr(index, "inverted", False):
-        raise CLIError(f"--nprobe: {args.index} is not an inverted-file faiss index (index build --faiss --nlist)")
+        raise CLIError(
+            f"--nprobe: {args.index} is not an inverted-file faiss index (index build --faiss --nlist)"
+        )
     if isinstance(index, _FaissIndex):
         if args.approximate:
-            raise CLIError("--approximate is for a PQIndex .npz; a faiss file searches as it was built")
+            raise CLIError(
+                "--approximate is for a PQIndex .npz; a faiss file searches as it was built"
+            )
         distances, ids = index.search(queries, args.k, nprobe=args.nprobe)
     else:
         import warnings
@@ -566,7 +680,9 @@ def cmd_index_search(args):
             warnings.simplefilter("ignore", UserWarning)
             distances, ids = index.search(queries, args.k, exact=not args.approximate)
         if args.approximate and index.nbits == 4:
-            print("approximate: fast-scan results with 8-bit look-up-table distances, not re-ranked")
+            print(
+                "approximate: fast-scan results with 8-bit look-up-table distances, not re-ranked"
+            )
     if args.output and not chief:
         _not_chief(args.output)
     elif args.output:
@@ -577,6 +693,7 @@ def cmd_index_search(args):
 
 
 # --- parser ---------------------------------------------------------------------------------------
+
 
 def _int_at_least(minimum):
     """An argparse type: an int >= minimum."""
@@ -605,8 +722,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _command(sub, name, help_text, example, func):
-    parser = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.set_defaults(func=func)
     return parser
 
@@ -620,182 +742,378 @@ def _model_and_data(parser, model_help="a GPQ .keras file"):
 def _strategy_flag(parser, what):
     from gpq_keras.config import STRATEGIES
 
-    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                        help=f"{what} with tf.distribute: one device, mirrored (this machine's GPUs), multi-worker "
-                             "(the machines of TF_CONFIG; only the chief writes); auto = mirrored when more than "
-                             "one GPU is visible (auto)")
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help=f"{what} with tf.distribute: one device, mirrored (this machine's GPUs), multi-worker "
+        "(the machines of TF_CONFIG; only the chief writes); auto = mirrored when more than "
+        "one GPU is visible (auto)",
+    )
 
 
 def _add_train(sub):
-    p = _command(sub, "train", "train GPQ with model.fit on a data set's labeled and unlabeled images; rerun the "
-                 "same command to resume an interrupted run",
-                 "gpq train --data cifar10:cifar10 --output runs/cifar48 --bits 48 --epochs 300 "
-                 "--imagenet-mat checkpoints/original/ImageNet_pretrained.mat", cmd_train)
+    p = _command(
+        sub,
+        "train",
+        "train GPQ with model.fit on a data set's labeled and unlabeled images; rerun the "
+        "same command to resume an interrupted run",
+        "gpq train --data cifar10:cifar10 --output runs/cifar48 --bits 48 --epochs 300 "
+        "--imagenet-mat checkpoints/original/ImageNet_pretrained.mat",
+        cmd_train,
+    )
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--output", required=True,
-                   help="run folder: model.keras, best.keras, log.csv, logs/ (TensorBoard), run.json, checkpoints/")
-    p.add_argument("--epochs", type=_positive_int, default=300,
-                   help="epochs of len(labeled) // batch-size steps (300)")
-    p.add_argument("--batch-size", type=_positive_int, default=500,
-                   help="images per stream and step: the global batch, split over the replicas (500)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="run folder: model.keras, best.keras, log.csv, logs/ (TensorBoard), run.json, checkpoints/",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=300,
+        help="epochs of len(labeled) // batch-size steps (300)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=500,
+        help="images per stream and step: the global batch, split over the replicas (500)",
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--bits", type=int, choices=(12, 24, 32, 48), help="code length with K=16 (default 48)")
-    size.add_argument("--n-book", type=_positive_int, dest="num_subspaces",
-                      help="M, number of codebooks (sets GPQConfig.num_subspaces; instead of --bits)")
-    p.add_argument("--n-word", type=_positive_int, dest="num_codewords",
-                   help="K, codewords per codebook, a power of two (sets GPQConfig.num_codewords)")
-    p.add_argument("--filters", help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)")
+    size.add_argument(
+        "--bits", type=int, choices=(12, 24, 32, 48), help="code length with K=16 (default 48)"
+    )
+    size.add_argument(
+        "--n-book",
+        type=_positive_int,
+        dest="num_subspaces",
+        help="M, number of codebooks (sets GPQConfig.num_subspaces; instead of --bits)",
+    )
+    p.add_argument(
+        "--n-word",
+        type=_positive_int,
+        dest="num_codewords",
+        help="K, codewords per codebook, a power of two (sets GPQConfig.num_codewords)",
+    )
+    p.add_argument(
+        "--filters", help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)"
+    )
     p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
-    p.add_argument("--retrieval-mode", choices=RETRIEVAL_MODES, help="default retrieval mode stored in the model")
-    p.add_argument("--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat")
-    p.add_argument("--init-model", help="start from the weights of this GPQ .keras file, of the same configuration "
-                                        "(fine-tuning; the same start on every Keras backend)")
+    p.add_argument(
+        "--retrieval-mode",
+        choices=RETRIEVAL_MODES,
+        help="default retrieval mode stored in the model",
+    )
+    p.add_argument(
+        "--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat"
+    )
+    p.add_argument(
+        "--init-model",
+        help="start from the weights of this GPQ .keras file, of the same configuration "
+        "(fine-tuning; the same start on every Keras backend)",
+    )
     p.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (0)")
-    p.add_argument("--pipeline", choices=("auto", "tf.data", "numpy"), default="auto",
-                   help="training input: tf.data, or NumPy (a keras.utils.PyDataset, the same augmentation drawn "
-                        "from NumPy's generator); auto = tf.data when TensorFlow is installed (auto)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="TensorFlow's op determinism: the same seed gives the same model on the same machine "
-                        "(some GPU ops get slower; JAX on CPU is deterministic without it)")
+    p.add_argument(
+        "--pipeline",
+        choices=("auto", "tf.data", "numpy"),
+        default="auto",
+        help="training input: tf.data, or NumPy (a keras.utils.PyDataset, the same augmentation drawn "
+        "from NumPy's generator); auto = tf.data when TensorFlow is installed (auto)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="TensorFlow's op determinism: the same seed gives the same model on the same machine "
+        "(some GPU ops get slower; JAX on CPU is deterministic without it)",
+    )
     run = p.add_argument_group("long runs")
     start = run.add_mutually_exclusive_group()
-    start.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
-    start.add_argument("--restart", action="store_true", help="throw away an interrupted run's backup and start over")
-    run.add_argument("--backup-every-steps", type=_positive_int,
-                     help="back the training state up every N steps too (default: every epoch only)")
-    run.add_argument("--save-every", type=_non_negative_int, default=0,
-                     help="also save checkpoints/epoch_NNN.keras every N epochs (0: never)")
-    run.add_argument("--keep-checkpoints", type=_positive_int, default=3, help="periodic checkpoints kept (3)")
-    run.add_argument("--val-per-class", type=_non_negative_int,
-                     help="labeled images per class held out for validation (default: a tenth of the smallest "
-                          "class; 0: none)")
-    run.add_argument("--eval-every", type=_positive_int, default=5,
-                     help="validation mAP every N epochs and after the last (5)")
-    run.add_argument("--precision", choices=PRECISIONS, default="float32",
-                     help="Keras dtype policy of the backbone; the GPQ heads stay float32 (float32)")
-    run.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
-                     help="XLA: auto = on where a GPU is visible (it is slower on CPU) (auto)")
-    scale = p.add_argument_group("training at scale (--batch-size is the global batch of all replicas)")
+    start.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --output"
+    )
+    start.add_argument(
+        "--restart",
+        action="store_true",
+        help="throw away an interrupted run's backup and start over",
+    )
+    run.add_argument(
+        "--backup-every-steps",
+        type=_positive_int,
+        help="back the training state up every N steps too (default: every epoch only)",
+    )
+    run.add_argument(
+        "--save-every",
+        type=_non_negative_int,
+        default=0,
+        help="also save checkpoints/epoch_NNN.keras every N epochs (0: never)",
+    )
+    run.add_argument(
+        "--keep-checkpoints", type=_positive_int, default=3, help="periodic checkpoints kept (3)"
+    )
+    run.add_argument(
+        "--val-per-class",
+        type=_non_negative_int,
+        help="labeled images per class held out for validation (default: a tenth of the smallest "
+        "class; 0: none)",
+    )
+    run.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=5,
+        help="validation mAP every N epochs and after the last (5)",
+    )
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="Keras dtype policy of the backbone; the GPQ heads stay float32 (float32)",
+    )
+    run.add_argument(
+        "--jit-compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="XLA: auto = on where a GPU is visible (it is slower on CPU) (auto)",
+    )
+    scale = p.add_argument_group(
+        "training at scale (--batch-size is the global batch of all replicas)"
+    )
     _strategy_flag(scale, "train")
-    scale.add_argument("--sync-batch-norm", action=argparse.BooleanOptionalAction,
-                       help="batch norm over the global batch (default: on with more than one replica)")
-    scale.add_argument("--scratch", help="multi-worker: where a non-chief worker writes (default: a folder of "
-                                         "the system's temporary directory)")
+    scale.add_argument(
+        "--sync-batch-norm",
+        action=argparse.BooleanOptionalAction,
+        help="batch norm over the global batch (default: on with more than one replica)",
+    )
+    scale.add_argument(
+        "--scratch",
+        help="multi-worker: where a non-chief worker writes (default: a folder of "
+        "the system's temporary directory)",
+    )
 
 
 def _add_evaluate(sub):
-    p = _command(sub, "evaluate", "mAP (the paper's protocol) of a model on a data set's queries and database",
-                 "gpq evaluate --model runs/demo/model.keras --data digits --json eval.json --figure ranked.png",
-                 cmd_evaluate)
+    p = _command(
+        sub,
+        "evaluate",
+        "mAP (the paper's protocol) of a model on a data set's queries and database",
+        "gpq evaluate --model runs/demo/model.keras --data digits --json eval.json --figure ranked.png",
+        cmd_evaluate,
+    )
     _model_and_data(p)
-    p.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook at retrieval (model's default)")
-    p.add_argument("--top-k", type=_positive_int, help="mAP over the top K (default: the whole database)")
+    p.add_argument(
+        "--mode", choices=RETRIEVAL_MODES, help="codebook at retrieval (model's default)"
+    )
+    p.add_argument(
+        "--top-k", type=_positive_int, help="mAP over the top K (default: the whole database)"
+    )
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--figure", help="write ranked lists (top 15) to this PNG: the best, the median and the "
-                                    "worst query by AP, or --query")
+    p.add_argument(
+        "--figure",
+        help="write ranked lists (top 15) to this PNG: the best, the median and the "
+        "worst query by AP, or --query",
+    )
     p.add_argument("--query", type=_non_negative_int, help="the one query the figure shows")
 
 
 def _add_encode(sub):
-    p = _command(sub, "encode", "encode a data set's database into PQ codes",
-                 "gpq encode --model runs/demo/model.keras --data digits --output codes.npz", cmd_encode)
+    p = _command(
+        sub,
+        "encode",
+        "encode a data set's database into PQ codes",
+        "gpq encode --model runs/demo/model.keras --data digits --output codes.npz",
+        cmd_encode,
+    )
     _model_and_data(p)
     p.add_argument("--output", required=True, help=".npz with features, codes (uint8) and labels")
-    p.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook for the codes (model's default)")
+    p.add_argument(
+        "--mode", choices=RETRIEVAL_MODES, help="codebook for the codes (model's default)"
+    )
 
 
 def _add_convert(sub):
-    p = _command(sub, "convert", "convert the original TF1 checkpoint into a Keras model",
-                 "gpq convert --checkpoint checkpoints/original/48bits_example.ckpt "
-                 "--output checkpoints/converted/gpq_cifar10_48bit.keras", cmd_convert)
+    p = _command(
+        sub,
+        "convert",
+        "convert the original TF1 checkpoint into a Keras model",
+        "gpq convert --checkpoint checkpoints/original/48bits_example.ckpt "
+        "--output checkpoints/converted/gpq_cifar10_48bit.keras",
+        cmd_convert,
+    )
     p.add_argument("--checkpoint", required=True, help="TF1 checkpoint prefix (without .index)")
     p.add_argument("--output", required=True, help="the .keras file to write")
-    p.add_argument("--config", help='JSON object of GPQConfig fields to set, e.g. {"image_shape": [32, 32, 3]}; '
-                   "the rest is inferred from the checkpoint")
+    p.add_argument(
+        "--config",
+        help='JSON object of GPQConfig fields to set, e.g. {"image_shape": [32, 32, 3]}; '
+        "the rest is inferred from the checkpoint",
+    )
 
 
 def _add_index(sub):
-    p = _command(sub, "index", "build or search a saved PQ index",
-                 "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
-                 None)
+    p = _command(
+        sub,
+        "index",
+        "build or search a saved PQ index",
+        "gpq index build --model runs/demo/model.keras --data digits --output runs/demo/index.npz",
+        None,
+    )
     index_sub = p.add_subparsers(dest="index_command", required=True)
-    b = _command(index_sub, "build", "encode a data set's database, or image files, into a saved index",
-                 "gpq index build --model runs/photos/model.keras --images photos/ --output photos.npz",
-                 cmd_index_build)
+    b = _command(
+        index_sub,
+        "build",
+        "encode a data set's database, or image files, into a saved index",
+        "gpq index build --model runs/photos/model.keras --images photos/ --output photos.npz",
+        cmd_index_build,
+    )
     b.add_argument("--model", required=True, help="a GPQ .keras file")
     source = b.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help=DATA_HELP + " (its database part)")
     source.add_argument("--images", help=IMAGES_HELP)
     _strategy_flag(b, "encode")
-    b.add_argument("--output", required=True, help="index file (.npz PQIndex, or a faiss index with --faiss)")
+    b.add_argument(
+        "--output", required=True, help="index file (.npz PQIndex, or a faiss index with --faiss)"
+    )
     b.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook (model's default)")
-    b.add_argument("--faiss", action="store_true", help="write a faiss IndexPQ instead (needs gpq-keras[faiss])")
-    b.add_argument("--fast-scan", action="store_true",
-                   help="with --faiss: an IndexPQFastScan (4-bit, K=16; approximate, much faster)")
-    b.add_argument("--nlist", type=_positive_int,
-                   help="with --faiss: an inverted file (IndexIVFPQFastScan, K=16) of NLIST lists, for millions")
-    b.add_argument("--nprobe", type=_positive_int, default=1, help="with --nlist: lists searched by default (1)")
-    a = _command(index_sub, "add", "encode image files and append them to a saved index of files",
-                 "gpq index add --model runs/photos/model.keras --index photos.npz --images new_photos/",
-                 cmd_index_add)
+    b.add_argument(
+        "--faiss",
+        action="store_true",
+        help="write a faiss IndexPQ instead (needs gpq-keras[faiss])",
+    )
+    b.add_argument(
+        "--fast-scan",
+        action="store_true",
+        help="with --faiss: an IndexPQFastScan (4-bit, K=16; approximate, much faster)",
+    )
+    b.add_argument(
+        "--nlist",
+        type=_positive_int,
+        help="with --faiss: an inverted file (IndexIVFPQFastScan, K=16) of NLIST lists, for millions",
+    )
+    b.add_argument(
+        "--nprobe",
+        type=_positive_int,
+        default=1,
+        help="with --nlist: lists searched by default (1)",
+    )
+    a = _command(
+        index_sub,
+        "add",
+        "encode image files and append them to a saved index of files",
+        "gpq index add --model runs/photos/model.keras --index photos.npz --images new_photos/",
+        cmd_index_add,
+    )
     a.add_argument("--model", required=True, help="the GPQ .keras file that built the index")
     a.add_argument("--index", required=True, help="a PQIndex .npz of files; replaced atomically")
     a.add_argument("--images", required=True, help=IMAGES_HELP)
     _strategy_flag(a, "encode")
-    s = _command(index_sub, "search", "search a saved PQIndex with a data set's queries",
-                 "gpq index search --model runs/demo/model.keras --index runs/demo/index.npz --data digits -k 10",
-                 cmd_index_search)
+    s = _command(
+        index_sub,
+        "search",
+        "search a saved PQIndex with a data set's queries",
+        "gpq index search --model runs/demo/model.keras --index runs/demo/index.npz --data digits -k 10",
+        cmd_index_search,
+    )
     _model_and_data(s, "the GPQ .keras file that built the index")
-    s.add_argument("--index", required=True, help="a PQIndex .npz, or the faiss file of `index build --faiss`")
-    s.add_argument("--mode", choices=RETRIEVAL_MODES,
-                   help="for a faiss file: the mode it was built in (model's default)")
+    s.add_argument(
+        "--index", required=True, help="a PQIndex .npz, or the faiss file of `index build --faiss`"
+    )
+    s.add_argument(
+        "--mode",
+        choices=RETRIEVAL_MODES,
+        help="for a faiss file: the mode it was built in (model's default)",
+    )
     s.add_argument("-k", type=_positive_int, default=10, help="results per query (10)")
-    s.add_argument("--nprobe", type=_positive_int, help="for an inverted-file faiss index: lists to search")
-    s.add_argument("--approximate", action="store_true",
-                   help="for a PQIndex with K=16 and faiss: fast-scan results as they are, not re-ranked exactly")
+    s.add_argument(
+        "--nprobe", type=_positive_int, help="for an inverted-file faiss index: lists to search"
+    )
+    s.add_argument(
+        "--approximate",
+        action="store_true",
+        help="for a PQIndex with K=16 and faiss: fast-scan results as they are, not re-ranked exactly",
+    )
     s.add_argument("--output", help="write distances and ids to this .npz")
-    s.add_argument("--show", type=_non_negative_int, default=3, help="print the results of the first N queries (3)")
+    s.add_argument(
+        "--show",
+        type=_non_negative_int,
+        default=3,
+        help="print the results of the first N queries (3)",
+    )
 
 
 def _add_search(sub):
-    p = _command(sub, "search", "the most similar indexed images to one or more image files",
-                 "gpq search --model runs/photos/model.keras --index photos.npz --image query.jpg -k 10",
-                 cmd_search)
+    p = _command(
+        sub,
+        "search",
+        "the most similar indexed images to one or more image files",
+        "gpq search --model runs/photos/model.keras --index photos.npz --image query.jpg -k 10",
+        cmd_search,
+    )
     p.add_argument("--model", required=True, help="the GPQ .keras file that built the index")
     p.add_argument("--index", required=True, help="a PQIndex .npz (of files: results name them)")
-    p.add_argument("--image", required=True, action="append", help="a query image file (repeat for more)")
-    p.add_argument("-k", type=_positive_int, default=10, help="results per query, capped at the index size (10)")
+    p.add_argument(
+        "--image", required=True, action="append", help="a query image file (repeat for more)"
+    )
+    p.add_argument(
+        "-k",
+        type=_positive_int,
+        default=10,
+        help="results per query, capped at the index size (10)",
+    )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--figure", help="write the first query and its top 15 results to this PNG")
     _strategy_flag(p, "encode")
 
 
 def _add_export(sub):
-    p = _command(sub, "export", "write a TensorFlow SavedModel to serve: uint8 images in, features and codes out",
-                 "gpq export --model runs/photos/model.keras --output served/gpq/1", cmd_export)
+    p = _command(
+        sub,
+        "export",
+        "write a TensorFlow SavedModel to serve: uint8 images in, features and codes out",
+        "gpq export --model runs/photos/model.keras --output served/gpq/1",
+        cmd_export,
+    )
     p.add_argument("--model", required=True, help="a GPQ .keras file")
-    p.add_argument("--output", required=True, help="the SavedModel folder to create (must not exist)")
-    p.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook of the codes (model's default)")
+    p.add_argument(
+        "--output", required=True, help="the SavedModel folder to create (must not exist)"
+    )
+    p.add_argument(
+        "--mode", choices=RETRIEVAL_MODES, help="codebook of the codes (model's default)"
+    )
     _strategy_flag(p, "load")
 
 
 def build_parser():
     parser = _Parser(
-        prog="gpq", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="gpq",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="GPQ (Generalized Product Quantization network): train, convert, encode, index, evaluate.",
         epilog=textwrap.dedent("""\
             example:
               gpq train --data digits --output runs/demo --epochs 40
-              gpq evaluate --model runs/demo/model.keras --data digits"""))
+              gpq evaluate --model runs/demo/model.keras --data digits"""),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_encode, _add_convert, _add_index, _add_search, _add_export):
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_encode,
+        _add_convert,
+        _add_index,
+        _add_search,
+        _add_export,
+    ):
         add(sub)
     return parser
 
 
 # Where each command reads and writes: (flag, attribute) of its input files and of its output files.
-_INPUTS = (("--model", "model"), ("--index", "index"), ("--checkpoint", "checkpoint"),
-           ("--imagenet-mat", "imagenet_mat"), ("--init-model", "init_model"), ("--config", "config"))
+_INPUTS = (
+    ("--model", "model"),
+    ("--index", "index"),
+    ("--checkpoint", "checkpoint"),
+    ("--imagenet-mat", "imagenet_mat"),
+    ("--init-model", "init_model"),
+    ("--config", "config"),
+)
 _OUTPUTS = (("--output", "output"), ("--json", "json"), ("--figure", "figure"))
 
 
@@ -818,13 +1136,26 @@ def _check_paths(args):
         from gpq_keras.training import RunDirectory
 
         run = RunDirectory(args.output)
-        outputs = [("--output", path) for path in (run.path, run.model, run.best, run.log, run.record,
-                                                    run.logs, run.checkpoints, run.backup)]
+        outputs = [
+            ("--output", path)
+            for path in (
+                run.path,
+                run.model,
+                run.best,
+                run.log,
+                run.record,
+                run.logs,
+                run.checkpoints,
+                run.backup,
+            )
+        ]
     seen = {}
     for flag, path in outputs:
         for in_flag, in_path in inputs:
             if real(path) == real(in_path):
-                raise CLIError(f"{flag} {path} is the input {in_flag} {in_path}; refusing to overwrite an input")
+                raise CLIError(
+                    f"{flag} {path} is the input {in_flag} {in_path}; refusing to overwrite an input"
+                )
         if real(path) in seen and seen[real(path)] != flag:
             raise CLIError(f"{flag} and {seen[real(path)]} are the same file ({path})")
         seen.setdefault(real(path), flag)

@@ -11,8 +11,12 @@ RETRIEVAL_MODES = ("original", "consistent")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")  # gpq_keras.distribute.make_strategy
 L2_EPSILON = 1e-12  # the floor tf.nn.l2_normalize puts under a squared norm (intra-normalisation)
 # Keys of GPQConfig before the KerasHub-style names; `.keras` files saved with them still load.
-LEGACY_KEYS = {"n_book": "num_subspaces", "n_word": "num_codewords", "len_code": "subspace_dim",
-               "n_classes": "num_classes"}
+LEGACY_KEYS = {
+    "n_book": "num_subspaces",
+    "n_word": "num_codewords",
+    "len_code": "subspace_dim",
+    "n_classes": "num_classes",
+}
 
 
 def check_positive_int(name, value):
@@ -42,10 +46,16 @@ def rename_legacy_keys(values):
 
 def check_num_codewords(value, name="num_codewords"):
     """K as an int: a power of two in [2, 256] (codes are uint8); a ValueError naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 2 <= value <= 256 \
-            or value & (value - 1):
-        raise ValueError(f"Expected K, a power of two in [2, 256] (codes are uint8), for `{name}`. "
-                         f"Received: {name}={value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not 2 <= value <= 256
+        or value & (value - 1)
+    ):
+        raise ValueError(
+            f"Expected K, a power of two in [2, 256] (codes are uint8), for `{name}`. "
+            f"Received: {name}={value!r}"
+        )
     return int(value)
 
 
@@ -110,9 +120,17 @@ class GPQConfig:
         object.__setattr__(self, "filters", tuple(self.filters))
 
         def field_error(name, what):
-            return ValueError(f"GPQConfig.{name} must be {what}. Received: {name}={getattr(self, name)!r}")
+            return ValueError(
+                f"GPQConfig.{name} must be {what}. Received: {name}={getattr(self, name)!r}"
+            )
 
-        for name in ("num_subspaces", "num_codewords", "subspace_dim", "num_classes", "decay_steps"):
+        for name in (
+            "num_subspaces",
+            "num_codewords",
+            "subspace_dim",
+            "num_classes",
+            "decay_steps",
+        ):
             try:
                 object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
             except ValueError:
@@ -120,16 +138,28 @@ class GPQConfig:
         try:
             check_num_codewords(self.num_codewords)
         except ValueError:
-            raise field_error("num_codewords", "a power of two in [2, 256] (K; codes are uint8)") from None
-        for name in ("alpha", "beta", "lambda1", "lambda2", "reg_lambda", "learning_rate",
-                     "decay_rate", "epsilon"):
+            raise field_error(
+                "num_codewords", "a power of two in [2, 256] (K; codes are uint8)"
+            ) from None
+        for name in (
+            "alpha",
+            "beta",
+            "lambda1",
+            "lambda2",
+            "reg_lambda",
+            "learning_rate",
+            "decay_rate",
+            "epsilon",
+        ):
             try:
                 check_non_negative(name, getattr(self, name))
             except ValueError:
                 raise field_error(name, "a non-negative number") from None
         if not 0 <= self.beta_1 < 1:
             raise field_error("beta_1", "in [0, 1)")
-        if len(self.image_shape) != 3 or not all(isinstance(v, int) and v > 0 for v in self.image_shape):
+        if len(self.image_shape) != 3 or not all(
+            isinstance(v, int) and v > 0 for v in self.image_shape
+        ):
             raise field_error("image_shape", "three positive ints (height, width, channels)")
         if len(self.filters) != 4 or not all(isinstance(v, int) and v > 0 for v in self.filters):
             raise field_error("filters", "four positive ints")
@@ -152,9 +182,15 @@ class GPQConfig:
     def from_bits(cls, bits, num_codewords=16, **kwargs):
         """A config with M = `bits / log2(num_codewords)` codebooks (12, 24, 32 or 48 bits with K=16)."""
         per_book = int(math.log2(check_num_codewords(num_codewords)))
-        if isinstance(bits, bool) or not isinstance(bits, int) or bits < per_book or bits % per_book:
+        if (
+            isinstance(bits, bool)
+            or not isinstance(bits, int)
+            or bits < per_book
+            or bits % per_book
+        ):
             raise ValueError(
-                f"bits must be a positive multiple of log2(num_codewords)={per_book}. Received: bits={bits!r}")
+                f"bits must be a positive multiple of log2(num_codewords)={per_book}. Received: bits={bits!r}"
+            )
         return cls(num_subspaces=bits // per_book, num_codewords=num_codewords, **kwargs)
 
     def replace(self, **changes):
@@ -182,9 +218,7 @@ class GPQConfig:
         return cls(**values)
 
 
-PRESETS = {
-    f"gpq_cifar10_{bits}bit": GPQConfig.from_bits(bits) for bits in (12, 24, 32, 48)
-}
+PRESETS = {f"gpq_cifar10_{bits}bit": GPQConfig.from_bits(bits) for bits in (12, 24, 32, 48)}
 
 
 def get_preset(name):

@@ -35,14 +35,22 @@ TF1_SCOPE = "Fixed_VGG"
 # TF1 numbers the convs conv2d, conv2d_1, ... conv2d_9 in network order (`_conv_scopes` resolves the suffixes).
 TF1_CONV_SCOPES = ("conv2d",) + tuple(f"conv2d_{i}" for i in range(1, len(CONV_BLOCKS)))
 TF1_BATCH_NORM_SCOPES = {
-    "batch0": "batch0", "batch0_1": "batch0-1",
-    "batch1": "batch1", "batch1_1": "batch1-1",
-    "batch2": "batch2", "batch2_1": "batch2-1", "batch2_2": "batch2-2",
-    "batch3": "batch3", "batch3_1": "batch3-1", "batch3_2": "batch3-2",
+    "batch0": "batch0",
+    "batch0_1": "batch0-1",
+    "batch1": "batch1",
+    "batch1_1": "batch1-1",
+    "batch2": "batch2",
+    "batch2_1": "batch2-1",
+    "batch2_2": "batch2-2",
+    "batch3": "batch3",
+    "batch3_1": "batch3-1",
+    "batch3_2": "batch3-2",
 }
 TF1_FEATURE_SCOPE = "dense"
 
-ORIGINAL_SUBSPACE_DIM = 12  # d of every released configuration (config.py: subspace_dim = 12 for 12..48 bits)
+ORIGINAL_SUBSPACE_DIM = (
+    12  # d of every released configuration (config.py: subspace_dim = 12 for 12..48 bits)
+)
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 _CONV_RE = re.compile(rf"^{TF1_SCOPE}/conv2d(?:_(\d+))?/")
 _SKIP_RULES = (
@@ -67,7 +75,9 @@ class ConversionError(ValueError):
         note: str or None, what else went wrong.
     """
 
-    def __init__(self, source, missing=(), unexpected=(), mismatched=(), note=None, action="convert"):
+    def __init__(
+        self, source, missing=(), unexpected=(), mismatched=(), note=None, action="convert"
+    ):
         self.source = str(source)
         self.action = action
         self.missing = list(missing)
@@ -84,18 +94,31 @@ class ConversionError(ValueError):
 
         parts, details = [], []
         if self.missing:
-            parts.append(listed(f"{len(self.missing)} missing",
-                                [f"{n} {_fmt(s)}" for n, s, _ in self.missing]))
+            parts.append(
+                listed(
+                    f"{len(self.missing)} missing", [f"{n} {_fmt(s)}" for n, s, _ in self.missing]
+                )
+            )
             details += [f"  missing     {n} {_fmt(s)} (for {k})" for n, s, k in self.missing]
         if self.unexpected:
-            parts.append(listed(f"{len(self.unexpected)} unplaceable",
-                                [f"{n} {_fmt(s)}" for n, s in self.unexpected]))
+            parts.append(
+                listed(
+                    f"{len(self.unexpected)} unplaceable",
+                    [f"{n} {_fmt(s)}" for n, s in self.unexpected],
+                )
+            )
             details += [f"  unplaceable {n} {_fmt(s)}" for n, s in self.unexpected]
         if self.mismatched:
-            parts.append(listed(f"{len(self.mismatched)} shape mismatch(es)",
-                                [f"{n} {_fmt(s)} vs model {_fmt(ks)}" for n, s, _, ks in self.mismatched]))
-            details += [f"  mismatch    {n} {_fmt(s)} in the file, {k} {_fmt(ks)} in the model"
-                        for n, s, k, ks in self.mismatched]
+            parts.append(
+                listed(
+                    f"{len(self.mismatched)} shape mismatch(es)",
+                    [f"{n} {_fmt(s)} vs model {_fmt(ks)}" for n, s, _, ks in self.mismatched],
+                )
+            )
+            details += [
+                f"  mismatch    {n} {_fmt(s)} in the file, {k} {_fmt(ks)} in the model"
+                for n, s, k, ks in self.mismatched
+            ]
         if self.note:
             parts.append(self.note)
         return "\n".join([f"{self.source}: cannot {self.action}: " + "; ".join(parts)] + details)
@@ -120,9 +143,11 @@ class ConversionReport:
     def table(self):
         """A plain-text table of the mapping, then the skipped variables counted by kind."""
         cfg = self.config
-        lines = [f"{self.source}: GPQ M={cfg.num_subspaces} K={cfg.num_codewords} d={cfg.subspace_dim} ({cfg.bits} bits), "
-                 f"{cfg.num_classes} classes, filters={list(cfg.filters)}, "
-                 f"image_shape={list(cfg.image_shape)}, retrieval_mode={cfg.retrieval_mode}"]
+        lines = [
+            f"{self.source}: GPQ M={cfg.num_subspaces} K={cfg.num_codewords} d={cfg.subspace_dim} ({cfg.bits} bits), "
+            f"{cfg.num_classes} classes, filters={list(cfg.filters)}, "
+            f"image_shape={list(cfg.image_shape)}, retrieval_mode={cfg.retrieval_mode}"
+        ]
         width = max([len("TF1 variable")] + [len(n) for n, _, _ in self.mapped])
         kwidth = max([len("Keras weight")] + [len(k) for _, k, _ in self.mapped])
         lines.append(f"{'TF1 variable':<{width}}  {'Keras weight':<{kwidth}}  shape")
@@ -131,8 +156,10 @@ class ConversionReport:
         for _, _, reason in self.skipped:
             counts[reason] = counts.get(reason, 0) + 1
         skipped = ", ".join(f"{c} {r}{'s' if c != 1 else ''}" for r, c in sorted(counts.items()))
-        lines.append(f"mapped {len(self.mapped)} variables; skipped {len(self.skipped)}"
-                     + (f" ({skipped})" if skipped else ""))
+        lines.append(
+            f"mapped {len(self.mapped)} variables; skipped {len(self.skipped)}"
+            + (f" ({skipped})" if skipped else "")
+        )
         return "\n".join(lines)
 
 
@@ -171,7 +198,11 @@ def _conv_scopes(names):
     """
     suffixes = sorted({int(m.group(1) or 0) for m in map(_CONV_RE.match, names) if m})
     count = len(CONV_BLOCKS)
-    if len(suffixes) == count and suffixes[0] and suffixes == list(range(suffixes[0], suffixes[0] + count)):
+    if (
+        len(suffixes) == count
+        and suffixes[0]
+        and suffixes == list(range(suffixes[0], suffixes[0] + count))
+    ):
         return [f"{TF1_SCOPE}/conv2d_{suffixes[0] + i}" for i in range(count)]
     return [f"{TF1_SCOPE}/{scope}" for scope in TF1_CONV_SCOPES]
 
@@ -208,17 +239,21 @@ def _backbone_targets(backbone, names, with_moving_stats=True, with_dense=True):
         conv_layer, bn_layer = backbone.get_layer(conv), backbone.get_layer(bn)
         targets[f"{scope}/kernel"] = _Target(f"backbone/{conv}/kernel", conv_layer.kernel)
         for weight in _BN_WEIGHTS if with_moving_stats else ("gamma", "beta"):
-            targets[f"{TF1_SCOPE}/{tf1_bn}/{weight}"] = _Target(f"backbone/{bn}/{weight}", getattr(bn_layer, weight))
+            targets[f"{TF1_SCOPE}/{tf1_bn}/{weight}"] = _Target(
+                f"backbone/{bn}/{weight}", getattr(bn_layer, weight)
+            )
         if conv_layer.use_bias:
             targets[f"{scope}/bias"] = _Target(f"backbone/{conv}/bias", conv_layer.bias)
         else:
-            targets[f"{scope}/bias"] = _Target(f"backbone/{bn}/moving_mean (- conv bias)", bn_layer.moving_mean,
-                                               _fold_bias)
+            targets[f"{scope}/bias"] = _Target(
+                f"backbone/{bn}/moving_mean (- conv bias)", bn_layer.moving_mean, _fold_bias
+            )
     if with_dense:
         layer = backbone.get_layer(FEATURE_LAYER)
         for weight in ("kernel", "bias"):
             targets[f"{TF1_SCOPE}/{TF1_FEATURE_SCOPE}/{weight}"] = _Target(
-                f"backbone/{FEATURE_LAYER}/{weight}", getattr(layer, weight))
+                f"backbone/{FEATURE_LAYER}/{weight}", getattr(layer, weight)
+            )
     return targets
 
 
@@ -241,8 +276,10 @@ def _checkpoint_prefix(prefix):
     prefix = os.fspath(prefix)
     prefix = re.sub(r"\.(index|meta|data-\d+-of-\d+)$", "", prefix)
     if not os.path.isfile(prefix + ".index") and not os.path.isdir(prefix):
-        raise FileNotFoundError(f"No TF1 checkpoint at {prefix} (expected {prefix}.index and "
-                                f"{prefix}.data-00000-of-00001)")
+        raise FileNotFoundError(
+            f"No TF1 checkpoint at {prefix} (expected {prefix}.index and "
+            f"{prefix}.data-00000-of-00001)"
+        )
     return prefix
 
 
@@ -255,7 +292,9 @@ def _read_checkpoint(prefix):
         first_line = (str(exc).strip().splitlines() or [""])[0]
         note = f"not a readable TF checkpoint ({type(exc).__name__}: {first_line})"
         raise ConversionError(prefix, note=note) from exc
-    return reader, {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
+    return reader, {
+        name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()
+    }
 
 
 def infer_config(shapes, overrides=None):
@@ -268,25 +307,39 @@ def infer_config(shapes, overrides=None):
     """
     overrides = rename_legacy_keys(overrides or {})
     source = overrides.pop("_source", "checkpoint")
-    missing = [(name, None, target) for name, target in (("Z", "quantizer/codewords"), ("C", "classifier/prototypes"))
-               if name not in shapes or len(shapes[name]) != 2]
+    missing = [
+        (name, None, target)
+        for name, target in (("Z", "quantizer/codewords"), ("C", "classifier/prototypes"))
+        if name not in shapes or len(shapes[name]) != 2
+    ]
     if missing:
-        raise ConversionError(source, missing=missing, note="Z and C (2-D) are needed to infer the config; "
-                                                            "pass a full config otherwise")
+        raise ConversionError(
+            source,
+            missing=missing,
+            note="Z and C (2-D) are needed to infer the config; pass a full config otherwise",
+        )
     (num_codewords, dim), (num_classes, c_dim) = shapes["Z"], shapes["C"]
     if dim != c_dim:
-        raise ConversionError(source, mismatched=[("C", shapes["C"], "classifier/prototypes", (num_classes, dim))],
-                              note=f"Z holds {dim}-d codewords but C {c_dim}-d prototypes")
+        raise ConversionError(
+            source,
+            mismatched=[("C", shapes["C"], "classifier/prototypes", (num_classes, dim))],
+            note=f"Z holds {dim}-d codewords but C {c_dim}-d prototypes",
+        )
     values = {"num_codewords": num_codewords, "num_classes": num_classes}
     num_subspaces, subspace_dim = overrides.get("num_subspaces"), overrides.get("subspace_dim")
     if num_subspaces is None and subspace_dim is None:
         if dim % ORIGINAL_SUBSPACE_DIM:
-            raise ConversionError(source, note=f"M*d = {dim} is not a multiple of the original d = "
-                                               f"{ORIGINAL_SUBSPACE_DIM}; give num_subspaces or subspace_dim in the config")
+            raise ConversionError(
+                source,
+                note=f"M*d = {dim} is not a multiple of the original d = "
+                f"{ORIGINAL_SUBSPACE_DIM}; give num_subspaces or subspace_dim in the config",
+            )
         subspace_dim = ORIGINAL_SUBSPACE_DIM
     for name, given in (("subspace_dim", subspace_dim), ("num_subspaces", num_subspaces)):
         if isinstance(given, int) and given > 0 and dim % given:
-            raise ConversionError(source, note=f"{name}={given} does not divide M*d = {dim} (the width of Z)")
+            raise ConversionError(
+                source, note=f"{name}={given} does not divide M*d = {dim} (the width of Z)"
+            )
     if num_subspaces is None and isinstance(subspace_dim, int) and subspace_dim > 0:
         num_subspaces = dim // subspace_dim
     if subspace_dim is None and isinstance(num_subspaces, int) and num_subspaces > 0:
@@ -343,7 +396,9 @@ def convert_tf1_checkpoint(prefix, config=None, return_report=False):
     if config is None or isinstance(config, dict):
         config = infer_config(shapes, {**(config or {}), "_source": prefix})
     elif not isinstance(config, GPQConfig):
-        raise TypeError(f"config must be None, a dict or a GPQConfig. Received: {type(config).__name__}")
+        raise TypeError(
+            f"config must be None, a dict or a GPQConfig. Received: {type(config).__name__}"
+        )
     model = GPQ(config=config)
 
     targets = _model_targets(model, shapes)
@@ -358,8 +413,11 @@ def convert_tf1_checkpoint(prefix, config=None, return_report=False):
             skipped.append((name, shape, _skip_reason(name)))
         else:
             unexpected.append((name, shape))
-    missing = [(name, tuple(variable.shape), path) for name, (path, variable, _) in targets.items()
-               if name not in shapes]
+    missing = [
+        (name, tuple(variable.shape), path)
+        for name, (path, variable, _) in targets.items()
+        if name not in shapes
+    ]
     if missing or unexpected or mismatched:
         raise ConversionError(prefix, missing, unexpected, mismatched)
 
@@ -376,7 +434,9 @@ def _fit_shape(value, shape):
     value = np.asarray(value)
     if value.shape == tuple(shape):
         return value
-    if value.size == int(np.prod(shape)) and np.squeeze(value).shape == tuple(d for d in shape if d != 1):
+    if value.size == int(np.prod(shape)) and np.squeeze(value).shape == tuple(
+        d for d in shape if d != 1
+    ):
         return value.reshape(shape)
     return None
 
@@ -412,13 +472,18 @@ def load_imagenet_mat(model, path):
     try:
         contents = scipy.io.loadmat(path)
     except Exception as exc:  # scipy raises several types for a file that is not a .mat
-        raise ConversionError(path, note=f"not a readable .mat file ({type(exc).__name__}: {exc})",
-                              action="load") from exc
+        raise ConversionError(
+            path, note=f"not a readable .mat file ({type(exc).__name__}: {exc})", action="load"
+        ) from exc
     values = {key: np.asarray(value) for key, value in contents.items() if not key.startswith("__")}
     backbone = getattr(model, "backbone", model)
     names = [key[:-2] if key.endswith(":0") else key for key in values]
-    targets = {f"{name}:0": target for name, target in
-               _backbone_targets(backbone, names, with_moving_stats=False, with_dense=False).items()}
+    targets = {
+        f"{name}:0": target
+        for name, target in _backbone_targets(
+            backbone, names, with_moving_stats=False, with_dense=False
+        ).items()
+    }
 
     missing, mismatched, ready = [], [], []
     for key, target in targets.items():
@@ -435,9 +500,15 @@ def load_imagenet_mat(model, path):
         raise ConversionError(path, missing=missing, mismatched=mismatched, action="load")
     unexpected = [(key, tuple(value.shape)) for key, value in values.items() if key not in targets]
     if unexpected:
-        warnings.warn(f"{path}: {len(unexpected)} key(s) not loaded (the original does not load them "
-                      "either): " + ", ".join(key for key, _ in unexpected), stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(unexpected)} key(s) not loaded (the original does not load them "
+            "either): " + ", ".join(key for key, _ in unexpected),
+            stacklevel=2,
+        )
     for _, target, value in ready:
         _port(target, value)
-    return MatLoadReport(source=path, loaded=[(k, t.path, tuple(t.variable.shape)) for k, t, _ in ready],
-                         unexpected=unexpected)
+    return MatLoadReport(
+        source=path,
+        loaded=[(k, t.path, tuple(t.variable.shape)) for k, t, _ in ready],
+        unexpected=unexpected,
+    )

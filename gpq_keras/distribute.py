@@ -51,23 +51,28 @@ def read_tf_config():
     task index); a ValueError saying what is missing or malformed."""
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise ValueError("--strategy multi-worker reads the cluster from the TF_CONFIG environment variable, "
-                         "which is not set (see README, \"Training at scale\")")
+        raise ValueError(
+            "--strategy multi-worker reads the cluster from the TF_CONFIG environment variable, "
+            'which is not set (see README, "Training at scale")'
+        )
     try:
         value = json.loads(text)
         cluster, task = value["cluster"], value["task"]
         task_type, index = task["type"], int(task["index"])
         members = cluster[task_type]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"TF_CONFIG is not a valid cluster description ({type(exc).__name__}: {exc}); expected "
-                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') \
-            from None
+        raise ValueError(
+            f"TF_CONFIG is not a valid cluster description ({type(exc).__name__}: {exc}); expected "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+        ) from None
     if not isinstance(members, list) or not 0 <= index < len(members):
-        raise ValueError(f"TF_CONFIG: task {task_type} {index} is not in the cluster's {task_type} list")
+        raise ValueError(
+            f"TF_CONFIG: task {task_type} {index} is not in the cluster's {task_type} list"
+        )
     return cluster, task_type, index
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_strategy(name="auto"):
     """A `tf.distribute.Strategy` by name, one per name and process (two strategies over the same devices
     in one process would reuse each other's collective keys).
@@ -86,8 +91,10 @@ def make_strategy(name="auto"):
     if keras.config.backend() != "tensorflow":
         if name in ("one", "auto"):
             return LOCAL
-        raise ValueError(f"--strategy {name} is a tf.distribute strategy: it needs KERAS_BACKEND=tensorflow "
-                         f"(the backend is {keras.config.backend()})")
+        raise ValueError(
+            f"--strategy {name} is a tf.distribute strategy: it needs KERAS_BACKEND=tensorflow "
+            f"(the backend is {keras.config.backend()})"
+        )
     import tensorflow as tf
 
     if name == "multi-worker":
@@ -123,7 +130,11 @@ def is_chief(strategy):
     resolver = strategy.cluster_resolver
     if resolver.task_type == "chief":
         return True
-    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
+    return (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().jobs
+    )
 
 
 def scratch_folder(output, strategy):
@@ -131,7 +142,9 @@ def scratch_folder(output, strategy):
     temporary directory, named by the task and by `output`, so a rerun of the same run finds it."""
     resolver = strategy.cluster_resolver
     key = hashlib.sha256(os.path.abspath(output).encode()).hexdigest()[:12]
-    name = f"{os.path.basename(os.path.abspath(output))}-{resolver.task_type}{resolver.task_id}-{key}"
+    name = (
+        f"{os.path.basename(os.path.abspath(output))}-{resolver.task_type}{resolver.task_id}-{key}"
+    )
     return os.path.join(tempfile.gettempdir(), "gpq-worker-scratch", name)
 
 
@@ -140,8 +153,10 @@ def check_global_batch(batch_size, strategy):
     slice the same size, so the mean over replicas is the mean over the batch)."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise ValueError(f"the global batch of {batch_size} images does not split evenly over {replicas} "
-                         f"replicas; use a multiple of {replicas} for --batch-size")
+        raise ValueError(
+            f"the global batch of {batch_size} images does not split evenly over {replicas} "
+            f"replicas; use a multiple of {replicas} for --batch-size"
+        )
 
 
 def share_chief_state(model, step):
@@ -156,7 +171,9 @@ def share_chief_state(model, step):
     if model.optimizer is not None and not model.optimizer.built:
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
-    variables = list(model.variables) + (list(model.optimizer.variables) if model.optimizer is not None else [])
+    variables = list(model.variables) + (
+        list(model.optimizer.variables) if model.optimizer is not None else []
+    )
     step_variable = tf.Variable(step if is_chief(strategy) else 0, dtype=tf.int64, trainable=False)
 
     def from_first_replica():
@@ -166,9 +183,13 @@ def share_chief_state(model, step):
         values.append(tf.convert_to_tensor(step_variable))
         masked = [tf.where(first, value, tf.zeros_like(value)) for value in values]
         shared = [None] * len(masked)
-        for dtype in {value.dtype for value in masked}:  # one all-reduce per dtype (floats, int counters)
+        for dtype in {
+            value.dtype for value in masked
+        }:  # one all-reduce per dtype (floats, int counters)
             where = [i for i, value in enumerate(masked) if value.dtype == dtype]
-            for i, value in zip(where, context.all_reduce(tf.distribute.ReduceOp.SUM, [masked[i] for i in where])):
+            for i, value in zip(
+                where, context.all_reduce(tf.distribute.ReduceOp.SUM, [masked[i] for i in where])
+            ):
                 shared[i] = value
         for variable, value in zip(variables, shared):
             variable.assign(value)

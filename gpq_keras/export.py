@@ -34,8 +34,10 @@ def export_saved_model(model, path, mode=None):
     `http://localhost:8501/v1/models/gpq:predict`.
     """
     if keras.config.backend() != "tensorflow":
-        raise ValueError(f"a SavedModel is TensorFlow's format: export with KERAS_BACKEND=tensorflow (the backend "
-                         f"is {keras.config.backend()}; the .keras file itself loads on any backend)")
+        raise ValueError(
+            f"a SavedModel is TensorFlow's format: export with KERAS_BACKEND=tensorflow (the backend "
+            f"is {keras.config.backend()}; the .keras file itself loads on any backend)"
+        )
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path):
         raise _exists(path)
@@ -54,18 +56,25 @@ def export_saved_model(model, path, mode=None):
         scores = tf.einsum("nmd,mdk->nmk", tf.reshape(features, [-1, m, d]), assign)  # (N, M, K)
         best = tf.reduce_max(scores, axis=-1, keepdims=True)
         index = tf.range(k, dtype=tf.int32)
-        codes = tf.reduce_min(tf.where(scores == best, index, k - 1), axis=-1)  # lowest index of the max
+        codes = tf.reduce_min(
+            tf.where(scores == best, index, k - 1), axis=-1
+        )  # lowest index of the max
         return {"features": features, "codes": tf.cast(codes, tf.uint8)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=serve,
-                         input_signature=[tf.TensorSpec([None, *cfg.image_shape], tf.uint8, name="images")])
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serve,
+        input_signature=[tf.TensorSpec([None, *cfg.image_shape], tf.uint8, name="images")],
+    )
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=folder)
     try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the model from a server's user
+        os.chmod(
+            tmp, 0o777 & ~current_umask()
+        )  # mkdtemp's 0700 would hide the model from a server's user
         archive.write_out(tmp, verbose=False)
         if os.path.lexists(path):  # appeared meanwhile (a rename would replace an empty directory)
             raise _exists(path)
@@ -77,4 +86,6 @@ def export_saved_model(model, path, mode=None):
 
 
 def _exists(path):
-    return ValueError(f"Cannot export the model: {path} already exists (remove it or choose another path)")
+    return ValueError(
+        f"Cannot export the model: {path} already exists (remove it or choose another path)"
+    )

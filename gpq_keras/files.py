@@ -44,8 +44,11 @@ def atomic_path(path, suffix=None):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX,
-                                   suffix=os.path.splitext(path)[1] if suffix is None else suffix, dir=folder)
+    handle, tmp = tempfile.mkstemp(
+        prefix=TEMPORARY_PREFIX,
+        suffix=os.path.splitext(path)[1] if suffix is None else suffix,
+        dir=folder,
+    )
     os.close(handle)
     try:
         yield tmp
@@ -65,8 +68,11 @@ def write_json(path, data):
 
 def sweep_temporaries(folder):
     """Remove the temporary files a killed writer left in `folder` -> their paths."""
-    stale = [p for p in glob.glob(os.path.join(glob.escape(os.fspath(folder)), TEMPORARY_PREFIX + "*"))
-             if os.path.isfile(p) and not os.path.islink(p)]
+    stale = [
+        p
+        for p in glob.glob(os.path.join(glob.escape(os.fspath(folder)), TEMPORARY_PREFIX + "*"))
+        if os.path.isfile(p) and not os.path.islink(p)
+    ]
     for path in stale:
         os.remove(path)
     return stale
@@ -100,7 +106,9 @@ def available_memory():
     try:
         limit = read("/sys/fs/cgroup/memory.max").strip()
         if limit != "max":
-            available = min(available, int(limit) - int(read("/sys/fs/cgroup/memory.current").strip()))
+            available = min(
+                available, int(limit) - int(read("/sys/fs/cgroup/memory.current").strip())
+            )
     except (OSError, ValueError):
         pass
     return max(available, 0)
@@ -120,15 +128,29 @@ def check_memory(nbytes, where, what, error=FileFormatError):
     exceed the memory available now; nothing is checked where that is unknown."""
     available = available_memory()
     if available is not None and nbytes > available:
-        raise error(f"{where} claims {what} = {format_bytes(nbytes)}, more than the "
-                    f"{format_bytes(available)} of memory available; not loading it")
+        raise error(
+            f"{where} claims {what} = {format_bytes(nbytes)}, more than the "
+            f"{format_bytes(available)} of memory available; not loading it"
+        )
 
 
 MAX_NPY_HEADER = 10000  # np.load's default bound on a .npy header
 # What zipfile raises for a damaged archive: BadZipFile, and for bad fields struct.error, EOFError, OSError,
 # ValueError (UnicodeDecodeError), NotImplementedError (compression), RuntimeError (encryption)...
-_ZIP_DAMAGE = (zipfile.BadZipFile, zlib.error, struct.error, EOFError, OSError, ValueError, TypeError,
-               RuntimeError, NotImplementedError, OverflowError, KeyError, IndexError)
+_ZIP_DAMAGE = (
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    EOFError,
+    OSError,
+    ValueError,
+    TypeError,
+    RuntimeError,
+    NotImplementedError,
+    OverflowError,
+    KeyError,
+    IndexError,
+)
 
 
 def _one_line(exc):
@@ -145,23 +167,33 @@ def _npy_header(path, archive, info, key):
         with archive.open(info) as fh:
             version = np.lib.format.read_magic(fh)
             if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=MAX_NPY_HEADER)
+                shape, _, dtype = np.lib.format.read_array_header_1_0(
+                    fh, max_header_size=MAX_NPY_HEADER
+                )
             elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=MAX_NPY_HEADER)
+                shape, _, dtype = np.lib.format.read_array_header_2_0(
+                    fh, max_header_size=MAX_NPY_HEADER
+                )
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
             offset = fh.tell()
-    except Exception as exc:  # numpy parses the header with ast and tokenize: any error means damage
+    except (
+        Exception
+    ) as exc:  # numpy parses the header with ast and tokenize: any error means damage
         raise FileFormatError(f"{where} is not a readable .npy array ({_one_line(exc)})") from None
     if any(d < 0 for d in shape):
         raise FileFormatError(f"{where} has a negative dimension {shape}; damaged")
     if dtype.hasobject:
-        raise FileFormatError(f"{where} is an object array (pickled Python objects); not a plain-array .npz")
+        raise FileFormatError(
+            f"{where} is an object array (pickled Python objects); not a plain-array .npz"
+        )
     what = f"{dtype} {shape}"
     nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if nbytes > info.file_size - offset:
-        raise FileFormatError(f"{where} claims {what} = {format_bytes(nbytes)} but holds "
-                              f"{format_bytes(info.file_size - offset)}; damaged or truncated")
+        raise FileFormatError(
+            f"{where} claims {what} = {format_bytes(nbytes)} but holds "
+            f"{format_bytes(info.file_size - offset)}; damaged or truncated"
+        )
     check_memory(nbytes, where, what)
     return shape, dtype
 
@@ -202,11 +234,15 @@ def read_npz(path, what="npz file", keys=None, required=()):
     with archive:
         members = {}
         for info in archive.infolist():
-            members.setdefault(info.filename[:-4] if info.filename.endswith(".npy") else info.filename, info)
+            members.setdefault(
+                info.filename[:-4] if info.filename.endswith(".npy") else info.filename, info
+            )
         missing = [k for k in required if k not in members]
         if missing:
             raise FileFormatError(f"{path}: missing arrays {missing} (has {sorted(members)})")
         wanted = [k for k in (members if keys is None else keys) if k in members]
-        for key in wanted:  # every header first: a damaged or huge array is refused before any loading
+        for (
+            key
+        ) in wanted:  # every header first: a damaged or huge array is refused before any loading
             _npy_header(path, archive, members[key], key)
         return {key: _npy_array(path, archive, members[key], key) for key in wanted}

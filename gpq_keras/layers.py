@@ -15,7 +15,8 @@ def _split_subspaces(x, num_subspaces):
     if dim is not None and dim % num_subspaces:
         raise ValueError(
             f"The last axis ({dim}) must be divisible by num_subspaces={num_subspaces}. "
-            f"Received input shape: {tuple(x.shape)}")
+            f"Received input shape: {tuple(x.shape)}"
+        )
     return ops.reshape(x, (-1, num_subspaces, dim // num_subspaces))
 
 
@@ -101,8 +102,14 @@ class SoftProductQuantizer(keras.layers.Layer):
         codebook_initializer: initializer of Z. Default glorot_uniform.
     """
 
-    def __init__(self, num_subspaces, num_codewords, alpha=20.0,
-                 codebook_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self,
+        num_subspaces,
+        num_codewords,
+        alpha=20.0,
+        codebook_initializer="glorot_uniform",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         check_positive_int("num_subspaces", num_subspaces)
         check_positive_int("num_codewords", num_codewords)
@@ -117,16 +124,20 @@ class SoftProductQuantizer(keras.layers.Layer):
         if dim is None or dim % self.num_subspaces:
             raise ValueError(
                 f"SoftProductQuantizer needs a last axis divisible by num_subspaces={self.num_subspaces}. "
-                f"Received input shape: {input_shape}")
-        self.codewords = self.add_weight(name="codewords", shape=(self.num_codewords, dim),
-                                         initializer=self.codebook_initializer)
+                f"Received input shape: {input_shape}"
+            )
+        self.codewords = self.add_weight(
+            name="codewords", shape=(self.num_codewords, dim), initializer=self.codebook_initializer
+        )
 
     def codebook(self, prototypes=None):
         """Z, or Z' = SA(P, Z) when prototypes P (classes, M*d) are given -> (K, M*d)."""
         z = ops.cast(self.codewords, self.compute_dtype)
         if prototypes is None:
             return z
-        return soft_assignment(z, ops.cast(prototypes, self.compute_dtype), self.num_subspaces, self.alpha)
+        return soft_assignment(
+            z, ops.cast(prototypes, self.compute_dtype), self.num_subspaces, self.alpha
+        )
 
     def call(self, inputs, prototypes=None):
         inputs = ops.cast(inputs, self.compute_dtype)
@@ -164,8 +175,9 @@ class SubspaceClassifier(keras.layers.Layer):
         prototype_initializer: initializer of C. Default glorot_uniform.
     """
 
-    def __init__(self, num_classes, num_subspaces, beta=4.0,
-                 prototype_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self, num_classes, num_subspaces, beta=4.0, prototype_initializer="glorot_uniform", **kwargs
+    ):
         super().__init__(**kwargs)
         check_positive_int("num_classes", num_classes)
         check_positive_int("num_subspaces", num_subspaces)
@@ -180,9 +192,11 @@ class SubspaceClassifier(keras.layers.Layer):
         if dim is None or dim % self.num_subspaces:
             raise ValueError(
                 f"SubspaceClassifier needs a last axis divisible by num_subspaces={self.num_subspaces}. "
-                f"Received input shape: {input_shape}")
-        self.prototypes = self.add_weight(name="prototypes", shape=(self.num_classes, dim),
-                                          initializer=self.prototype_initializer)
+                f"Received input shape: {input_shape}"
+            )
+        self.prototypes = self.add_weight(
+            name="prototypes", shape=(self.num_classes, dim), initializer=self.prototype_initializer
+        )
 
     def normalized_prototypes(self):
         """P = intra_norm(C), shape (classes, M*d)."""

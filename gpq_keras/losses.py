@@ -24,8 +24,15 @@ def _soft_cross_entropy(targets, logits):
     return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
 
 
-def n_pair_pq_loss(labels, features, descriptors, num_subspaces, reg_lambda=0.002, all_labels=None,
-                   all_descriptors=None):
+def n_pair_pq_loss(
+    labels,
+    features,
+    descriptors,
+    num_subspaces,
+    reg_lambda=0.002,
+    all_labels=None,
+    all_descriptors=None,
+):
     """N-pair product quantisation loss.
 
     S = row-normalised Y Y^T (items sharing a label are positives; an unlabelled row contributes 0);
@@ -51,9 +58,17 @@ def n_pair_pq_loss(labels, features, descriptors, num_subspaces, reg_lambda=0.00
     all_labels = labels if all_labels is None else ops.cast(all_labels, features.dtype)
     all_descriptors = descriptors if all_descriptors is None else all_descriptors
     similarity = _row_normalize(ops.matmul(labels, ops.transpose(all_labels)))
-    regulariser = 0.25 * reg_lambda * (ops.mean(ops.sum(ops.square(features), axis=-1))
-                                       + ops.mean(ops.sum(ops.square(descriptors), axis=-1)))
-    logits = num_subspaces * ops.matmul(_l2_normalize(features), ops.transpose(_l2_normalize(all_descriptors)))
+    regulariser = (
+        0.25
+        * reg_lambda
+        * (
+            ops.mean(ops.sum(ops.square(features), axis=-1))
+            + ops.mean(ops.sum(ops.square(descriptors), axis=-1))
+        )
+    )
+    logits = num_subspaces * ops.matmul(
+        _l2_normalize(features), ops.transpose(_l2_normalize(all_descriptors))
+    )
     return _soft_cross_entropy(similarity, logits) + regulariser
 
 

@@ -24,8 +24,16 @@ from gpq_keras.parallel import map_rows
 
 _CHUNK_ELEMENTS = 1 << 21  # ranked items scored at once when a whole ranking array is given
 
-__all__ = ["average_precision", "default_cutoffs", "evaluate_ranking", "mean_average_precision",
-           "precision_at_k", "precision_recall_curve", "ranked_relevance", "relevance"]
+__all__ = [
+    "average_precision",
+    "default_cutoffs",
+    "evaluate_ranking",
+    "mean_average_precision",
+    "precision_at_k",
+    "precision_recall_curve",
+    "ranked_relevance",
+    "relevance",
+]
 
 
 class _Labels:
@@ -38,9 +46,16 @@ class _Labels:
         self.num_queries, self.num_db = len(query_labels), len(db_labels)
         if query_labels.ndim == 1:
             self.kind = "ids"
-            if np.issubdtype(query_labels.dtype, np.integer) and np.issubdtype(db_labels.dtype, np.integer) \
-                    and query_labels.size and db_labels.size:
-                low, high = min(query_labels.min(), db_labels.min()), max(query_labels.max(), db_labels.max())
+            if (
+                np.issubdtype(query_labels.dtype, np.integer)
+                and np.issubdtype(db_labels.dtype, np.integer)
+                and query_labels.size
+                and db_labels.size
+            ):
+                low, high = (
+                    min(query_labels.min(), db_labels.min()),
+                    max(query_labels.max(), db_labels.max()),
+                )
                 dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high))
                 query_labels, db_labels = query_labels.astype(dtype), db_labels.astype(dtype)
         elif query_labels.shape[1] <= 64:
@@ -57,7 +72,7 @@ class _Labels:
         packed = np.packbits(multi_hot != 0, axis=1, bitorder="little")
         size = next(n for n in (1, 2, 4, 8) if n >= packed.shape[1])
         padded = np.zeros((len(packed), size), np.uint8)
-        padded[:, :packed.shape[1]] = packed
+        padded[:, : packed.shape[1]] = packed
         return padded.view(f"<u{size}")[:, 0]
 
     def ranked(self, rows, positions):
@@ -70,7 +85,9 @@ class _Labels:
         out = np.empty(positions.shape, bool)  # wide multi-hot: a few MB of gathered rows at a time
         step = max(1, _CHUNK_ELEMENTS // max(1, positions.shape[1] * self.width))
         for s in range(0, len(positions), step):
-            out[s:s + step] = np.einsum("qnc,qc->qn", self.db[positions[s:s + step]], query[s:s + step]) > 0
+            out[s : s + step] = (
+                np.einsum("qnc,qc->qn", self.db[positions[s : s + step]], query[s : s + step]) > 0
+            )
         return out
 
     def num_relevant(self, rows):
@@ -115,21 +132,33 @@ def _check_positions(positions, num_queries, num_db, start=0, values=True):
     """`positions` as an int array (queries, n) of the given queries; `values`: also check the range."""
     positions = np.asarray(positions)
     if positions.ndim != 2 or not np.issubdtype(positions.dtype, np.integer):
-        raise ValueError(f"a ranking must be int database positions (queries, n). "
-                         f"Received: {positions.dtype} {positions.shape}")
+        raise ValueError(
+            f"a ranking must be int database positions (queries, n). "
+            f"Received: {positions.dtype} {positions.shape}"
+        )
     if start + len(positions) > num_queries:
-        raise ValueError(f"the ranking holds queries up to {start + len(positions)}, "
-                         f"but there are {num_queries} query labels")
+        raise ValueError(
+            f"the ranking holds queries up to {start + len(positions)}, "
+            f"but there are {num_queries} query labels"
+        )
     if values and positions.size and (positions.min() < 0 or positions.max() >= num_db):
-        raise ValueError(f"a ranking must hold database positions in [0, {num_db}); it holds "
-                         f"{positions.min()}..{positions.max()} (-1 is search's padding for k > ntotal)")
+        raise ValueError(
+            f"a ranking must hold database positions in [0, {num_db}); it holds "
+            f"{positions.min()}..{positions.max()} (-1 is search's padding for k > ntotal)"
+        )
     return positions
 
 
 def _check_k(value, width, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= width:
-        raise ValueError(f"`{name}` must be an int in [1, {width}] (the ranked list's length). "
-                         f"Received: {name}={value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not 1 <= value <= width
+    ):
+        raise ValueError(
+            f"`{name}` must be an int in [1, {width}] (the ranked list's length). "
+            f"Received: {name}={value!r}"
+        )
     return int(value)
 
 
@@ -137,8 +166,13 @@ def _check_cutoffs(cutoffs, width):
     if cutoffs is None:
         return default_cutoffs(width)
     cutoffs = np.asarray(cutoffs)
-    if (cutoffs.ndim != 1 or not np.issubdtype(cutoffs.dtype, np.integer) or not len(cutoffs)
-            or cutoffs.min() < 1 or cutoffs.max() > width):
+    if (
+        cutoffs.ndim != 1
+        or not np.issubdtype(cutoffs.dtype, np.integer)
+        or not len(cutoffs)
+        or cutoffs.min() < 1
+        or cutoffs.max() > width
+    ):
         raise ValueError(f"`cutoffs` must be ints in [1, {width}]. Received: {cutoffs!r}")
     return cutoffs.astype(np.int64)
 
@@ -151,14 +185,20 @@ class _Scores:
         self.ap = np.zeros(labels.num_queries)
         self.seen = np.zeros(labels.num_queries, bool)
         self.hits = {k: 0 for k in ks}
-        self.curve = [np.zeros(len(cutoffs)), np.zeros(len(cutoffs)), 0] if cutoffs is not None else None
+        self.curve = (
+            [np.zeros(len(cutoffs)), np.zeros(len(cutoffs)), 0] if cutoffs is not None else None
+        )
 
     def add(self, start, positions):
         """Score the ranked lists of queries start .. start + len(positions) - 1."""
         labels = self.labels
-        positions = _check_positions(positions, labels.num_queries, labels.num_db, start, values=False)
+        positions = _check_positions(
+            positions, labels.num_queries, labels.num_db, start, values=False
+        )
         if positions.shape[1] < self.top_k:
-            raise ValueError(f"a ranking of {positions.shape[1]} items per query cannot give top_k={self.top_k}")
+            raise ValueError(
+                f"a ranking of {positions.shape[1]} items per query cannot give top_k={self.top_k}"
+            )
         rows = slice(start, start + len(positions))
         if self.seen[rows].any():
             raise ValueError(f"queries {start}..{rows.stop - 1} are ranked twice")
@@ -166,7 +206,9 @@ class _Scores:
 
         def score(part):  # on the row threads, the range check included
             queries = slice(start + part.start, start + part.stop)
-            ranked = _check_positions(positions[part, :self.top_k], labels.num_queries, labels.num_db)
+            ranked = _check_positions(
+                positions[part, : self.top_k], labels.num_queries, labels.num_db
+            )
             rel = labels.ranked(queries, ranked)
             counts = [np.count_nonzero(rel[:, :k]) for k in self.ks]
             sums = None
@@ -174,8 +216,11 @@ class _Scores:
                 num_relevant = labels.num_relevant(queries)
                 keep = num_relevant > 0  # recall is undefined without relevant items
                 found = np.cumsum(rel[keep], axis=1, dtype=np.int64)[:, self.cutoffs - 1]
-                sums = ((found / self.cutoffs).sum(0), (found / num_relevant[keep, None]).sum(0),
-                        int(keep.sum()))
+                sums = (
+                    (found / self.cutoffs).sum(0),
+                    (found / num_relevant[keep, None]).sum(0),
+                    int(keep.sum()),
+                )
             return average_precision(rel), counts, sums
 
         parts = map_rows(score, len(positions))
@@ -189,20 +234,36 @@ class _Scores:
     def result(self):
         if not self.seen.all():
             missing = np.flatnonzero(~self.seen)
-            raise ValueError(f"the ranking covers {self.seen.sum()} of {len(self.seen)} queries "
-                             f"(first missing: {missing[0]})")
+            raise ValueError(
+                f"the ranking covers {self.seen.sum()} of {len(self.seen)} queries "
+                f"(first missing: {missing[0]})"
+            )
         num = max(len(self.ap), 1)
-        out = {"mAP": float(self.ap.mean()) if len(self.ap) else 0.0, "ap": self.ap, "top_k": self.top_k,
-               "precision": {k: self.hits[k] / (k * num) for k in self.ks}}
+        out = {
+            "mAP": float(self.ap.mean()) if len(self.ap) else 0.0,
+            "ap": self.ap,
+            "top_k": self.top_k,
+            "precision": {k: self.hits[k] / (k * num) for k in self.ks},
+        }
         if self.curve is not None:
             count = max(self.curve[2], 1)
-            out["curve"] = {"precision": self.curve[0] / count, "recall": self.curve[1] / count,
-                            "cutoffs": self.cutoffs}
+            out["curve"] = {
+                "precision": self.curve[0] / count,
+                "recall": self.curve[1] / count,
+                "cutoffs": self.cutoffs,
+            }
         return out
 
 
-def evaluate_ranking(ranking, query_labels, db_labels, top_k=None, precision_at=(10, 100, 1000),
-                     curve=False, cutoffs=None):
+def evaluate_ranking(
+    ranking,
+    query_labels,
+    db_labels,
+    top_k=None,
+    precision_at=(10, 100, 1000),
+    curve=False,
+    cutoffs=None,
+):
     """Score rankings: mAP over the top_k, precision@k and optionally the precision-recall curve.
 
     Args:
@@ -245,19 +306,25 @@ def _array_chunks(ranking, width=1):
     if ranking.ndim != 2:
         return [(0, ranking)]  # refused with a clear message by the first check
     step = max(1, _CHUNK_ELEMENTS // max(1, ranking.shape[1] * width))
-    return [(start, ranking[start:start + step]) for start in range(0, max(len(ranking), 1), step)]
+    return [
+        (start, ranking[start : start + step]) for start in range(0, max(len(ranking), 1), step)
+    ]
 
 
 def mean_average_precision(ranking, query_labels, db_labels, top_k=None):
     """mAP over the top_k of each ranked list (Q, n) (default: the whole list, e.g. the whole database)."""
-    return evaluate_ranking(np.asarray(ranking), query_labels, db_labels, top_k=top_k, precision_at=())["mAP"]
+    return evaluate_ranking(
+        np.asarray(ranking), query_labels, db_labels, top_k=top_k, precision_at=()
+    )["mAP"]
 
 
 def precision_at_k(ranking, query_labels, db_labels, k):
     """Mean over queries of (relevant items among the first k) / k, for rankings (Q, n)."""
     ranking = np.asarray(ranking)
     k = _check_k(k, ranking.shape[1] if ranking.ndim == 2 else 0, "k")
-    return evaluate_ranking(ranking, query_labels, db_labels, top_k=k, precision_at=(k,))["precision"][k]
+    return evaluate_ranking(ranking, query_labels, db_labels, top_k=k, precision_at=(k,))[
+        "precision"
+    ][k]
 
 
 def precision_recall_curve(ranking, query_labels, db_labels, cutoffs=None):
@@ -270,6 +337,7 @@ def precision_recall_curve(ranking, query_labels, db_labels, cutoffs=None):
         (precision float64 (C,), recall float64 (C,), cutoffs int64 (C,)); cutoffs default to
         `default_cutoffs(n)`.
     """
-    result = evaluate_ranking(np.asarray(ranking), query_labels, db_labels, precision_at=(), curve=True,
-                              cutoffs=cutoffs)["curve"]
+    result = evaluate_ranking(
+        np.asarray(ranking), query_labels, db_labels, precision_at=(), curve=True, cutoffs=cutoffs
+    )["curve"]
     return result["precision"], result["recall"], result["cutoffs"]

@@ -11,7 +11,12 @@ from gpq_keras.backbones import VGGBackbone
 from gpq_keras.config import GPQConfig
 from gpq_keras.distribute import num_workers, strategy_of
 from gpq_keras.files import FileFormatError, atomic_path
-from gpq_keras.layers import GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier
+from gpq_keras.layers import (
+    GradientReversal,
+    IntraNormalization,
+    SoftProductQuantizer,
+    SubspaceClassifier,
+)
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
 
 LOSS_NAMES = ("loss", "npq_loss", "cls_loss", "entropy_loss")  # what fit/evaluate report
@@ -20,13 +25,15 @@ LOSS_NAMES = ("loss", "npq_loss", "cls_loss", "entropy_loss")  # what fit/evalua
 def learning_rate_schedule(config):
     """lr = learning_rate * decay_rate ** floor(step / decay_steps) (the original's staircase)."""
     return keras.optimizers.schedules.ExponentialDecay(
-        config.learning_rate, config.decay_steps, config.decay_rate, staircase=True)
+        config.learning_rate, config.decay_steps, config.decay_rate, staircase=True
+    )
 
 
 def default_optimizer(config):
     """Adam(beta_1=0.5, epsilon=1e-8) on the staircase schedule, as the original trains."""
-    return keras.optimizers.Adam(learning_rate_schedule(config), beta_1=config.beta_1,
-                                 epsilon=config.epsilon)
+    return keras.optimizers.Adam(
+        learning_rate_schedule(config), beta_1=config.beta_1, epsilon=config.epsilon
+    )
 
 
 def save_atomic(model, path):
@@ -109,7 +116,9 @@ def _mean_over_replicas(losses):
     import tensorflow as tf
 
     names = list(losses)
-    values = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.stop_gradient(losses[n]) for n in names])
+    values = context.all_reduce(
+        tf.distribute.ReduceOp.MEAN, [tf.stop_gradient(losses[n]) for n in names]
+    )
     return dict(zip(names, values))
 
 
@@ -155,13 +164,19 @@ class GPQ(keras.Model):
             config = GPQConfig.from_dict(config)
         self.gpq_config = config
         if backbone is None:
-            backbone = VGGBackbone(config.feature_dim, filters=config.filters, image_shape=config.image_shape,
-                                   sync_batch_norm=config.sync_batch_norm, dtype=self.dtype_policy,
-                                   name="backbone")
+            backbone = VGGBackbone(
+                config.feature_dim,
+                filters=config.filters,
+                image_shape=config.image_shape,
+                sync_batch_norm=config.sync_batch_norm,
+                dtype=self.dtype_policy,
+                name="backbone",
+            )
         if backbone.output_shape[-1] != config.feature_dim:
             raise ValueError(
                 f"The backbone's output ({backbone.output_shape[-1]}) must equal num_subspaces * subspace_dim "
-                f"= {config.feature_dim}")
+                f"= {config.feature_dim}"
+            )
         self.backbone = backbone
         self.normalize_pixels = bool(normalize_pixels)
         self.preprocessor = None
@@ -169,8 +184,11 @@ class GPQ(keras.Model):
             from gpq_keras.data.numpy_pipeline import CHANNEL_MEAN, CHANNEL_STD
 
             self.preprocessor = keras.layers.Normalization(
-                mean=list(CHANNEL_MEAN), variance=[s * s for s in CHANNEL_STD], name="pixel_normalization",
-                dtype="float32")
+                mean=list(CHANNEL_MEAN),
+                variance=[s * s for s in CHANNEL_STD],
+                name="pixel_normalization",
+                dtype="float32",
+            )
             self.preprocessor.build((None, *config.image_shape))
         self._build_heads(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
@@ -181,10 +199,12 @@ class GPQ(keras.Model):
         float32 whatever the model's policy (soft assignment, softmaxes and the 1e-12 floor need it)."""
         m, shape = config.num_subspaces, (None, config.feature_dim)
         self.intra_norm = IntraNormalization(m, name="intra_norm", dtype="float32")
-        self.quantizer = SoftProductQuantizer(m, config.num_codewords, config.alpha, name="quantizer",
-                                              dtype="float32")
-        self.classifier = SubspaceClassifier(config.num_classes, m, config.beta, name="classifier",
-                                             dtype="float32")
+        self.quantizer = SoftProductQuantizer(
+            m, config.num_codewords, config.alpha, name="quantizer", dtype="float32"
+        )
+        self.classifier = SubspaceClassifier(
+            config.num_classes, m, config.beta, name="classifier", dtype="float32"
+        )
         self.reversal = GradientReversal(name="gradient_reversal", dtype="float32")
         for layer in (self.intra_norm, self.quantizer, self.classifier, self.reversal):
             layer.build(shape)
@@ -205,8 +225,10 @@ class GPQ(keras.Model):
         """Raise a ValueError unless `images` (N, H, W, C) have the model's `image_shape`."""
         shape = tuple(np.shape(images)[1:])
         if shape != tuple(self.gpq_config.image_shape):
-            raise ValueError(f"images of shape {shape} given, but the model expects "
-                             f"{tuple(self.gpq_config.image_shape)}")
+            raise ValueError(
+                f"images of shape {shape} given, but the model expects "
+                f"{tuple(self.gpq_config.image_shape)}"
+            )
 
     def encode(self, images, batch_size=500, verbose=0):
         """Raw features F(x) as a float32 NumPy array (N, M*d) of pixels (N, H, W, C), uint8 or float in
@@ -228,7 +250,9 @@ class GPQ(keras.Model):
 
                 images = ArrayBatches(images, batch_size, normalized=normalized)
             batch_size = None
-        return np.asarray(self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32)
+        return np.asarray(
+            self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32
+        )
 
     @property
     def codebook(self):
@@ -238,8 +262,10 @@ class GPQ(keras.Model):
     @property
     def refined_codebook(self):
         """Z' = SA(intra_norm(C), Z) (K, M*d), the codebook training quantises with."""
-        return np.asarray(ops.convert_to_numpy(self.quantizer.codebook(self.classifier.normalized_prototypes())),
-                          np.float32)
+        return np.asarray(
+            ops.convert_to_numpy(self.quantizer.codebook(self.classifier.normalized_prototypes())),
+            np.float32,
+        )
 
     @property
     def fingerprint(self):
@@ -247,7 +273,9 @@ class GPQ(keras.Model):
         records it, and refuses to be searched with another model's features."""
         import hashlib
 
-        digest = hashlib.sha256(f"{self.gpq_config.num_subspaces}:{self.gpq_config.alpha}:".encode())
+        digest = hashlib.sha256(
+            f"{self.gpq_config.num_subspaces}:{self.gpq_config.alpha}:".encode()
+        )
         digest.update(np.ascontiguousarray(self.codebook, "<f4").tobytes())
         digest.update(np.ascontiguousarray(self.prototypes, "<f4").tobytes())
         return digest.hexdigest()[:16]
@@ -263,7 +291,11 @@ class GPQ(keras.Model):
         super().compile(optimizer=optimizer or default_optimizer(self.gpq_config), **kwargs)
 
     def get_compile_config(self):
-        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)} if self.compiled else None
+        return (
+            {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
+            if self.compiled
+            else None
+        )
 
     def compile_from_config(self, config):
         self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
@@ -301,9 +333,14 @@ class GPQ(keras.Model):
         import tensorflow as tf
 
         message = f"GPQ: a label is outside the class ids [0, {self.gpq_config.num_classes}) of this model"
-        checks = [tf.debugging.assert_non_negative(labels, message=message),
-                  tf.debugging.assert_less(ops.cast(labels, "int64"), tf.constant(self.gpq_config.num_classes, "int64"),
-                                           message=message)]
+        checks = [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(
+                ops.cast(labels, "int64"),
+                tf.constant(self.gpq_config.num_classes, "int64"),
+                message=message,
+            ),
+        ]
         with tf.control_dependencies(checks):
             return tuple(None if t is None else tf.identity(t) for t in batch)
 
@@ -315,9 +352,13 @@ class GPQ(keras.Model):
         # Each stream goes through F on its own, so batch norm uses (and updates) per-stream statistics.
         f = self.intra_norm(self(labeled, training=training))
         g = self.intra_norm(self.reversal(self(unlabeled, training=training)))
-        q = self.quantizer(f, prototypes=self.classifier.normalized_prototypes())  # SA(Z', f), Z' = SA(P, Z)
+        q = self.quantizer(
+            f, prototypes=self.classifier.normalized_prototypes()
+        )  # SA(Z', f), Z' = SA(P, Z)
         all_y, all_q = _gather_replicas(y, q)  # the global batch's positives and negatives
-        npq = n_pair_pq_loss(y, f, q, cfg.num_subspaces, cfg.reg_lambda, all_labels=all_y, all_descriptors=all_q)
+        npq = n_pair_pq_loss(
+            y, f, q, cfg.num_subspaces, cfg.reg_lambda, all_labels=all_y, all_descriptors=all_q
+        )
         cls = classification_loss(y, self.classifier(f))
         ent = subspace_entropy_loss(self.classifier(g))
         loss = npq + cfg.lambda1 * ent + cfg.lambda2 * cls
@@ -362,7 +403,9 @@ class GPQ(keras.Model):
         if keras.config.backend() == "jax":
             return self._jax_test_step(*args)
         labeled, unlabeled, labels = self._evaluation_batch(args[0])
-        return self._record(_mean_over_replicas(self.compute_losses(labeled, unlabeled, labels, training=False)))
+        return self._record(
+            _mean_over_replicas(self.compute_losses(labeled, unlabeled, labels, training=False))
+        )
 
     def loss_and_gradients(self, data):
         """({name: loss} for `LOSS_NAMES`, gradients of losses["loss"] in `trainable_variables`' order) of one
@@ -374,14 +417,20 @@ class GPQ(keras.Model):
 
             trainable = [v.value for v in self.trainable_variables]
             non_trainable = [v.value for v in self.non_trainable_variables]
-            step = jax.jit(lambda *args: self._jax_value_and_grad(*args[:2], (), *args[2:]))  # as fit compiles
-            (_, (losses, non_trainable)), grads = step(trainable, non_trainable, labeled, unlabeled, labels)
+            step = jax.jit(
+                lambda *args: self._jax_value_and_grad(*args[:2], (), *args[2:])
+            )  # as fit compiles
+            (_, (losses, non_trainable)), grads = step(
+                trainable, non_trainable, labeled, unlabeled, labels
+            )
             for variable, value in zip(self.non_trainable_variables, non_trainable):
                 variable.assign(value)
         else:
             losses, grads = self._tf_gradients(labeled, unlabeled, labels)
         to_numpy = ops.convert_to_numpy
-        return {name: float(to_numpy(value)) for name, value in losses.items()}, [to_numpy(g) for g in grads]
+        return {name: float(to_numpy(value)) for name, value in losses.items()}, [
+            to_numpy(g) for g in grads
+        ]
 
     def _training_batch(self, data):
         labeled, unlabeled, labels = self._checked(self._unpack(data))
@@ -404,7 +453,9 @@ class GPQ(keras.Model):
                 loss = self.optimizer.scale_loss(loss * scale)
         return losses, tape.gradient(loss, self.trainable_variables)
 
-    def _stateless_losses(self, trainable, non_trainable, optimizer_state, labeled, unlabeled, labels, training):
+    def _stateless_losses(
+        self, trainable, non_trainable, optimizer_state, labeled, unlabeled, labels, training
+    ):
         """compute_losses on the given variable values -> (loss to differentiate, (losses, new non-trainable
         values)): a pure function, as `jax.value_and_grad` needs."""
         variables = self.trainable_variables + self.non_trainable_variables
@@ -415,17 +466,28 @@ class GPQ(keras.Model):
             losses = self.compute_losses(labeled, unlabeled, labels, training=training)
             loss = losses["loss"]
             if training and optimizer_state:
-                loss = self.optimizer.scale_loss(loss)  # reads the loss scale of a LossScaleOptimizer
+                loss = self.optimizer.scale_loss(
+                    loss
+                )  # reads the loss scale of a LossScaleOptimizer
         updated = [scope.get_current_value(v) for v in self.non_trainable_variables]
         non_trainable = [old if new is None else new for old, new in zip(non_trainable, updated)]
         return loss, (losses, non_trainable)
 
-    def _jax_value_and_grad(self, trainable, non_trainable, optimizer_state, labeled, unlabeled, labels):
+    def _jax_value_and_grad(
+        self, trainable, non_trainable, optimizer_state, labeled, unlabeled, labels
+    ):
         import jax
 
         def loss_fn(trainable_values):
-            return self._stateless_losses(trainable_values, non_trainable, optimizer_state, labeled, unlabeled,
-                                          labels, training=True)
+            return self._stateless_losses(
+                trainable_values,
+                non_trainable,
+                optimizer_state,
+                labeled,
+                unlabeled,
+                labels,
+                training=True,
+            )
 
         return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
 
@@ -433,22 +495,28 @@ class GPQ(keras.Model):
         trainable, non_trainable, optimizer_state, metrics_state = state
         labeled, unlabeled, labels = self._training_batch(data)
         (_, (losses, non_trainable)), grads = self._jax_value_and_grad(
-            trainable, non_trainable, optimizer_state, labeled, unlabeled, labels)
-        trainable, optimizer_state = self.optimizer.stateless_apply(optimizer_state, grads, trainable)
+            trainable, non_trainable, optimizer_state, labeled, unlabeled, labels
+        )
+        trainable, optimizer_state = self.optimizer.stateless_apply(
+            optimizer_state, grads, trainable
+        )
         logs, metrics_state = self._stateless_record(metrics_state, losses)
         return logs, (trainable, non_trainable, optimizer_state, metrics_state)
 
     def _jax_test_step(self, state, data):
         trainable, non_trainable, metrics_state = state
         labeled, unlabeled, labels = self._evaluation_batch(data)
-        _, (losses, non_trainable) = self._stateless_losses(trainable, non_trainable, (), labeled, unlabeled,
-                                                            labels, training=False)
+        _, (losses, non_trainable) = self._stateless_losses(
+            trainable, non_trainable, (), labeled, unlabeled, labels, training=False
+        )
         logs, metrics_state = self._stateless_record(metrics_state, losses)
         return logs, (trainable, non_trainable, metrics_state)
 
     def _stateless_record(self, metrics_state, losses):
         """`_record` on the given tracker values -> (logs, new tracker values)."""
-        with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, metrics_state))) as scope:
+        with keras.StatelessScope(
+            state_mapping=list(zip(self.metrics_variables, metrics_state))
+        ) as scope:
             logs = self._record(losses)
         updated = [scope.get_current_value(v) for v in self.metrics_variables]
         return logs, [old if new is None else new for old, new in zip(metrics_state, updated)]
@@ -466,6 +534,8 @@ class GPQ(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config.setdefault("normalize_pixels", False)  # saved before the model normalised: normalised inputs
+        config.setdefault(
+            "normalize_pixels", False
+        )  # saved before the model normalised: normalised inputs
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)

@@ -36,18 +36,26 @@ import warnings
 
 import numpy as np
 
-from gpq_keras.config import L2_EPSILON, RETRIEVAL_MODES, check_mode, check_num_codewords, check_positive_int
+from gpq_keras.config import (
+    L2_EPSILON,
+    RETRIEVAL_MODES,
+    check_mode,
+    check_num_codewords,
+    check_positive_int,
+)
 from gpq_keras.files import FileFormatError, atomic_path, read_npz
 from gpq_keras.parallel import map_rows
 
-FORMAT_VERSION = 3  # 2: nbits, model fingerprint and checksum; 3: sources, class_names; 1 and 2 still load
+FORMAT_VERSION = (
+    3  # 2: nbits, model fingerprint and checksum; 3: sources, class_names; 1 and 2 still load
+)
 _FORMAT_NAME = "gpq_keras.PQIndex"
 # Query chunk x database elements per block: 32 MB of distances and 64 MB of sort keys, in buffers
 # reused from chunk to chunk (fresh large arrays would be page-faulted in anew each time).
 _CHUNK_ELEMENTS = 1 << 23
 _ONEHOT_CACHE_BYTES = 256 << 20
 _DB_BLOCK = 1 << 16
-_MAX_ITEMS = 2 ** 30  # positions must fit the low 32 bits of a sort key
+_MAX_ITEMS = 2**30  # positions must fit the low 32 bits of a sort key
 _TRAIN_PER_LIST = 64  # coarse k-means training vectors per inverted list (faiss warns below 39)
 _TOP_K_QUERIES = 4096  # queries per pass over a large database for a top-k
 SEARCH_BACKENDS = ("auto", "numpy", "faiss")
@@ -62,12 +70,15 @@ def import_faiss():
     try:
         import faiss
     except ImportError:
-        raise ImportError("faiss is not installed: pip install 'gpq-keras[faiss]' (faiss-cpu), "
-                          "or faiss-gpu on a machine with CUDA") from None
+        raise ImportError(
+            "faiss is not installed: pip install 'gpq-keras[faiss]' (faiss-cpu), "
+            "or faiss-gpu on a machine with CUDA"
+        ) from None
     return faiss
 
 
 # --- checks ---------------------------------------------------------------------------------------
+
 
 def _as_matrix(name, x, dim=None):
     """A finite float32 (N, dim) array; a clear error otherwise."""
@@ -101,6 +112,7 @@ def intra_normalize_np(x, num_subspaces):
 
 # --- the quantiser --------------------------------------------------------------------------------
 
+
 class ProductQuantizer:
     """A learned GPQ codebook as a product quantiser: codes of features, look-up tables of queries.
 
@@ -122,8 +134,10 @@ class ProductQuantizer:
         self.codebook = _as_matrix("codebook", codebook)
         self.num_codewords, self.dim = self.codebook.shape
         if self.dim % self.num_subspaces:
-            raise ValueError(f"The codebook's width ({self.dim}) must be divisible by "
-                             f"num_subspaces={self.num_subspaces}. Received codebook shape: {self.codebook.shape}")
+            raise ValueError(
+                f"The codebook's width ({self.dim}) must be divisible by "
+                f"num_subspaces={self.num_subspaces}. Received codebook shape: {self.codebook.shape}"
+            )
         try:
             check_num_codewords(self.num_codewords, "codebook rows")
         except ValueError as exc:
@@ -132,7 +146,9 @@ class ProductQuantizer:
         self.nbits = int(math.log2(self.num_codewords))
         normalized = intra_normalize_np(self.codebook, self.num_subspaces)
         self.words = normalized if mode == "consistent" else self.codebook  # what distances use
-        self._assign = _split(normalized, self.num_subspaces).transpose(1, 2, 0)  # (M, d, K), for codes
+        self._assign = _split(normalized, self.num_subspaces).transpose(
+            1, 2, 0
+        )  # (M, d, K), for codes
 
     @classmethod
     def from_model(cls, model, mode=None):
@@ -143,8 +159,10 @@ class ProductQuantizer:
         return cls(codebook, model.gpq_config.num_subspaces, mode)
 
     def __repr__(self):
-        return (f"ProductQuantizer(M={self.num_subspaces}, K={self.num_codewords}, d={self.subspace_dim}, "
-                f"mode={self.mode!r})")
+        return (
+            f"ProductQuantizer(M={self.num_subspaces}, K={self.num_codewords}, d={self.subspace_dim}, "
+            f"mode={self.mode!r})"
+        )
 
     @property
     def code_size(self):
@@ -162,8 +180,10 @@ class ProductQuantizer:
         codes = np.empty((features.shape[0], self.num_subspaces), np.uint8)
         step = max(1, _CHUNK_ELEMENTS // (self.num_subspaces * self.num_codewords))
         for start in range(0, features.shape[0], step):
-            block = _split(features[start:start + step], self.num_subspaces).transpose(1, 0, 2)  # (M, n, d)
-            codes[start:start + step] = np.matmul(block, self._assign).argmax(-1).T
+            block = _split(features[start : start + step], self.num_subspaces).transpose(
+                1, 0, 2
+            )  # (M, n, d)
+            codes[start : start + step] = np.matmul(block, self._assign).argmax(-1).T
         return codes
 
     def decode(self, codes):
@@ -176,7 +196,11 @@ class ProductQuantizer:
     def prepare_queries(self, queries):
         """Queries as this mode compares them: raw (`original`) or intra-normalised (`consistent`), float32."""
         queries = _as_matrix("queries", queries, self.dim)
-        return intra_normalize_np(queries, self.num_subspaces) if self.mode == "consistent" else queries
+        return (
+            intra_normalize_np(queries, self.num_subspaces)
+            if self.mode == "consistent"
+            else queries
+        )
 
     def lookup_tables(self, queries):
         """T[q, m, k] = 1 - q_m . z_mk for queries (Q, M*d) -> float32 (Q, M, K).
@@ -184,22 +208,31 @@ class ProductQuantizer:
         `original`: raw queries, raw codebook. `consistent`: both intra-normalised.
         """
         queries = _split(self.prepare_queries(queries), self.num_subspaces)
-        return np.float32(1.0) - np.einsum("qmd,kmd->qmk", queries, _split(self.words, self.num_subspaces))
+        return np.float32(1.0) - np.einsum(
+            "qmd,kmd->qmk", queries, _split(self.words, self.num_subspaces)
+        )
 
     def check_codes(self, codes, name="codes"):
         """`codes` as contiguous uint8 (N, M) codeword indices < K; a ValueError naming `name` otherwise."""
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[1] != self.num_subspaces:
-            raise ValueError(f"`{name}` must have shape (N, {self.num_subspaces}). Received shape: {codes.shape}")
+            raise ValueError(
+                f"`{name}` must have shape (N, {self.num_subspaces}). Received shape: {codes.shape}"
+            )
         if not np.issubdtype(codes.dtype, np.integer):
-            raise ValueError(f"`{name}` must be integer codeword indices. Received dtype: {codes.dtype}")
+            raise ValueError(
+                f"`{name}` must be integer codeword indices. Received dtype: {codes.dtype}"
+            )
         if codes.size and (codes.min() < 0 or codes.max() >= self.num_codewords):
-            raise ValueError(f"`{name}` must be codeword indices in [0, {self.num_codewords}); it holds "
-                             f"{codes.min()}..{codes.max()}")
+            raise ValueError(
+                f"`{name}` must be codeword indices in [0, {self.num_codewords}); it holds "
+                f"{codes.min()}..{codes.max()}"
+            )
         return np.ascontiguousarray(codes, dtype=np.uint8)
 
 
 # --- code packing ---------------------------------------------------------------------------------
+
 
 def code_size(num_subspaces, nbits):
     """Bytes per packed code: ceil(M * nbits / 8)."""
@@ -218,7 +251,9 @@ def pack_codes(codes, nbits):
         raise ValueError(f"nbits must be in [1, 8]. Received: nbits={nbits}")
     codes = np.asarray(codes)
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"`codes` must be integers of shape (N, M). Received: {codes.dtype} {codes.shape}")
+        raise ValueError(
+            f"`codes` must be integers of shape (N, M). Received: {codes.dtype} {codes.shape}"
+        )
     if codes.size and (codes.min() < 0 or codes.max() >= (1 << nbits)):
         raise ValueError(f"`codes` must be in [0, {1 << nbits}) for nbits={nbits}")
     n, num_subspaces = codes.shape
@@ -234,14 +269,17 @@ def unpack_codes(packed, num_subspaces, nbits):
     packed = np.asarray(packed)
     size = code_size(num_subspaces, nbits)
     if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != size:
-        raise ValueError(f"packed codes must be uint8 of shape (N, {size}). "
-                         f"Received: {packed.dtype} {packed.shape}")
-    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :num_subspaces * nbits]
+        raise ValueError(
+            f"packed codes must be uint8 of shape (N, {size}). "
+            f"Received: {packed.dtype} {packed.shape}"
+        )
+    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : num_subspaces * nbits]
     bits = bits.reshape(packed.shape[0], num_subspaces, nbits)
     return np.packbits(bits, axis=-1, bitorder="little")[..., 0]
 
 
 # --- ranking --------------------------------------------------------------------------------------
+
 
 def sort_keys(distances, out=None, offset=0, positions=None):
     """int64 keys that sort like (distance, position) -> (Q, N).
@@ -295,7 +333,9 @@ def _onehot_t(codes, num_codewords):
     """uint8 codes (n, M) -> float32 (M*K, n), a 1 in row m*K + code_m of each column."""
     n, num_subspaces = codes.shape
     out = np.zeros((num_subspaces * num_codewords, n), np.float32)
-    rows = codes.T.astype(np.intp) + (np.arange(num_subspaces, dtype=np.intp) * num_codewords)[:, None]
+    rows = (
+        codes.T.astype(np.intp) + (np.arange(num_subspaces, dtype=np.intp) * num_codewords)[:, None]
+    )
     np.put_along_axis(out, rows, np.float32(1.0), axis=0)
     return out
 
@@ -311,7 +351,7 @@ def _table_distances(tables, onehot_blocks, out):
     start = 0
     for block in onehot_blocks:
         oh = block() if callable(block) else block
-        np.matmul(flat, oh, out=out[:, start:start + oh.shape[1]])
+        np.matmul(flat, oh, out=out[:, start : start + oh.shape[1]])
         start += oh.shape[1]
     return out
 
@@ -339,10 +379,13 @@ def fast_scan_error_bound(tables):
     num_subspaces = tables.shape[1]
     span = (tables.max(axis=2) - tables.min(axis=2)).max(axis=1)
     scale = np.abs(tables).max(axis=(1, 2)) + 1.0
-    return num_subspaces * span / 510.0 * 1.001 + 64 * num_subspaces * np.finfo(np.float32).eps * scale
+    return (
+        num_subspaces * span / 510.0 * 1.001 + 64 * num_subspaces * np.finfo(np.float32).eps * scale
+    )
 
 
 # --- the index ------------------------------------------------------------------------------------
+
 
 class PQIndex:
     """A database of GPQ codes searched by asymmetric distance, with faiss' `add`/`search` feel.
@@ -369,9 +412,15 @@ class PQIndex:
 
     def __init__(self, codebook, num_subspaces, mode="original", class_names=None):
         pq = self.pq = ProductQuantizer(codebook, num_subspaces, mode)
-        self.mode, self.num_subspaces, self.num_codewords = pq.mode, pq.num_subspaces, pq.num_codewords
+        self.mode, self.num_subspaces, self.num_codewords = (
+            pq.mode,
+            pq.num_subspaces,
+            pq.num_codewords,
+        )
         self.dim, self.nbits = pq.dim, pq.nbits
-        self.model_fingerprint = None  # `GPQ.fingerprint` of the model that made the codebook, when known
+        self.model_fingerprint = (
+            None  # `GPQ.fingerprint` of the model that made the codebook, when known
+        )
         self._model = None
         self.reset()
         self.class_names = class_names
@@ -390,8 +439,10 @@ class PQIndex:
         """Raise a ValueError unless `model` is the one this index was built with (its `fingerprint`):
         searching with another model's features gives meaningless distances."""
         if self.model_fingerprint is not None and model.fingerprint != self.model_fingerprint:
-            raise ValueError(f"the index was built with another model (fingerprint {self.model_fingerprint}; "
-                             f"this model's is {model.fingerprint}): rebuild the index with this model")
+            raise ValueError(
+                f"the index was built with another model (fingerprint {self.model_fingerprint}; "
+                f"this model's is {model.fingerprint}): rebuild the index with this model"
+            )
 
     # --- contents ---------------------------------------------------------------------------------
     def reset(self):
@@ -462,8 +513,10 @@ class PQIndex:
         return self.ntotal
 
     def __repr__(self):
-        return (f"PQIndex(M={self.num_subspaces}, K={self.num_codewords}, d={self.pq.subspace_dim}, "
-                f"mode={self.mode!r}, ntotal={self.ntotal})")
+        return (
+            f"PQIndex(M={self.num_subspaces}, K={self.num_codewords}, d={self.pq.subspace_dim}, "
+            f"mode={self.mode!r}, ntotal={self.ntotal})"
+        )
 
     def add(self, x, ids=None, labels=None, sources=None):
         """Add items: uint8 codes (N, M), or float features (N, M*d) that are encoded first.
@@ -479,22 +532,28 @@ class PQIndex:
         """
         x = np.asarray(x)
         if x.ndim != 2:
-            raise ValueError(f"`x` must be codes (N, {self.num_subspaces}) or features (N, {self.dim}). "
-                             f"Received shape: {x.shape}")
+            raise ValueError(
+                f"`x` must be codes (N, {self.num_subspaces}) or features (N, {self.dim}). "
+                f"Received shape: {x.shape}"
+            )
         if x.dtype == np.uint8:
             codes = self.pq.check_codes(x, "x")
         elif np.issubdtype(x.dtype, np.floating):
             codes = self.pq.encode(x)
         else:
-            raise ValueError(f"`x` must be uint8 codes or float features. Received dtype: {x.dtype}")
+            raise ValueError(
+                f"`x` must be uint8 codes or float features. Received dtype: {x.dtype}"
+            )
         n = codes.shape[0]
         ids = self._new_ids(ids, n)
         all_labels = self._new_labels(labels, n)
         if labels is not None and self._class_names is not None:
-            _check_labels_fit(all_labels[self.ntotal:], self._class_names, "labels")
+            _check_labels_fit(all_labels[self.ntotal :], self._class_names, "labels")
         sources = self._new_sources(sources, n)
         if self.ntotal + n >= _MAX_ITEMS:
-            raise ValueError(f"PQIndex holds fewer than {_MAX_ITEMS} items; use `to_faiss()` for more")
+            raise ValueError(
+                f"PQIndex holds fewer than {_MAX_ITEMS} items; use `to_faiss()` for more"
+            )
         self._codes = np.concatenate([self._codes, codes])
         self._ids = np.concatenate([self._ids, ids])
         self._labels = all_labels
@@ -509,7 +568,9 @@ class PQIndex:
             return np.arange(self.ntotal, self.ntotal + n, dtype=np.int64)
         ids = np.asarray(ids)
         if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"`ids` must be {n} integers (shape ({n},)). Received: {ids.dtype} {ids.shape}")
+            raise ValueError(
+                f"`ids` must be {n} integers (shape ({n},)). Received: {ids.dtype} {ids.shape}"
+            )
         return ids.astype(np.int64)
 
     def _new_labels(self, labels, n):
@@ -520,14 +581,20 @@ class PQIndex:
             return self._labels
         labels = np.asarray(labels)
         if labels.ndim not in (1, 2) or labels.shape[0] != n:
-            raise ValueError(f"`labels` must have shape ({n},) or ({n}, classes). Received shape: {labels.shape}")
+            raise ValueError(
+                f"`labels` must have shape ({n},) or ({n}, classes). Received shape: {labels.shape}"
+            )
         if self._labels is None:
             if self.ntotal:
-                raise ValueError("items without labels were added before; labels must be given to every add")
+                raise ValueError(
+                    "items without labels were added before; labels must be given to every add"
+                )
             return labels.copy()
         if labels.ndim != self._labels.ndim or labels.shape[1:] != self._labels.shape[1:]:
-            raise ValueError(f"`labels` shape {labels.shape[1:]} does not match the index's "
-                             f"{self._labels.shape[1:]}")
+            raise ValueError(
+                f"`labels` shape {labels.shape[1:]} does not match the index's "
+                f"{self._labels.shape[1:]}"
+            )
         return np.concatenate([self._labels, labels])
 
     def _new_sources(self, sources, n):
@@ -543,16 +610,22 @@ class PQIndex:
             sources = list(sources)
             bad = next((s for s in sources if not isinstance(s, str)), None)
             if bad is not None:
-                raise ValueError(f"`sources` must be strings. Received an item of type {type(bad).__name__}")
+                raise ValueError(
+                    f"`sources` must be strings. Received an item of type {type(bad).__name__}"
+                )
             sources = np.array(sources, dtype=str) if sources else np.zeros(0, "U1")
         elif sources.dtype.kind == "T":  # NumPy's variable-width StringDType
             sources = sources.astype(str)
         if sources.shape != (n,) or sources.dtype.kind != "U":
-            raise ValueError(f"`sources` must be {n} strings (shape ({n},)). "
-                             f"Received: {sources.dtype} {sources.shape}")
+            raise ValueError(
+                f"`sources` must be {n} strings (shape ({n},)). "
+                f"Received: {sources.dtype} {sources.shape}"
+            )
         if self._sources is None:
             if self.ntotal:
-                raise ValueError("items without sources were added before; sources must be given to every add")
+                raise ValueError(
+                    "items without sources were added before; sources must be given to every add"
+                )
             return sources.copy()
         return np.concatenate([self._sources, sources])
 
@@ -561,8 +634,12 @@ class PQIndex:
         add them."""
         if self._model is None:
             raise ValueError("add_images needs an index made by PQIndex.from_model(model)")
-        self.add(self._model.encode(np.asarray(images), batch_size=batch_size), ids=ids, labels=labels,
-                 sources=sources)
+        self.add(
+            self._model.encode(np.asarray(images), batch_size=batch_size),
+            ids=ids,
+            labels=labels,
+            sources=sources,
+        )
         return self
 
     # --- ids to items -----------------------------------------------------------------------------
@@ -571,7 +648,9 @@ class PQIndex:
         same shape, -1 where the id is -1; a ValueError for an id not in the index."""
         ids = np.asarray(ids)
         if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"`ids` must be integer ids as `search` returns them. Received dtype: {ids.dtype}")
+            raise ValueError(
+                f"`ids` must be integer ids as `search` returns them. Received dtype: {ids.dtype}"
+            )
         if ids.size and ids.dtype.kind == "u" and ids.max() > np.iinfo(np.int64).max:
             raise ValueError(f"`ids` holds an id not in the index: {ids.max()}")
         ids = ids.astype(np.int64)
@@ -585,12 +664,16 @@ class PQIndex:
             positions = wanted
             known = (wanted >= 0) & (wanted < self.ntotal)
         else:  # custom ids (so ntotal >= 1): binary search in the sorted ids
-            positions = order[np.minimum(np.searchsorted(self._ids, wanted, sorter=order), self.ntotal - 1)]
+            positions = order[
+                np.minimum(np.searchsorted(self._ids, wanted, sorter=order), self.ntotal - 1)
+            ]
             known = self._ids[positions] == wanted
         if not known.all():
             unknown = np.unique(wanted[~known])
-            raise ValueError(f"`ids` holds {len(unknown)} id(s) not in the index: {unknown[:5].tolist()}"
-                             f"{' ...' if len(unknown) > 5 else ''}")
+            raise ValueError(
+                f"`ids` holds {len(unknown)} id(s) not in the index: {unknown[:5].tolist()}"
+                f"{' ...' if len(unknown) > 5 else ''}"
+            )
         out = np.full(ids.shape, -1, np.intp)
         out[found] = positions
         return out
@@ -614,8 +697,10 @@ class PQIndex:
         if self._labels is None:
             raise ValueError("this index has no labels; give `labels` to `add`")
         if self._labels.ndim != 1:
-            raise ValueError("class_names_for needs int labels (ntotal,); this index's labels are multi-hot "
-                             f"{self._labels.shape}")
+            raise ValueError(
+                "class_names_for needs int labels (ntotal,); this index's labels are multi-hot "
+                f"{self._labels.shape}"
+            )
         positions = self._positions(ids)
         names = np.array(self._class_names, dtype=str)
         out = np.full(positions.shape, "", names.dtype)
@@ -636,7 +721,9 @@ class PQIndex:
                 unique = codes[first]
             else:
                 unique, inverse = np.unique(codes, axis=0, return_inverse=True)
-            self._cache["unique"] = None if len(unique) == len(codes) else (unique, inverse.reshape(-1))
+            self._cache["unique"] = (
+                None if len(unique) == len(codes) else (unique, inverse.reshape(-1))
+            )
         return self._cache["unique"]
 
     def _onehot_blocks(self, codes):
@@ -644,8 +731,10 @@ class PQIndex:
         most 256 MB, else blocks of 65,536 codes made on demand."""
         size = codes.shape[0] * self.num_subspaces * self.num_codewords * 4
         if size > _ONEHOT_CACHE_BYTES:
-            return [lambda s=s: _onehot_t(codes[s:s + _DB_BLOCK], self.num_codewords)
-                    for s in range(0, codes.shape[0], _DB_BLOCK)]
+            return [
+                lambda s=s: _onehot_t(codes[s : s + _DB_BLOCK], self.num_codewords)
+                for s in range(0, codes.shape[0], _DB_BLOCK)
+            ]
         if "onehot" not in self._cache:
             self._cache["onehot"] = [_onehot_t(codes, self.num_codewords)]
         return self._cache["onehot"]
@@ -663,10 +752,10 @@ class PQIndex:
         buffer = np.empty((min(chunk_size, len(queries)), codes.shape[0]), np.float32)
         expanded = None if unique is None else np.empty((len(buffer), self.ntotal), np.float32)
         for start in range(0, queries.shape[0], chunk_size):
-            tables = self.pq.lookup_tables(queries[start:start + chunk_size])
-            dist = _table_distances(tables, blocks, buffer[:len(tables)])
+            tables = self.pq.lookup_tables(queries[start : start + chunk_size])
+            dist = _table_distances(tables, blocks, buffer[: len(tables)])
             if unique is not None:
-                dist = np.take(dist, unique[1], axis=1, out=expanded[:len(tables)])
+                dist = np.take(dist, unique[1], axis=1, out=expanded[: len(tables)])
             yield start, dist
 
     def distances(self, queries):
@@ -678,7 +767,7 @@ class PQIndex:
         queries = _as_matrix("queries", queries, self.dim)
         out = np.empty((queries.shape[0], self.ntotal), np.float32)
         for start, dist in self._iter_distances(queries):
-            out[start:start + dist.shape[0]] = dist
+            out[start : start + dist.shape[0]] = dist
         return out
 
     # --- ranking ----------------------------------------------------------------------------------
@@ -707,13 +796,22 @@ class PQIndex:
         k = self.ntotal if k is None else check_positive_int("k", k)
         if k > self.ntotal:
             raise ValueError(f"k={k} exceeds the {self.ntotal} items in the index")
-        if 4 * k < self.ntotal and self.ntotal > _DB_BLOCK:  # a top-k of a large database: block by block
+        if (
+            4 * k < self.ntotal and self.ntotal > _DB_BLOCK
+        ):  # a top-k of a large database: block by block
             queries = _as_matrix("queries", queries, self.dim)
-            step = _TOP_K_QUERIES if chunk_size is None else check_positive_int("chunk_size", chunk_size)
+            step = (
+                _TOP_K_QUERIES
+                if chunk_size is None
+                else check_positive_int("chunk_size", chunk_size)
+            )
             for start in range(0, queries.shape[0], step):
-                keys = self._search_blocks(self.pq.lookup_tables(queries[start:start + step]), k)
-                yield RankedChunk(start, keys.view(np.int32)[:, 0::2],
-                                  _decode_distances(keys) if with_distances else None)
+                keys = self._search_blocks(self.pq.lookup_tables(queries[start : start + step]), k)
+                yield RankedChunk(
+                    start,
+                    keys.view(np.int32)[:, 0::2],
+                    _decode_distances(keys) if with_distances else None,
+                )
             return
         keys = None
         for start, dist in self._iter_distances(queries, chunk_size):
@@ -725,9 +823,11 @@ class PQIndex:
 
             ranked = map_rows(rank_rows, len(dist))
             # k = ntotal sorts the rows of `keys` in place: no copy; a smaller k gives new arrays.
-            ranked = keys[:len(dist)] if k == self.ntotal else np.concatenate(ranked)
+            ranked = keys[: len(dist)] if k == self.ntotal else np.concatenate(ranked)
             positions = ranked.view(np.int32)[:, 0::2]  # the low halves (little-endian): positions
-            yield RankedChunk(start, positions, _decode_distances(ranked) if with_distances else None)
+            yield RankedChunk(
+                start, positions, _decode_distances(ranked) if with_distances else None
+            )
 
     def search(self, queries, k, exact=True, backend="auto", chunk_size=None):
         """The k nearest items of each query (Q, M*d) -> (distances float32 (Q, k), ids int64 (Q, k)).
@@ -775,8 +875,10 @@ class PQIndex:
         if backend == "faiss":
             import_faiss()
             if self.nbits != 4:
-                raise ValueError(f"the faiss backend is 4-bit fast-scan: it needs K=16 codewords, this index "
-                                 f"has K={self.num_codewords}; use backend='numpy'")
+                raise ValueError(
+                    f"the faiss backend is 4-bit fast-scan: it needs K=16 codewords, this index "
+                    f"has K={self.num_codewords}; use backend='numpy'"
+                )
         return backend
 
     def _search_blocks(self, tables, k):
@@ -794,12 +896,14 @@ class PQIndex:
         dist_buffer = np.empty(step * width, np.float32)
         key_buffer = np.empty(step * width, np.int64)
         for start in range(0, self.ntotal, _DB_BLOCK):
-            onehot = _onehot_t(self._codes[start:start + _DB_BLOCK], self.num_codewords)
+            onehot = _onehot_t(self._codes[start : start + _DB_BLOCK], self.num_codewords)
             for first in range(0, num_queries, step):
-                chunk = tables[first:first + step]
+                chunk = tables[first : first + step]
                 shape = (chunk.shape[0], onehot.shape[1])
-                dist = np.matmul(chunk, onehot, out=dist_buffer[:shape[0] * shape[1]].reshape(shape))
-                keys = key_buffer[:shape[0] * shape[1]].reshape(shape)
+                dist = np.matmul(
+                    chunk, onehot, out=dist_buffer[: shape[0] * shape[1]].reshape(shape)
+                )
+                keys = key_buffer[: shape[0] * shape[1]].reshape(shape)
 
                 def merge(rows, dist=dist, keys=keys, first=first, start=start):
                     block = sort_keys(dist[rows], out=keys[rows], offset=start)
@@ -832,8 +936,11 @@ class PQIndex:
         prepared = self.pq.prepare_queries(queries)
         m = np.float32(self.num_subspaces)
         if not exact:
-            warnings.warn("PQIndex.search(exact=False): fast-scan results, not re-ranked; distances come from "
-                          "8-bit look-up tables", stacklevel=3)
+            warnings.warn(
+                "PQIndex.search(exact=False): fast-scan results, not re-ranked; distances come from "
+                "8-bit look-up tables",
+                stacklevel=3,
+            )
             similarities, positions = index.search(prepared, k)
             return m - similarities, positions
         tables = self.pq.lookup_tables(queries)
@@ -867,8 +974,10 @@ class PQIndex:
         faiss = import_faiss()
         d = self.pq.subspace_dim
         if d == 2 and self.num_codewords < 8:
-            raise ValueError("faiss' IndexPQ cannot search 2-d sub-vectors with fewer than 8 codewords "
-                             f"(its dsub=2 kernel needs K % 8 == 0). Received K={self.num_codewords}")
+            raise ValueError(
+                "faiss' IndexPQ cannot search 2-d sub-vectors with fewer than 8 codewords "
+                f"(its dsub=2 kernel needs K % 8 == 0). Received K={self.num_codewords}"
+            )
         index = faiss.IndexPQ(self.dim, self.num_subspaces, self.nbits, faiss.METRIC_INNER_PRODUCT)
         faiss.copy_array_to_vector(self._faiss_centroids(), index.pq.centroids)
         index.is_trained = True
@@ -921,20 +1030,33 @@ class PQIndex:
         nlist = check_positive_int("nlist", nlist)
         nprobe = check_positive_int("nprobe", nprobe)
         if train is None:
-            sample = np.random.default_rng(seed).permutation(self.ntotal)[:_TRAIN_PER_LIST * nlist]
+            sample = np.random.default_rng(seed).permutation(self.ntotal)[: _TRAIN_PER_LIST * nlist]
             train = self.pq.decode(self._codes[np.sort(sample)])
         else:
             train = self.pq.prepare_queries(_as_matrix("train", train, self.dim))
         if len(train) < nlist:
-            raise ValueError(f"nlist={nlist} needs at least {nlist} training vectors; got {len(train)}")
+            raise ValueError(
+                f"nlist={nlist} needs at least {nlist} training vectors; got {len(train)}"
+            )
         quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, self.num_subspaces, self.nbits,
-                                         faiss.METRIC_INNER_PRODUCT, 32)
+        index = faiss.IndexIVFPQFastScan(
+            quantizer,
+            self.dim,
+            nlist,
+            self.num_subspaces,
+            self.nbits,
+            faiss.METRIC_INNER_PRODUCT,
+            32,
+        )
         index.by_residual = False
         index.cp.seed = seed
-        index.cp.spherical = True  # unit centroids: the largest inner product picks the nearest direction
+        index.cp.spherical = (
+            True  # unit centroids: the largest inner product picks the nearest direction
+        )
         index.cp.max_points_per_centroid = _TRAIN_PER_LIST
-        index.train(train)  # the coarse quantiser; the PQ it also trains is replaced by the GPQ codebook
+        index.train(
+            train
+        )  # the coarse quantiser; the PQ it also trains is replaced by the GPQ codebook
         faiss.copy_array_to_vector(self._faiss_centroids(), index.pq.centroids)
         self._add_reconstructions(index)
         index.nprobe = min(nprobe, nlist)
@@ -1002,13 +1124,19 @@ def _check_class_names(names):
     if isinstance(names, np.ndarray) and names.ndim == 1 and names.dtype.kind in "UT":
         names = names.tolist()
     if isinstance(names, (str, bytes)) or not isinstance(names, collections.abc.Sequence):
-        raise ValueError(f"`class_names` must be a sequence of str. Received: {type(names).__name__}")
+        raise ValueError(
+            f"`class_names` must be a sequence of str. Received: {type(names).__name__}"
+        )
     bad = next((name for name in names if not isinstance(name, str)), None)
     if bad is not None:
-        raise ValueError(f"`class_names` must be str. Received an item of type {type(bad).__name__}")
+        raise ValueError(
+            f"`class_names` must be str. Received an item of type {type(bad).__name__}"
+        )
     if not names:
         raise ValueError("`class_names` must name at least one class")
-    names = tuple(np.array(names, dtype=str).tolist())  # as a file keeps them (trailing NULs dropped)
+    names = tuple(
+        np.array(names, dtype=str).tolist()
+    )  # as a file keeps them (trailing NULs dropped)
     if "" in names:
         raise ValueError(f"`class_names` holds an empty name (position {names.index('')})")
     if len(set(names)) != len(names):
@@ -1022,15 +1150,21 @@ def _check_labels_fit(labels, names, name):
     multi-hot with len(names) columns."""
     if labels.ndim == 2:
         if labels.shape[1] != len(names):
-            raise ValueError(f"`{name}`: the multi-hot labels have {labels.shape[1]} columns but "
-                             f"`class_names` names {len(names)} classes")
+            raise ValueError(
+                f"`{name}`: the multi-hot labels have {labels.shape[1]} columns but "
+                f"`class_names` names {len(names)} classes"
+            )
         return
     if labels.dtype.kind not in "biu":
-        raise ValueError(f"`{name}`: `class_names` need integer class ids as labels. Received labels of "
-                         f"dtype {labels.dtype}")
+        raise ValueError(
+            f"`{name}`: `class_names` need integer class ids as labels. Received labels of "
+            f"dtype {labels.dtype}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-        raise ValueError(f"`{name}`: the labels hold class ids {labels.min()}..{labels.max()} but "
-                         f"`class_names` names {len(names)} classes (ids 0..{len(names) - 1})")
+        raise ValueError(
+            f"`{name}`: the labels hold class ids {labels.min()}..{labels.max()} but "
+            f"`class_names` names {len(names)} classes (ids 0..{len(names) - 1})"
+        )
 
 
 def _read_only(array):
@@ -1059,7 +1193,9 @@ def _read_index(cls, path):
         raise bad(f"key 'format' is {arrays['format']!r}, expected {_FORMAT_NAME!r}")
     version = scalar("format_version", "iu")
     if not 1 <= version <= FORMAT_VERSION:
-        raise bad(f"key 'format_version' is {version}; this gpq_keras reads versions 1 to {FORMAT_VERSION}")
+        raise bad(
+            f"key 'format_version' is {version}; this gpq_keras reads versions 1 to {FORMAT_VERSION}"
+        )
     if version >= 2:
         for key in ("nbits", "model_fingerprint", "checksum"):
             if key not in arrays:
@@ -1076,33 +1212,48 @@ def _read_index(cls, path):
     if codebook.dtype != np.float32 or codebook.ndim != 2:
         raise bad(f"key 'codebook' must be float32 (K, M*d), got {codebook.dtype} {codebook.shape}")
     if version >= 2 and codebook.shape[0] != 2 ** scalar("nbits", "iu"):
-        raise bad(f"key 'codebook' has {codebook.shape[0]} rows, but nbits={arrays['nbits']} needs "
-                  f"{2 ** int(arrays['nbits'])}")
+        raise bad(
+            f"key 'codebook' has {codebook.shape[0]} rows, but nbits={arrays['nbits']} needs "
+            f"{2 ** int(arrays['nbits'])}"
+        )
     try:
         index = cls(codebook, m, mode)
     except ValueError as exc:
         raise bad(f"key 'codebook': {exc}") from None
     codes, ids = arrays["codes"], arrays["ids"]
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != index.code_size:
-        raise bad(f"key 'codes' must be uint8 (N, {index.code_size}), got {codes.dtype} {codes.shape}")
+        raise bad(
+            f"key 'codes' must be uint8 (N, {index.code_size}), got {codes.dtype} {codes.shape}"
+        )
     n = codes.shape[0]
     if ids.dtype != np.int64 or ids.shape != (n,):
         raise bad(f"key 'ids' must be int64 ({n},), got {ids.dtype} {ids.shape}")
     if n and ids.min() < 0:
-        raise bad(f"key 'ids' holds a negative id ({ids.min()}); ids are >= 0 (-1 means 'no result')")
+        raise bad(
+            f"key 'ids' holds a negative id ({ids.min()}); ids are >= 0 (-1 means 'no result')"
+        )
     if len(np.unique(ids)) != n:
         raise bad("key 'ids' holds duplicated ids")
     labels = arrays.get("labels")
-    if labels is not None and (labels.ndim not in (1, 2) or labels.shape[0] != n
-                               or labels.dtype.kind not in ("biuU" if labels.ndim == 1 else "biu")):
-        raise bad(f"key 'labels' must be ({n},) class ids or ({n}, classes) integer/bool multi-hot, "
-                  f"got {labels.dtype} {labels.shape}")
+    if labels is not None and (
+        labels.ndim not in (1, 2)
+        or labels.shape[0] != n
+        or labels.dtype.kind not in ("biuU" if labels.ndim == 1 else "biu")
+    ):
+        raise bad(
+            f"key 'labels' must be ({n},) class ids or ({n}, classes) integer/bool multi-hot, "
+            f"got {labels.dtype} {labels.shape}"
+        )
     sources = arrays.get("sources") if version >= 3 else None
     if sources is not None and (sources.dtype.kind != "U" or sources.shape != (n,)):
-        raise bad(f"key 'sources' must be unicode strings ({n},), got {sources.dtype} {sources.shape}")
+        raise bad(
+            f"key 'sources' must be unicode strings ({n},), got {sources.dtype} {sources.shape}"
+        )
     names = arrays.get("class_names") if version >= 3 else None
     if names is not None and (names.dtype.kind != "U" or names.ndim != 1):
-        raise bad(f"key 'class_names' must be unicode strings (classes,), got {names.dtype} {names.shape}")
+        raise bad(
+            f"key 'class_names' must be unicode strings (classes,), got {names.dtype} {names.shape}"
+        )
     unpacked = unpack_codes(codes, index.num_subspaces, index.nbits)
     if n and int(unpacked.max()) >= index.num_codewords:
         raise bad(f"key 'codes' holds an index >= K={index.num_codewords}")

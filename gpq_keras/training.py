@@ -39,11 +39,13 @@ class RunDirectory:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self.model, self.best, self.log, self.record = (os.path.join(self.path, f) for f in RUN_FILES)
+        self.model, self.best, self.log, self.record = (
+            os.path.join(self.path, f) for f in RUN_FILES
+        )
         self.logs, self.checkpoints, self.backup = (os.path.join(self.path, f) for f in RUN_FOLDERS)
 
     def state(self):
-        """"new" (nothing of a run yet), "interrupted" (a backup or an unfinished record) or "finished"."""
+        """ "new" (nothing of a run yet), "interrupted" (a backup or an unfinished record) or "finished"."""
         if TrainingBackup.has_backup(self.backup):
             return "interrupted"
         record = self.read_record()
@@ -94,7 +96,9 @@ class RunDirectory:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise ValueError(f"{self.path}: another gpq train is running in this folder") from None
+                raise ValueError(
+                    f"{self.path}: another gpq train is running in this folder"
+                ) from None
             try:
                 yield
             finally:
@@ -109,8 +113,10 @@ class RunDirectory:
         os.makedirs(self.path, exist_ok=True)
         for folder in (self.logs, self.checkpoints, self.backup):
             if os.path.islink(folder):
-                raise ValueError(f"{folder} is a symbolic link (to {os.path.realpath(folder)}); gpq train writes "
-                                 "only inside the run folder: remove the link")
+                raise ValueError(
+                    f"{folder} is a symbolic link (to {os.path.realpath(folder)}); gpq train writes "
+                    "only inside the run folder: remove the link"
+                )
         stale = []
         for folder in (self.path, self.checkpoints, self.backup):
             if os.path.isdir(folder):
@@ -156,13 +162,16 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
                 metadata = json.load(fh)
             step, slot = int(metadata["step"]), metadata["weights"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a readable training backup ({exc}); "
-                             "pass --restart to start over") from None
+            raise ValueError(
+                f"{path}: not a readable training backup ({exc}); pass --restart to start over"
+            ) from None
         if slot not in self.SLOTS or step < 0:
             raise ValueError(f"{path}: not a valid training backup (step {step}, weights {slot!r})")
         if metadata.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
-            raise ValueError(f"{path}: the backup was made with {metadata['steps_per_epoch']} steps per epoch, "
-                             f"this run has {self.steps_per_epoch}; rerun with the same data and batch size")
+            raise ValueError(
+                f"{path}: the backup was made with {metadata['steps_per_epoch']} steps per epoch, "
+                f"this run has {self.steps_per_epoch}; rerun with the same data and batch size"
+            )
         return step, os.path.join(self.backup_dir, slot)
 
     def restore(self, model):
@@ -175,8 +184,10 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         try:
             model.load_weights(weights)
         except Exception as exc:  # h5py and Keras raise many types for a damaged or mismatched file
-            raise ValueError(f"{weights}: cannot restore the training state ({type(exc).__name__}: {exc}); "
-                             "pass --restart to start over") from None
+            raise ValueError(
+                f"{weights}: cannot restore the training state ({type(exc).__name__}: {exc}); "
+                "pass --restart to start over"
+            ) from None
         return step
 
     def on_train_begin(self, logs=None):
@@ -203,9 +214,15 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         slot = self.SLOTS[1] if current and current.endswith(self.SLOTS[0]) else self.SLOTS[0]
         with atomic_path(os.path.join(self.backup_dir, slot), suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
-        write_json(os.path.join(self.backup_dir, self.METADATA),
-                   {"step": self._step, "epoch": self._step // self.steps_per_epoch,
-                    "steps_per_epoch": self.steps_per_epoch, "weights": slot})
+        write_json(
+            os.path.join(self.backup_dir, self.METADATA),
+            {
+                "step": self._step,
+                "epoch": self._step // self.steps_per_epoch,
+                "steps_per_epoch": self.steps_per_epoch,
+                "weights": slot,
+            },
+        )
 
     def discard(self):
         """Remove the backup (the run finished)."""
@@ -243,7 +260,9 @@ class EpochLog(keras.callbacks.Callback):
             row[key] = f"{float(value):.8g}" if np.ndim(value) == 0 else str(value)
         optimizer = getattr(self.model, "optimizer", None)
         if "learning_rate" not in row and optimizer is not None:
-            row["learning_rate"] = f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.8g}"
+            row["learning_rate"] = (
+                f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.8g}"
+            )
         self.rows.append(row)
         fields = []
         for r in self.rows:
@@ -271,9 +290,12 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         from gpq_keras.model import save_atomic
 
         save_atomic(self.model, os.path.join(self.directory, f"epoch_{epoch + 1:03d}.keras"))
-        saved = sorted(name for name in os.listdir(self.directory)
-                       if name.startswith("epoch_") and name.endswith(".keras"))
-        for name in saved[:-self.keep]:
+        saved = sorted(
+            name
+            for name in os.listdir(self.directory)
+            if name.startswith("epoch_") and name.endswith(".keras")
+        )
+        for name in saved[: -self.keep]:
             os.remove(os.path.join(self.directory, name))
 
 
@@ -310,8 +332,20 @@ class RetrievalValidation(keras.callbacks.Callback):
         best: the best val_mAP so far (a resumed run), or None.
     """
 
-    def __init__(self, queries, query_labels, database, database_labels, every=1, epochs=None,
-                 mode="consistent", best_path=None, log_dir=None, best=None, batch_size=500):
+    def __init__(
+        self,
+        queries,
+        query_labels,
+        database,
+        database_labels,
+        every=1,
+        epochs=None,
+        mode="consistent",
+        best_path=None,
+        log_dir=None,
+        best=None,
+        batch_size=500,
+    ):
         super().__init__()
         self.queries, self.query_labels = queries, np.asarray(query_labels)
         self.database, self.database_labels = database, np.asarray(database_labels)
@@ -331,11 +365,22 @@ class RetrievalValidation(keras.callbacks.Callback):
         index.add(self.model.encode(self.database, batch_size=self.batch_size))
         queries = self.model.encode(self.queries, batch_size=self.batch_size)
         k = min(10, index.ntotal)
-        result = metrics.evaluate_ranking(index.rank(queries, with_distances=False), self.query_labels,
-                                          self.database_labels, precision_at=(k,))
+        result = metrics.evaluate_ranking(
+            index.rank(queries, with_distances=False),
+            self.query_labels,
+            self.database_labels,
+            precision_at=(k,),
+        )
         entropy = codeword_entropy(index.codes, index.num_codewords)
-        return {"val_mAP": result["mAP"], f"val_precision@{k}": result["precision"][k],
-                "val_codeword_entropy": float(entropy.mean())}, entropy, index.codes
+        return (
+            {
+                "val_mAP": result["mAP"],
+                f"val_precision@{k}": result["precision"][k],
+                "val_codeword_entropy": float(entropy.mean()),
+            },
+            entropy,
+            index.codes,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         last = self.epochs is not None and epoch + 1 == self.epochs
@@ -366,8 +411,11 @@ class RetrievalValidation(keras.callbacks.Callback):
         with self._writer.as_default(step=step):
             for m, value in enumerate(entropy):
                 tf.summary.scalar(f"codeword_entropy/codebook_{m:02d}", value)
-                tf.summary.histogram(f"codeword_usage/codebook_{m:02d}", codes[:, m].astype(np.float32),
-                                     buckets=int(self.model.gpq_config.num_codewords))
+                tf.summary.histogram(
+                    f"codeword_usage/codebook_{m:02d}",
+                    codes[:, m].astype(np.float32),
+                    buckets=int(self.model.gpq_config.num_codewords),
+                )
         self._writer.flush()
 
     def on_train_end(self, logs=None):
@@ -390,20 +438,47 @@ def new_record(command, settings):
     import gpq_keras
 
     backend = keras.config.backend()
-    versions = {"gpq_keras": gpq_keras.__version__, "keras": keras.__version__, "numpy": np.__version__,
-                "python": platform.python_version(), backend: importlib.import_module(backend).__version__}
+    versions = {
+        "gpq_keras": gpq_keras.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        backend: importlib.import_module(backend).__version__,
+    }
     if backend == "tensorflow":
         devices = [device.name for device in _tf().config.list_logical_devices()]
     else:
         devices = [str(device) for device in keras.distribution.list_devices()]
-    return {"command": list(command), "settings": settings, "config": settings.get("config"),
-            "seed": settings.get("seed"), "backend": backend, "versions": versions, "devices": devices,
-            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    return {
+        "command": list(command),
+        "settings": settings,
+        "config": settings.get("config"),
+        "seed": settings.get("seed"),
+        "backend": backend,
+        "versions": versions,
+        "devices": devices,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
-def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eval_every=5,
-            backup_every_steps=None, save_every=0, keep_checkpoints=3, record=None, verbose=2, callbacks=(),
-            pipeline="auto"):
+def fit_run(
+    model,
+    split,
+    run,
+    *,
+    epochs,
+    batch_size,
+    seed,
+    validation=None,
+    eval_every=5,
+    backup_every_steps=None,
+    save_every=0,
+    keep_checkpoints=3,
+    record=None,
+    verbose=2,
+    callbacks=(),
+    pipeline="auto",
+):
     """Train `model` (compiled) on `split` in the run folder `run`, resuming from its backup if it has one.
 
     The data of global step g is a function of (seed, g) (`train_dataset(start_step=g)`), so a resumed run
@@ -437,37 +512,59 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
 
     record, extra_callbacks = dict(record or {}), callbacks
     pipeline = resolve_pipeline(pipeline)
-    options = {"pipeline": pipeline, "batch_size": batch_size, "seed": seed,
-               "normalized": not getattr(model, "normalize_pixels", True)}  # what the model takes
+    options = {
+        "pipeline": pipeline,
+        "batch_size": batch_size,
+        "seed": seed,
+        "normalized": not getattr(model, "normalize_pixels", True),
+    }  # what the model takes
     steps = steps_per_epoch(split, batch_size)
     backup = TrainingBackup(run.backup, steps, save_freq=backup_every_steps or "epoch")
     strategy = strategy_of(model)
     if num_workers(strategy) > 1 and _tf().distribute.has_strategy():
         # Under the scope of a multi-worker strategy a weight assignment is a broadcast from the chief, which
         # the other workers would have to join: the chief alone restores its backup, outside the scope.
-        raise ValueError("fit_run: call it outside strategy.scope() in a multi-worker run (create and compile "
-                         "the model inside)")
+        raise ValueError(
+            "fit_run: call it outside strategy.scope() in a multi-worker run (create and compile "
+            "the model inside)"
+        )
     if model.optimizer is not None and not model.optimizer.built:  # on every worker alike: creating
-        with strategy.scope():                                    # variables is collective in multi-worker
+        with strategy.scope():  # variables is collective in multi-worker
             model.optimizer.build(model.trainable_variables)
-    step = share_chief_state(model, backup.restore(model))  # a multi-worker run resumes where the chief is
+    step = share_chief_state(
+        model, backup.restore(model)
+    )  # a multi-worker run resumes where the chief is
     if step > epochs * steps:
-        raise ValueError(f"{run.backup}: the backup is at step {step} (epoch {step // steps}), beyond "
-                         f"--epochs {epochs}; rerun with at least {math.ceil(step / steps)} epochs or --restart")
+        raise ValueError(
+            f"{run.backup}: the backup is at step {step} (epoch {step // steps}), beyond "
+            f"--epochs {epochs}; rerun with at least {math.ceil(step / steps)} epochs or --restart"
+        )
     initial_epoch, done = divmod(step, steps)
-    record.update(status="running", steps_per_epoch=steps, total_steps=epochs * steps, pipeline=pipeline)
+    record.update(
+        status="running", steps_per_epoch=steps, total_steps=epochs * steps, pipeline=pipeline
+    )
     if step:
         record.setdefault("resumed", []).append({"step": step, "epoch": initial_epoch})
     callbacks = []
     checker = None
     if validation is not None:
         best = (record.get("validation") or {}).get("best") or {}
-        checker = RetrievalValidation(validation[0], validation[1], split.x_db, split.y_db,
-                                      every=eval_every, epochs=epochs, best_path=run.best, log_dir=run.logs,
-                                      best=best.get("val_mAP"))
+        checker = RetrievalValidation(
+            validation[0],
+            validation[1],
+            split.x_db,
+            split.y_db,
+            every=eval_every,
+            epochs=epochs,
+            best_path=run.best,
+            log_dir=run.logs,
+            best=best.get("val_mAP"),
+        )
         callbacks.append(checker)
     callbacks.append(EpochLog(run.log, initial_epoch))
-    callbacks.append(backup)  # after the log row: a kill in between redoes the epoch, its row written once
+    callbacks.append(
+        backup
+    )  # after the log row: a kill in between redoes the epoch, its row written once
     if save_every:
         callbacks.append(PeriodicCheckpoint(run.checkpoints, save_every, keep_checkpoints))
     if has_tensorflow():  # Keras' TensorBoard callback writes with TensorFlow
@@ -479,8 +576,15 @@ def fit_run(model, split, run, *, epochs, batch_size, seed, validation=None, eva
     def fit(first_epoch, steps_per_epoch, start_step, offset, last_epoch):
         backup.batch_offset = offset
         dataset, _ = train_input(split, start_step=start_step, **options)
-        model.fit(dataset, initial_epoch=first_epoch, epochs=last_epoch, steps_per_epoch=steps_per_epoch,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
+        model.fit(
+            dataset,
+            initial_epoch=first_epoch,
+            epochs=last_epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )
 
     if done:  # finish the interrupted epoch with its remaining steps
         fit(initial_epoch, steps - done, step, done, initial_epoch + 1)
@@ -509,12 +613,19 @@ class _RecordUpdate(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.record["epochs_done"] = epoch + 1
-        self.record["final_losses"] = {k: finite_or_none(v) for k, v in (logs or {}).items()
-                                       if not k.startswith("val_") and np.ndim(v) == 0}
+        self.record["final_losses"] = {
+            k: finite_or_none(v)
+            for k, v in (logs or {}).items()
+            if not k.startswith("val_") and np.ndim(v) == 0
+        }
         if self.checker is not None and self.checker.last is not None:
             validation = self.record.setdefault("validation", {})
-            validation["final"] = {k: finite_or_none(v) if k != "epoch" else v
-                                   for k, v in self.checker.last.items()}
+            validation["final"] = {
+                k: finite_or_none(v) if k != "epoch" else v for k, v in self.checker.last.items()
+            }
             if self.checker.best_epoch is not None:
-                validation["best"] = {"epoch": self.checker.best_epoch, "val_mAP": finite_or_none(self.checker.best)}
+                validation["best"] = {
+                    "epoch": self.checker.best_epoch,
+                    "val_mAP": finite_or_none(self.checker.best),
+                }
         self.run.write_record(self.record)

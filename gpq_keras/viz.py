@@ -46,7 +46,9 @@ def to_display(image, normalized=None):
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
-        raise ValueError(f"Expected an image (H, W), (H, W, 1) or (H, W, 3). Received shape: {image.shape}")
+        raise ValueError(
+            f"Expected an image (H, W), (H, W, 1) or (H, W, 3). Received shape: {image.shape}"
+        )
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     if not np.issubdtype(image.dtype, np.floating):
@@ -54,32 +56,43 @@ def to_display(image, normalized=None):
     if normalized is False:
         return np.clip(image.astype(np.float32), 0.0, 1.0)
     if image.ndim != 3:
-        raise ValueError("Normalised float images must have 3 colour channels to be de-normalised; "
-                         "pass normalized=False for [0, 1] grey images")
+        raise ValueError(
+            "Normalised float images must have 3 colour channels to be de-normalised; "
+            "pass normalized=False for [0, 1] grey images"
+        )
     from gpq_keras.data.numpy_pipeline import denormalize
 
     return denormalize(image)
 
 
 def _shorten(text, width=18):
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
-RELEVANT_MARK, IRRELEVANT_MARK = "\u2713", "\u2717"  # check mark, ballot x: relevance without colour
+RELEVANT_MARK, IRRELEVANT_MARK = (
+    "\u2713",
+    "\u2717",
+)  # check mark, ballot x: relevance without colour
 
 
 def _check_results(result_images, **per_result):
     """Validate a query's result stack and its per-result arrays (None or one entry per result)."""
     result_images = np.asarray(result_images)
     if result_images.ndim < 3:
-        raise ValueError(f"result_images must be a stack of images (n, H, W[, C]). "
-                         f"Received shape: {result_images.shape}")
+        raise ValueError(
+            f"result_images must be a stack of images (n, H, W[, C]). "
+            f"Received shape: {result_images.shape}"
+        )
     if len(result_images) > MAX_RESULTS:
-        raise ValueError(f"The grid holds the query and {MAX_RESULTS} results. "
-                         f"Received {len(result_images)} result images")
+        raise ValueError(
+            f"The grid holds the query and {MAX_RESULTS} results. "
+            f"Received {len(result_images)} result images"
+        )
     for name, values in per_result.items():
         if values is not None and len(values) != len(result_images):
-            raise ValueError(f"{name} has {len(values)} entries for {len(result_images)} result images")
+            raise ValueError(
+                f"{name} has {len(values)} entries for {len(result_images)} result images"
+            )
     return result_images
 
 
@@ -88,15 +101,35 @@ def _cell_label(rank, relevant, class_name, distance, caption):
     head = f"Rank {rank}"
     if relevant is not None:
         head += f" {RELEVANT_MARK if relevant else IRRELEVANT_MARK}"
-    details = " ".join(part for part in (
-        None if class_name is None else str(class_name),
-        None if distance is None else f"d={float(distance):.2f}") if part)
-    return "\n".join(part for part in (head, details, None if caption is None else _shorten(str(caption))) if part)
+    details = " ".join(
+        part
+        for part in (
+            None if class_name is None else str(class_name),
+            None if distance is None else f"d={float(distance):.2f}",
+        )
+        if part
+    )
+    return "\n".join(
+        part
+        for part in (head, details, None if caption is None else _shorten(str(caption)))
+        if part
+    )
 
 
-def plot_ranked_list(query_image, result_images, relevant=None, path=None, normalized=None,
-                     figsize=None, dpi=100, title=None, captions=None, classes=None, distances=None,
-                     query_class=None):
+def plot_ranked_list(
+    query_image,
+    result_images,
+    relevant=None,
+    path=None,
+    normalized=None,
+    figsize=None,
+    dpi=100,
+    title=None,
+    captions=None,
+    classes=None,
+    distances=None,
+    query_class=None,
+):
     """The original Demo's figure: the query and its top results in a 2x8 grid.
 
     The first cell shows the query ("Query"); the others show `result_images` in rank order
@@ -124,10 +157,24 @@ def plot_ranked_list(query_image, result_images, relevant=None, path=None, norma
     Returns:
         `path` when given, else the matplotlib `Figure`.
     """
-    return plot_ranked_lists([dict(query_image=query_image, result_images=result_images, relevant=relevant,
-                                   captions=captions, classes=classes, distances=distances,
-                                   query_class=query_class)],
-                             path=path, normalized=normalized, figsize=figsize, dpi=dpi, title=title)
+    return plot_ranked_lists(
+        [
+            dict(
+                query_image=query_image,
+                result_images=result_images,
+                relevant=relevant,
+                captions=captions,
+                classes=classes,
+                distances=distances,
+                query_class=query_class,
+            )
+        ],
+        path=path,
+        normalized=normalized,
+        figsize=figsize,
+        dpi=dpi,
+        title=title,
+    )
 
 
 def plot_ranked_lists(queries, path=None, normalized=None, figsize=None, dpi=100, title=None):
@@ -147,19 +194,35 @@ def plot_ranked_lists(queries, path=None, normalized=None, figsize=None, dpi=100
         raise ValueError("queries is empty: give at least one query's results")
     blocks = []
     for item in queries:
-        unknown = set(item) - {"query_image", "result_images", "relevant", "captions", "classes", "distances",
-                               "query_class", "title"}
+        unknown = set(item) - {
+            "query_image",
+            "result_images",
+            "relevant",
+            "captions",
+            "classes",
+            "distances",
+            "query_class",
+            "title",
+        }
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)} in a ranked list")
         relevant = item.get("relevant")
         if relevant is not None:
             relevant = np.asarray(relevant, bool).reshape(-1)
-        results = _check_results(item["result_images"], relevant=relevant,
-                                 captions=item.get("captions"), classes=item.get("classes"),
-                                 distances=item.get("distances"))
+        results = _check_results(
+            item["result_images"],
+            relevant=relevant,
+            captions=item.get("captions"),
+            classes=item.get("classes"),
+            distances=item.get("distances"),
+        )
         blocks.append(dict(item, result_images=results, relevant=relevant))
-    lines = max(1 + (b.get("captions") is not None)
-                + (b.get("classes") is not None or b.get("distances") is not None) for b in blocks)
+    lines = max(
+        1
+        + (b.get("captions") is not None)
+        + (b.get("classes") is not None or b.get("distances") is not None)
+        for b in blocks
+    )
     height = 3.6 + 0.4 * (lines - 1) + (0.3 if any(b.get("title") for b in blocks) else 0.0)
     fig = _figure(figsize or (12.8, height * len(blocks)))
     axes = fig.subplots(GRID_ROWS * len(blocks), GRID_COLS, squeeze=False)
@@ -169,21 +232,31 @@ def plot_ranked_lists(queries, path=None, normalized=None, figsize=None, dpi=100
         for spine in ax.spines.values():
             spine.set_visible(False)
     for b, block in enumerate(blocks):
-        cell_axes = axes[GRID_ROWS * b:GRID_ROWS * (b + 1)].ravel()
-        query_label = "Query" if block.get("query_class") is None else f"Query\n{block['query_class']}"
+        cell_axes = axes[GRID_ROWS * b : GRID_ROWS * (b + 1)].ravel()
+        query_label = (
+            "Query" if block.get("query_class") is None else f"Query\n{block['query_class']}"
+        )
         cells = [(to_display(block["query_image"], normalized), query_label, QUERY_COLOR, None)]
         for r, image in enumerate(block["result_images"]):
+
             def pick(key, r=r):
                 values = block.get(key)
                 return None if values is None else values[r]
 
             relevant = pick("relevant")
             frame = None if relevant is None else (RELEVANT_COLOR if relevant else IRRELEVANT_COLOR)
-            label = _cell_label(r + 1, relevant, pick("classes"), pick("distances"), pick("captions"))
+            label = _cell_label(
+                r + 1, relevant, pick("classes"), pick("distances"), pick("captions")
+            )
             cells.append((to_display(image, normalized), label, "black", frame))
         for ax, (image, label, color, frame) in zip(cell_axes, cells):
-            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0,
-                      interpolation="nearest")
+            ax.imshow(
+                image,
+                cmap="gray" if image.ndim == 2 else None,
+                vmin=0.0,
+                vmax=1.0,
+                interpolation="nearest",
+            )
             ax.set_title(label, fontsize=9, color=color)
             if frame is not None:
                 for spine in ax.spines.values():
@@ -191,8 +264,9 @@ def plot_ranked_lists(queries, path=None, normalized=None, figsize=None, dpi=100
                     spine.set_color(frame)
                     spine.set_linewidth(4)
         if block.get("title"):
-            cell_axes[0].set_ylabel(block["title"], fontsize=10, rotation=0, ha="right", va="center",
-                                    labelpad=8)
+            cell_axes[0].set_ylabel(
+                block["title"], fontsize=10, rotation=0, ha="right", va="center", labelpad=8
+            )
     if title:
         fig.suptitle(title)
     return _finish(fig, path, dpi)
@@ -208,7 +282,9 @@ def pick_queries_by_ap(ap):
     return {"good": int(order[0]), "median": int(order[len(ap) // 2]), "bad": int(order[-1])}
 
 
-def plot_codeword_usage(codes, num_codewords, path=None, title="Codeword usage", figsize=None, dpi=100):
+def plot_codeword_usage(
+    codes, num_codewords, path=None, title="Codeword usage", figsize=None, dpi=100
+):
     """An M x K heat map of how often each codeword of each codebook codes the items: a collapsing
     codebook (few codewords used) shows at a glance. Each row's title gives its usage entropy in bits
     (log2 K when every codeword is used equally).
@@ -223,15 +299,23 @@ def plot_codeword_usage(codes, num_codewords, path=None, title="Codeword usage",
     """
     codes = np.asarray(codes)
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer) or not len(codes):
-        raise ValueError(f"codes must be integer codes (N, M), N >= 1. Received: {codes.dtype} {codes.shape}")
+        raise ValueError(
+            f"codes must be integer codes (N, M), N >= 1. Received: {codes.dtype} {codes.shape}"
+        )
     if codes.min() < 0 or codes.max() >= num_codewords:
-        raise ValueError(f"codes must be in [0, {num_codewords}); they hold {codes.min()}..{codes.max()}")
+        raise ValueError(
+            f"codes must be in [0, {num_codewords}); they hold {codes.min()}..{codes.max()}"
+        )
     num_subspaces = codes.shape[1]
-    usage = np.stack([np.bincount(codes[:, m], minlength=num_codewords) for m in range(num_subspaces)])
+    usage = np.stack(
+        [np.bincount(codes[:, m], minlength=num_codewords) for m in range(num_subspaces)]
+    )
     usage = usage / len(codes)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = 0.0 - np.sum(np.where(usage > 0, usage * np.log2(usage), 0.0), axis=1)  # no -0.0
-    fig = _figure(figsize or (max(4.0, 0.35 * num_codewords + 2.5), max(2.5, 0.3 * num_subspaces + 1.5)))
+    fig = _figure(
+        figsize or (max(4.0, 0.35 * num_codewords + 2.5), max(2.5, 0.3 * num_subspaces + 1.5))
+    )
     ax = fig.subplots()
     image = ax.imshow(usage, cmap="viridis", vmin=0.0, aspect="auto", interpolation="nearest")
     ax.set_xlabel("codeword k")
@@ -257,11 +341,23 @@ def tsne_embedding(features, seed=0, perplexity=30.0):
     if features.ndim != 2 or len(features) < 5:
         raise ValueError(f"features must be (N, D) with N >= 5. Received shape: {features.shape}")
     perplexity = min(float(perplexity), (len(features) - 1) / 3.0)
-    return TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(features)
+    return TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(
+        features
+    )
 
 
-def plot_tsne(features, labels, path=None, class_names=None, seed=0, max_points=3000, title="t-SNE of features",
-              figsize=(6.0, 5.5), dpi=100, embedding=None):
+def plot_tsne(
+    features,
+    labels,
+    path=None,
+    class_names=None,
+    seed=0,
+    max_points=3000,
+    title="t-SNE of features",
+    figsize=(6.0, 5.5),
+    dpi=100,
+    embedding=None,
+):
     """Database features embedded in 2-D by t-SNE, one colour per class (as in the original README).
 
     Args:
@@ -285,7 +381,9 @@ def plot_tsne(features, labels, path=None, class_names=None, seed=0, max_points=
     keep = np.arange(len(labels))
     if len(keep) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(len(labels), max_points, replace=False))
-    points = tsne_embedding(features[keep], seed) if embedding is None else np.asarray(embedding)[keep]
+    points = (
+        tsne_embedding(features[keep], seed) if embedding is None else np.asarray(embedding)[keep]
+    )
     fig = _figure(figsize)
     ax = fig.subplots()
     cmap = _colormap("tab10" if labels.max() < 10 else "tab20")
@@ -329,8 +427,10 @@ def plot_precision_recall(curves, path=None, title="Precision-recall", figsize=(
             precision, recall = curve
         precision, recall = np.asarray(precision, float), np.asarray(recall, float)
         if precision.shape != recall.shape or precision.ndim != 1:
-            raise ValueError(f"curve {name!r}: precision and recall must be 1-D of equal length. "
-                             f"Received shapes {precision.shape} and {recall.shape}")
+            raise ValueError(
+                f"curve {name!r}: precision and recall must be 1-D of equal length. "
+                f"Received shapes {precision.shape} and {recall.shape}"
+            )
         ax.plot(recall, precision, label=str(name))
     ax.set_xlabel("Recall")
     ax.set_ylabel("Precision")

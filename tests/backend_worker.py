@@ -23,7 +23,9 @@ def describe(model, batch):
     losses, grads = model.loss_and_gradients(data)
     out = {f"loss/{name}": np.float64(value) for name, value in losses.items()}
     out.update({f"grad/{v.path}": g for v, g in zip(model.trainable_variables, grads)})
-    out.update({f"state/{v.path}": keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables})
+    out.update(
+        {f"state/{v.path}": keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables}
+    )
     out["features"] = features
     return out
 

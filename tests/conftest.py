@@ -17,8 +17,9 @@ if BACKEND == "tensorflow":
 
     # Two logical CPU devices (before TensorFlow's runtime starts), so the tf.distribute tests run two
     # replicas on this machine; everything else runs on the first, as without the split.
-    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                               [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
 
 from gpq_keras.config import GPQConfig  # noqa: E402
 
@@ -40,7 +41,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def tiny_config():
     """A small GPQ (M=3, K=4, d=4, narrow VGG on 16x16 images) so tests stay fast."""
-    return GPQConfig(num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5, image_shape=(16, 16, 3), filters=(4, 8, 8, 8))
+    return GPQConfig(
+        num_subspaces=3,
+        num_codewords=4,
+        subspace_dim=4,
+        num_classes=5,
+        image_shape=(16, 16, 3),
+        filters=(4, 8, 8, 8),
+    )
 
 
 @pytest.fixture(autouse=True)

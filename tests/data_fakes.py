@@ -8,7 +8,18 @@ import tarfile
 
 import numpy as np
 
-CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CLASS_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 class Py2Pickler(pickle._Pickler):
@@ -66,10 +77,23 @@ def write_cifar_folder(directory, images, labels, py2_files=("data_batch_1", "ba
             f.write(data)
 
     for name, index in zip(names, parts):
-        dump(name, {b"batch_label": f"{name} of 6".encode(), b"labels": [int(v) for v in labels[index]],
-                    b"data": to_rows(images[index]), b"filenames": [b"img%d.png" % i for i in index]})
-    dump("batches.meta", {b"label_names": [n.encode() for n in CLASS_NAMES],
-                          b"num_cases_per_batch": len(parts[0]), b"num_vis": 3072})
+        dump(
+            name,
+            {
+                b"batch_label": f"{name} of 6".encode(),
+                b"labels": [int(v) for v in labels[index]],
+                b"data": to_rows(images[index]),
+                b"filenames": [b"img%d.png" % i for i in index],
+            },
+        )
+    dump(
+        "batches.meta",
+        {
+            b"label_names": [n.encode() for n in CLASS_NAMES],
+            b"num_cases_per_batch": len(parts[0]),
+            b"num_vis": 3072,
+        },
+    )
     return directory
 
 
@@ -79,13 +103,16 @@ def write_cifar_binary_archive(path, images, labels):
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tarfile.open(path, "w:gz") as tar:
+
         def add(name, data):
             info = tarfile.TarInfo("cifar-10-batches-bin/" + name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
         for name, index in zip(names, parts):
-            records = np.concatenate([labels[index].astype(np.uint8)[:, None], to_rows(images[index])], 1)
+            records = np.concatenate(
+                [labels[index].astype(np.uint8)[:, None], to_rows(images[index])], 1
+            )
             add(name, records.tobytes())
         add("batches.meta.txt", ("\n".join(CLASS_NAMES) + "\n\n").encode())
     return path

@@ -5,7 +5,9 @@ import numpy as np
 
 def intra_norm(x, m):
     parts = np.split(np.asarray(x, np.float64), m, axis=1)
-    return np.concatenate([p / np.sqrt(np.maximum((p ** 2).sum(1, keepdims=True), 1e-12)) for p in parts], 1)
+    return np.concatenate(
+        [p / np.sqrt(np.maximum((p**2).sum(1, keepdims=True), 1e-12)) for p in parts], 1
+    )
 
 
 def softmax(x, axis=-1):
@@ -15,7 +17,10 @@ def softmax(x, axis=-1):
 
 def soft_assignment(codebook, x, m, alpha):
     """SA(Z, x) with a Python loop over sub-spaces."""
-    xs, zs = np.split(np.asarray(x, np.float64), m, 1), np.split(np.asarray(codebook, np.float64), m, 1)
+    xs, zs = (
+        np.split(np.asarray(x, np.float64), m, 1),
+        np.split(np.asarray(codebook, np.float64), m, 1),
+    )
     out = []
     for xm, zm in zip(xs, zs):
         weights = softmax(-alpha * (1.0 - xm @ zm.T), axis=1)
@@ -24,12 +29,15 @@ def soft_assignment(codebook, x, m, alpha):
 
 
 def classifier_logits(f, prototypes, m, beta):
-    fs, ps = np.split(beta * np.asarray(f, np.float64), m, 1), np.split(beta * np.asarray(prototypes, np.float64), m, 1)
+    fs, ps = (
+        np.split(beta * np.asarray(f, np.float64), m, 1),
+        np.split(beta * np.asarray(prototypes, np.float64), m, 1),
+    )
     return np.mean([fm @ pm.T for fm, pm in zip(fs, ps)], axis=0)
 
 
 def l2n(x):
-    return x / np.sqrt(np.maximum((x ** 2).sum(1, keepdims=True), 1e-12))
+    return x / np.sqrt(np.maximum((x**2).sum(1, keepdims=True), 1e-12))
 
 
 def cross_entropy(targets, logits):
@@ -42,7 +50,7 @@ def npq_loss(y, f, q, m, reg=0.002):
     y, f, q = (np.asarray(a, np.float64) for a in (y, f, q))
     s = y @ y.T
     s = s / np.maximum(s.sum(1, keepdims=True), 1e-12)
-    l2 = 0.25 * reg * ((f ** 2).sum(1).mean() + (q ** 2).sum(1).mean())
+    l2 = 0.25 * reg * ((f**2).sum(1).mean() + (q**2).sum(1).mean())
     return cross_entropy(s, m * l2n(f) @ l2n(q).T) + l2
 
 

@@ -10,7 +10,6 @@ Python definitions of a stable ranking and of relevance.
 """
 
 import numpy as np
-
 from numpy_reference import intra_norm
 
 
@@ -78,8 +77,8 @@ def stable_top_k(distances, k):
     dist = np.full((len(distances), k), np.inf)
     for q, row in enumerate(distances):
         order = sorted(range(len(row)), key=lambda j: (row[j], j))[:k]
-        ids[q, :len(order)] = order
-        dist[q, :len(order)] = row[order]
+        ids[q, : len(order)] = order
+        dist[q, : len(order)] = row[order]
     return dist, ids
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from test_case import run_backbone_test, run_model_saving_test, run_precision_test
 
 from gpq_keras import VGGBackbone
-from test_case import run_backbone_test, run_model_saving_test, run_precision_test
 
 pytestmark = pytest.mark.backends
 
@@ -42,7 +42,10 @@ def test_backbone_layer_names_head_and_batch_norm():
     backbone = VGGBackbone(**INIT_KWARGS)
     names = [layer.name for layer in backbone.layers if layer.weights]
     assert names[:3] == ["conv0", "batch0", "conv0_1"] and names[-1] == "feature_vector"
-    assert backbone.get_layer("feature_vector").kernel.shape == (8 + 8, 12)  # [GAP(stage 3), GAP(stage 2)]
+    assert backbone.get_layer("feature_vector").kernel.shape == (
+        8 + 8,
+        12,
+    )  # [GAP(stage 3), GAP(stage 2)]
     bn = backbone.get_layer("batch0")
     assert (bn.momentum, bn.epsilon) == (0.9, 1e-3)
 

@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
+import backend_worker
 import numpy as np
 import pytest
 
-import backend_worker
 from gpq_keras import GPQ, GPQConfig, cli
 from gpq_keras.data import digits
 from gpq_keras.model import load_gpq, save_atomic
@@ -18,8 +18,22 @@ from gpq_keras.model import load_gpq, save_atomic
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LOSSES = ("loss", "npq_loss", "cls_loss", "entropy_loss")
-TRAIN = ["--epochs", "2", "--batch-size", "20", "--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8",
-         "--eval-every", "1", "--seed", "3"]
+TRAIN = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "20",
+    "--n-book",
+    "3",
+    "--n-word",
+    "4",
+    "--filters",
+    "4,8,8,8",
+    "--eval-every",
+    "1",
+    "--seed",
+    "3",
+]
 
 pytestmark = pytest.mark.large
 
@@ -32,12 +46,24 @@ def python(args, tmp_path, backend="jax", block_tensorflow=False, timeout=900):
         for name in ("tensorflow", "tensorflow_datasets"):
             package = tmp_path / "blocked" / name
             package.mkdir(parents=True, exist_ok=True)
-            (package / "__init__.py").write_text(f"raise ImportError('{name} is not installed (blocked)')\n")
+            (package / "__init__.py").write_text(
+                f"raise ImportError('{name} is not installed (blocked)')\n"
+            )
         paths.insert(0, str(tmp_path / "blocked"))
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, *map(str, args)], env=env, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=timeout)
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
+    )
+    result = subprocess.run(
+        [sys.executable, *map(str, args)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 
@@ -49,36 +75,58 @@ def tiny_npz(tmp_path_factory):
     pick = np.random.default_rng(0).permutation(len(images))[:140]
     x, y = images[pick], labels[pick]
     path = tmp_path_factory.mktemp("backends") / "tiny.npz"
-    np.savez(path, x_query=x[:20], y_query=y[:20], x_db=x[20:80], y_db=y[20:80], x_labeled=x[80:], y_labeled=y[80:])
+    np.savez(
+        path,
+        x_query=x[:20],
+        y_query=y[:20],
+        x_db=x[20:80],
+        y_db=y[20:80],
+        x_labeled=x[80:],
+        y_labeled=y[80:],
+    )
     return path
 
 
 def relative_error(a, b):
     """||a - b|| / ||a||."""
-    return float(np.linalg.norm(np.ravel(a) - np.ravel(b)) / max(np.linalg.norm(np.ravel(a)), 1e-30))
+    return float(
+        np.linalg.norm(np.ravel(a) - np.ravel(b)) / max(np.linalg.norm(np.ravel(a)), 1e-30)
+    )
 
 
-def test_the_same_weights_and_batch_give_the_same_losses_and_gradients_on_tensorflow_and_jax(tmp_path, tiny_config):
+def test_the_same_weights_and_batch_give_the_same_losses_and_gradients_on_tensorflow_and_jax(
+    tmp_path, tiny_config
+):
     """A model saved on TensorFlow loads on JAX; there `loss_and_gradients` (the objective and the gradient
     `train_step` applies) and the moving statistics a step leaves equal TensorFlow's to 1e-5, and the
     features too. A model saved on JAX loads on TensorFlow with the features it had there."""
     model = GPQ(tiny_config)
     save_atomic(model, tmp_path / "tf.keras")
     rng = np.random.default_rng(0)
-    batch = {"x_l": rng.uniform(0, 255, (8, 16, 16, 3)).astype(np.float32),
-             "x_u": rng.uniform(0, 255, (8, 16, 16, 3)).astype(np.float32), "y": np.arange(8) % 5}
+    batch = {
+        "x_l": rng.uniform(0, 255, (8, 16, 16, 3)).astype(np.float32),
+        "x_u": rng.uniform(0, 255, (8, 16, 16, 3)).astype(np.float32),
+        "y": np.arange(8) % 5,
+    }
     np.savez(tmp_path / "batch.npz", **batch)
-    python([os.path.join(HERE, "backend_worker.py"), "tf.keras", "batch.npz", "jax.npz", "jax.keras"], tmp_path)
+    python(
+        [os.path.join(HERE, "backend_worker.py"), "tf.keras", "batch.npz", "jax.npz", "jax.keras"],
+        tmp_path,
+    )
     on_jax = dict(np.load(tmp_path / "jax.npz"))
     assert str(on_jax["backend"]) == "jax"
     on_tf = backend_worker.describe(model, batch)
     assert set(on_tf) <= set(on_jax)
     for name in LOSSES:
-        assert on_jax[f"loss/{name}"] == pytest.approx(on_tf[f"loss/{name}"], rel=1e-5, abs=1e-6), name
+        assert on_jax[f"loss/{name}"] == pytest.approx(on_tf[f"loss/{name}"], rel=1e-5, abs=1e-6), (
+            name
+        )
     grads = sorted(key for key in on_tf if key.startswith("grad/"))
     assert len(grads) == len(model.trainable_variables)
-    everything = relative_error(np.concatenate([on_tf[k].ravel() for k in grads]),
-                                np.concatenate([on_jax[k].ravel() for k in grads]))
+    everything = relative_error(
+        np.concatenate([on_tf[k].ravel() for k in grads]),
+        np.concatenate([on_jax[k].ravel() for k in grads]),
+    )
     assert everything < 1e-5, everything
     for key in grads:  # each variable's own: float32 sums in other orders, a few times 1e-6
         assert relative_error(on_tf[key], on_jax[key]) < 3e-5, key
@@ -89,9 +137,12 @@ def test_the_same_weights_and_batch_give_the_same_losses_and_gradients_on_tensor
 
     saved_on_jax = load_gpq(tmp_path / "jax.keras")
     assert saved_on_jax.gpq_config == model.gpq_config
-    np.testing.assert_allclose(saved_on_jax.predict(batch["x_l"], verbose=0), on_jax["own_features"], rtol=1e-5,
-                               atol=1e-6)
-    assert relative_error(saved_on_jax.predict(batch["x_l"], verbose=0), on_tf["features"]) > 1e-2  # its own
+    np.testing.assert_allclose(
+        saved_on_jax.predict(batch["x_l"], verbose=0), on_jax["own_features"], rtol=1e-5, atol=1e-6
+    )
+    assert (
+        relative_error(saved_on_jax.predict(batch["x_l"], verbose=0), on_tf["features"]) > 1e-2
+    )  # its own
 
 
 def _log(out):
@@ -117,28 +168,60 @@ print(json.dumps({"tensorflow": sorted(m for m in sys.modules if m.split(".")[0]
 """
 
 
-def test_gpq_on_jax_without_tensorflow_trains_and_evaluates_with_the_numbers_of_tensorflow(tmp_path, tiny_npz):
+def test_gpq_on_jax_without_tensorflow_trains_and_evaluates_with_the_numbers_of_tensorflow(
+    tmp_path, tiny_npz
+):
     """With TensorFlow not installed, `KERAS_BACKEND=jax gpq train` (its NumPy PyDataset input) and
     `gpq evaluate` run without importing TensorFlow; started from the same weights (--init-model) on the same
     batches (`--pipeline numpy` on TensorFlow), they give TensorFlow's numbers: every epoch's losses and
     validation mAP, the trained weights and the evaluated mAP."""
     init = tmp_path / "init.keras"
-    config = GPQConfig(num_subspaces=3, num_codewords=4, num_classes=10, image_shape=(16, 16, 3), filters=(4, 8, 8, 8))
+    config = GPQConfig(
+        num_subspaces=3,
+        num_codewords=4,
+        num_classes=10,
+        image_shape=(16, 16, 3),
+        filters=(4, 8, 8, 8),
+    )
     save_atomic(GPQ(config), init)  # what TRAIN configures
     runs = {}
     for backend in ("tensorflow", "jax"):
         out = tmp_path / backend
-        train = ["train", "--data", f"npz:{tiny_npz}", "--output", str(out), "--init-model", str(init), *TRAIN]
-        evaluate = ["evaluate", "--model", str(out / "model.keras"), "--data", f"npz:{tiny_npz}", "--json",
-                    str(out / "eval.json")]
+        train = [
+            "train",
+            "--data",
+            f"npz:{tiny_npz}",
+            "--output",
+            str(out),
+            "--init-model",
+            str(init),
+            *TRAIN,
+        ]
+        evaluate = [
+            "evaluate",
+            "--model",
+            str(out / "model.keras"),
+            "--data",
+            f"npz:{tiny_npz}",
+            "--json",
+            str(out / "eval.json"),
+        ]
         if backend == "tensorflow":
             assert cli.main([*train, "--pipeline", "numpy"]) == 0 and cli.main(evaluate) == 0
         else:
-            stdout = python(["-c", NO_TENSORFLOW, json.dumps([train, evaluate])], tmp_path, block_tensorflow=True)
+            stdout = python(
+                ["-c", NO_TENSORFLOW, json.dumps([train, evaluate])],
+                tmp_path,
+                block_tensorflow=True,
+            )
             assert json.loads(stdout.splitlines()[-1]) == {"tensorflow": [], "backend": "jax"}
         with open(out / "run.json") as fh:
             record = json.load(fh)
-        assert record["backend"] == backend and record["pipeline"] == "numpy" and record["status"] == "finished"
+        assert (
+            record["backend"] == backend
+            and record["pipeline"] == "numpy"
+            and record["status"] == "finished"
+        )
         with open(out / "eval.json") as fh:
             runs[backend] = (_log(out), json.load(fh), load_gpq(out / "model.keras"))
     assert "tensorflow" not in record["versions"]  # the JAX run's record
@@ -146,9 +229,15 @@ def test_gpq_on_jax_without_tensorflow_trains_and_evaluates_with_the_numbers_of_
     assert len(tf_log) == len(jax_log) == 2
     for tf_row, jax_row in zip(tf_log, jax_log):
         for name in (*LOSSES, "val_mAP", "learning_rate"):
-            assert float(jax_row[name]) == pytest.approx(float(tf_row[name]), rel=1e-4, abs=1e-5), name
-    assert 0.0 < tf_eval["mAP"] <= 1.0 and jax_eval["mAP"] == pytest.approx(tf_eval["mAP"], abs=1e-4)
+            assert float(jax_row[name]) == pytest.approx(float(tf_row[name]), rel=1e-4, abs=1e-5), (
+                name
+            )
+    assert 0.0 < tf_eval["mAP"] <= 1.0 and jax_eval["mAP"] == pytest.approx(
+        tf_eval["mAP"], abs=1e-4
+    )
     start = load_gpq(init).get_weights()
     for a, b in zip(tf_model.get_weights(), jax_model.get_weights()):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
-    assert max(np.abs(a - b).max() for a, b in zip(tf_model.get_weights(), start)) > 1e-3  # they trained
+    assert (
+        max(np.abs(a - b).max() for a, b in zip(tf_model.get_weights(), start)) > 1e-3
+    )  # they trained

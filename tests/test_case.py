@@ -64,7 +64,9 @@ def _run_training_step(model, input_data, output_shape):
         history = model.fit(input_data, target, batch_size=len(input_data), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all(), history.history
     for weight, old in zip(model.trainable_weights, before):
-        assert not np.array_equal(_numpy(weight), old), f"{weight.path} did not change in a training step"
+        assert not np.array_equal(_numpy(weight), old), (
+            f"{weight.path} did not change in a training step"
+        )
 
 
 def _train_layer(layer, input_data, output_shape, call_kwargs):
@@ -79,7 +81,9 @@ def _train_layer(layer, input_data, output_shape, call_kwargs):
     _run_training_step(LayerModel(), input_data, output_shape)
 
 
-def run_precision_test(cls, init_kwargs, input_data, call_kwargs=None, policies=tuple(PRECISION_TOLERANCES)):
+def run_precision_test(
+    cls, init_kwargs, input_data, call_kwargs=None, policies=tuple(PRECISION_TOLERANCES)
+):
     """`cls(**init_kwargs, dtype=policy)` for each mixed policy, with the float32 instance's weights.
 
     Output (eager and symbolic) in the policy's compute dtype, every float weight in its variable dtype
@@ -94,34 +98,59 @@ def run_precision_test(cls, init_kwargs, input_data, call_kwargs=None, policies=
         instance.set_weights(reference.get_weights())
         output = _call(instance, input_data, call_kwargs)
         assert _dtype(output) == policy.compute_dtype, f"{name}: output dtype {_dtype(output)}"
-        symbolic = _call(instance, keras.KerasTensor(input_data.shape, input_data.dtype), call_kwargs)
-        assert _dtype(symbolic) == policy.compute_dtype, f"{name}: symbolic output dtype {_dtype(symbolic)}"
+        symbolic = _call(
+            instance, keras.KerasTensor(input_data.shape, input_data.dtype), call_kwargs
+        )
+        assert _dtype(symbolic) == policy.compute_dtype, (
+            f"{name}: symbolic output dtype {_dtype(symbolic)}"
+        )
         for weight in instance.weights:
             if keras.backend.is_float_dtype(weight.dtype):
-                assert _dtype(weight) == policy.variable_dtype, f"{name}: {weight.path} is {_dtype(weight)}"
+                assert _dtype(weight) == policy.variable_dtype, (
+                    f"{name}: {weight.path} is {_dtype(weight)}"
+                )
         if isinstance(instance, keras.Model):
             for sublayer in instance._flatten_layers(include_self=False):
                 if not isinstance(sublayer, keras.layers.InputLayer):
-                    assert sublayer.dtype_policy.name == name, f"{sublayer.name} runs {sublayer.dtype_policy.name}"
+                    assert sublayer.dtype_policy.name == name, (
+                        f"{sublayer.name} runs {sublayer.dtype_policy.name}"
+                    )
         output = _numpy(output)
         finite = np.isfinite(output)
         assert finite.all(), f"{name}: {np.sum(~finite)} non-finite outputs: {output[~finite]}"
         tolerance = PRECISION_TOLERANCES[name]
-        np.testing.assert_allclose(output, expected, rtol=tolerance,
-                                   atol=tolerance * max(1.0, float(np.abs(expected).max())),
-                                   err_msg=f"{name} differs from float32")
+        np.testing.assert_allclose(
+            output,
+            expected,
+            rtol=tolerance,
+            atol=tolerance * max(1.0, float(np.abs(expected).max())),
+            err_msg=f"{name} differs from float32",
+        )
 
 
-def run_layer_test(cls, init_kwargs, input_data, expected_output_shape, expected_output_data=None,
-                   expected_num_trainable_weights=0, expected_num_non_trainable_weights=0, call_kwargs=None,
-                   run_training_check=True, run_precision_checks=True):
+def run_layer_test(
+    cls,
+    init_kwargs,
+    input_data,
+    expected_output_shape,
+    expected_output_data=None,
+    expected_num_trainable_weights=0,
+    expected_num_non_trainable_weights=0,
+    call_kwargs=None,
+    run_training_check=True,
+    run_precision_checks=True,
+):
     """The standard checks of a layer: serialisation, build, symbolic and eager calls, training, precision."""
     expected_output_shape = tuple(expected_output_shape)
 
     def check_weights(layer):
         assert layer.built
-        assert len(layer.trainable_weights) == expected_num_trainable_weights, layer.trainable_weights
-        assert len(layer.non_trainable_weights) == expected_num_non_trainable_weights, layer.non_trainable_weights
+        assert len(layer.trainable_weights) == expected_num_trainable_weights, (
+            layer.trainable_weights
+        )
+        assert len(layer.non_trainable_weights) == expected_num_non_trainable_weights, (
+            layer.non_trainable_weights
+        )
 
     def check_output(layer, output):
         assert tuple(output.shape) == expected_output_shape, f"output shape {tuple(output.shape)}"
@@ -149,7 +178,9 @@ def run_layer_test(cls, init_kwargs, input_data, expected_output_shape, expected
     # A built layer comes back built and, given the same weights, computes the same output.
     revived = run_serialization_test(layer)
     revived.set_weights(layer.get_weights())
-    np.testing.assert_allclose(_numpy(_call(revived, input_data, call_kwargs)), _numpy(output), rtol=1e-6)
+    np.testing.assert_allclose(
+        _numpy(_call(revived, input_data, call_kwargs)), _numpy(output), rtol=1e-6
+    )
 
     if run_training_check:
         _train_layer(layer, input_data, expected_output_shape, call_kwargs)
@@ -157,12 +188,16 @@ def run_layer_test(cls, init_kwargs, input_data, expected_output_shape, expected
         run_precision_test(cls, init_kwargs, input_data, call_kwargs)
 
 
-def run_backbone_test(cls, init_kwargs, input_data, expected_output_shape, run_precision_checks=True):
+def run_backbone_test(
+    cls, init_kwargs, input_data, expected_output_shape, run_precision_checks=True
+):
     """The standard checks of a functional backbone: serialisation, call, precision, one training step."""
     backbone = cls(**init_kwargs)
     run_serialization_test(backbone)
     output = backbone(input_data)
-    assert tuple(output.shape) == tuple(expected_output_shape), f"output shape {tuple(output.shape)}"
+    assert tuple(output.shape) == tuple(expected_output_shape), (
+        f"output shape {tuple(output.shape)}"
+    )
     assert _dtype(output) == backbone.compute_dtype, f"output dtype {_dtype(output)}"
     if run_precision_checks:
         run_precision_test(cls, init_kwargs, input_data)
@@ -197,4 +232,6 @@ def gradients(fn, variables):
     with tf.GradientTape() as tape:
         tape.watch([v.value for v in variables])
         loss = fn()
-    return [keras.ops.convert_to_numpy(g) for g in tape.gradient(loss, [v.value for v in variables])]
+    return [
+        keras.ops.convert_to_numpy(g) for g in tape.gradient(loss, [v.value for v in variables])
+    ]

@@ -6,10 +6,9 @@ import os
 import re
 
 import numpy as np
+import original_retrieval as original
 import pytest
 import tensorflow as tf
-
-import original_retrieval as original
 from numpy_reference import intra_norm
 
 from gpq_keras import cli
@@ -26,11 +25,37 @@ def workspace(tmp_path_factory):
     small = tf.image.resize(images[pick], (16, 16)).numpy().round().astype(np.uint8)
     y = labels[pick]
     data = root / "tiny.npz"
-    np.savez(data, x_query=small[:20], y_query=y[:20], x_db=small[20:80], y_db=y[20:80],
-             x_labeled=small[80:], y_labeled=y[80:])
+    np.savez(
+        data,
+        x_query=small[:20],
+        y_query=y[:20],
+        x_db=small[20:80],
+        y_db=y[20:80],
+        x_labeled=small[80:],
+        y_labeled=y[80:],
+    )
     out = root / "run"
-    rc = cli.main(["train", "--data", f"npz:{data}", "--output", str(out), "--epochs", "2", "--batch-size", "20",
-                   "--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8", "--save-every", "1"])
+    rc = cli.main(
+        [
+            "train",
+            "--data",
+            f"npz:{data}",
+            "--output",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "20",
+            "--n-book",
+            "3",
+            "--n-word",
+            "4",
+            "--filters",
+            "4,8,8,8",
+            "--save-every",
+            "1",
+        ]
+    )
     assert rc == 0
     return root, f"npz:{data}", out
 
@@ -39,7 +64,11 @@ def workspace(tmp_path_factory):
 def test_train_writes_model_checkpoints_and_log(workspace):
     _, _, out = workspace
     model = load_gpq(out / "model.keras")
-    assert (model.gpq_config.num_subspaces, model.gpq_config.num_codewords, model.gpq_config.filters) == (3, 4, (4, 8, 8, 8))
+    assert (
+        model.gpq_config.num_subspaces,
+        model.gpq_config.num_codewords,
+        model.gpq_config.filters,
+    ) == (3, 4, (4, 8, 8, 8))
     assert model.gpq_config.image_shape == (16, 16, 3) and model.gpq_config.num_classes == 10
     assert sorted(os.listdir(out / "checkpoints")) == ["epoch_001.keras", "epoch_002.keras"]
     with open(out / "log.csv") as fh:
@@ -68,20 +97,41 @@ def _reference_map(model, split_npz, mode):
 def test_evaluate_prints_map_and_writes_json_and_figure(workspace, capsys, mode):
     root, spec, out = workspace
     report, figure = root / f"eval-{mode}.json", root / f"ranked-{mode}.png"
-    rc = cli.main(["evaluate", "--model", str(out / "model.keras"), "--data", spec, "--mode", mode,
-                   "--json", str(report), "--figure", str(figure)])
+    rc = cli.main(
+        [
+            "evaluate",
+            "--model",
+            str(out / "model.keras"),
+            "--data",
+            spec,
+            "--mode",
+            mode,
+            "--json",
+            str(report),
+            "--figure",
+            str(figure),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     result = json.loads(report.read_text())
     assert f"mAP: {result['mAP']:.4f}" in printed
-    assert (result["top_k"], result["bits"], result["n_query"], result["n_database"], result["mode"]) == \
-        (60, 6, 20, 60, mode)
+    assert (
+        result["top_k"],
+        result["bits"],
+        result["n_query"],
+        result["n_database"],
+        result["mode"],
+    ) == (60, 6, 20, 60, mode)
     expected, _ = _reference_map(load_gpq(out / "model.keras"), spec[4:], mode)
     assert result["mAP"] == pytest.approx(expected, abs=1e-6)
     assert figure.stat().st_size > 1000
     # The figure shows the best, the median and the worst query by AP, not only a success.
-    picked = re.search(r"good query (\d+) \(AP ([\d.]+)\), median query (\d+) \(AP ([\d.]+)\), "
-                       r"bad query (\d+) \(AP ([\d.]+)\)", printed)
+    picked = re.search(
+        r"good query (\d+) \(AP ([\d.]+)\), median query (\d+) \(AP ([\d.]+)\), "
+        r"bad query (\d+) \(AP ([\d.]+)\)",
+        printed,
+    )
     assert picked, printed
     good, median, bad = (float(picked.group(i)) for i in (2, 4, 6))
     assert good >= median >= bad and good > bad
@@ -91,8 +141,22 @@ def test_evaluate_prints_map_and_writes_json_and_figure(workspace, capsys, mode)
 def test_encode_writes_codes_matching_the_reference(workspace):
     root, spec, out = workspace
     target = root / "codes.npz"
-    assert cli.main(["encode", "--model", str(out / "model.keras"), "--data", spec, "--output", str(target),
-                     "--mode", "original"]) == 0
+    assert (
+        cli.main(
+            [
+                "encode",
+                "--model",
+                str(out / "model.keras"),
+                "--data",
+                spec,
+                "--output",
+                str(target),
+                "--mode",
+                "original",
+            ]
+        )
+        == 0
+    )
     data = np.load(target)
     assert data["features"].dtype == np.float32 and data["features"].shape == (60, 36)
     assert data["codes"].dtype == np.uint8 and data["codes"].shape == (60, 3)
@@ -106,16 +170,49 @@ def test_index_build_and_search(workspace, capsys):
     root, spec, out = workspace
     index, hits = root / "index.npz", root / "hits.npz"
     model = str(out / "model.keras")
-    assert cli.main(["index", "build", "--model", model, "--data", spec, "--output", str(index)]) == 0
-    assert cli.main(["index", "search", "--model", model, "--index", str(index), "--data", spec, "-k", "5",
-                     "--output", str(hits)]) == 0
+    assert (
+        cli.main(["index", "build", "--model", model, "--data", spec, "--output", str(index)]) == 0
+    )
+    assert (
+        cli.main(
+            [
+                "index",
+                "search",
+                "--model",
+                model,
+                "--index",
+                str(index),
+                "--data",
+                spec,
+                "-k",
+                "5",
+                "--output",
+                str(hits),
+            ]
+        )
+        == 0
+    )
     result = np.load(hits)
     assert result["ids"].shape == (20, 5) and result["distances"].shape == (20, 5)
     assert np.all(np.diff(result["distances"], axis=1) >= 0)
     assert "query 0:" in capsys.readouterr().out
     faiss_path = root / "index.faiss"
-    assert cli.main(["index", "build", "--model", model, "--data", spec, "--output", str(faiss_path),
-                     "--faiss"]) == 0
+    assert (
+        cli.main(
+            [
+                "index",
+                "build",
+                "--model",
+                model,
+                "--data",
+                spec,
+                "--output",
+                str(faiss_path),
+                "--faiss",
+            ]
+        )
+        == 0
+    )
     import faiss
 
     assert faiss.read_index(str(faiss_path)).ntotal == 60
@@ -127,20 +224,38 @@ def test_errors_are_one_line_with_status_2(workspace, capsys, tmp_path):
     cases = [
         (["evaluate", "--model", str(tmp_path / "missing.keras"), "--data", spec], "missing.keras"),
         (["evaluate", "--model", str(out / "model.keras"), "--data", "cifar100:x"], "cifar100"),
-        (["evaluate", "--model", str(out / "model.keras"), "--data", "digits"], "expects (16, 16, 3)"),
-        (["train", "--data", spec, "--output", str(tmp_path / "r"), "--n-word", "6"], "num_codewords"),
-        (["convert", "--checkpoint", str(tmp_path / "nothing.ckpt"), "--output", str(tmp_path / "m.keras")],
-         "nothing.ckpt"),
+        (
+            ["evaluate", "--model", str(out / "model.keras"), "--data", "digits"],
+            "expects (16, 16, 3)",
+        ),
+        (
+            ["train", "--data", spec, "--output", str(tmp_path / "r"), "--n-word", "6"],
+            "num_codewords",
+        ),
+        (
+            [
+                "convert",
+                "--checkpoint",
+                str(tmp_path / "nothing.ckpt"),
+                "--output",
+                str(tmp_path / "m.keras"),
+            ],
+            "nothing.ckpt",
+        ),
     ]
     for argv, needle in cases:
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"gpq {argv[0]}: error:") and needle in err[0], err
+        assert len(err) == 1 and err[0].startswith(f"gpq {argv[0]}: error:") and needle in err[0], (
+            err
+        )
     assert not (tmp_path / "m.keras").exists()
 
 
-@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["encode"], ["convert"], ["index", "build"],
-                                     ["index", "search"]])
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["evaluate"], ["encode"], ["convert"], ["index", "build"], ["index", "search"]],
+)
 def test_every_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(command + ["--help"])
@@ -164,8 +279,11 @@ def test_train_initialises_the_backbone_from_imagenet_mat(workspace, tmp_path, c
         if layer_name == "feature_vector":
             continue  # the original does not initialise the dense layer from the file
         layer = reference.get_layer(layer_name)
-        shapes = {"kernel": layer.kernel.shape, "bias": (layer.filters,)} if layer_name.startswith("conv") else \
-            {"gamma": layer.gamma.shape, "beta": layer.beta.shape}
+        shapes = (
+            {"kernel": layer.kernel.shape, "bias": (layer.filters,)}
+            if layer_name.startswith("conv")
+            else {"gamma": layer.gamma.shape, "beta": layer.beta.shape}
+        )
         for name, shape in shapes.items():
             value = rng.normal(size=shape).astype(np.float32)
             values[f"{scope}/{name}:0"] = value if value.ndim > 1 else value[None]
@@ -175,9 +293,32 @@ def test_train_initialises_the_backbone_from_imagenet_mat(workspace, tmp_path, c
     scipy.io.savemat(mat, values)
     out = tmp_path / "run"
     # A learning rate of 0: one epoch of training leaves the trainable weights as the file gave them.
-    assert cli.main(["train", "--data", spec, "--output", str(out), "--epochs", "1", "--learning-rate", "0",
-                     "--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8", "--imagenet-mat", str(mat),
-                     "--val-per-class", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                spec,
+                "--output",
+                str(out),
+                "--epochs",
+                "1",
+                "--learning-rate",
+                "0",
+                "--n-book",
+                "3",
+                "--n-word",
+                "4",
+                "--filters",
+                "4,8,8,8",
+                "--imagenet-mat",
+                str(mat),
+                "--val-per-class",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert f"backbone initialised from {mat}" in capsys.readouterr().out
     backbone = load_gpq(out / "model.keras").backbone
     for (layer_name, name), value in expected.items():
@@ -189,19 +330,30 @@ def _run_python(code, **env):
     import sys
 
     environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**environment, **env})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**environment, **env},
+    )
 
 
-@pytest.mark.parametrize("argv, status", [
-    (["--help"], 0),
-    (["train", "--help"], 0),
-    (["train", "--data", "digits", "--output", "x", "--epochs", "-1"], 2),
-    (["index", "search", "--model", "m.keras"], 2),
-])
+@pytest.mark.parametrize(
+    "argv, status",
+    [
+        (["--help"], 0),
+        (["train", "--help"], 0),
+        (["train", "--data", "digits", "--output", "x", "--epochs", "-1"], 2),
+        (["index", "search", "--model", "m.keras"], 2),
+    ],
+)
 def test_help_and_argument_errors_do_not_import_tensorflow(argv, status):
-    code = ("import sys\nfrom gpq_keras import cli\ntry:\n    cli.main(%r)\nexcept SystemExit as exc:\n"
-            "    code = exc.code\nprint('status', code, 'tensorflow' in sys.modules, 'keras' in sys.modules)" % argv)
+    code = (
+        "import sys\nfrom gpq_keras import cli\ntry:\n    cli.main(%r)\nexcept SystemExit as exc:\n"
+        "    code = exc.code\nprint('status', code, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+        % argv
+    )
     result = _run_python(code)
     assert f"status {status} False False" in result.stdout, result.stdout + result.stderr
 
@@ -210,8 +362,10 @@ def test_help_and_argument_errors_do_not_import_tensorflow(argv, status):
 def test_a_failing_run_prints_one_line_and_no_tensorflow_logging(tmp_path):
     """TensorFlow is imported (to load a model) but its start-up logging is silenced first."""
     code = "import sys\nfrom gpq_keras import cli\nsys.exit(cli.main(%r))" % (
-        ["evaluate", "--model", str(tmp_path / "absent.keras"), "--data", "digits"])
+        ["evaluate", "--model", str(tmp_path / "absent.keras"), "--data", "digits"]
+    )
     result = _run_python(code)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"gpq evaluate: error: No model file at {tmp_path / 'absent.keras'}"], result.stderr
+        f"gpq evaluate: error: No model file at {tmp_path / 'absent.keras'}"
+    ], result.stderr

@@ -15,8 +15,14 @@ from gpq_keras.config import GPQConfig
 
 pytestmark = pytest.mark.large  # end to end through the CLI (TensorFlow models): in `make test`
 
-CONFIG = GPQConfig(num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5, image_shape=(16, 16, 3),
-                   filters=(4, 8, 8, 8))
+CONFIG = GPQConfig(
+    num_subspaces=3,
+    num_codewords=4,
+    subspace_dim=4,
+    num_classes=5,
+    image_shape=(16, 16, 3),
+    filters=(4, 8, 8, 8),
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,21 +33,44 @@ def files(tmp_path_factory):
     images = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
     labels = np.arange(60) % 5
     data = root / "data.npz"
-    np.savez(data, x_query=images[:10], y_query=labels[:10], x_db=images[10:40], y_db=labels[10:40],
-             x_labeled=images[40:], y_labeled=labels[40:])
+    np.savez(
+        data,
+        x_query=images[:10],
+        y_query=labels[:10],
+        x_db=images[10:40],
+        y_db=labels[10:40],
+        x_labeled=images[40:],
+        y_labeled=labels[40:],
+    )
     for name, seed in (("a", 0), ("b", 1)):
         import keras
 
         keras.utils.set_random_seed(seed)
         GPQ(CONFIG).save(root / f"{name}.keras")
-    assert cli.main(["index", "build", "--model", str(root / "a.keras"), "--data", f"npz:{data}",
-                     "--output", str(root / "index.npz")]) == 0
+    assert (
+        cli.main(
+            [
+                "index",
+                "build",
+                "--model",
+                str(root / "a.keras"),
+                "--data",
+                f"npz:{data}",
+                "--output",
+                str(root / "index.npz"),
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def _digest(folder):
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-            for name in sorted(os.listdir(folder)) if (folder / name).is_file()}
+    return {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in sorted(os.listdir(folder))
+        if (folder / name).is_file()
+    }
 
 
 def _fails_with_one_line(argv, capsys, needle):
@@ -55,8 +84,17 @@ def _fails_with_one_line(argv, capsys, needle):
     return err[0]
 
 
-@pytest.mark.parametrize("case", ["encode over the model", "index over the model", "json over the model",
-                                  "index over the data", "figure over the json", "output linked to the model"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "encode over the model",
+        "index over the model",
+        "json over the model",
+        "index over the data",
+        "figure over the json",
+        "output linked to the model",
+    ],
+)
 def test_an_output_never_replaces_an_input(files, capsys, case):
     model, data, index = files / "a.keras", files / "data.npz", files / "index.npz"
     spec = f"npz:{data}"
@@ -65,32 +103,90 @@ def test_an_output_never_replaces_an_input(files, capsys, case):
         if not link.exists():
             os.symlink(model, link)
     argv, needle = {
-        "encode over the model": (["encode", "--model", str(model), "--data", spec, "--output", str(model)],
-                                  "--output"),
-        "index over the model": (["index", "build", "--model", str(model), "--data", spec, "--output",
-                                  str(model)], "is the input --model"),
-        "json over the model": (["evaluate", "--model", str(model), "--data", spec, "--json", str(model)],
-                                "--json"),
-        "index over the data": (["index", "build", "--model", str(model), "--data", spec, "--output",
-                                 str(data)], "is the input --data"),
-        "figure over the json": (["evaluate", "--model", str(model), "--data", spec, "--json",
-                                  str(files / "r.json"), "--figure", str(files / "r.json")], "are the same file"),
-        "output linked to the model": (["encode", "--model", str(model), "--data", spec, "--output",
-                                        str(files / "link.keras")], "refusing to overwrite an input"),
+        "encode over the model": (
+            ["encode", "--model", str(model), "--data", spec, "--output", str(model)],
+            "--output",
+        ),
+        "index over the model": (
+            ["index", "build", "--model", str(model), "--data", spec, "--output", str(model)],
+            "is the input --model",
+        ),
+        "json over the model": (
+            ["evaluate", "--model", str(model), "--data", spec, "--json", str(model)],
+            "--json",
+        ),
+        "index over the data": (
+            ["index", "build", "--model", str(model), "--data", spec, "--output", str(data)],
+            "is the input --data",
+        ),
+        "figure over the json": (
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--data",
+                spec,
+                "--json",
+                str(files / "r.json"),
+                "--figure",
+                str(files / "r.json"),
+            ],
+            "are the same file",
+        ),
+        "output linked to the model": (
+            [
+                "encode",
+                "--model",
+                str(model),
+                "--data",
+                spec,
+                "--output",
+                str(files / "link.keras"),
+            ],
+            "refusing to overwrite an input",
+        ),
     }[case]
     before = _digest(files)
     _fails_with_one_line(argv, capsys, needle)
     assert _digest(files) == before
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["train", "--data", "digits", "--output", "r", "--n-book", "0"], "--n-book: expected a positive integer"),
-    (["train", "--data", "digits", "--output", "r", "--n-word", "0"], "--n-word: expected a positive integer"),
-    (["train", "--data", "digits", "--output", "r", "--save-every", "-1"], "--save-every: expected an integer >= 0"),
-    (["evaluate", "--model", "m.keras", "--data", "digits", "--top-k", "0"], "--top-k: expected a positive"),
-    (["index", "search", "--model", "m.keras", "--index", "i.npz", "--data", "digits", "-k", "0"],
-     "-k: expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (
+            ["train", "--data", "digits", "--output", "r", "--n-book", "0"],
+            "--n-book: expected a positive integer",
+        ),
+        (
+            ["train", "--data", "digits", "--output", "r", "--n-word", "0"],
+            "--n-word: expected a positive integer",
+        ),
+        (
+            ["train", "--data", "digits", "--output", "r", "--save-every", "-1"],
+            "--save-every: expected an integer >= 0",
+        ),
+        (
+            ["evaluate", "--model", "m.keras", "--data", "digits", "--top-k", "0"],
+            "--top-k: expected a positive",
+        ),
+        (
+            [
+                "index",
+                "search",
+                "--model",
+                "m.keras",
+                "--index",
+                "i.npz",
+                "--data",
+                "digits",
+                "-k",
+                "0",
+            ],
+            "-k: expected a positive integer",
+        ),
+    ],
+)
 def test_out_of_range_numbers_are_refused_at_parse_time(capsys, argv, needle):
     line = _fails_with_one_line(argv, capsys, needle)
     assert line.startswith(f"gpq {argv[0]}")
@@ -98,35 +194,100 @@ def test_out_of_range_numbers_are_refused_at_parse_time(capsys, argv, needle):
 
 def test_a_query_out_of_range_is_refused_before_any_work(files, capsys):
     report = files / "q.json"
-    _fails_with_one_line(["evaluate", "--model", str(files / "a.keras"), "--data", f"npz:{files / 'data.npz'}",
-                          "--json", str(report), "--figure", str(files / "q.png"), "--query", "9999"],
-                         capsys, "--query 9999 is out of range (0..9)")
+    _fails_with_one_line(
+        [
+            "evaluate",
+            "--model",
+            str(files / "a.keras"),
+            "--data",
+            f"npz:{files / 'data.npz'}",
+            "--json",
+            str(report),
+            "--figure",
+            str(files / "q.png"),
+            "--query",
+            "9999",
+        ],
+        capsys,
+        "--query 9999 is out of range (0..9)",
+    )
     assert not report.exists()
 
 
 def test_k_beyond_the_index_and_another_model_are_refused(files, capsys):
     spec, index = f"npz:{files / 'data.npz'}", str(files / "index.npz")
-    _fails_with_one_line(["index", "search", "--model", str(files / "a.keras"), "--index", index, "--data", spec,
-                          "-k", "20000"], capsys, "-k 20000 exceeds the 30 items")
-    _fails_with_one_line(["index", "search", "--model", str(files / "b.keras"), "--index", index, "--data", spec],
-                         capsys, "the index was built with another model")
-    assert cli.main(["index", "search", "--model", str(files / "a.keras"), "--index", index, "--data", spec,
-                     "-k", "30"]) == 0
+    _fails_with_one_line(
+        [
+            "index",
+            "search",
+            "--model",
+            str(files / "a.keras"),
+            "--index",
+            index,
+            "--data",
+            spec,
+            "-k",
+            "20000",
+        ],
+        capsys,
+        "-k 20000 exceeds the 30 items",
+    )
+    _fails_with_one_line(
+        ["index", "search", "--model", str(files / "b.keras"), "--index", index, "--data", spec],
+        capsys,
+        "the index was built with another model",
+    )
+    assert (
+        cli.main(
+            [
+                "index",
+                "search",
+                "--model",
+                str(files / "a.keras"),
+                "--index",
+                index,
+                "--data",
+                spec,
+                "-k",
+                "30",
+            ]
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize("damage", ["truncated npz", "not a .keras", "truncated .keras", "tampered index"])
+@pytest.mark.parametrize(
+    "damage", ["truncated npz", "not a .keras", "truncated .keras", "tampered index"]
+)
 def test_damaged_files_are_one_line(files, tmp_path, capsys, damage):
-    spec, model, index = f"npz:{files / 'data.npz'}", str(files / "a.keras"), str(files / "index.npz")
+    spec, model, index = (
+        f"npz:{files / 'data.npz'}",
+        str(files / "a.keras"),
+        str(files / "index.npz"),
+    )
     if damage == "truncated npz":
         bad = tmp_path / "cut.npz"
         bad.write_bytes((files / "data.npz").read_bytes()[:500])
-        argv, needle = ["encode", "--model", model, "--data", f"npz:{bad}", "--output", str(tmp_path / "o.npz")], \
-            "cut.npz: not a readable .npz"
+        argv, needle = (
+            [
+                "encode",
+                "--model",
+                model,
+                "--data",
+                f"npz:{bad}",
+                "--output",
+                str(tmp_path / "o.npz"),
+            ],
+            "cut.npz: not a readable .npz",
+        )
     elif damage in ("not a .keras", "truncated .keras"):
         bad = tmp_path / "m.keras"
         content = (files / "a.keras").read_bytes()
-        bad.write_bytes(b"hello" if damage == "not a .keras" else content[:len(content) // 2])
-        argv, needle = ["evaluate", "--model", str(bad), "--data", spec], "m.keras: not a loadable GPQ model"
+        bad.write_bytes(b"hello" if damage == "not a .keras" else content[: len(content) // 2])
+        argv, needle = (
+            ["evaluate", "--model", str(bad), "--data", spec],
+            "m.keras: not a loadable GPQ model",
+        )
     else:
         bad = tmp_path / "i.npz"
         with np.load(files / "index.npz") as data:
@@ -134,8 +295,10 @@ def test_damaged_files_are_one_line(files, tmp_path, capsys, damage):
         arrays["ids"] = arrays["ids"].copy()
         arrays["ids"][3] = -1
         np.savez(bad, **arrays)  # the checksum no longer matches
-        argv, needle = ["index", "search", "--model", model, "--index", str(bad), "--data", spec], \
-            "checksum does not match"
+        argv, needle = (
+            ["index", "search", "--model", model, "--index", str(bad), "--data", spec],
+            "checksum does not match",
+        )
     line = _fails_with_one_line(argv, capsys, needle)
     assert "File not found" not in line
 
@@ -146,27 +309,75 @@ def test_a_run_folder_with_a_linked_sub_folder_is_refused(files, tmp_path, capsy
     run = tmp_path / "run"
     run.mkdir()
     os.symlink(outside, run / "logs")
-    _fails_with_one_line(["train", "--data", f"npz:{files / 'data.npz'}", "--output", str(run), "--epochs", "1",
-                          "--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8"], capsys,
-                         "logs is a symbolic link")
+    _fails_with_one_line(
+        [
+            "train",
+            "--data",
+            f"npz:{files / 'data.npz'}",
+            "--output",
+            str(run),
+            "--epochs",
+            "1",
+            "--n-book",
+            "3",
+            "--n-word",
+            "4",
+            "--filters",
+            "4,8,8,8",
+        ],
+        capsys,
+        "logs is a symbolic link",
+    )
     assert os.listdir(outside) == []
 
 
 def test_a_one_class_training_set_is_refused(tmp_path, capsys):
     images = np.zeros((12, 16, 16, 3), np.uint8)
     data = tmp_path / "one.npz"
-    np.savez(data, x_query=images[:2], y_query=np.zeros(2, int), x_db=images[2:6], y_db=np.zeros(4, int),
-             x_labeled=images[6:], y_labeled=np.zeros(6, int))
-    _fails_with_one_line(["train", "--data", f"npz:{data}", "--output", str(tmp_path / "run"), "--epochs", "1",
-                          "--val-per-class", "0"], capsys, "at least 2 classes")
+    np.savez(
+        data,
+        x_query=images[:2],
+        y_query=np.zeros(2, int),
+        x_db=images[2:6],
+        y_db=np.zeros(4, int),
+        x_labeled=images[6:],
+        y_labeled=np.zeros(6, int),
+    )
+    _fails_with_one_line(
+        [
+            "train",
+            "--data",
+            f"npz:{data}",
+            "--output",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--val-per-class",
+            "0",
+        ],
+        capsys,
+        "at least 2 classes",
+    )
 
 
 def test_outputs_get_the_usual_permissions(files, tmp_path):
     old = os.umask(0o022)
     try:
         out = tmp_path / "codes.npz"
-        assert cli.main(["encode", "--model", str(files / "a.keras"), "--data", f"npz:{files / 'data.npz'}",
-                         "--output", str(out)]) == 0
+        assert (
+            cli.main(
+                [
+                    "encode",
+                    "--model",
+                    str(files / "a.keras"),
+                    "--data",
+                    f"npz:{files / 'data.npz'}",
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
@@ -175,8 +386,23 @@ def test_outputs_get_the_usual_permissions(files, tmp_path):
 
 def test_an_init_model_of_another_configuration_is_refused(files, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--data", f"npz:{files / 'data.npz'}", "--output", str(out), "--epochs", "1",
-            "--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8", "--init-model", str(files / "a.keras")]
+    argv = [
+        "train",
+        "--data",
+        f"npz:{files / 'data.npz'}",
+        "--output",
+        str(out),
+        "--epochs",
+        "1",
+        "--n-book",
+        "3",
+        "--n-word",
+        "4",
+        "--filters",
+        "4,8,8,8",
+        "--init-model",
+        str(files / "a.keras"),
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpq train: error: --init-model") and "another configuration" in err

@@ -8,18 +8,29 @@ import os
 import re
 
 import numpy as np
+import original_retrieval as original
 import pytest
 import scipy.io
-
-import original_retrieval as original
 import tf1_reference as ref
+
 from gpq_keras.config import GPQConfig
-from gpq_keras.convert import ConversionError, convert_tf1_checkpoint, infer_config, load_imagenet_mat
+from gpq_keras.convert import (
+    ConversionError,
+    convert_tf1_checkpoint,
+    infer_config,
+    load_imagenet_mat,
+)
 from gpq_keras.model import GPQ, load_gpq, save_atomic
 
 TINY = dict(filters=(4, 8, 8, 8), num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5)
-TINY_CONFIG = GPQConfig(num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5, image_shape=(16, 16, 3),
-                        filters=(4, 8, 8, 8))
+TINY_CONFIG = GPQConfig(
+    num_subspaces=3,
+    num_codewords=4,
+    subspace_dim=4,
+    num_classes=5,
+    image_shape=(16, 16, 3),
+    filters=(4, 8, 8, 8),
+)
 N_QUERY, N_DB = 12, 48
 
 
@@ -40,7 +51,9 @@ def _similarity(labels):
 
 
 def test_converted_model_matches_tf1_features_codes_and_map(tiny):
-    model = convert_tf1_checkpoint(tiny["prefix"], config={"num_subspaces": 3, "image_shape": [16, 16, 3]})
+    model = convert_tf1_checkpoint(
+        tiny["prefix"], config={"num_subspaces": 3, "image_shape": [16, 16, 3]}
+    )
     cfg = model.gpq_config
     assert (cfg.num_subspaces, cfg.num_codewords, cfg.subspace_dim, cfg.num_classes) == (3, 4, 4, 5)
     assert cfg.filters == (4, 8, 8, 8) and cfg.retrieval_mode == "original"
@@ -52,9 +65,12 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
 
     sim = _similarity(tiny["labels"])
     tf1 = tiny["features"]
-    want_map, want_codes, want_dist = original.original_map(tiny["Z"], 3, tf1[N_QUERY:], tf1[:N_QUERY], sim)
-    got_map, got_codes, got_dist = original.original_map(model.codebook, cfg.num_subspaces, features[N_QUERY:],
-                                                    features[:N_QUERY], sim)
+    want_map, want_codes, want_dist = original.original_map(
+        tiny["Z"], 3, tf1[N_QUERY:], tf1[:N_QUERY], sim
+    )
+    got_map, got_codes, got_dist = original.original_map(
+        model.codebook, cfg.num_subspaces, features[N_QUERY:], features[:N_QUERY], sim
+    )
     assert len(np.unique(want_codes)) > 1 and 0.0 < want_map < 1.0  # a test that could fail
     np.testing.assert_array_equal(got_codes, want_codes)
     np.testing.assert_allclose(got_dist, want_dist, atol=1e-5)
@@ -68,15 +84,22 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
     index.add(features[N_QUERY:])
     np.testing.assert_array_equal(index.codes, want_codes)
     np.testing.assert_allclose(index.distances(features[:N_QUERY]), want_dist, atol=1e-5)
-    result = metrics.evaluate_ranking(index.rank(features[:N_QUERY]), labels[:N_QUERY], labels[N_QUERY:])
+    result = metrics.evaluate_ranking(
+        index.rank(features[:N_QUERY]), labels[:N_QUERY], labels[N_QUERY:]
+    )
     assert abs(result["mAP"] - want_map) <= 1e-6
     ranking = np.argsort(got_dist, axis=1, kind="stable")
-    assert abs(metrics.mean_average_precision(ranking, labels[:N_QUERY], labels[N_QUERY:]) - want_map) <= 1e-6
+    assert (
+        abs(metrics.mean_average_precision(ranking, labels[:N_QUERY], labels[N_QUERY:]) - want_map)
+        <= 1e-6
+    )
 
 
 def test_converted_checkpoint_loads_with_sync_batch_norm_too(tiny, tmp_path):
-    model = convert_tf1_checkpoint(tiny["prefix"], config={"num_subspaces": 3, "image_shape": [16, 16, 3],
-                                                          "sync_batch_norm": True})
+    model = convert_tf1_checkpoint(
+        tiny["prefix"],
+        config={"num_subspaces": 3, "image_shape": [16, 16, 3], "sync_batch_norm": True},
+    )
     assert model.gpq_config.sync_batch_norm and model.backbone.get_layer("batch0").synchronized
     np.testing.assert_allclose(model.encode(tiny["pixels"]), tiny["features"], rtol=1e-5, atol=1e-5)
     save_atomic(model, tmp_path / "synced.keras")
@@ -88,21 +111,35 @@ def test_converted_checkpoint_loads_with_sync_batch_norm_too(tiny, tmp_path):
 def test_report_maps_every_weight_once_and_skips_training_leftovers(tiny):
     overrides = {"num_subspaces": 3, "image_shape": [16, 16, 3]}
     # A path to one of the prefix's files works too.
-    model, report = convert_tf1_checkpoint(tiny["prefix"] + ".index", config=overrides, return_report=True)
+    model, report = convert_tf1_checkpoint(
+        tiny["prefix"] + ".index", config=overrides, return_report=True
+    )
     assert report.source == tiny["prefix"]
     assert len(report.mapped) == 64  # every variable of the original's network, once
     folded = [row for row in report.mapped if row[1].endswith("(- conv bias)")]
-    assert len(folded) == 10 and all(row[0].endswith("/bias") and "conv2d" in row[0] for row in folded)
-    assert len({row[1] for row in report.mapped}) == len(model.weights) + 10 == 64  # the convs have no bias
+    assert len(folded) == 10 and all(
+        row[0].endswith("/bias") and "conv2d" in row[0] for row in folded
+    )
+    assert (
+        len({row[1] for row in report.mapped}) == len(model.weights) + 10 == 64
+    )  # the convs have no bias
     reasons = [reason for _, _, reason in report.skipped]
     assert reasons.count("Adam slot") == 2 * 44  # 42 backbone trainables + Z + C, two slots each
     assert reasons.count("zero-debias accumulator") == 20
     assert reasons.count("Adam power accumulator") == 2
     assert len(report.mapped) + len(report.skipped) == len(tiny["values"])
     table = report.table()
-    assert re.search(r"^Fixed_VGG/conv2d_9/kernel +backbone/conv3_2/kernel +\[3, 3, 8, 8\]$", table, re.M)
-    assert re.search(r"^Fixed_VGG/batch2-1/moving_mean +backbone/batch2_1/moving_mean +\[8\]$", table, re.M)
-    assert re.search(r"^Fixed_VGG/conv2d_5/bias +backbone/batch2_1/moving_mean \(- conv bias\) +\[8\]$", table, re.M)
+    assert re.search(
+        r"^Fixed_VGG/conv2d_9/kernel +backbone/conv3_2/kernel +\[3, 3, 8, 8\]$", table, re.M
+    )
+    assert re.search(
+        r"^Fixed_VGG/batch2-1/moving_mean +backbone/batch2_1/moving_mean +\[8\]$", table, re.M
+    )
+    assert re.search(
+        r"^Fixed_VGG/conv2d_5/bias +backbone/batch2_1/moving_mean \(- conv bias\) +\[8\]$",
+        table,
+        re.M,
+    )
     assert "M=3 K=4 d=4" in table
 
 
@@ -113,13 +150,21 @@ def test_full_width_48bit_checkpoint_converts_with_inferred_config(tmp_path):
     out = ref.make_tf1_checkpoint(prefix, images, seed=4)  # the original: 64..512, M=12, K=16, d=12
     model = convert_tf1_checkpoint(prefix)
     cfg = model.gpq_config
-    assert (cfg.num_subspaces, cfg.num_codewords, cfg.subspace_dim, cfg.num_classes, cfg.bits) == (12, 16, 12, 10, 48)
+    assert (cfg.num_subspaces, cfg.num_codewords, cfg.subspace_dim, cfg.num_classes, cfg.bits) == (
+        12,
+        16,
+        12,
+        10,
+        48,
+    )
     assert cfg.filters == (64, 128, 256, 512) and cfg.image_shape == (32, 32, 3)
     assert cfg.retrieval_mode == "original"
     features = model.encode(ref.to_pixels(images))
     np.testing.assert_allclose(features, out["features"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(original.indexing(model.codebook, features, 12),
-                                  original.indexing(out["Z"], out["features"], 12))
+    np.testing.assert_array_equal(
+        original.indexing(model.codebook, features, 12),
+        original.indexing(out["Z"], out["features"], 12),
+    )
 
 
 @pytest.mark.large
@@ -132,7 +177,9 @@ def test_conv_scopes_are_ordered_by_numeric_suffix(tiny, tmp_path):
     prefix = tmp_path / "shifted.ckpt"
     ref.write_checkpoint(prefix, {shift(n): v for n, v in tiny["values"].items()})
     model = convert_tf1_checkpoint(prefix, config=TINY_CONFIG)
-    np.testing.assert_allclose(model.encode(tiny["pixels"][:4]), tiny["features"][:4], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.encode(tiny["pixels"][:4]), tiny["features"][:4], rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.large
@@ -158,9 +205,13 @@ def test_broken_checkpoint_raises_listing_names_and_shapes(tiny, tmp_path, case)
     assert {"missing": exc.missing, "unknown": exc.unexpected, "shape": exc.mismatched}[case]
     assert len(exc.missing) + len(exc.unexpected) + len(exc.mismatched) == 1
     if case == "missing":
-        assert exc.missing == [("Fixed_VGG/conv2d_3/kernel", (3, 3, 8, 8), "backbone/conv1_1/kernel")]
+        assert exc.missing == [
+            ("Fixed_VGG/conv2d_3/kernel", (3, 3, 8, 8), "backbone/conv1_1/kernel")
+        ]
     if case == "shape":
-        assert exc.mismatched == [("Fixed_VGG/batch2-1/gamma", (9,), "backbone/batch2_1/gamma", (8,))]
+        assert exc.mismatched == [
+            ("Fixed_VGG/batch2-1/gamma", (9,), "backbone/batch2_1/gamma", (8,))
+        ]
 
 
 def test_missing_checkpoint_is_a_file_not_found_error(tmp_path):
@@ -189,15 +240,30 @@ def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
     path = tmp_path / "lib" / "gpq.keras"
     save_atomic(model, path)
     assert os.listdir(path.parent) == ["gpq.keras"]
-    np.testing.assert_allclose(load_gpq(path).encode(tiny["pixels"][:4]), tiny["features"][:4],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        load_gpq(path).encode(tiny["pixels"][:4]), tiny["features"][:4], rtol=1e-5, atol=1e-5
+    )
 
     config_json = tmp_path / "config.json"
     # Only what the shapes cannot tell; the rest (and retrieval_mode="original") is inferred.
-    config_json.write_text(__import__("json").dumps({"image_shape": [16, 16, 3], "num_subspaces": 3}))
+    config_json.write_text(
+        __import__("json").dumps({"image_shape": [16, 16, 3], "num_subspaces": 3})
+    )
     output = tmp_path / "converted" / "gpq_cifar10_48bit.keras"
-    assert cli.main(["convert", "--checkpoint", tiny["prefix"], "--output", str(output),
-                     "--config", str(config_json)]) == 0
+    assert (
+        cli.main(
+            [
+                "convert",
+                "--checkpoint",
+                tiny["prefix"],
+                "--output",
+                str(output),
+                "--config",
+                str(config_json),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Fixed_VGG/conv2d_9/kernel" in printed and "backbone/conv3_2/kernel" in printed
     assert load_gpq(output).gpq_config.retrieval_mode == "original"
@@ -206,16 +272,31 @@ def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
     del values["Fixed_VGG/dense/bias"]
     ref.write_checkpoint(tmp_path / "broken.ckpt", values)
     refused = tmp_path / "refused.keras"
-    assert cli.main(["convert", "--checkpoint", str(tmp_path / "broken.ckpt"), "--output", str(refused),
-                     "--config", str(config_json)]) == 2
+    assert (
+        cli.main(
+            [
+                "convert",
+                "--checkpoint",
+                str(tmp_path / "broken.ckpt"),
+                "--output",
+                str(refused),
+                "--config",
+                str(config_json),
+            ]
+        )
+        == 2
+    )
     assert "Fixed_VGG/dense/bias [12]" in capsys.readouterr().err
     assert not refused.exists()
 
 
 def _mat_values(tiny):
     """The trainable Fixed_VGG values except dense, under their TF1 names with ':0', as the original file."""
-    return {f"{name}:0": value for name, value in tiny["values"].items()
-            if re.match(r"^Fixed_VGG/(conv2d(_\d+)?/(kernel|bias)|batch[\d-]+/(beta|gamma))$", name)}
+    return {
+        f"{name}:0": value
+        for name, value in tiny["values"].items()
+        if re.match(r"^Fixed_VGG/(conv2d(_\d+)?/(kernel|bias)|batch[\d-]+/(beta|gamma))$", name)
+    }
 
 
 def test_load_imagenet_mat_initialises_the_backbone(tiny, tmp_path):
@@ -223,7 +304,10 @@ def test_load_imagenet_mat_initialises_the_backbone(tiny, tmp_path):
     assert len(values) == 40
     path = tmp_path / "ImageNet_pretrained.mat"
     scipy.io.savemat(path, {**values, "Fixed_VGG/dense/kernel:0": np.ones((16, 12), np.float32)})
-    assert scipy.io.loadmat(path)["Fixed_VGG/conv2d/bias:0"].shape == (1, 4)  # 1-D comes back (1, N)
+    assert scipy.io.loadmat(path)["Fixed_VGG/conv2d/bias:0"].shape == (
+        1,
+        4,
+    )  # 1-D comes back (1, N)
 
     model = GPQ(config=TINY_CONFIG)
     backbone = model.backbone
@@ -232,13 +316,19 @@ def test_load_imagenet_mat_initialises_the_backbone(tiny, tmp_path):
         report = load_imagenet_mat(model, path)
     assert len(report.loaded) == 40
     assert report.unexpected == [("Fixed_VGG/dense/kernel:0", (16, 12))]
-    for layer, weight, key in [("conv0", "kernel", "Fixed_VGG/conv2d/kernel:0"),
-                               ("batch2_1", "gamma", "Fixed_VGG/batch2-1/gamma:0"),
-                               ("batch0", "beta", "Fixed_VGG/batch0/beta:0")]:
-        np.testing.assert_array_equal(getattr(backbone.get_layer(layer), weight).numpy(), values[key])
+    for layer, weight, key in [
+        ("conv0", "kernel", "Fixed_VGG/conv2d/kernel:0"),
+        ("batch2_1", "gamma", "Fixed_VGG/batch2-1/gamma:0"),
+        ("batch0", "beta", "Fixed_VGG/batch0/beta:0"),
+    ]:
+        np.testing.assert_array_equal(
+            getattr(backbone.get_layer(layer), weight).numpy(), values[key]
+        )
     # The convs have no bias: each is folded into the next batch norm's moving mean (0 before).
-    np.testing.assert_array_equal(backbone.get_layer("batch3_2").moving_mean.numpy(),
-                                  -values["Fixed_VGG/conv2d_9/bias:0"].ravel())
+    np.testing.assert_array_equal(
+        backbone.get_layer("batch3_2").moving_mean.numpy(),
+        -values["Fixed_VGG/conv2d_9/bias:0"].ravel(),
+    )
     np.testing.assert_array_equal(backbone.get_layer("feature_vector").kernel.numpy(), dense_before)
     np.testing.assert_array_equal(backbone.get_layer("batch1").moving_variance.numpy(), np.ones(8))
 
@@ -260,4 +350,6 @@ def test_load_imagenet_mat_reports_missing_and_misshapen_keys(tiny, tmp_path, ca
         load_imagenet_mat(backbone, path)
     first_line = str(info.value).splitlines()[0]
     assert first_line.startswith(f"{path}: cannot load: ") and expected in first_line
-    np.testing.assert_array_equal(backbone.get_layer("conv0").kernel.numpy(), before)  # nothing loaded
+    np.testing.assert_array_equal(
+        backbone.get_layer("conv0").kernel.numpy(), before
+    )  # nothing loaded

@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 import requests
 import scipy.io
+from data_fakes import (
+    CLASS_NAMES,
+    fake_cifar_images,
+    image_ids,
+    py2_pickle_bytes,
+    write_cifar_binary_archive,
+    write_cifar_folder,
+)
 from scipy import sparse
-from data_fakes import (CLASS_NAMES, fake_cifar_images, image_ids, py2_pickle_bytes,
-                             write_cifar_binary_archive, write_cifar_folder)
 
 from gpq_keras.data import cifar10, load_data, protocol_split
 from gpq_keras.data.cifar10 import DataFormatError
@@ -32,7 +38,9 @@ def folder(tmp_path, fake):
 
 def expected_protocol(labels, query_every, labeled_per_class):
     """The protocol by hand: positions in the original order of queries / labeled / unlabeled."""
-    ordered = [i for c in range(10) for i in range(len(labels)) if labels[i] == c]  # stable by class
+    ordered = [
+        i for c in range(10) for i in range(len(labels)) if labels[i] == c
+    ]  # stable by class
     queries = ordered[::query_every]
     rest = [i for k, i in enumerate(ordered) if k % query_every]
     seen, labeled, unlabeled = {}, [], []
@@ -55,14 +63,20 @@ def test_read_folder_gives_images_labels_names_in_original_order(folder, fake):
 
 
 def test_both_pickle_dialects_load_to_the_same_batch(tmp_path, fake):
-    batch = {b"data": np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072), b"labels": [3, 7],
-             b"batch_label": b"x", b"filenames": [b"a.png", b"b.png"]}
+    batch = {
+        b"data": np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072),
+        b"labels": [3, 7],
+        b"batch_label": b"x",
+        b"filenames": [b"a.png", b"b.png"],
+    }
     for name, data in (("py2", py2_pickle_bytes(batch)), ("py3", pickle.dumps(batch, protocol=2))):
         assert (b"numpy.core.multiarray" in data) == (name == "py2")
         (tmp_path / name).write_bytes(data)
         images, labels = cifar10.read_batch(tmp_path / name)
         assert images.shape == (2, 32, 32, 3) and labels.tolist() == [3, 7]
-        assert images[0, 0, 1, 0] == 1 and images[0, 0, 0, 1] == 1024 % 256  # red (0,1); green plane
+        assert (
+            images[0, 0, 1, 0] == 1 and images[0, 0, 0, 1] == 1024 % 256
+        )  # red (0,1); green plane
 
 
 def test_load_split_follows_the_protocol_on_a_scaled_down_count(folder, fake):
@@ -92,7 +106,9 @@ def test_protocol_counts_at_full_size():
         ids = image_ids(part)
         for c in range(10):
             assert np.all(np.diff(ids[labels[ids] == c]) > 0)
-    all_ids = np.concatenate([image_ids(split.x_query), image_ids(split.x_labeled), image_ids(split.x_db)])
+    all_ids = np.concatenate(
+        [image_ids(split.x_query), image_ids(split.x_labeled), image_ids(split.x_db)]
+    )
     assert sorted(all_ids.tolist()) == list(range(60000))
 
 
@@ -111,11 +127,18 @@ class _Custom:
 @pytest.mark.parametrize("payload", ["reduce", "custom", "set", "tuple", "float"])
 def test_a_pickle_with_any_other_type_is_refused(tmp_path, folder, payload):
     marker = str(tmp_path / "pwned")
-    value = {"reduce": _Evil(marker), "custom": _Custom(), "set": {1, 2}, "tuple": (1, 2),
-             "float": 1.5}[payload]
+    value = {
+        "reduce": _Evil(marker),
+        "custom": _Custom(),
+        "set": {1, 2},
+        "tuple": (1, 2),
+        "float": 1.5,
+    }[payload]
     path = os.path.join(folder, "data_batch_2")
     with open(path, "wb") as f:
-        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"extra": value}, f, protocol=2)
+        pickle.dump(
+            {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"extra": value}, f, protocol=2
+        )
     with pytest.raises(DataFormatError, match="data_batch_2") as info:
         cifar10.read_folder(folder)
     assert "not a CIFAR-10 python batch" in str(info.value)
@@ -174,8 +197,9 @@ def test_similarity_mat_round_trip_and_check(tmp_path, folder, fake):
 def test_similarity_of_multi_hot_labels_is_one_shared_label():
     y_query = np.array([[1, 0, 0], [0, 1, 1]])
     y_db = np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0]])
-    np.testing.assert_array_equal(cifar10.similarity_matrix(y_query, y_db).toarray(),
-                                  [[1, 0, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(
+        cifar10.similarity_matrix(y_query, y_db).toarray(), [[1, 0, 0], [1, 1, 0]]
+    )
 
 
 @pytest.mark.parametrize("multi_hot", [False, True])
@@ -202,6 +226,7 @@ def test_similarity_matrix_is_labels_relevance_as_sparse_float64(multi_hot):
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to resolve a host or open a connection fails the test."""
+
     def refuse(*args, **kwargs):
         pytest.fail(f"must not go online (called with {args})")
 
@@ -214,23 +239,31 @@ def test_tfds_is_offline_by_default_and_fails_fast_without_archive(tmp_path, no_
     import tensorflow_datasets  # noqa: F401  (imported before timing: the import alone takes seconds)
 
     archive = os.path.join(str(tmp_path), "downloads", "manual", "cifar-10-binary.tar.gz")
-    for options in ({}, {"download": False}):  # load_data("tfds:cifar10:DIR") passes no download option
+    for options in (
+        {},
+        {"download": False},
+    ):  # load_data("tfds:cifar10:DIR") passes no download option
         start = time.perf_counter()
         with pytest.raises(FileNotFoundError) as info:
             cifar10.load_split(from_tfds=True, data_dir=str(tmp_path), **options)
         assert time.perf_counter() - start < 20  # no download retries, which back off for minutes
         message = str(info.value)
-        assert message == (f"tfds:cifar10: no prepared data set in {tmp_path} and downloading is off "
-                           f"(download=False); download {cifar10.ARCHIVE_URL} and put it at {archive}")
+        assert message == (
+            f"tfds:cifar10: no prepared data set in {tmp_path} and downloading is off "
+            f"(download=False); download {cifar10.ARCHIVE_URL} and put it at {archive}"
+        )
     with pytest.raises(FileNotFoundError, match="downloading is off"):
         load_data(f"tfds:cifar10:{tmp_path}")
-    with pytest.raises(ValueError, match="download must be True or False; received download='auto'"):
+    with pytest.raises(
+        ValueError, match="download must be True or False; received download='auto'"
+    ):
         cifar10.read_tfds(str(tmp_path), download="auto")
 
 
 def _refused(self, url, **kwargs):
     raise requests.exceptions.ConnectionError(
-        f"HTTPSConnectionPool: Max retries exceeded with url: {url}\n(Caused by NameResolutionError)")
+        f"HTTPSConnectionPool: Max retries exceeded with url: {url}\n(Caused by NameResolutionError)"
+    )
 
 
 def _not_found(self, url, **kwargs):
@@ -239,14 +272,24 @@ def _not_found(self, url, **kwargs):
     return response
 
 
-@pytest.mark.parametrize("get, reason", [
-    (_refused, r"ConnectionError: HTTPSConnectionPool: Max retries exceeded with url: "
-               r"https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz \(Caused by NameResolutionError\)"),
-    (_not_found, r"DownloadError: Failed to get url https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz. "
-                 r"HTTP code: 404."),
-])
-def test_tfds_download_failure_is_the_same_one_line_message_with_the_reason(tmp_path, monkeypatch, get,
-                                                                           reason):
+@pytest.mark.parametrize(
+    "get, reason",
+    [
+        (
+            _refused,
+            r"ConnectionError: HTTPSConnectionPool: Max retries exceeded with url: "
+            r"https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz \(Caused by NameResolutionError\)",
+        ),
+        (
+            _not_found,
+            r"DownloadError: Failed to get url https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz. "
+            r"HTTP code: 404.",
+        ),
+    ],
+)
+def test_tfds_download_failure_is_the_same_one_line_message_with_the_reason(
+    tmp_path, monkeypatch, get, reason
+):
     # tfds' own download (requests, through its thread pool and retries) fails at the first request.
     monkeypatch.setattr(requests.Session, "get", get)
     archive = os.path.join(str(tmp_path), "downloads", "manual", "cifar-10-binary.tar.gz")
@@ -256,7 +299,9 @@ def test_tfds_download_failure_is_the_same_one_line_message_with_the_reason(tmp_
     assert time.perf_counter() - start < 30
     message = str(info.value)
     assert type(info.value) is FileNotFoundError and "\n" not in message
-    assert message.startswith(f"tfds:cifar10: no prepared data set in {tmp_path} and the download failed (")
+    assert message.startswith(
+        f"tfds:cifar10: no prepared data set in {tmp_path} and the download failed ("
+    )
     assert re.search(reason, message), message
     assert message.endswith(f"); download {cifar10.ARCHIVE_URL} and put it at {archive}")
     assert info.value.__cause__ is None and info.value.__suppress_context__
@@ -267,34 +312,51 @@ def test_tfds_load_path_with_mock_data(tmp_path):
 
     manual = tmp_path / "downloads" / "manual"
     manual.mkdir(parents=True)
-    (manual / "cifar-10-binary.tar.gz").write_bytes(b"")  # present, so no fail-fast; prepare is mocked
+    (manual / "cifar-10-binary.tar.gz").write_bytes(
+        b""
+    )  # present, so no fail-fast; prepare is mocked
     with tfds.testing.mock_data(num_examples=60):
-        split = cifar10.load_split(from_tfds=True, data_dir=str(tmp_path), query_every=6,
-                                   labeled_per_class=2)
+        split = cifar10.load_split(
+            from_tfds=True, data_dir=str(tmp_path), query_every=6, labeled_per_class=2
+        )
         # mock_data gives the same 60 examples for train and test
-        reference = next(iter(tfds.load("cifar10", split="train", data_dir=str(tmp_path), batch_size=60)))
-    assert len(split.x_query) == 20 and len(split.x_query) + len(split.x_labeled) + len(split.x_db) == 120
+        reference = next(
+            iter(tfds.load("cifar10", split="train", data_dir=str(tmp_path), batch_size=60))
+        )
+    assert (
+        len(split.x_query) == 20
+        and len(split.x_query) + len(split.x_labeled) + len(split.x_db) == 120
+    )
     assert split.x_db.dtype == np.uint8 and split.x_db.shape[1:] == (32, 32, 3)
     assert split.y_db.dtype == np.int64 and split.num_classes == 10
     labels = np.asarray(reference["label"])
-    np.testing.assert_array_equal(np.sort(np.concatenate([split.y_query, split.y_labeled, split.y_db])),
-                                  np.sort(np.concatenate([labels, labels])))
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([split.y_query, split.y_labeled, split.y_db])),
+        np.sort(np.concatenate([labels, labels])),
+    )
 
 
 def test_tfds_prepares_offline_from_a_manual_archive(tmp_path, fake, monkeypatch, no_network):
     from tensorflow_datasets.core.download import download_manager
 
-    archive = write_cifar_binary_archive(str(tmp_path / "downloads" / "manual" / "cifar-10-binary.tar.gz"),
-                                         *fake)
+    archive = write_cifar_binary_archive(
+        str(tmp_path / "downloads" / "manual" / "cifar-10-binary.tar.gz"), *fake
+    )
     # Our fake is not the official archive: tfds' checksum check refuses it, with a clear message ...
     with pytest.raises(DataFormatError, match="not the official CIFAR-10 archive"):
         cifar10.load_split(from_tfds=True, data_dir=str(tmp_path))
     # ... and with the check out of the way, tfds prepares it offline, and the split equals the folder's.
-    monkeypatch.setattr(download_manager.DownloadManager, "_register_or_validate_checksums",
-                        lambda self, url, url_info, path: None)
-    split = cifar10.load_split(from_tfds=True, data_dir=str(tmp_path), query_every=6, labeled_per_class=5)
-    reference = cifar10.load_split(write_cifar_folder(str(tmp_path / "folder"), *fake), query_every=6,
-                                   labeled_per_class=5)
+    monkeypatch.setattr(
+        download_manager.DownloadManager,
+        "_register_or_validate_checksums",
+        lambda self, url, url_info, path: None,
+    )
+    split = cifar10.load_split(
+        from_tfds=True, data_dir=str(tmp_path), query_every=6, labeled_per_class=5
+    )
+    reference = cifar10.load_split(
+        write_cifar_folder(str(tmp_path / "folder"), *fake), query_every=6, labeled_per_class=5
+    )
     for part in ("x_query", "y_query", "x_labeled", "y_labeled", "x_db", "y_db"):
         np.testing.assert_array_equal(getattr(split, part), getattr(reference, part))
     assert split.class_names == tuple(CLASS_NAMES)

@@ -15,8 +15,10 @@ CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 
 def test_raw_file_is_the_1797_digits_unchanged():
-    with resources.files("gpq_keras.data").joinpath("digits.npz").open("rb") as f, \
-            np.load(f, allow_pickle=False) as data:
+    with (
+        resources.files("gpq_keras.data").joinpath("digits.npz").open("rb") as f,
+        np.load(f, allow_pickle=False) as data,
+    ):
         assert sorted(data.files) == ["images", "labels"]
     images, labels = digits.load_raw()
     assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
@@ -28,15 +30,26 @@ def test_raw_file_is_the_1797_digits_unchanged():
 
 
 def test_license_ships_next_to_the_data():
-    text = resources.files("gpq_keras.data").joinpath("DIGITS_LICENSE.txt").read_text(encoding="utf-8")
-    for needle in ("Optical Recognition of Handwritten Digits", "Alpaydin", "Kaynak", "CC BY 4.0",
-                   "BSD 3-Clause", "scikit-learn", "unchanged"):
+    text = (
+        resources.files("gpq_keras.data").joinpath("DIGITS_LICENSE.txt").read_text(encoding="utf-8")
+    )
+    for needle in (
+        "Optical Recognition of Handwritten Digits",
+        "Alpaydin",
+        "Kaynak",
+        "CC BY 4.0",
+        "BSD 3-Clause",
+        "scikit-learn",
+        "unchanged",
+    ):
         assert needle in text
 
 
 def test_load_images_scales_resizes_and_repeats_the_raw_digits():
     raw, raw_labels = digits.load_raw()
-    images, labels = digits.load_images(image_size=8)  # same size: the bilinear resize is the identity
+    images, labels = digits.load_images(
+        image_size=8
+    )  # same size: the bilinear resize is the identity
     assert images.shape == (1797, 8, 8, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
     scaled = np.round(raw * (255 / 16)).astype(np.uint8)
     np.testing.assert_array_equal(images, np.repeat(scaled[..., None], 3, axis=-1))
@@ -55,6 +68,10 @@ def test_the_numpy_resize_is_tensorflows_bilinear_resize(size):
     raw, _ = digits.load_raw()
     scaled = np.round(raw * (255 / 16)).astype(np.uint8)[..., None]
     expected = tf.image.resize(scaled, (size, size), method="bilinear").numpy()
-    np.testing.assert_allclose(digits.resize_bilinear(scaled, (size, size)), expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        digits.resize_bilinear(scaled, (size, size)), expected, rtol=0, atol=1e-4
+    )
     images, _ = digits.load_images(size)
-    np.testing.assert_array_equal(images[..., 0], np.clip(np.round(expected[..., 0]), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        images[..., 0], np.clip(np.round(expected[..., 0]), 0, 255).astype(np.uint8)
+    )

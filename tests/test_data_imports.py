@@ -8,8 +8,15 @@ import pytest
 
 import gpq_keras.data
 
-MODULES = ("gpq_keras.data", "gpq_keras.data.labels", "gpq_keras.data.split", "gpq_keras.data.user",
-           "gpq_keras.data.cifar10", "gpq_keras.data.nuswide", "gpq_keras.data.digits")
+MODULES = (
+    "gpq_keras.data",
+    "gpq_keras.data.labels",
+    "gpq_keras.data.split",
+    "gpq_keras.data.user",
+    "gpq_keras.data.cifar10",
+    "gpq_keras.data.nuswide",
+    "gpq_keras.data.digits",
+)
 PIPELINE_NAMES = ("normalize", "denormalize", "train_dataset", "eval_dataset")
 
 SCRIPT = f"""
@@ -27,7 +34,9 @@ print(json.dumps({{"tensorflow": "tensorflow" in sys.modules, "keras": "keras" i
 
 
 def test_importing_the_data_modules_does_not_import_tensorflow_or_keras():
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert not found["tensorflow"] and not found["keras"] and not found["sklearn"]

@@ -8,8 +8,9 @@ import tensorflow as tf
 
 from gpq_keras.data import load_data, nuswide
 
-COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [200, 100, 50]],
-                   np.uint8)
+COLOURS = np.array(
+    [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [200, 100, 50]], np.uint8
+)
 
 
 def write_image(path, colour, fmt="jpg", shape=(40, 30)):
@@ -53,22 +54,35 @@ def test_load_split_decodes_and_resizes_in_tf_data(nus):
     split = nuswide.load_split(lists, root, image_size=16)
     assert (len(split.x_query), len(split.x_labeled), len(split.x_db)) == (3, 4, 6)
     assert split.x_db.shape == (6, 16, 16, 3) and split.x_db.dtype == np.uint8
-    assert split.x_unlabeled is split.x_db and split.num_classes == 21 and split.y_db.shape == (6, 21)
-    parts = ((split.x_query, "test.txt"), (split.x_labeled, "train.txt"), (split.x_db, "database.txt"))
+    assert (
+        split.x_unlabeled is split.x_db and split.num_classes == 21 and split.y_db.shape == (6, 21)
+    )
+    parts = (
+        (split.x_query, "test.txt"),
+        (split.x_labeled, "train.txt"),
+        (split.x_db, "database.txt"),
+    )
     for x, name in parts:
         colours = COLOURS[[row[0] for row in entries[name]]]
-        np.testing.assert_allclose(x.reshape(len(x), -1, 3).mean(1), colours, atol=3)  # JPEG is lossy
-        np.testing.assert_array_equal(x[1].reshape(-1, 3), np.broadcast_to(colours[1], (256, 3)))  # PNG exact
+        np.testing.assert_allclose(
+            x.reshape(len(x), -1, 3).mean(1), colours, atol=3
+        )  # JPEG is lossy
+        np.testing.assert_array_equal(
+            x[1].reshape(-1, 3), np.broadcast_to(colours[1], (256, 3))
+        )  # PNG exact
     same = load_data(f"nuswide:{lists}:{root}", image_size=8)
     assert same.x_query.shape == (3, 8, 8, 3)
     np.testing.assert_array_equal(same.y_db, split.y_db)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("a.jpg " + " ".join(["1"] * 20), "found 20 labels"),
-    ("a.jpg " + " ".join(["1"] * 20 + ["2"]), "labels must be 0 or 1, found '2'"),
-    ("a.jpg", "found 0 labels"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("a.jpg " + " ".join(["1"] * 20), "found 20 labels"),
+        ("a.jpg " + " ".join(["1"] * 20 + ["2"]), "labels must be 0 or 1, found '2'"),
+        ("a.jpg", "found 0 labels"),
+    ],
+)
 def test_malformed_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "test.txt"
     path.write_text("ok.jpg " + " ".join(["0"] * 21) + "\n\n" + line + "\n")

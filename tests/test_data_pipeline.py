@@ -3,7 +3,6 @@ streams, evaluation input; the two give batches of the same distribution."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from gpq_keras.data import ArrayBatches, Split, eval_dataset, numpy_pipeline, pipeline, train_input
 
@@ -15,7 +14,9 @@ def take(kind, split, count, **options):
     """([(x_l, x_u, y)] of the first `count` batches as NumPy, steps_per_epoch) of pipeline `kind`."""
     dataset, steps = train_input(split, pipeline=kind, **options)
     items = (dataset[i] for i in range(count)) if kind == "numpy" else dataset.take(count)
-    return [(np.asarray(x["labeled"]), np.asarray(x["unlabeled"]), np.asarray(y)) for x, y in items], steps
+    return [
+        (np.asarray(x["labeled"]), np.asarray(x["unlabeled"]), np.asarray(y)) for x, y in items
+    ], steps
 
 
 def augment_numpy(batch, seed, fill):
@@ -34,17 +35,19 @@ def candidates(image, padding, fill=0.0):
         source = image[:, ::-1] if flip else image
         padded = np.empty((h + 2 * padding, w + 2 * padding) + image.shape[2:], image.dtype)
         padded[...] = fill
-        padded[padding:padding + h, padding:padding + w] = source
+        padded[padding : padding + h, padding : padding + w] = source
         for dy in range(2 * padding + 1):
             for dx in range(2 * padding + 1):
-                out[(flip, dy, dx)] = padded[dy:dy + h, dx:dx + w]
+                out[(flip, dy, dx)] = padded[dy : dy + h, dx : dx + w]
     return out
 
 
 def draws(augment, seed, fill=0.0, count=4000):
     """The (flip, dy, dx) of each of `count` augmentations of one image; each output must be exactly one
     flip + crop of the padded image (NumPy reference `candidates`)."""
-    image = np.arange(1, 8 * 8 * 2 + 1, dtype=np.float32).reshape(8, 8, 2)  # every pixel unique, > 0
+    image = np.arange(1, 8 * 8 * 2 + 1, dtype=np.float32).reshape(
+        8, 8, 2
+    )  # every pixel unique, > 0
     batch = np.repeat(image[None], count, axis=0)
     out = augment(batch, seed, fill)
     assert out.shape == batch.shape and out.dtype == np.float32
@@ -55,10 +58,14 @@ def draws(augment, seed, fill=0.0, count=4000):
 
 
 @pytest.mark.parametrize("augment", [augment_tf, augment_numpy])
-@pytest.mark.parametrize("fill", [0.0, (300.5, -2.0)])  # normalised images; a fill per channel (pixels)
+@pytest.mark.parametrize(
+    "fill", [0.0, (300.5, -2.0)]
+)  # normalised images; a fill per channel (pixels)
 def test_augment_batch_is_a_flip_then_a_padded_crop(augment, fill):
     found = draws(augment, [3, 4], fill, count=2000)
-    assert len({tuple(f) for f in found}) == 2 * 9 * 9  # every flip and offset occurs (2000 draws of 162)
+    assert (
+        len({tuple(f) for f in found}) == 2 * 9 * 9
+    )  # every flip and offset occurs (2000 draws of 162)
     assert 0.4 < found[:, 0].mean() < 0.6
     # The same seed gives the same batch, another seed another one.
     batch = np.random.default_rng(0).normal(size=(50, 8, 8, 2)).astype(np.float32)
@@ -78,7 +85,9 @@ def test_numpy_and_tf_augmentations_draw_from_the_same_distribution():
             observed = np.bincount(found[:, column], minlength=values)
             assert stats.chisquare(observed).pvalue > 1e-4, (name, column, observed)
         counts[name] = np.bincount(found[:, 0] * 81 + found[:, 1] * 9 + found[:, 2], minlength=162)
-        assert stats.chisquare(counts[name]).pvalue > 1e-4, name  # the joint: independent and uniform
+        assert stats.chisquare(counts[name]).pvalue > 1e-4, (
+            name
+        )  # the joint: independent and uniform
     table = np.stack([counts["tf"], counts["numpy"]])
     assert stats.chi2_contingency(table).pvalue > 1e-4
 
@@ -90,8 +99,8 @@ def test_augment_shifts_a_known_pattern():
     moves = set()
     for seed in range(40):
         out = pipeline.augment(image, seed=[seed, 0]).numpy()[..., 0]
-        (y, x), = np.argwhere(out == 1.0)  # still exactly one, moved by at most 4
-        (y2, x2), = np.argwhere(out == 2.0)
+        ((y, x),) = np.argwhere(out == 1.0)  # still exactly one, moved by at most 4
+        ((y2, x2),) = np.argwhere(out == 2.0)
         flipped = x2 == x - 1
         assert y2 == y and (flipped or x2 == x + 1)
         dy, dx = y - 10, x - (11 if flipped else 20)  # 11 = 31 - 20: the flipped column
@@ -107,8 +116,14 @@ def split_of_constant_images(num_labeled=40, num_unlabeled=60, size=32):
     x_l = np.broadcast_to(values[:, None, None, None], (num_labeled, size, size, 3)).copy()
     ids_u = (np.arange(num_unlabeled) % 250 + 1).astype(np.uint8)
     x_u = np.broadcast_to(ids_u[:, None, None, None], (num_unlabeled, size, size, 3)).copy()
-    return Split(x_query=x_l[:5], y_query=y[:5], x_db=x_u, y_db=np.zeros(num_unlabeled, np.int64),
-                 x_labeled=x_l, y_labeled=y)
+    return Split(
+        x_query=x_l[:5],
+        y_query=y[:5],
+        x_db=x_u,
+        y_db=np.zeros(num_unlabeled, np.int64),
+        x_labeled=x_l,
+        y_labeled=y,
+    )
 
 
 def pixel_values(batch):
@@ -126,7 +141,9 @@ def test_train_dataset_structure_and_label_alignment(kind):
     assert set(x) == {"labeled", "unlabeled"}
     assert x["labeled"].shape == (8, 32, 32, 3) and x["unlabeled"].shape == (8, 32, 32, 3)
     assert np.asarray(x["labeled"]).dtype == np.float32 and np.asarray(y).dtype == np.int64
-    for x_l, _, y in take(kind, split, 10, batch_size=8, seed=1)[0]:  # augmented, shuffled: labels still
+    for x_l, _, y in take(kind, split, 10, batch_size=8, seed=1)[
+        0
+    ]:  # augmented, shuffled: labels still
         np.testing.assert_array_equal(pixel_values(x_l), y * 10 + 1)  # belong to their images
 
 
@@ -149,8 +166,10 @@ def test_padding_is_zero_after_normalisation(normalized, kind):
             rows, cols = np.flatnonzero(border.all(1)), np.flatnonzero(border.all(0))
             for edge in (rows, cols):  # whole rows/columns at one edge, at most 4 wide
                 assert len(edge) <= 4
-                assert len(edge) == 0 or edge.tolist() in (list(range(len(edge))),
-                                                           list(range(32 - len(edge), 32)))
+                assert len(edge) == 0 or edge.tolist() in (
+                    list(range(len(edge))),
+                    list(range(32 - len(edge), 32)),
+                )
             assert border.sum() == 32 * (len(rows) + len(cols)) - len(rows) * len(cols)
             padded += border.any()
     assert padded > 80  # 100 images, each padded unless its offset is (4, 4)
@@ -176,7 +195,7 @@ def test_seed_makes_the_stream_reproducible(kind):
     split = split_of_constant_images()
 
     def first(seed):
-        (x_l, x_u, y), = take(kind, split, 1, batch_size=8, seed=seed)[0]
+        ((x_l, x_u, y),) = take(kind, split, 1, batch_size=8, seed=seed)[0]
         return np.concatenate([x_l.ravel(), x_u.ravel(), y])
 
     np.testing.assert_array_equal(first(7), first(7))
@@ -188,11 +207,16 @@ def test_batch_size_is_capped_and_multi_hot_labels_pass(kind):
     split = split_of_constant_images(num_labeled=12, num_unlabeled=30)
     split.y_labeled = np.eye(21, dtype=np.uint8)[np.arange(12)]
     split.num_classes = 21
-    (x_l, x_u, y), = (batches := take(kind, split, 1, batch_size=500))[0]
-    assert x_l.shape[0] == x_u.shape[0] == 12 and batches[1] == 1 == numpy_pipeline.steps_per_epoch(split, 500)
+    ((x_l, x_u, y),) = (batches := take(kind, split, 1, batch_size=500))[0]
+    assert x_l.shape[0] == x_u.shape[0] == 12 and batches[1] == 1 == numpy_pipeline.steps_per_epoch(
+        split, 500
+    )
     assert y.shape == (12, 21) and y.dtype == np.uint8
     with pytest.raises(ValueError, match="no labeled"):
-        train_input(Split(x_query=split.x_db, y_query=split.y_db, x_db=split.x_db, y_db=split.y_db), pipeline=kind)
+        train_input(
+            Split(x_query=split.x_db, y_query=split.y_db, x_db=split.x_db, y_db=split.y_db),
+            pipeline=kind,
+        )
     split.y_labeled = np.full(12, 3)
     split.num_classes = 5
     with pytest.raises(ValueError, match="at least 2 classes"):
@@ -205,9 +229,13 @@ def test_eval_dataset_is_ordered_pixels_without_augmentation():
     assert [len(b) for b in batches] == [10, 10, 5] and batches[0].dtype == np.float32
     np.testing.assert_array_equal(np.concatenate(batches), images.astype(np.float32))
     floats = [b.numpy() for b in eval_dataset(images.astype(np.float64), batch_size=10)]
-    np.testing.assert_array_equal(np.concatenate(floats), images.astype(np.float32))  # no guessing by dtype
+    np.testing.assert_array_equal(
+        np.concatenate(floats), images.astype(np.float32)
+    )  # no guessing by dtype
     # normalized=True: the contract of models saved before the model normalised (uint8 normalised here).
-    legacy = np.concatenate([b.numpy() for b in eval_dataset(images, batch_size=10, normalized=True)])
+    legacy = np.concatenate(
+        [b.numpy() for b in eval_dataset(images, batch_size=10, normalized=True)]
+    )
     np.testing.assert_allclose(legacy, (images.astype(np.float64) - MEAN) / STD, atol=1e-5)
     np.testing.assert_allclose(pipeline.denormalize(legacy), images / 255.0, atol=1e-5)
     # The NumPy version (a PyDataset): the same batches.
@@ -219,13 +247,17 @@ def test_eval_dataset_is_ordered_pixels_without_augmentation():
             np.testing.assert_allclose(ours[i], batch, rtol=1e-6, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("kind", PIPELINES)
 def test_a_batch_never_holds_an_image_twice(kind):
     """43 labeled / 67 unlabeled images at batch 10: passes do not divide evenly, batches never span two."""
     split = split_of_constant_images(num_labeled=43, num_unlabeled=67)
-    split.y_labeled, split.num_classes = np.arange(43), 43  # labeled image i: its label, to identify it
-    split.x_unlabeled = np.broadcast_to(np.arange(1, 68, dtype=np.uint8)[:, None, None, None], (67, 32, 32, 3))
+    split.y_labeled, split.num_classes = (
+        np.arange(43),
+        43,
+    )  # labeled image i: its label, to identify it
+    split.x_unlabeled = np.broadcast_to(
+        np.arange(1, 68, dtype=np.uint8)[:, None, None, None], (67, 32, 32, 3)
+    )
     batches, steps = take(kind, split, 40, batch_size=10, seed=5, augmented=False)
     assert steps == 4
     unlabeled_passes = []
@@ -235,7 +267,7 @@ def test_a_batch_never_holds_an_image_twice(kind):
         assert len(set(ids.tolist())) == 10
         unlabeled_passes.append(set(ids.tolist()))
     for first in range(0, 36, 6):  # 6 batches per unlabeled pass: 60 distinct images, 7 left out
-        assert len(set().union(*unlabeled_passes[first:first + 6])) == 60
+        assert len(set().union(*unlabeled_passes[first : first + 6])) == 60
 
 
 @pytest.mark.parametrize("kind", PIPELINES)
@@ -262,19 +294,36 @@ def test_the_numpy_pipeline_has_the_statistics_of_the_tf_data_one():
         x_u = np.concatenate([b[1] for b in batches])
         y = np.concatenate([b[2] for b in batches])
         fill = np.all(x_u == np.float32(MEAN), axis=-1)
-        stats[kind] = {"steps": steps, "labeled": x_l.mean(0), "unlabeled": x_u.mean(0), "fill": fill.mean(),
-                       "fill_rows": fill.mean((0, 2)), "labels": np.bincount(y, minlength=10) / len(y)}
+        stats[kind] = {
+            "steps": steps,
+            "labeled": x_l.mean(0),
+            "unlabeled": x_u.mean(0),
+            "fill": fill.mean(),
+            "fill_rows": fill.mean((0, 2)),
+            "labels": np.bincount(y, minlength=10) / len(y),
+        }
     a, b = stats["tf.data"], stats["numpy"]
     assert a["steps"] == b["steps"]
-    for key in ("labeled", "unlabeled"):  # 4,000 images a pixel: the means' sampling error is ~1.5 levels
+    for key in (
+        "labeled",
+        "unlabeled",
+    ):  # 4,000 images a pixel: the means' sampling error is ~1.5 levels
         assert np.abs(a[key] - b[key]).mean() < 2.0, key
         assert np.abs(a[key] - b[key]).max() < 12.0, key
     assert a["fill"] == pytest.approx(b["fill"], abs=0.01)
-    np.testing.assert_allclose(a["fill_rows"], b["fill_rows"], atol=0.03)  # the border's shape by row
+    np.testing.assert_allclose(
+        a["fill_rows"], b["fill_rows"], atol=0.03
+    )  # the border's shape by row
     np.testing.assert_allclose(a["labels"], b["labels"], atol=0.03)
-    one_pass = {kind: take(kind, split, 1, batch_size=len(split.x_labeled), augmented=False, seed=1)[0][0][0]
-                for kind in PIPELINES}  # the labeled set (the smaller) in one batch
-    assert sorted(x.tobytes() for x in one_pass["tf.data"]) == sorted(x.tobytes() for x in one_pass["numpy"])
+    one_pass = {
+        kind: take(kind, split, 1, batch_size=len(split.x_labeled), augmented=False, seed=1)[0][0][
+            0
+        ]
+        for kind in PIPELINES
+    }  # the labeled set (the smaller) in one batch
+    assert sorted(x.tobytes() for x in one_pass["tf.data"]) == sorted(
+        x.tobytes() for x in one_pass["numpy"]
+    )
 
 
 def test_the_pipeline_choice_resolves_and_a_bad_one_is_named():
@@ -282,5 +331,7 @@ def test_the_pipeline_choice_resolves_and_a_bad_one_is_named():
 
     assert resolve_pipeline("auto") == "tf.data"  # TensorFlow is installed here
     assert [resolve_pipeline(p) for p in PIPELINES] == PIPELINES
-    with pytest.raises(ValueError, match="Unknown input pipeline 'tfdata'; expected one of auto, tf.data, numpy"):
+    with pytest.raises(
+        ValueError, match="Unknown input pipeline 'tfdata'; expected one of auto, tf.data, numpy"
+    ):
         train_input(split_of_constant_images(), pipeline="tfdata")

@@ -22,8 +22,14 @@ from gpq_keras.config import GPQConfig
 from gpq_keras.distribute import check_global_batch, make_strategy, read_tf_config
 from gpq_keras.model import load_gpq
 
-CONFIG = GPQConfig(num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5, image_shape=(16, 16, 3),
-                   filters=(4, 8, 8, 8))
+CONFIG = GPQConfig(
+    num_subspaces=3,
+    num_codewords=4,
+    subspace_dim=4,
+    num_classes=5,
+    image_shape=(16, 16, 3),
+    filters=(4, 8, 8, 8),
+)
 HALF = 8  # images per replica and stream; the global batch is 2 * HALF
 
 
@@ -35,9 +41,13 @@ def _two_cpus():
 
 def _global_batch():
     rng = np.random.default_rng(0)
-    shift = np.repeat([0.0, 60.0], HALF)[:, None, None, None]  # pixels; the second replica's half is brighter
+    shift = np.repeat([0.0, 60.0], HALF)[
+        :, None, None, None
+    ]  # pixels; the second replica's half is brighter
     labeled = (100.0 + 50.0 * rng.standard_normal((2 * HALF, 16, 16, 3)) + shift).astype("float32")
-    unlabeled = (150.0 + 70.0 * rng.standard_normal((2 * HALF, 16, 16, 3)) - shift).astype("float32")
+    unlabeled = (150.0 + 70.0 * rng.standard_normal((2 * HALF, 16, 16, 3)) - shift).astype(
+        "float32"
+    )
     labels = rng.integers(0, CONFIG.num_classes, 2 * HALF)
     return tf.data.Dataset.from_tensors(({"labeled": labeled, "unlabeled": unlabeled}, labels))
 
@@ -69,7 +79,9 @@ def start_and_one_device():
 @pytest.mark.large  # a traced fit step per strategy (~10 s each)
 def test_one_device_is_unchanged_by_sync_batch_norm(start_and_one_device):
     start, updates, losses = start_and_one_device
-    model, synced = _one_step(tf.distribute.get_strategy(), CONFIG.replace(sync_batch_norm=True), start)
+    model, synced = _one_step(
+        tf.distribute.get_strategy(), CONFIG.replace(sync_batch_norm=True), start
+    )
     assert synced == losses
     for path, update in _updates(model, start).items():
         np.testing.assert_array_equal(update, updates[path], err_msg=path)
@@ -80,14 +92,20 @@ def test_mirrored_step_with_sync_batch_norm_equals_one_device_step(start_and_one
     start, want, losses = start_and_one_device
     model, got = _one_step(_two_cpus(), CONFIG.replace(sync_batch_norm=True), start)
     assert model.distribute_strategy.num_replicas_in_sync == 2
-    for name, value in losses.items():  # the N-pair loss over the global batch, not each replica's half
+    for (
+        name,
+        value,
+    ) in losses.items():  # the N-pair loss over the global batch, not each replica's half
         assert abs(got[name] - value) <= 1e-4 * abs(value), (name, got[name], value)
     checked = 0
     for path, update in _updates(model, start).items():
         if not np.any(want[path]):
             continue
         error = np.linalg.norm(update - want[path]) / np.linalg.norm(want[path])
-        assert error <= 1e-3, (path, error)  # weights, Adam's update and batch-norm moving statistics
+        assert error <= 1e-3, (
+            path,
+            error,
+        )  # weights, Adam's update and batch-norm moving statistics
         checked += 1
     assert checked == len(model.weights)  # every weight moved: none is left out of the comparison
     for layer in ("batch0", "batch3_2"):
@@ -106,20 +124,30 @@ def test_mirrored_step_without_sync_batch_norm_differs_as_stated(start_and_one_d
     updates = _updates(model, start)
     mean, variance = "batch0/moving_mean", "batch0/moving_variance"
     assert np.linalg.norm(updates[mean] - want[mean]) <= 1e-3 * np.linalg.norm(want[mean])
-    assert np.linalg.norm(updates[variance] - want[variance]) > 1e-2 * np.linalg.norm(want[variance])
+    assert np.linalg.norm(updates[variance] - want[variance]) > 1e-2 * np.linalg.norm(
+        want[variance]
+    )
 
 
 def test_global_batch_must_split_evenly_over_the_replicas():
     check_global_batch(10, _two_cpus())
-    with pytest.raises(ValueError, match="the global batch of 9 images does not split evenly over 2 replicas"):
+    with pytest.raises(
+        ValueError, match="the global batch of 9 images does not split evenly over 2 replicas"
+    ):
         check_global_batch(9, _two_cpus())
 
 
-@pytest.mark.parametrize("value, needle", [
-    (None, "TF_CONFIG environment variable, which is not set"),
-    ("{not json", "TF_CONFIG is not a valid cluster description"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "task worker 3 is not in"),
-])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        (None, "TF_CONFIG environment variable, which is not set"),
+        ("{not json", "TF_CONFIG is not a valid cluster description"),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
+            "task worker 3 is not in",
+        ),
+    ],
+)
 def test_multi_worker_needs_a_valid_tf_config(monkeypatch, value, needle):
     if value is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -135,13 +163,32 @@ def _write_data(path, count=200):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8)
     labels = np.arange(count) % 5
-    np.savez(path, x_query=images[:10], y_query=labels[:10], x_db=images[10:100], y_db=labels[10:100],
-             x_labeled=images[100:], y_labeled=labels[100:])
+    np.savez(
+        path,
+        x_query=images[:10],
+        y_query=labels[:10],
+        x_db=images[10:100],
+        y_db=labels[10:100],
+        x_labeled=images[100:],
+        y_labeled=labels[100:],
+    )
     return f"npz:{path}"
 
 
-TRAIN = ["--batch-size", "20", "--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8", "--val-per-class", "2",
-         "--eval-every", "2"]
+TRAIN = [
+    "--batch-size",
+    "20",
+    "--n-book",
+    "3",
+    "--n-word",
+    "4",
+    "--filters",
+    "4,8,8,8",
+    "--val-per-class",
+    "2",
+    "--eval-every",
+    "2",
+]
 
 
 def _log(folder):
@@ -157,29 +204,80 @@ def test_cli_mirrored_trains_and_encodes_like_one_device(tmp_path, capsys):
     runs = {}
     for strategy in ("one", "mirrored"):
         out = tmp_path / strategy
-        assert cli.main(["train", "--data", data, "--output", str(out), "--epochs", "2", "--strategy", strategy,
-                         "--sync-batch-norm", *TRAIN]) == 0
+        assert (
+            cli.main(
+                [
+                    "train",
+                    "--data",
+                    data,
+                    "--output",
+                    str(out),
+                    "--epochs",
+                    "2",
+                    "--strategy",
+                    strategy,
+                    "--sync-batch-norm",
+                    *TRAIN,
+                ]
+            )
+            == 0
+        )
         runs[strategy] = out
     record = json.loads((runs["mirrored"] / "run.json").read_text())
     assert record["replicas"] == 2 and record["config"]["sync_batch_norm"] is True
     one, two = _log(runs["one"]), _log(runs["mirrored"])
     for row_one, row_two in zip(one, two):
         for key in ("loss", "npq_loss", "cls_loss", "entropy_loss"):
-            assert abs(float(row_two[key]) - float(row_one[key])) <= 1e-4 * abs(float(row_one[key])), key
+            assert abs(float(row_two[key]) - float(row_one[key])) <= 1e-4 * abs(
+                float(row_one[key])
+            ), key
     assert abs(float(two[-1]["val_mAP"]) - float(one[-1]["val_mAP"])) <= 1e-4
 
     codes = {}
     for strategy in ("one", "mirrored"):
         out = tmp_path / f"codes_{strategy}.npz"
-        assert cli.main(["encode", "--model", str(runs["mirrored"] / "model.keras"), "--data", data,
-                         "--output", str(out), "--strategy", strategy]) == 0
+        assert (
+            cli.main(
+                [
+                    "encode",
+                    "--model",
+                    str(runs["mirrored"] / "model.keras"),
+                    "--data",
+                    data,
+                    "--output",
+                    str(out),
+                    "--strategy",
+                    strategy,
+                ]
+            )
+            == 0
+        )
         codes[strategy] = np.load(out)
-    np.testing.assert_allclose(codes["mirrored"]["features"], codes["one"]["features"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        codes["mirrored"]["features"], codes["one"]["features"], rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_array_equal(codes["mirrored"]["codes"], codes["one"]["codes"])
 
     capsys.readouterr()
-    assert cli.main(["train", "--data", data, "--output", str(tmp_path / "odd"), "--epochs", "1",
-                     "--strategy", "mirrored", *TRAIN[2:], "--batch-size", "9"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                data,
+                "--output",
+                str(tmp_path / "odd"),
+                "--epochs",
+                "1",
+                "--strategy",
+                "mirrored",
+                *TRAIN[2:],
+                "--batch-size",
+                "9",
+            ]
+        )
+        == 2
+    )
     assert "does not split evenly over 2 replicas" in capsys.readouterr().err
 
 
@@ -193,11 +291,30 @@ def _launch_workers(tmp_path, data, epochs):
     cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
     workers = []
     for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        argv = [sys.executable, "-m", "gpq_keras.cli", "train", "--data", data, "--output", str(tmp_path / "run"),
-                "--epochs", str(epochs), "--strategy", "multi-worker", "--backup-every-steps", "1",
-                "--scratch", str(tmp_path / f"scratch{index}"), *TRAIN]
+        env = dict(
+            os.environ,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "gpq_keras.cli",
+            "train",
+            "--data",
+            data,
+            "--output",
+            str(tmp_path / "run"),
+            "--epochs",
+            str(epochs),
+            "--strategy",
+            "multi-worker",
+            "--backup-every-steps",
+            "1",
+            "--scratch",
+            str(tmp_path / f"scratch{index}"),
+            *TRAIN,
+        ]
         log = open(tmp_path / f"worker{index}.log", "a")
         workers.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
     return workers
@@ -219,7 +336,9 @@ def test_multi_worker_run_killed_and_rerun_resumes_and_matches_one_device(tmp_pa
     workers = _launch_workers(tmp_path, data, epochs=4)  # 4 steps an epoch
     deadline = time.time() + 300
     while not (metadata.exists() and json.loads(metadata.read_text())["step"] >= 5):
-        assert time.time() < deadline and workers[0].poll() is None, (tmp_path / "worker0.log").read_text()[-3000:]
+        assert time.time() < deadline and workers[0].poll() is None, (
+            tmp_path / "worker0.log"
+        ).read_text()[-3000:]
         time.sleep(0.2)
     workers[1].send_signal(signal.SIGKILL)  # a machine lost mid-run; the chief then stops too
     assert _wait(workers[0], 120) != 0
@@ -235,14 +354,33 @@ def test_multi_worker_run_killed_and_rerun_resumes_and_matches_one_device(tmp_pa
     # Only the chief wrote the run folder; the other worker wrote the same files to its scratch folder.
     scratch = tmp_path / "scratch1"
     assert sorted(os.listdir(scratch)) == sorted(os.listdir(run))
-    assert record["task"] == "worker 0" and json.loads((scratch / "run.json").read_text())["task"] == "worker 1"
+    assert (
+        record["task"] == "worker 0"
+        and json.loads((scratch / "run.json").read_text())["task"] == "worker 1"
+    )
     chief, other = load_gpq(run / "model.keras"), load_gpq(scratch / "model.keras")
     for a, b in zip(chief.weights, other.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
     # Before the kill, two workers trained as one device on the same global batch.
-    assert cli.main(["train", "--data", data, "--output", str(tmp_path / "one"), "--epochs", "1",
-                     "--strategy", "one", "--sync-batch-norm", *TRAIN]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                data,
+                "--output",
+                str(tmp_path / "one"),
+                "--epochs",
+                "1",
+                "--strategy",
+                "one",
+                "--sync-batch-norm",
+                *TRAIN,
+            ]
+        )
+        == 0
+    )
     want, got = _log(tmp_path / "one")[0], _log(run)[0]
     for key in ("loss", "npq_loss", "cls_loss", "entropy_loss"):
         assert abs(float(got[key]) - float(want[key])) <= 1e-4 * abs(float(want[key])), key

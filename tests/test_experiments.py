@@ -19,15 +19,23 @@ pytestmark = pytest.mark.large  # trains a dozen small models: in `make test`
 
 def _run(args, cwd=ROOT):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def test_quick_experiments_write_results_tables_and_plot(tmp_path):
     out = _run(["benchmarks/experiments.py", "--quick", "--out", str(tmp_path)])
-    assert sorted(os.listdir(tmp_path)) == ["ablation.json", "baselines.json", "bits.json", "labels.json",
-                                            "labels.png", "results.md"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "ablation.json",
+        "baselines.json",
+        "bits.json",
+        "labels.json",
+        "labels.png",
+        "results.md",
+    ]
     plan = experiments.plan(experiments.GROUPS, [5, 50], [12, 48])
     runs = {}
     for group in experiments.GROUPS:
@@ -43,10 +51,15 @@ def test_quick_experiments_write_results_tables_and_plot(tmp_path):
             key = (row["method"], row["labels_per_class"], row["bits"], row["seed"])
             assert runs.setdefault(key, row) == row  # a setting shared by groups is trained once
     # PQ on pixels does not depend on the labels: the same database, the same score.
-    assert runs[(experiments.PIXELS, 5, 48, 0)]["mAP"] == runs[(experiments.PIXELS, 50, 48, 0)]["mAP"]
+    assert (
+        runs[(experiments.PIXELS, 5, 48, 0)]["mAP"] == runs[(experiments.PIXELS, 50, 48, 0)]["mAP"]
+    )
     with open(tmp_path / "results.md") as fh:
         table = fh.read()
-    assert table.count("| method | labels / class | bits |") == 4 and "Command: `python benchmarks/experiments.py" in table
+    assert (
+        table.count("| method | labels / class | bits |") == 4
+        and "Command: `python benchmarks/experiments.py" in table
+    )
     gpq = runs[("GPQ", 50, 48, 0)]["mAP"]
     assert f"| GPQ | 50 | 48 | {gpq:.4f} +- 0.0000 |" in table and table in out
     assert matplotlib.image.imread(tmp_path / "labels.png").shape[:2] == (400, 600)
@@ -57,10 +70,16 @@ def test_quick_experiments_write_results_tables_and_plot(tmp_path):
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():
-    rows = [dict(method="GPQ", labels_per_class=5, bits=48, seed=s, mAP=m, **{"precision@10": p})
-            for s, m, p in ((0, 0.5, 0.6), (1, 0.7, 0.8), (2, 0.9, 1.0))]
-    (mean, std, p_mean, p_std, n), = experiments.summarise(rows).values()
-    assert n == 3 and mean == pytest.approx(0.7) and std == pytest.approx(np.std([0.5, 0.7, 0.9], ddof=1))
+    rows = [
+        dict(method="GPQ", labels_per_class=5, bits=48, seed=s, mAP=m, **{"precision@10": p})
+        for s, m, p in ((0, 0.5, 0.6), (1, 0.7, 0.8), (2, 0.9, 1.0))
+    ]
+    ((mean, std, p_mean, p_std, n),) = experiments.summarise(rows).values()
+    assert (
+        n == 3
+        and mean == pytest.approx(0.7)
+        and std == pytest.approx(np.std([0.5, 0.7, 0.9], ddof=1))
+    )
     assert p_mean == pytest.approx(0.8) and p_std == pytest.approx(0.2)
 
 
@@ -69,15 +88,47 @@ def test_deterministic_training_gives_the_same_model_twice(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (120, 16, 16, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(3), 40)
-    np.savez(data, x_query=images[:12], y_query=labels[:12], x_db=images[12:72], y_db=labels[12:72],
-             x_labeled=images[72:], y_labeled=labels[72:])
+    np.savez(
+        data,
+        x_query=images[:12],
+        y_query=labels[:12],
+        x_db=images[12:72],
+        y_db=labels[12:72],
+        x_labeled=images[72:],
+        y_labeled=labels[72:],
+    )
     weights = []
     for run in ("a", "b"):
-        _run(["-m", "gpq_keras.cli", "train", "--data", f"npz:{data}", "--output", str(tmp_path / run),
-              "--epochs", "2", "--batch-size", "12", "--n-book", "2", "--n-word", "4", "--filters", "4,8,8,8",
-              "--seed", "3", "--deterministic", "--val-per-class", "0"])
-        code = ("import numpy as np, sys; from gpq_keras.model import load_gpq; "
-                "m = load_gpq(sys.argv[1]); np.savez(sys.argv[2], *[w.numpy() for w in m.weights])")
+        _run(
+            [
+                "-m",
+                "gpq_keras.cli",
+                "train",
+                "--data",
+                f"npz:{data}",
+                "--output",
+                str(tmp_path / run),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "12",
+                "--n-book",
+                "2",
+                "--n-word",
+                "4",
+                "--filters",
+                "4,8,8,8",
+                "--seed",
+                "3",
+                "--deterministic",
+                "--val-per-class",
+                "0",
+            ]
+        )
+        code = (
+            "import numpy as np, sys; from gpq_keras.model import load_gpq; "
+            "m = load_gpq(sys.argv[1]); np.savez(sys.argv[2], *[w.numpy() for w in m.weights])"
+        )
         _run(["-c", code, str(tmp_path / run / "model.keras"), str(tmp_path / f"{run}.npz")])
         with np.load(tmp_path / f"{run}.npz") as w:
             weights.append([w[k] for k in sorted(w.files, key=lambda k: int(k.split("_")[1]))])

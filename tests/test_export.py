@@ -35,7 +35,10 @@ def _pixels(n=10, shape=(16, 16, 3)):
 
 def _check_outputs(model, images, features, codes, mode=None):
     m = model.gpq_config.num_subspaces
-    assert features.dtype == np.float32 and features.shape == (len(images), model.gpq_config.feature_dim)
+    assert features.dtype == np.float32 and features.shape == (
+        len(images),
+        model.gpq_config.feature_dim,
+    )
     assert codes.dtype == np.uint8 and codes.shape == (len(images), m)
     expected = model.encode(images)
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
@@ -47,14 +50,28 @@ def test_saved_model_serves_features_and_codes_without_gpq_keras(tiny_config, tm
     model = GPQ(tiny_config)
     images = _pixels()
     path = export_saved_model(model, tmp_path / "served")
-    assert path == str(tmp_path / "served") and os.path.isfile(tmp_path / "served" / "saved_model.pb")
+    assert path == str(tmp_path / "served") and os.path.isfile(
+        tmp_path / "served" / "saved_model.pb"
+    )
     assert not [p for p in os.listdir(tmp_path) if p.startswith(TEMPORARY_PREFIX)]
     assert os.stat(path).st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's 0700
     np.save(tmp_path / "images.npy", images)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
-        [sys.executable, "-c", _SERVE_SCRIPT, str(tmp_path / "served"), str(tmp_path / "images.npy"),
-         str(tmp_path / "out.npz")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            _SERVE_SCRIPT,
+            str(tmp_path / "served"),
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "out.npz"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
     assert list(out["keys"]) == ["codes", "features"]
@@ -69,7 +86,9 @@ def test_each_retrieval_mode_exports_its_own_codes(tiny_config, tmp_path):
     model.quantizer.codewords.assign(model.codebook * np.float32([[1.0], [8.0], [0.1], [3.0]]))
     images = _pixels()
     for mode in ("original", "consistent"):
-        serve = tf.saved_model.load(export_saved_model(model, tmp_path / mode, mode)).signatures["serving_default"]
+        serve = tf.saved_model.load(export_saved_model(model, tmp_path / mode, mode)).signatures[
+            "serving_default"
+        ]
         out = serve(images=tf.constant(images))
         _check_outputs(model, images, out["features"].numpy(), out["codes"].numpy(), mode)
     with pytest.raises(ValueError, match="mode"):
@@ -93,10 +112,13 @@ def test_equal_dot_products_give_the_lowest_codeword(tiny_config, tmp_path):
 
 @pytest.mark.large
 def test_a_model_taking_normalised_images_is_served_pixels(tiny_config, tmp_path):
-    model = GPQ(tiny_config, normalize_pixels=False)  # as saved by earlier versions; encode normalises uint8
+    model = GPQ(
+        tiny_config, normalize_pixels=False
+    )  # as saved by earlier versions; encode normalises uint8
     images = _pixels()
-    out = tf.saved_model.load(export_saved_model(model, tmp_path / "served")).signatures["serving_default"](
-        images=tf.constant(images))
+    out = tf.saved_model.load(export_saved_model(model, tmp_path / "served")).signatures[
+        "serving_default"
+    ](images=tf.constant(images))
     _check_outputs(model, images, out["features"].numpy(), out["codes"].numpy())
 
 
@@ -122,4 +144,7 @@ def test_never_overwrites_and_cleans_up_after_a_failure(tiny_config, tmp_path, m
     monkeypatch.setattr(archive_class, "write_out", failing_write_out)
     with pytest.raises(OSError, match="disk full"):
         export_saved_model(model, tmp_path / "new")
-    assert sorted(os.listdir(tmp_path)) == ["file", "served"]  # neither `new` nor a `.tmp-` directory
+    assert sorted(os.listdir(tmp_path)) == [
+        "file",
+        "served",
+    ]  # neither `new` nor a `.tmp-` directory

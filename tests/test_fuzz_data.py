@@ -21,8 +21,8 @@ import signal
 import struct
 import subprocess
 import sys
-import zlib
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -34,12 +34,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gpq_keras import files
-from gpq_keras.data import Split, load_data, protocol_split, train_dataset, user
-from gpq_keras.data import cifar10, nuswide
+from gpq_keras.data import Split, cifar10, load_data, nuswide, protocol_split, train_dataset, user
 from gpq_keras.files import FileFormatError
 
-FUZZ = settings(max_examples=100, deadline=2000, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=100,
+    deadline=2000,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 HANG_SECONDS = 10
 
 
@@ -51,6 +55,7 @@ def scratch(tmp_path_factory):
 @contextlib.contextmanager
 def time_limit(seconds):
     """Raise TimeoutError in the block after `seconds` (a hang becomes a failure, not a stuck run)."""
+
     def expire(*_):
         raise TimeoutError(f"no answer within {seconds} s")
 
@@ -77,8 +82,10 @@ def load_or_refuse(load, path, data):
         return None
     except Exception as exc:  # noqa: BLE001 - the point of the suite
         shown = data if len(data) <= 300 else data[:150] + b"..." + data[-150:]
-        raise AssertionError(f"{getattr(load, '__name__', load)} raised {type(exc).__name__}: {exc} "
-                             f"for {len(data)} bytes: {shown!r}") from exc
+        raise AssertionError(
+            f"{getattr(load, '__name__', load)} raised {type(exc).__name__}: {exc} "
+            f"for {len(data)} bytes: {shown!r}"
+        ) from exc
 
 
 # --- mutations ---------------------------------------------------------------------------------------------
@@ -89,7 +96,9 @@ def _position(draw, size):
     if size == 0:
         return 0
     near = min(size, 256)
-    return draw(st.one_of(st.integers(0, near), st.integers(size - near, size), st.integers(0, size)))
+    return draw(
+        st.one_of(st.integers(0, near), st.integers(size - near, size), st.integers(0, size))
+    )
 
 
 @st.composite
@@ -106,10 +115,10 @@ def mutations(draw, valid):
         elif op == "insert":
             data[i:i] = draw(st.binary(min_size=1, max_size=32))
         elif op == "delete":
-            del data[i:i + draw(st.integers(1, 32))]
+            del data[i : i + draw(st.integers(1, 32))]
         elif op == "overwrite":
             chunk = draw(st.binary(min_size=1, max_size=16))
-            data[i:i + len(chunk)] = chunk
+            data[i : i + len(chunk)] = chunk
     return bytes(data)
 
 
@@ -120,7 +129,9 @@ def _valid_arrays(multi_hot=False):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
     y = np.eye(3, dtype=np.uint8)[np.arange(12) % 3] if multi_hot else np.arange(12) % 3
-    return dict(x_query=x[:3], y_query=y[:3], x_db=x[3:], y_db=y[3:], x_labeled=x[3:7], y_labeled=y[3:7])
+    return dict(
+        x_query=x[:3], y_query=y[:3], x_db=x[3:], y_db=y[3:], x_labeled=x[3:7], y_labeled=y[3:7]
+    )
 
 
 def _npz_bytes(arrays, compressed=False):
@@ -146,14 +157,28 @@ def npz_with_a_mutated_member(draw):
     members = {k: _npy_bytes(v) for k, v in arrays.items()}
     members[key] = draw(mutations(members[key]))
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED if draw(st.booleans()) else zipfile.ZIP_STORED) as z:
+    with zipfile.ZipFile(
+        buffer, "w", zipfile.ZIP_DEFLATED if draw(st.booleans()) else zipfile.ZIP_STORED
+    ) as z:
         for k, v in members.items():
             z.writestr(k + ".npy", v)
     return buffer.getvalue()
 
 
-_DTYPES = st.sampled_from([np.uint8, np.int8, np.int64, np.uint16, np.bool_, np.float32, np.complex64,
-                           np.dtype("<U2"), np.dtype("S3"), np.dtype([("a", "u1"), ("b", "<i4")])])
+_DTYPES = st.sampled_from(
+    [
+        np.uint8,
+        np.int8,
+        np.int64,
+        np.uint16,
+        np.bool_,
+        np.float32,
+        np.complex64,
+        np.dtype("<U2"),
+        np.dtype("S3"),
+        np.dtype([("a", "u1"), ("b", "<i4")]),
+    ]
+)
 
 
 @st.composite
@@ -165,11 +190,15 @@ def npz_of_random_arrays(draw):
         if draw(st.integers(0, 4)) == 0:
             del arrays[key]
         else:
-            arrays[key] = draw(hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0,
-                                                                   max_side=4)))
+            arrays[key] = draw(
+                hnp.arrays(
+                    _DTYPES, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4)
+                )
+            )
     if draw(st.booleans()):
         arrays[draw(st.sampled_from(["x_unlabeled", "extra", "y_unlabeled"]))] = draw(
-            hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=1, max_dims=4, max_side=3)))
+            hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=1, max_dims=4, max_side=3))
+        )
     return _npz_bytes(arrays, draw(st.booleans()))
 
 
@@ -209,23 +238,43 @@ def test_fuzz_npz_arrays(scratch, data):
 def _valid_batch():
     images, labels = fake_cifar_images(3)
     rows = images.transpose(0, 3, 1, 2).reshape(3, -1)
-    return {b"batch_label": b"fuzz", b"labels": [int(v) for v in labels], b"data": rows,
-            b"filenames": [b"a.png", b"b.png", b"c.png"]}
+    return {
+        b"batch_label": b"fuzz",
+        b"labels": [int(v) for v in labels],
+        b"data": rows,
+        b"filenames": [b"a.png", b"b.png", b"c.png"],
+    }
 
 
-VALID_BATCHES = [py2_pickle_bytes(_valid_batch()), pickle.dumps(_valid_batch(), protocol=2),
-                 pickle.dumps(_valid_batch(), protocol=4)]
-VALID_META = [py2_pickle_bytes({b"label_names": [b"cat", b"dog"], b"num_vis": 3072}),
-              pickle.dumps({"label_names": ["cat", "dog"]}, protocol=2)]
+VALID_BATCHES = [
+    py2_pickle_bytes(_valid_batch()),
+    pickle.dumps(_valid_batch(), protocol=2),
+    pickle.dumps(_valid_batch(), protocol=4),
+]
+VALID_META = [
+    py2_pickle_bytes({b"label_names": [b"cat", b"dog"], b"num_vis": 3072}),
+    pickle.dumps({"label_names": ["cat", "dog"]}, protocol=2),
+]
 
 _PLAIN = st.recursive(
-    st.one_of(st.integers(-2**70, 2**70), st.binary(max_size=8), st.text(max_size=4), st.booleans(),
-              st.floats(allow_nan=False), st.none(),
-              hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3))),
-    lambda children: st.one_of(st.lists(children, max_size=4), st.tuples(children, children),
-                               st.dictionaries(st.one_of(st.binary(max_size=6), st.text(max_size=6)),
-                                               children, max_size=3)),
-    max_leaves=12)
+    st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.binary(max_size=8),
+        st.text(max_size=4),
+        st.booleans(),
+        st.floats(allow_nan=False),
+        st.none(),
+        hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3)),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.tuples(children, children),
+        st.dictionaries(
+            st.one_of(st.binary(max_size=6), st.text(max_size=6)), children, max_size=3
+        ),
+    ),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -233,10 +282,19 @@ def pickled_values(draw):
     """Pickles of values a batch might hold: the valid batch with random 'data' / 'labels', or anything."""
     if draw(st.booleans()):
         value = _valid_batch()
-        for key in draw(st.lists(st.sampled_from([b"data", b"labels", "data"]), min_size=1, max_size=2)):
-            value[key] = draw(st.one_of(_PLAIN, st.lists(st.integers(-2**63, 2**64), max_size=4),
-                                        hnp.arrays(st.sampled_from([np.uint8, np.int64, np.float64]),
-                                                   hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))))
+        for key in draw(
+            st.lists(st.sampled_from([b"data", b"labels", "data"]), min_size=1, max_size=2)
+        ):
+            value[key] = draw(
+                st.one_of(
+                    _PLAIN,
+                    st.lists(st.integers(-(2**63), 2**64), max_size=4),
+                    hnp.arrays(
+                        st.sampled_from([np.uint8, np.int64, np.float64]),
+                        hnp.array_shapes(min_dims=1, max_dims=3, max_side=4),
+                    ),
+                )
+            )
     else:
         value = draw(_PLAIN)
     return draw(st.sampled_from([py2_pickle_bytes, lambda v: pickle.dumps(v, protocol=2)]))(value)
@@ -244,8 +302,14 @@ def pickled_values(draw):
 
 @pytest.mark.large  # property-based fuzzing: in `make test`, not `make test-fast`
 @FUZZ
-@given(data=st.one_of(st.binary(max_size=600), st.binary(max_size=300).map(lambda b: b"\x80\x02" + b),
-                      mutations(VALID_BATCHES), pickled_values()))
+@given(
+    data=st.one_of(
+        st.binary(max_size=600),
+        st.binary(max_size=300).map(lambda b: b"\x80\x02" + b),
+        mutations(VALID_BATCHES),
+        pickled_values(),
+    )
+)
 def test_fuzz_cifar_batches(scratch, data):
     loaded = load_or_refuse(cifar10.read_batch, scratch / "data_batch_1", data)
     if loaded is not None:
@@ -258,8 +322,11 @@ def test_fuzz_cifar_batches(scratch, data):
 @settings(FUZZ, max_examples=40)
 @given(data=st.one_of(st.binary(max_size=300), mutations(VALID_META), pickled_values()))
 def test_fuzz_cifar_label_names(scratch, data):
-    names = load_or_refuse(lambda path: cifar10.read_label_names(os.path.dirname(path)),
-                           scratch / cifar10.META_FILE, data)
+    names = load_or_refuse(
+        lambda path: cifar10.read_label_names(os.path.dirname(path)),
+        scratch / cifar10.META_FILE,
+        data,
+    )
     assert names is None or (names and all(isinstance(n, str) for n in names))
 
 
@@ -268,21 +335,35 @@ def test_fuzz_cifar_label_names(scratch, data):
 
 def _valid_list(rows=3):
     rng = np.random.default_rng(0)
-    return "".join(f"images/img_{i}.jpg " + " ".join(map(str, rng.integers(0, 2, 21))) + "\n"
-                   for i in range(rows)).encode()
+    return "".join(
+        f"images/img_{i}.jpg " + " ".join(map(str, rng.integers(0, 2, 21))) + "\n"
+        for i in range(rows)
+    ).encode()
 
 
 _LINE = st.one_of(
     st.text(max_size=60),
-    st.builds(lambda p, v: p + " " + " ".join(v), st.text(max_size=10),
-              st.lists(st.sampled_from(["0", "1", "2", "-1", "01", "1.0", "\u0661"]), min_size=19, max_size=23)))
+    st.builds(
+        lambda p, v: p + " " + " ".join(v),
+        st.text(max_size=10),
+        st.lists(
+            st.sampled_from(["0", "1", "2", "-1", "01", "1.0", "\u0661"]), min_size=19, max_size=23
+        ),
+    ),
+)
 
 
 @pytest.mark.large  # property-based fuzzing: in `make test`, not `make test-fast`
 @FUZZ
-@given(data=st.one_of(st.binary(max_size=600), mutations(_valid_list()),
-                      st.lists(_LINE, max_size=5).map(lambda lines: "\n".join(lines).encode("utf-8",
-                                                                                             "surrogatepass"))))
+@given(
+    data=st.one_of(
+        st.binary(max_size=600),
+        mutations(_valid_list()),
+        st.lists(_LINE, max_size=5).map(
+            lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")
+        ),
+    )
+)
 def test_fuzz_nuswide_lists(scratch, data):
     loaded = load_or_refuse(nuswide.read_list, scratch / "test.txt", data)
     if loaded is not None:
@@ -306,19 +387,27 @@ def _valid_mats():
 
     y = np.arange(8) % 3
     matrix = cifar10.similarity_matrix(y[:3], y[3:])
-    return [_mat_bytes({cifar10.SIMILARITY_KEY: matrix}, do_compression=True),
-            _mat_bytes({cifar10.SIMILARITY_KEY: matrix}),
-            _mat_bytes({cifar10.SIMILARITY_KEY: matrix.toarray()}),
-            _mat_bytes({cifar10.SIMILARITY_KEY: sparse.csr_matrix(matrix).toarray().astype(np.uint8)},
-                       format="4")]
+    return [
+        _mat_bytes({cifar10.SIMILARITY_KEY: matrix}, do_compression=True),
+        _mat_bytes({cifar10.SIMILARITY_KEY: matrix}),
+        _mat_bytes({cifar10.SIMILARITY_KEY: matrix.toarray()}),
+        _mat_bytes(
+            {cifar10.SIMILARITY_KEY: sparse.csr_matrix(matrix).toarray().astype(np.uint8)},
+            format="4",
+        ),
+    ]
 
 
 VALID_MATS = _valid_mats()
 
 _MAT_VALUES = st.one_of(
-    hnp.arrays(st.sampled_from([np.float64, np.int32, np.uint8, np.bool_, np.complex128]),
-               hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)),
-    st.text(max_size=5), st.lists(st.integers(-5, 5), max_size=4))
+    hnp.arrays(
+        st.sampled_from([np.float64, np.int32, np.uint8, np.bool_, np.complex128]),
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+    ),
+    st.text(max_size=5),
+    st.lists(st.integers(-5, 5), max_size=4),
+)
 
 
 @st.composite
@@ -329,8 +418,14 @@ def mats_of_random_values(draw):
 
 @pytest.mark.large  # property-based fuzzing: in `make test`, not `make test-fast`
 @FUZZ
-@given(data=st.one_of(st.binary(max_size=600), st.binary(max_size=400).map(lambda b: VALID_MATS[0][:128] + b),
-                      mutations(VALID_MATS), mats_of_random_values()))
+@given(
+    data=st.one_of(
+        st.binary(max_size=600),
+        st.binary(max_size=400).map(lambda b: VALID_MATS[0][:128] + b),
+        mutations(VALID_MATS),
+        mats_of_random_values(),
+    )
+)
 def test_fuzz_similarity_mat(scratch, data):
     matrix = load_or_refuse(cifar10.load_similarity, scratch / "cifar10_Similarity.mat", data)
     if matrix is not None:
@@ -356,7 +451,7 @@ def test_error_classes_are_file_format_errors():
 def test_truncated_npz(tmp_path, cut):
     data = VALID_NPZ[1]
     path = tmp_path / "cut.npz"
-    path.write_bytes(data[:int(len(data) * cut) if cut < 1 else cut])
+    path.write_bytes(data[: int(len(data) * cut) if cut < 1 else cut])
     with pytest.raises(FileFormatError) as info:
         user.load_npz(path)
     assert one_line(info).startswith(f"{path}: not a readable .npz (BadZipFile")
@@ -380,7 +475,9 @@ def _zip_with(path, members):
 
 def _header_claiming(shape, descr="|u1"):
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
     return buffer.getvalue()
 
 
@@ -390,8 +487,10 @@ def test_npz_claiming_200_gb_is_refused_before_allocating(tmp_path):
     _zip_with(tmp_path / "huge.npz", members)
     with pytest.raises(FileFormatError) as info:
         user.load_npz(tmp_path / "huge.npz")
-    assert one_line(info) == (f"{tmp_path / 'huge.npz'}: 'x_db' claims uint8 (4166666666, 4, 4, 3) = 200.0 GB "
-                              f"but holds 100 bytes; damaged or truncated")
+    assert one_line(info) == (
+        f"{tmp_path / 'huge.npz'}: 'x_db' claims uint8 (4166666666, 4, 4, 3) = 200.0 GB "
+        f"but holds 100 bytes; damaged or truncated"
+    )
 
 
 def test_npz_larger_than_the_memory_available_is_refused(tmp_path, monkeypatch):
@@ -399,8 +498,10 @@ def test_npz_larger_than_the_memory_available_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "available_memory", lambda: 300)  # x_db is 9 x 48 = 432 bytes
     with pytest.raises(FileFormatError) as info:
         user.load_npz(tmp_path / "ok.npz")
-    assert one_line(info) == (f"{tmp_path / 'ok.npz'}: 'x_db' claims uint8 (9, 4, 4, 3) = 432 bytes, more than "
-                              f"the 300 bytes of memory available; not loading it")
+    assert one_line(info) == (
+        f"{tmp_path / 'ok.npz'}: 'x_db' claims uint8 (9, 4, 4, 3) = 432 bytes, more than "
+        f"the 300 bytes of memory available; not loading it"
+    )
     monkeypatch.setattr(files, "available_memory", lambda: None)  # unknown: no check
     assert len(user.load_npz(tmp_path / "ok.npz").x_db) == 9
 
@@ -410,12 +511,18 @@ def test_available_memory_is_a_plausible_count():
     assert available is None or 0 < available < 2**60
 
 
-@pytest.mark.parametrize("member, message", [
-    (_header_claiming((3,), "|O"), r"'y_query' is an object array \(pickled Python objects\); not a plain"),
-    (_header_claiming((-3,), "<i8"), r"'y_query' has a negative dimension \(-3,\)"),
-    (b"\x93NUMPY\x09\x00" + bytes(20), r"'y_query' is not a readable .npy array \(ValueError"),
-    (b"not an npy at all", r"'y_query' is not a readable .npy array"),
-])
+@pytest.mark.parametrize(
+    "member, message",
+    [
+        (
+            _header_claiming((3,), "|O"),
+            r"'y_query' is an object array \(pickled Python objects\); not a plain",
+        ),
+        (_header_claiming((-3,), "<i8"), r"'y_query' has a negative dimension \(-3,\)"),
+        (b"\x93NUMPY\x09\x00" + bytes(20), r"'y_query' is not a readable .npy array \(ValueError"),
+        (b"not an npy at all", r"'y_query' is not a readable .npy array"),
+    ],
+)
 def test_damaged_npy_headers_are_named(tmp_path, member, message):
     members = {k + ".npy": _npy_bytes(v) for k, v in _valid_arrays().items()}
     members["y_query.npy"] = member
@@ -430,17 +537,24 @@ def test_label_of_1e9_is_refused_without_allocating(tmp_path):
     np.savez(tmp_path / "big.npz", **arrays)
     with pytest.raises(FileFormatError) as info:
         user.load_npz(tmp_path / "big.npz")
-    assert one_line(info) == (f"{tmp_path / 'big.npz'}: 'y_labeled' holds class id 1000000000; class ids "
-                              f"must be in [0, 65536)")
-    with pytest.raises(ValueError, match=r"mine: y_labeled holds class id 1000000000; class ids must be in"):
+    assert one_line(info) == (
+        f"{tmp_path / 'big.npz'}: 'y_labeled' holds class id 1000000000; class ids "
+        f"must be in [0, 65536)"
+    )
+    with pytest.raises(
+        ValueError, match=r"mine: y_labeled holds class id 1000000000; class ids must be in"
+    ):
         Split(**dict(arrays, y_labeled=arrays["y_labeled"]), name="mine")
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("y_query", np.array([0, -1, 2]), "'y_query' holds class id -1; class ids must be in"),
-    ("y_db", np.eye(3, dtype=np.int64)[np.arange(9) % 3] * 2, None),
-    ("y_labeled", np.array([0.0, 1.0, 2.0, 0.0]), "'y_labeled' must be int class ids"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("y_query", np.array([0, -1, 2]), "'y_query' holds class id -1; class ids must be in"),
+        ("y_db", np.eye(3, dtype=np.int64)[np.arange(9) % 3] * 2, None),
+        ("y_labeled", np.array([0.0, 1.0, 2.0, 0.0]), "'y_labeled' must be int class ids"),
+    ],
+)
 def test_other_bad_labels_are_named(tmp_path, key, value, message):
     arrays = _valid_arrays(multi_hot=value.ndim == 2)
     arrays[key] = value
@@ -459,21 +573,29 @@ def test_empty_arrays_in_an_npz_are_named(tmp_path, key):
     np.savez(tmp_path / "empty.npz", **arrays)
     with pytest.raises(FileFormatError) as info:
         user.load_npz(tmp_path / "empty.npz")
-    assert one_line(info) == (f"{tmp_path / 'empty.npz'}: '{key}' is empty (0, 4, 4, 3); every array needs "
-                              f"at least one image")
+    assert one_line(info) == (
+        f"{tmp_path / 'empty.npz'}: '{key}' is empty (0, 4, 4, 3); every array needs "
+        f"at least one image"
+    )
 
 
 def test_empty_sets_in_a_split_are_one_clear_line():
     arrays = _valid_arrays()
     for prefix in ("query", "db", "labeled"):
-        parts = dict(arrays, **{f"{kind}_{prefix}": arrays[f"{kind}_{prefix}"][:0] for kind in "xy"})
-        with pytest.raises(ValueError, match=f"^mine: x_{prefix} holds no images; the .* needs at least one$"):
+        parts = dict(
+            arrays, **{f"{kind}_{prefix}": arrays[f"{kind}_{prefix}"][:0] for kind in "xy"}
+        )
+        with pytest.raises(
+            ValueError, match=f"^mine: x_{prefix} holds no images; the .* needs at least one$"
+        ):
             Split(**parts, name="mine")
     with pytest.raises(ValueError, match="^mine: x_unlabeled holds no images"):
         Split(**arrays, x_unlabeled=arrays["x_db"][:0], name="mine")
     with pytest.raises(ValueError, match="^mine: no images to split$"):
         protocol_split(np.zeros((0, 4, 4, 3), np.uint8), np.zeros(0, np.int64), name="mine")
-    with pytest.raises(ValueError, match=r"must be uint8 images \(N, H, W, 3\); got uint8 \(3, 0, 4, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"must be uint8 images \(N, H, W, 3\); got uint8 \(3, 0, 4, 3\)"
+    ):
         Split(**dict(arrays, x_query=np.zeros((3, 0, 4, 3), np.uint8)), name="mine")
 
 
@@ -484,20 +606,35 @@ def test_too_small_cifar_folder_is_one_clear_line(tmp_path):
     assert one_line(info) == (
         f"{folder}: too few images for the protocol (query_every=60, labeled_per_class=500): class 0 has 12 "
         f"images, 1 of them queries, which leaves 11 labeled and no unlabeled (database) image; every class "
-        f"needs more than 500 images besides its queries (120 images, 2 queries in all)")
+        f"needs more than 500 images besides its queries (120 images, 2 queries in all)"
+    )
 
 
-@pytest.mark.parametrize("labels, query_every, labeled, needle", [
-    ([0] * 10 + [1] * 3, 5, 2, "class 1 has 3 images, 1 of them queries, which leaves 2 labeled"),
-    ([0] * 10 + [1], 4, 1, "class 1 has 1 images, 0 of them queries, which leaves 1 labeled"),
-    ([0] * 10 + [5], 2, 1, "class 5 has 1 images, 1 of them queries, which leaves 0 labeled"),
-    ([0] * 10, 0, 1, "query_every must be an int >= 1; received query_every=0"),
-    ([0] * 10, 2, 0, "labeled_per_class must be an int >= 1; received labeled_per_class=0"),
-])
+@pytest.mark.parametrize(
+    "labels, query_every, labeled, needle",
+    [
+        (
+            [0] * 10 + [1] * 3,
+            5,
+            2,
+            "class 1 has 3 images, 1 of them queries, which leaves 2 labeled",
+        ),
+        ([0] * 10 + [1], 4, 1, "class 1 has 1 images, 0 of them queries, which leaves 1 labeled"),
+        ([0] * 10 + [5], 2, 1, "class 5 has 1 images, 1 of them queries, which leaves 0 labeled"),
+        ([0] * 10, 0, 1, "query_every must be an int >= 1; received query_every=0"),
+        ([0] * 10, 2, 0, "labeled_per_class must be an int >= 1; received labeled_per_class=0"),
+    ],
+)
 def test_protocol_split_refuses_data_too_small(labels, query_every, labeled, needle):
     images = np.zeros((len(labels), 2, 2, 3), np.uint8)
     with pytest.raises(ValueError) as info:
-        protocol_split(images, np.array(labels), query_every=query_every, labeled_per_class=labeled, name="tiny")
+        protocol_split(
+            images,
+            np.array(labels),
+            query_every=query_every,
+            labeled_per_class=labeled,
+            name="tiny",
+        )
     assert needle in one_line(info)
 
 
@@ -522,35 +659,53 @@ def test_corrupt_image_in_a_folder_is_named(tmp_path, content):
 
 def test_folder_without_images_or_too_small_is_one_clear_line(tmp_path):
     (tmp_path / "pics" / "cat").mkdir(parents=True)
-    with pytest.raises(ValueError, match=r"pics: no images in class sub-folders .*found classes \['cat'\]"):
+    with pytest.raises(
+        ValueError, match=r"pics: no images in class sub-folders .*found classes \['cat'\]"
+    ):
         user.load_folder(tmp_path / "pics")
     _write_png(tmp_path / "pics" / "cat" / "a.png")
-    with pytest.raises(ValueError, match=r"pics: too few images for the protocol .* class 0 has 1 images"):
+    with pytest.raises(
+        ValueError, match=r"pics: too few images for the protocol .* class 0 has 1 images"
+    ):
         user.load_folder(tmp_path / "pics")
 
 
 def _training_split(y_labeled, num_classes=None):
     x = np.zeros((len(y_labeled), 4, 4, 3), np.uint8)
     y = np.asarray(y_labeled)
-    return Split(x_query=x[:1], y_query=y[:1], x_db=x, y_db=y, x_labeled=x, y_labeled=y,
-                 num_classes=num_classes, name="mine")
+    return Split(
+        x_query=x[:1],
+        y_query=y[:1],
+        x_db=x,
+        y_db=y,
+        x_labeled=x,
+        y_labeled=y,
+        num_classes=num_classes,
+        name="mine",
+    )
 
 
 @pytest.mark.parametrize("labels", [[3, 3, 3, 3], np.eye(4, dtype=np.uint8)[[1, 1, 1]]])
 def test_one_class_training_set_is_refused(labels):
     with pytest.raises(ValueError) as info:
         train_dataset(_training_split(labels, num_classes=4), batch_size=2)
-    assert one_line(info) == (f"GPQ needs labeled images of at least 2 classes; mine's labeled set "
-                              f"({len(labels)} images) has 1")
+    assert one_line(info) == (
+        f"GPQ needs labeled images of at least 2 classes; mine's labeled set "
+        f"({len(labels)} images) has 1"
+    )
 
 
 def test_out_of_range_label_in_a_training_batch_is_refused():
     split = _training_split([0, 1, 2, 1])
-    split.y_labeled = np.array([0, 1, 3, 1])  # changed after the split was made: 3 is not one of 3 classes
+    split.y_labeled = np.array(
+        [0, 1, 3, 1]
+    )  # changed after the split was made: 3 is not one of 3 classes
     with pytest.raises(ValueError) as info:
         train_dataset(split, batch_size=2)
-    assert one_line(info) == ("mine: y_labeled holds class id 3 (labeled image 2); class ids must be in [0, 3) "
-                              "for num_classes=3")
+    assert one_line(info) == (
+        "mine: y_labeled holds class id 3 (labeled image 2); class ids must be in [0, 3) "
+        "for num_classes=3"
+    )
     split.y_labeled = np.array([0, -1, 2, 1])
     with pytest.raises(ValueError, match=r"holds class id -1 \(labeled image 1\)"):
         train_dataset(split, batch_size=2)
@@ -568,16 +723,21 @@ def test_non_utf8_list_file_names_the_line(tmp_path):
         nuswide.read_list(path)
     assert one_line(info) == f"{path}:3: not UTF-8 text (byte 0xe9 at column 4)"
     path.write_bytes(b"\x00" * 50)
-    with pytest.raises(nuswide.ListFormatError, match="test.txt:1: a NUL byte; not a text list file"):
+    with pytest.raises(
+        nuswide.ListFormatError, match="test.txt:1: a NUL byte; not a text list file"
+    ):
         nuswide.read_list(path)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: os.urandom(300),
-    lambda: VALID_MATS[0][:len(VALID_MATS[0]) // 2],
-    lambda: _mat_bytes({"other": np.eye(2)}),
-    lambda: _mat_bytes({cifar10.SIMILARITY_KEY: "text"}),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: os.urandom(300),
+        lambda: VALID_MATS[0][: len(VALID_MATS[0]) // 2],
+        lambda: _mat_bytes({"other": np.eye(2)}),
+        lambda: _mat_bytes({cifar10.SIMILARITY_KEY: "text"}),
+    ],
+)
 def test_unreadable_similarity_mat_is_named(tmp_path, make):
     path = tmp_path / "cifar10_Similarity.mat"
     path.write_bytes(make())
@@ -592,7 +752,7 @@ def _mat_with_bad_type_code(compressed):
     ir = data.index(b"label_Similarity") + 16  # the row indices' tag follows the name
     jc = ir + 8 + struct.unpack_from("<I", data, ir + 4)[0]
     jc += -jc % 8
-    data[jc:jc + 4] = struct.pack("<I", 24)
+    data[jc : jc + 4] = struct.pack("<I", 24)
     if not compressed:
         return bytes(data)
     packed = zlib.compress(bytes(data[128:]))
@@ -604,22 +764,28 @@ def test_bad_element_type_in_a_mat_is_refused_not_a_crash(tmp_path, compressed):
     """scipy's compiled reader looks type codes up without a bounds check: this file crashes it (SIGSEGV)."""
     path = tmp_path / "cifar10_Similarity.mat"
     path.write_bytes(_mat_with_bad_type_code(compressed))
-    code = ("from gpq_keras.data import cifar10\n"
-            f"try:\n    cifar10.load_similarity({str(path)!r})\n"
-            "except cifar10.DataFormatError as exc:\n    print(exc)")
+    code = (
+        "from gpq_keras.data import cifar10\n"
+        f"try:\n    cifar10.load_similarity({str(path)!r})\n"
+        "except cifar10.DataFormatError as exc:\n    print(exc)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]  # -11 if scipy were reached
-    assert run.stdout.strip() == (f"{path}: not a readable .mat file (ValueError: part 2 of 'label_Similarity' "
-                                  f"has element type 24, not a number type)")
+    assert run.stdout.strip() == (
+        f"{path}: not a readable .mat file (ValueError: part 2 of 'label_Similarity' "
+        f"has element type 24, not a number type)"
+    )
 
 
 def test_out_of_range_sparse_indices_in_a_mat_are_refused(tmp_path):
     data = bytearray(VALID_MATS[1])
     ir = data.index(b"label_Similarity") + 16
-    data[ir + 12:ir + 16] = struct.pack("<i", 54529)  # the second row index, of 3 rows
+    data[ir + 12 : ir + 16] = struct.pack("<i", 54529)  # the second row index, of 3 rows
     path = tmp_path / "cifar10_Similarity.mat"
     path.write_bytes(bytes(data))
-    with pytest.raises(cifar10.DataFormatError, match=r"mat file \(ValueError: indices must be < 3\)"):
+    with pytest.raises(
+        cifar10.DataFormatError, match=r"mat file \(ValueError: indices must be < 3\)"
+    ):
         cifar10.load_similarity(path)
 
 
@@ -627,18 +793,33 @@ def test_dense_similarity_mat_larger_than_memory_is_refused(tmp_path, monkeypatc
     path = tmp_path / "cifar10_Similarity.mat"
     path.write_bytes(VALID_MATS[2])  # dense double (3, 5): 120 bytes
     monkeypatch.setattr(files, "available_memory", lambda: 100)
-    with pytest.raises(cifar10.DataFormatError, match=r"'label_Similarity' claims a dense double matrix "
-                                                      r"\(3, 5\) = 120 bytes, more than the 100 bytes"):
+    with pytest.raises(
+        cifar10.DataFormatError,
+        match=r"'label_Similarity' claims a dense double matrix "
+        r"\(3, 5\) = 120 bytes, more than the 100 bytes",
+    ):
         cifar10.load_similarity(path)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda b: b.update({b"labels": [0, 1, b"x"]}), "'labels' must be a list of 3 int class ids"),
-    (lambda b: b.update({b"labels": [0, 1, 2**70]}), "'labels' must be a list of 3 int class ids"),
-    (lambda b: b.update({b"labels": [0, [1, 2], 2]}), "'labels' must be a list of 3 int class ids"),
-    (lambda b: b.update({b"labels": {0: 1}}), "3 images but 'labels' of type dict"),
-    (lambda b: b.update({b"data": [1, 2, 3]}), r"'data' must be uint8 \(N, 3072\); got list"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda b: b.update({b"labels": [0, 1, b"x"]}),
+            "'labels' must be a list of 3 int class ids",
+        ),
+        (
+            lambda b: b.update({b"labels": [0, 1, 2**70]}),
+            "'labels' must be a list of 3 int class ids",
+        ),
+        (
+            lambda b: b.update({b"labels": [0, [1, 2], 2]}),
+            "'labels' must be a list of 3 int class ids",
+        ),
+        (lambda b: b.update({b"labels": {0: 1}}), "3 images but 'labels' of type dict"),
+        (lambda b: b.update({b"data": [1, 2, 3]}), r"'data' must be uint8 \(N, 3072\); got list"),
+    ],
+)
 def test_cifar_batch_with_bad_values_is_named(tmp_path, change, message):
     batch = _valid_batch()
     change(batch)
@@ -652,15 +833,24 @@ def test_cifar_pickle_cannot_allocate_from_an_array_placeholder(tmp_path):
     data = pickle.dumps(_valid_batch(), protocol=2)
     assert data.count(b"K\x00\x85") == 1  # _reconstruct(ndarray, (0,), b"b"): BININT1 0, TUPLE1
     path = tmp_path / "data_batch_1"
-    path.write_bytes(data.replace(b"K\x00\x85", b"J\x00\x00\x00\x40\x85"))  # (2**30,) instead of (0,)
-    with pytest.raises(cifar10.DataFormatError, match=r"unexpected array placeholder ndarray \(1073741824,\)"):
+    path.write_bytes(
+        data.replace(b"K\x00\x85", b"J\x00\x00\x00\x40\x85")
+    )  # (2**30,) instead of (0,)
+    with pytest.raises(
+        cifar10.DataFormatError, match=r"unexpected array placeholder ndarray \(1073741824,\)"
+    ):
         cifar10.read_batch(path)
 
 
 def test_cifar_pickle_with_a_huge_memo_index_is_refused_at_once(tmp_path):
     """Found by the fuzz suite: LONG_BINPUT 0x06550255 kept the C unpickler busy for 40 s and 850 MB."""
     path = tmp_path / "data_batch_1"
-    path.write_bytes(b"\x80\x02}q\x00(U\x0bbatch_labelr\x01U\x02U\x06l{\xec.\xce@q\x03]q\x04(K\x00K\x02K\x01eU\x04"
-                     b"dataq\x05cnumpy.core.multiarray\n_reconstruc")
-    with time_limit(5), pytest.raises(cifar10.DataFormatError, match="data_batch_1: not a CIFAR-10 python batch"):
+    path.write_bytes(
+        b"\x80\x02}q\x00(U\x0bbatch_labelr\x01U\x02U\x06l{\xec.\xce@q\x03]q\x04(K\x00K\x02K\x01eU\x04"
+        b"dataq\x05cnumpy.core.multiarray\n_reconstruc"
+    )
+    with (
+        time_limit(5),
+        pytest.raises(cifar10.DataFormatError, match="data_batch_1: not a CIFAR-10 python batch"),
+    ):
         cifar10.read_batch(path)

@@ -1,11 +1,17 @@
 import keras
 import numpy as np
-import pytest
-
 import numpy_reference as ref
-from gpq_keras.layers import (GradientReversal, IntraNormalization, SoftProductQuantizer, SubspaceClassifier,
-                              intra_normalize, soft_assignment)
+import pytest
 from test_case import gradients, run_layer_test, run_precision_test
+
+from gpq_keras.layers import (
+    GradientReversal,
+    IntraNormalization,
+    SoftProductQuantizer,
+    SubspaceClassifier,
+    intra_normalize,
+    soft_assignment,
+)
 
 pytestmark = pytest.mark.backends
 
@@ -28,7 +34,10 @@ def test_intra_normalization_matches_numpy():
 
 
 def test_soft_assignment_matches_numpy_loop():
-    x, z = ref.intra_norm(_features(), M).astype(np.float32), RNG.normal(size=(K, M * D)).astype(np.float32)
+    x, z = (
+        ref.intra_norm(_features(), M).astype(np.float32),
+        RNG.normal(size=(K, M * D)).astype(np.float32),
+    )
     out = keras.ops.convert_to_numpy(soft_assignment(x, z, M, 20.0))
     np.testing.assert_allclose(out, ref.soft_assignment(z, x, M, 20.0), rtol=1e-5, atol=1e-6)
 
@@ -43,9 +52,13 @@ def test_soft_product_quantizer_with_and_without_prototypes():
 
     p = ref.intra_norm(RNG.normal(size=(CLASSES, M * D)), M).astype(np.float32)
     z_refined = ref.soft_assignment(p, z, M, 20.0)  # Z' = SA(P, Z)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.codebook(p)), z_refined, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer.codebook(p)), z_refined, rtol=1e-5, atol=1e-6
+    )
     out = keras.ops.convert_to_numpy(layer(x, prototypes=p))
-    np.testing.assert_allclose(out, ref.soft_assignment(z_refined, x, M, 20.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out, ref.soft_assignment(z_refined, x, M, 20.0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_subspace_classifier_matches_numpy():
@@ -54,14 +67,18 @@ def test_subspace_classifier_matches_numpy():
     logits = keras.ops.convert_to_numpy(layer(f))
     c = keras.ops.convert_to_numpy(layer.prototypes)
     assert c.shape == (CLASSES, M * D)
-    np.testing.assert_allclose(logits, ref.classifier_logits(f, ref.intra_norm(c, M), M, 4.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        logits, ref.classifier_logits(f, ref.intra_norm(c, M), M, 4.0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_gradient_reversal_identity_forward_negated_backward():
     x = keras.Variable(_features())
     layer = GradientReversal(scale=1.0)
     weights = RNG.normal(size=(M * D,)).astype(np.float32)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), keras.ops.convert_to_numpy(x))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(x)), keras.ops.convert_to_numpy(x)
+    )
     (plain,) = gradients(lambda: keras.ops.sum(x * weights), [x])
     (reversed_,) = gradients(lambda: keras.ops.sum(layer(x) * weights), [x])
     np.testing.assert_allclose(plain, np.broadcast_to(weights, x.shape), rtol=1e-6)
@@ -118,17 +135,20 @@ def test_gradient_reversal_basics():
 @pytest.mark.parametrize("sub_vector_scale", [0.0, 1e-5, 1e3])
 def test_intra_normalization_mixed_precision_extreme_norms(policy, sub_vector_scale):
     x = _features(3)
-    x[1, D:2 * D] *= sub_vector_scale  # one zero, tiny or huge sub-vector among ordinary ones
+    x[1, D : 2 * D] *= sub_vector_scale  # one zero, tiny or huge sub-vector among ordinary ones
     run_precision_test(IntraNormalization, {"num_subspaces": M}, x, policies=(policy,))
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: IntraNormalization(0), "num_subspaces=0"),
-    (lambda: SoftProductQuantizer(4, 2.5), "num_codewords=2.5"),
-    (lambda: SoftProductQuantizer(4, 16, alpha=-1.0), "alpha=-1.0"),
-    (lambda: SubspaceClassifier(10, 4, beta=-2), "beta=-2"),
-    (lambda: GradientReversal(scale="x"), "scale='x'"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: IntraNormalization(0), "num_subspaces=0"),
+        (lambda: SoftProductQuantizer(4, 2.5), "num_codewords=2.5"),
+        (lambda: SoftProductQuantizer(4, 16, alpha=-1.0), "alpha=-1.0"),
+        (lambda: SubspaceClassifier(10, 4, beta=-2), "beta=-2"),
+        (lambda: GradientReversal(scale="x"), "scale='x'"),
+    ],
+)
 def test_bad_layer_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()

@@ -1,10 +1,10 @@
 import keras
 import numpy as np
-import pytest
-
 import numpy_reference as ref
-from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
+import pytest
 from test_case import gradients
+
+from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
 
 pytestmark = pytest.mark.backends
 
@@ -45,14 +45,31 @@ def test_n_pair_pq_loss_of_replica_slices_averages_to_the_whole_batch(replicas):
     y = np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, len(f))]
     slices = np.split(np.arange(len(f)), replicas)
     whole = ref.npq_loss(y, f, q, M, 0.002)
-    parts = [_np(n_pair_pq_loss(y[r], f[r], q[r], M, 0.002, all_labels=y, all_descriptors=q)) for r in slices]
+    parts = [
+        _np(n_pair_pq_loss(y[r], f[r], q[r], M, 0.002, all_labels=y, all_descriptors=q))
+        for r in slices
+    ]
     assert np.mean(parts) == pytest.approx(whole, rel=1e-5)
 
     var_f, var_q = keras.Variable(f), keras.Variable(q)
     one = gradients(lambda: n_pair_pq_loss(y, var_f, var_q, M, 0.002), [var_f, var_q])
+
     def replicas_mean():
-        return sum(n_pair_pq_loss(y[r], keras.ops.take(var_f, r, axis=0), keras.ops.take(var_q, r, axis=0), M,
-                                  0.002, all_labels=y, all_descriptors=var_q) for r in slices) / replicas
+        return (
+            sum(
+                n_pair_pq_loss(
+                    y[r],
+                    keras.ops.take(var_f, r, axis=0),
+                    keras.ops.take(var_q, r, axis=0),
+                    M,
+                    0.002,
+                    all_labels=y,
+                    all_descriptors=var_q,
+                )
+                for r in slices
+            )
+            / replicas
+        )
 
     split = gradients(replicas_mean, [var_f, var_q])
     for a, b in zip(one, split):
@@ -79,7 +96,9 @@ def test_classification_loss_matches_numpy():
     assert _np(classification_loss(y, logits)) == pytest.approx(ref.cls_loss(y, logits), rel=1e-5)
     multi = y.copy()
     multi[:, 1] = 1.0
-    assert _np(classification_loss(multi, logits)) == pytest.approx(ref.cls_loss(multi, logits), rel=1e-5)
+    assert _np(classification_loss(multi, logits)) == pytest.approx(
+        ref.cls_loss(multi, logits), rel=1e-5
+    )
 
 
 def test_subspace_entropy_loss_matches_numpy_and_bounds():
@@ -88,5 +107,5 @@ def test_subspace_entropy_loss_matches_numpy_and_bounds():
     assert loss == pytest.approx(ref.entropy_loss(logits), rel=1e-5)
     # Negative entropy: between -log(C) (uniform) and 0 (one-hot).
     uniform = _np(subspace_entropy_loss(np.zeros((2, CLASSES), np.float32)))
-    assert uniform == pytest.approx(np.log(1 / CLASSES + 1e-5) , rel=1e-5)
+    assert uniform == pytest.approx(np.log(1 / CLASSES + 1e-5), rel=1e-5)
     assert -np.log(CLASSES) - 1e-3 < loss < 0

@@ -1,9 +1,9 @@
 """mAP, precision@k and precision-recall against the original's loop definition, on random data."""
 
 import numpy as np
+import original_retrieval as original
 import pytest
 
-import original_retrieval as original
 from gpq_keras import metrics, parallel
 from gpq_keras.retrieval import PQIndex
 
@@ -40,8 +40,11 @@ def random_problem(rng, q=12, n=90, classes=5, multi=False):
 
 def test_average_precision_by_hand():
     rel = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]], bool)
-    np.testing.assert_allclose(metrics.average_precision(rel),
-                               [(1 + 2 / 3) / 2, 0.0, (1 / 2 + 2 / 3 + 3 / 4) / 3], rtol=1e-12)
+    np.testing.assert_allclose(
+        metrics.average_precision(rel),
+        [(1 + 2 / 3) / 2, 0.0, (1 / 2 + 2 / 3 + 3 / 4) / 3],
+        rtol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("multi", [False, True])
@@ -90,7 +93,9 @@ def test_precision_recall_curve(rng):
     keep = [i for i in range(len(yq)) if sim[i].sum() > 0]  # query 0 has no relevant item: left out
     assert len(keep) == len(yq) - 1
     want_p = [np.mean([sim[i, ranking[i, :c_]].sum() / c_ for i in keep]) for c_ in cutoffs]
-    want_r = [np.mean([sim[i, ranking[i, :c_]].sum() / sim[i].sum() for i in keep]) for c_ in cutoffs]
+    want_r = [
+        np.mean([sim[i, ranking[i, :c_]].sum() / sim[i].sum() for i in keep]) for c_ in cutoffs
+    ]
     np.testing.assert_allclose(precision, want_p, rtol=1e-12)
     np.testing.assert_allclose(recall, want_r, rtol=1e-12)
     assert recall[-1] == pytest.approx(1.0)
@@ -117,7 +122,9 @@ def test_bad_inputs_are_refused(rng):
 
 
 def _tied_index(rng, n=150, labels="int"):
-    z = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(4, 3 * 3)).astype(np.float32)  # exact arithmetic
+    z = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(4, 3 * 3)).astype(
+        np.float32
+    )  # exact arithmetic
     codes = rng.integers(0, 4, size=(n, 3)).astype(np.uint8)
     queries = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(11, 9)).astype(np.float32)
     if labels == "int":
@@ -138,8 +145,9 @@ def test_evaluating_index_rankings_equals_the_originals_loop_with_ties(rng, labe
     assert len(np.unique(distances[0])) < 40  # plenty of ties
     sim = original.label_similarity(yq, ydb)
     want = ref_map(sim, ranking, top_k or index.ntotal)
-    result = metrics.evaluate_ranking(index.rank(queries, top_k, with_distances=False), yq, ydb,
-                                      precision_at=(1, 5, 100))
+    result = metrics.evaluate_ranking(
+        index.rank(queries, top_k, with_distances=False), yq, ydb, precision_at=(1, 5, 100)
+    )
     assert abs(result["mAP"] - want) < 1e-12
     assert result["ap"][3] == 0.0 and result["top_k"] == (top_k or 150)
     for k, value in result["precision"].items():
@@ -155,10 +163,16 @@ def test_evaluation_is_independent_of_chunks_and_threads(rng):
     base = metrics.evaluate_ranking(index.rank(queries), yq, index.labels, curve=True)
     try:
         parallel.set_num_threads(1)
-        single = metrics.evaluate_ranking(index.rank(queries, chunk_size=1), yq, index.labels, curve=True)
+        single = metrics.evaluate_ranking(
+            index.rank(queries, chunk_size=1), yq, index.labels, curve=True
+        )
         parallel.set_num_threads(3)
-        many = metrics.evaluate_ranking(index.rank(np.concatenate([queries] * 4), chunk_size=40),
-                                        np.concatenate([yq] * 4), index.labels, curve=True)
+        many = metrics.evaluate_ranking(
+            index.rank(np.concatenate([queries] * 4), chunk_size=40),
+            np.concatenate([yq] * 4),
+            index.labels,
+            curve=True,
+        )
     finally:
         parallel.set_num_threads(None)
     np.testing.assert_array_equal(single["ap"], base["ap"])
@@ -175,10 +189,15 @@ def test_evaluation_is_independent_of_chunks_and_threads(rng):
 
 def test_rank_chunks_and_validation(rng):
     index, queries, yq, ydb = _tied_index(rng)
-    chunks = [(c.start, c.positions.copy(), c.distances.copy()) for c in index.rank(queries, 7, chunk_size=4)]
+    chunks = [
+        (c.start, c.positions.copy(), c.distances.copy())
+        for c in index.rank(queries, 7, chunk_size=4)
+    ]
     assert [c[0] for c in chunks] == [0, 4, 8] and [len(c[1]) for c in chunks] == [4, 4, 3]
     d, i = index.search(queries, 7)
-    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), i)  # default ids = positions
+    np.testing.assert_array_equal(
+        np.concatenate([c[1] for c in chunks]), i
+    )  # default ids = positions
     np.testing.assert_array_equal(np.concatenate([c[2] for c in chunks]), d)
     assert all(c.distances is None for c in index.rank(queries, with_distances=False))
     with pytest.raises(ValueError, match="empty"):
@@ -197,13 +216,22 @@ def test_other_label_kinds_equal_the_loop(rng, kind):
     64-bit sets) and of more than 64 classes (rows) work."""
     _, _, ranking = random_problem(rng)
     if kind == "float":
-        yq, ydb = np.full(12, 2049.0), np.where(np.arange(90) % 2, 2049.0, 2048.0)  # not float16-exact
+        yq, ydb = (
+            np.full(12, 2049.0),
+            np.where(np.arange(90) % 2, 2049.0, 2048.0),
+        )  # not float16-exact
     elif kind == "str":
         yq, ydb = rng.choice(["cat", "dog", "emu"], 12), rng.choice(["cat", "dog", "emu"], 90)
     else:
         classes = 70 if kind == "wide" else kind
-        yq, ydb = (rng.random((12, classes)) < 2 / classes), (rng.random((90, classes)) < 2 / classes)
+        yq, ydb = (
+            (rng.random((12, classes)) < 2 / classes),
+            (rng.random((90, classes)) < 2 / classes),
+        )
     sim = original.label_similarity(yq, ydb)
-    assert metrics.mean_average_precision(ranking, yq, ydb) == pytest.approx(ref_map(sim, ranking, 90), abs=1e-12)
-    np.testing.assert_array_equal(metrics.ranked_relevance(ranking, yq, ydb),
-                                  np.take_along_axis(sim == 1, ranking, axis=1))
+    assert metrics.mean_average_precision(ranking, yq, ydb) == pytest.approx(
+        ref_map(sim, ranking, 90), abs=1e-12
+    )
+    np.testing.assert_array_equal(
+        metrics.ranked_relevance(ranking, yq, ydb), np.take_along_axis(sim == 1, ranking, axis=1)
+    )

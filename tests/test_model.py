@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+from test_case import gradients
 
 from gpq_keras import GPQ, GPQConfig, VGGBackbone
 from gpq_keras.data import digits, protocol_split, train_input
@@ -8,7 +9,6 @@ from gpq_keras.data.numpy_pipeline import CHANNEL_MEAN, CHANNEL_STD, normalize_a
 from gpq_keras.losses import subspace_entropy_loss
 from gpq_keras.model import default_optimizer, load_gpq
 from gpq_keras.retrieval import PQIndex
-from test_case import gradients
 
 backends = pytest.mark.backends  # also on JAX
 
@@ -45,7 +45,10 @@ def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
             features = model.reversal(features)
         return subspace_entropy_loss(model.classifier(model.intra_norm(features)))
 
-    grads = {reverse: gradients(lambda: entropy(reverse), [dense, prototypes]) for reverse in (True, False)}
+    grads = {
+        reverse: gradients(lambda: entropy(reverse), [dense, prototypes])
+        for reverse in (True, False)
+    }
     np.testing.assert_allclose(grads[True][0], -grads[False][0], rtol=1e-6, atol=1e-10)
     np.testing.assert_allclose(grads[True][1], grads[False][1], rtol=1e-6, atol=1e-10)
     assert np.abs(grads[True][0]).max() > 0 and np.abs(grads[True][1]).max() > 0
@@ -54,7 +57,10 @@ def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
     # (they maximise entropy) and raises it for the backbone (it minimises entropy).
     base = float(entropy(True))
     eps = 1e-2
-    for variable, grad, direction in ((prototypes, grads[True][1], -1), (dense, grads[True][0], +1)):
+    for variable, grad, direction in (
+        (prototypes, grads[True][1], -1),
+        (dense, grads[True][0], +1),
+    ):
         original = keras.ops.convert_to_numpy(variable)
         variable.assign(original - eps * grad / np.abs(grad).max())
         moved = float(entropy(True))
@@ -79,7 +85,9 @@ def test_each_stream_updates_batch_norm_with_its_own_statistics(tiny_config):
     moving = keras.ops.convert_to_numpy(model.backbone.get_layer("batch0").moving_mean)
     expected = 0.9 * (0.1 * mean_l) + 0.1 * mean_u  # labeled call first, then unlabeled
     np.testing.assert_allclose(moving, expected, rtol=1e-4, atol=1e-6)
-    concatenated = 0.1 * np.concatenate([keras.ops.convert_to_numpy(conv0(x)) for x in (x_l, x_u)]).mean(axis=(0, 1, 2))
+    concatenated = 0.1 * np.concatenate(
+        [keras.ops.convert_to_numpy(conv0(x)) for x in (x_l, x_u)]
+    ).mean(axis=(0, 1, 2))
     assert not np.allclose(moving, concatenated, rtol=1e-3)
 
 
@@ -105,7 +113,13 @@ class _StepLosses(keras.callbacks.Callback):
 @pytest.mark.large
 def test_fit_one_epoch_on_digits_losses_finite_and_decreasing():
     split = _digits_split()  # 300 images: 30 queries, 150 labeled, 120 unlabeled
-    config = GPQConfig(num_subspaces=4, num_codewords=8, subspace_dim=6, filters=(8, 16, 16, 16), learning_rate=3e-3)
+    config = GPQConfig(
+        num_subspaces=4,
+        num_codewords=8,
+        subspace_dim=6,
+        filters=(8, 16, 16, 16),
+        learning_rate=3e-3,
+    )
     model = GPQ(config)
     model.compile()
     dataset, steps = train_input(split, batch_size=30, seed=0, augmented=False)
@@ -158,7 +172,7 @@ def test_default_optimizer_is_the_original_schedule():
     opt = default_optimizer(GPQConfig())
     schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
     values = [float(schedule(step)) for step in (0, 99, 100, 250)]
-    np.testing.assert_allclose(values, [2e-4, 2e-4, 2e-4 * 0.95, 2e-4 * 0.95 ** 2], rtol=1e-6)
+    np.testing.assert_allclose(values, [2e-4, 2e-4, 2e-4 * 0.95, 2e-4 * 0.95**2], rtol=1e-6)
     assert opt.beta_1 == 0.5 and opt.epsilon == 1e-8
 
 
@@ -190,33 +204,47 @@ def test_backbone_with_wrong_output_size_is_refused(tiny_config):
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("policy", [pytest.param("mixed_float16", marks=backends), "mixed_bfloat16"])
-def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(tmp_path, tiny_config, policy):
+@pytest.mark.parametrize(
+    "policy", [pytest.param("mixed_float16", marks=backends), "mixed_bfloat16"]
+)
+def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(
+    tmp_path, tiny_config, policy
+):
     batch = ({"labeled": _images(8), "unlabeled": _images(8)}, np.arange(8) % 5)
     reference = GPQ(tiny_config)
     model = GPQ(tiny_config, dtype=policy)
     model.set_weights(reference.get_weights())
     compute = keras.dtype_policies.get(policy).compute_dtype
     assert model.backbone.get_layer("conv0").compute_dtype == compute
-    assert model.quantizer.codewords.dtype == "float32" and model.quantizer.compute_dtype == "float32"
-    assert model.intra_norm.compute_dtype == "float32" and model.classifier.compute_dtype == "float32"
+    assert (
+        model.quantizer.codewords.dtype == "float32" and model.quantizer.compute_dtype == "float32"
+    )
+    assert (
+        model.intra_norm.compute_dtype == "float32" and model.classifier.compute_dtype == "float32"
+    )
     for m in (reference, model):
         m.compile()
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        policy == "mixed_float16"
+    )
     want = reference.train_on_batch(*batch, return_dict=True)
     got = model.train_on_batch(*batch, return_dict=True)
     for name in ("loss", "npq_loss", "cls_loss", "entropy_loss"):
         assert np.isfinite(got[name]), name
         assert got[name] == pytest.approx(want[name], rel=0.05, abs=0.02), name
-    np.testing.assert_allclose(model.codebook, reference.codebook, atol=1e-3)  # one step moved both alike
+    np.testing.assert_allclose(
+        model.codebook, reference.codebook, atol=1e-3
+    )  # one step moved both alike
     path = tmp_path / "mixed.keras"
     model.save(path)
     loaded = load_gpq(path)
     assert loaded.dtype_policy.name == policy
     assert loaded.backbone.get_layer("conv0").compute_dtype == compute
     assert loaded.quantizer.compute_dtype == "float32"
-    np.testing.assert_array_equal(loaded.predict(batch[0]["labeled"], verbose=0),
-                                  model.predict(batch[0]["labeled"], verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(batch[0]["labeled"], verbose=0),
+        model.predict(batch[0]["labeled"], verbose=0),
+    )
 
 
 @backends
@@ -229,20 +257,31 @@ def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
     folder = os.path.join(os.path.dirname(__file__), "data")
     model = load_gpq(os.path.join(folder, "gpq_0.1.0_tiny.keras"))
     expected = np.load(os.path.join(folder, "gpq_0.1.0_tiny_expected.npz"))
-    assert (model.gpq_config.num_subspaces, model.gpq_config.num_codewords, model.gpq_config.num_classes) == (3, 4, 5)
+    assert (
+        model.gpq_config.num_subspaces,
+        model.gpq_config.num_codewords,
+        model.gpq_config.num_classes,
+    ) == (3, 4, 5)
     assert model.gpq_config.retrieval_mode == "original"
     # features to float rounding: batch norm now runs on the fused kernel
-    np.testing.assert_allclose(model.predict(expected["images"], verbose=0), expected["features"], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(expected["images"], verbose=0), expected["features"], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(model.codebook, expected["codebook"])
     np.testing.assert_array_equal(model.prototypes, expected["prototypes"])
-    np.testing.assert_allclose(model.refined_codebook, expected["refined_codebook"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        model.refined_codebook, expected["refined_codebook"], rtol=1e-6, atol=1e-7
+    )
     assert int(model.optimizer.iterations) == 1
     # It keeps its contract: normalised inputs, and `encode` normalises uint8 arrays as before.
     assert model.normalize_pixels is False and model.preprocessor is None
     pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-    np.testing.assert_allclose(model.encode(pixels), model.predict(normalize_array(pixels), verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.encode(pixels),
+        model.predict(normalize_array(pixels), verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @backends
@@ -256,10 +295,16 @@ def test_pixels_in_uint8_and_float_give_the_same_features_and_neighbours(tiny_co
     np.testing.assert_array_equal(from_uint8, from_float)
     np.testing.assert_allclose(model.predict(pixels, verbose=0), from_uint8, rtol=1e-5, atol=1e-6)
     reference = (pixels.astype(np.float64) - np.array(CHANNEL_MEAN)) / np.array(CHANNEL_STD)
-    np.testing.assert_allclose(from_uint8, model.backbone.predict(reference.astype(np.float32), verbose=0),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        from_uint8,
+        model.backbone.predict(reference.astype(np.float32), verbose=0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     index = PQIndex.from_model(model).add(from_uint8[2:])
-    np.testing.assert_array_equal(index.search(from_float[:2], 5)[1], index.search(from_uint8[:2], 5)[1])
+    np.testing.assert_array_equal(
+        index.search(from_float[:2], 5)[1], index.search(from_uint8[:2], 5)[1]
+    )
     model.save(tmp_path / "pixels.keras")
     loaded = load_gpq(tmp_path / "pixels.keras")
     assert loaded.normalize_pixels and loaded.get_config()["normalize_pixels"] is True

@@ -12,12 +12,24 @@ FIGURES = ["codeword_usage.png", "precision_recall.png", "ranked.png", "tsne.png
 
 
 def _outputs(notebook):
-    printed = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                      for out in cell.get("outputs", []))
-    images = [out for cell in notebook.cells for out in cell.get("outputs", [])
-              if "image/png" in out.get("data", {})]
-    tables = [out for cell in notebook.cells for out in cell.get("outputs", [])
-              if "text/markdown" in out.get("data", {})]
+    printed = "".join(
+        out.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
+    images = [
+        out
+        for cell in notebook.cells
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    ]
+    tables = [
+        out
+        for cell in notebook.cells
+        for out in cell.get("outputs", [])
+        if "text/markdown" in out.get("data", {})
+    ]
     return printed, images, tables
 
 
@@ -31,7 +43,9 @@ def test_committed_notebook_shows_its_outputs():
     assert "consistent: mAP" in printed and "codes: (1117, 12) uint8" in printed
     assert len(images) == 5
     assert len(tables) == 1 and "| GPQ |" in tables[0]["data"]["text/markdown"]
-    assert not [out for cell in code for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    assert not [
+        out for cell in code for out in cell.get("outputs", []) if out.get("output_type") == "error"
+    ]
 
 
 @pytest.mark.large
@@ -42,8 +56,12 @@ def test_demo_notebook_executes(tmp_path, monkeypatch):
     for cell in notebook.cells:  # from scratch: the committed outputs go
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}},
+    ).execute()
     printed, images, _ = _outputs(notebook)
     assert "mAP" in printed and "codes: (1117, 12) uint8" in printed
     assert len(images) == 5  # results plot, t-SNE, codeword usage, ranked lists, precision-recall

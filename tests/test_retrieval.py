@@ -3,13 +3,20 @@
 import os
 
 import numpy as np
-import pytest
-
 import original_retrieval as original
-from gpq_keras.files import FileFormatError
-from gpq_keras.retrieval import (PQIndex, ProductQuantizer, intra_normalize_np, pack_codes, smallest_k, sort_keys,
-                                 unpack_codes)
+import pytest
 from numpy_reference import intra_norm
+
+from gpq_keras.files import FileFormatError
+from gpq_keras.retrieval import (
+    PQIndex,
+    ProductQuantizer,
+    intra_normalize_np,
+    pack_codes,
+    smallest_k,
+    sort_keys,
+    unpack_codes,
+)
 
 
 def codes_of(features, codebook, num_subspaces):
@@ -29,7 +36,7 @@ def dyadic_problem(rng, m, k, d, n, q):
     z = rng.choice(DYADIC, size=(k, m * d)).astype(np.float32)
     codes = rng.integers(0, k, size=(n, m)).astype(np.uint8)
     dup = min(10, n // 2)
-    codes[n // 2:n // 2 + dup] = codes[:dup]  # duplicated codes
+    codes[n // 2 : n // 2 + dup] = codes[:dup]  # duplicated codes
     queries = rng.choice(DYADIC, size=(q, m * d)).astype(np.float32)
     return z, codes, queries
 
@@ -63,7 +70,9 @@ def test_pq_encode_is_the_originals_indexing(rng):
 
 
 def test_encode_ties_pick_the_lowest_codeword():
-    z = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)  # M=1, duplicate words
+    z = np.array(
+        [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32
+    )  # M=1, duplicate words
     codes = codes_of(np.array([[2.0, 0.1], [0.0, 3.0]], np.float32), z, 1)
     np.testing.assert_array_equal(codes[:, 0], [0, 2])
 
@@ -78,7 +87,9 @@ def test_original_mode_distance_is_the_originals_pqdist(rng):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     tables = ProductQuantizer(z, 3, mode="original").lookup_tables(queries)
     assert tables.shape == (6, 3, 16)
-    np.testing.assert_allclose(tables[2, 1, 5], 1 - queries[2, 4:8].astype(np.float64) @ z[5, 4:8], rtol=1e-6)
+    np.testing.assert_allclose(
+        tables[2, 1, 5], 1 - queries[2, 4:8].astype(np.float64) @ z[5, 4:8], rtol=1e-6
+    )
 
 
 def test_consistent_mode_normalises_queries_and_codebook(rng):
@@ -108,10 +119,12 @@ def test_equal_codes_get_bit_identical_distances(rng):
 def test_search_matches_stable_loop_reference_with_ties(rng, mode):
     z, codes, queries = dyadic_problem(rng, m=3, k=4, d=3, n=120, q=7)
     if mode == "consistent":  # one non-zero entry per sub-vector keeps intra-normalisation exact
+
         def axis_vectors(n):
             out = np.zeros((n, 9), np.float32)
             out[np.arange(n)[:, None], np.arange(3) * 3 + rng.integers(0, 3, (n, 3))] = rng.choice(
-                [-2.0, -1.0, 0.5, 4.0], size=(n, 3))
+                [-2.0, -1.0, 0.5, 4.0], size=(n, 3)
+            )
             return out
 
         z, queries = axis_vectors(4), axis_vectors(7)
@@ -147,8 +160,12 @@ def test_sort_keys_order_signed_values_and_zero_ties():
     dist = np.array([[0.5, -0.0, -2.0, 0.0, np.float32(1e-45), -1e-45, 3.0, -2.0]], np.float32)
     keys = smallest_k(sort_keys(dist), 8)
     order = keys & np.int64(0xFFFFFFFF)
-    np.testing.assert_array_equal(order[0], [2, 7, 5, 1, 3, 4, 0, 6])  # -0.0 and +0.0 tie: lower index first
-    np.testing.assert_array_equal(smallest_k(sort_keys(dist), 3) & np.int64(0xFFFFFFFF), [[2, 7, 5]])
+    np.testing.assert_array_equal(
+        order[0], [2, 7, 5, 1, 3, 4, 0, 6]
+    )  # -0.0 and +0.0 tie: lower index first
+    np.testing.assert_array_equal(
+        smallest_k(sort_keys(dist), 3) & np.int64(0xFFFFFFFF), [[2, 7, 5]]
+    )
 
 
 def test_search_pads_and_validates(rng):
@@ -207,6 +224,7 @@ def test_pack_unpack_round_trip(rng, nbits):
 @pytest.mark.parametrize("nbits", [3, 4])
 def test_packing_is_faiss_layout(rng, nbits):
     import faiss
+
     m, d, k = 5, 3, 1 << nbits
     pq = faiss.ProductQuantizer(m * d, m, nbits)
     centroids = rng.standard_normal((m, k, d)).astype(np.float32)
@@ -257,11 +275,14 @@ def test_faiss_index_ranks_identically_random_data(rng, mode):
 
 def test_to_faiss_round_trips_through_faiss_files(rng, tmp_path):
     import faiss
+
     z, codes, queries = dyadic_problem(rng, m=4, k=16, d=3, n=50, q=3)
     index = PQIndex(z, 4).add(codes)
     faiss.write_index(index.to_faiss(), str(tmp_path / "x.faiss"))
     back = faiss.read_index(str(tmp_path / "x.faiss"))
-    np.testing.assert_array_equal(back.search(queries, 5)[0], index.to_faiss().search(queries, 5)[0])
+    np.testing.assert_array_equal(
+        back.search(queries, 5)[0], index.to_faiss().search(queries, 5)[0]
+    )
 
 
 # --- files ----------------------------------------------------------------------------------------------
@@ -271,8 +292,11 @@ def test_to_faiss_round_trips_through_faiss_files(rng, tmp_path):
 def test_save_load_round_trip(rng, tmp_path, labels):
     z = rng.standard_normal((16, 12)).astype(np.float32)
     index = PQIndex(z, 4, mode="consistent")
-    lab = {"int": rng.integers(0, 10, 60), "multi": rng.integers(0, 2, (60, 5)).astype(np.uint8),
-           None: None}[labels]
+    lab = {
+        "int": rng.integers(0, 10, 60),
+        "multi": rng.integers(0, 2, (60, 5)).astype(np.uint8),
+        None: None,
+    }[labels]
     index.add(rng.standard_normal((60, 12)).astype(np.float32), ids=np.arange(60) + 7, labels=lab)
     path = tmp_path / "sub" / "db.npz"
     index.save(path)
@@ -310,24 +334,36 @@ def _rewrite(path, reseal=True, **changes):
     np.savez(path, **arrays)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"format_version": np.array(4)}, "'format_version' is 4; this gpq_keras reads versions 1 to 3"),
-    ({"format_version": np.array(0)}, "'format_version' is 0; this gpq_keras reads versions 1 to 3"),
-    ({"format_version": None}, "missing key 'format_version'"),
-    ({"format": np.array("something.else")}, "key 'format'"),
-    ({"codes": np.zeros((6, 3), np.uint8)}, r"key 'codes' must be uint8 \(N, 2\)"),
-    ({"codes": np.zeros((6, 2), np.int64)}, "key 'codes' must be uint8"),
-    ({"codebook": np.zeros((16, 12), np.float64)}, "key 'codebook' must be float32"),
-    ({"codebook": np.zeros((16, 10), np.float32)}, "key 'codebook'.*divisible"),
-    ({"ids": np.arange(5)}, r"key 'ids' must be int64 \(6,\)"),
-    ({"mode": np.array("cosine")}, "key 'mode'"),
-    ({"labels": np.zeros(4, np.int64)}, "key 'labels'"),
-    ({"num_subspaces": np.array(0)}, "key 'num_subspaces'"),
-    ({"ids": np.array([0, 1, -1, 3, 4, 5])}, "negative id"),
-    ({"ids": np.array([0, 1, 2, 3, 4, 4])}, "duplicated ids"),
-    ({"codebook": np.zeros((8, 12), np.float32)}, "key 'codebook' has 8 rows, but nbits=4 needs 16"),
-    ({"checksum": None}, "missing key 'checksum'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"format_version": np.array(4)},
+            "'format_version' is 4; this gpq_keras reads versions 1 to 3",
+        ),
+        (
+            {"format_version": np.array(0)},
+            "'format_version' is 0; this gpq_keras reads versions 1 to 3",
+        ),
+        ({"format_version": None}, "missing key 'format_version'"),
+        ({"format": np.array("something.else")}, "key 'format'"),
+        ({"codes": np.zeros((6, 3), np.uint8)}, r"key 'codes' must be uint8 \(N, 2\)"),
+        ({"codes": np.zeros((6, 2), np.int64)}, "key 'codes' must be uint8"),
+        ({"codebook": np.zeros((16, 12), np.float64)}, "key 'codebook' must be float32"),
+        ({"codebook": np.zeros((16, 10), np.float32)}, "key 'codebook'.*divisible"),
+        ({"ids": np.arange(5)}, r"key 'ids' must be int64 \(6,\)"),
+        ({"mode": np.array("cosine")}, "key 'mode'"),
+        ({"labels": np.zeros(4, np.int64)}, "key 'labels'"),
+        ({"num_subspaces": np.array(0)}, "key 'num_subspaces'"),
+        ({"ids": np.array([0, 1, -1, 3, 4, 5])}, "negative id"),
+        ({"ids": np.array([0, 1, 2, 3, 4, 4])}, "duplicated ids"),
+        (
+            {"codebook": np.zeros((8, 12), np.float32)},
+            "key 'codebook' has 8 rows, but nbits=4 needs 16",
+        ),
+        ({"checksum": None}, "missing key 'checksum'"),
+    ],
+)
 def test_load_refuses_bad_files(rng, tmp_path, changes, message):
     path = tmp_path / "db.npz"
     index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4)
@@ -346,7 +382,7 @@ def test_load_refuses_corrupt_and_missing_files(tmp_path):
     index = PQIndex(np.eye(16, 12, dtype=np.float32), 4).add(np.zeros((100, 4), np.uint8))
     index.save(tmp_path / "ok.npz")
     data = (tmp_path / "ok.npz").read_bytes()
-    (tmp_path / "truncated.npz").write_bytes(data[:len(data) // 2])
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(FileFormatError, match="truncated.npz: not a readable .npz"):
         PQIndex.load(tmp_path / "truncated.npz")
     with pytest.raises(FileNotFoundError, match="index file not found"):
@@ -355,7 +391,9 @@ def test_load_refuses_corrupt_and_missing_files(tmp_path):
 
 def test_save_keeps_the_old_file_when_writing_fails(rng, tmp_path, monkeypatch):
     path = tmp_path / "db.npz"
-    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(np.zeros((3, 4), np.uint8))
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(
+        np.zeros((3, 4), np.uint8)
+    )
     index.save(path)
     before = path.read_bytes()
 
@@ -392,11 +430,15 @@ def test_from_model_picks_the_codebook_of_the_mode(tiny_config):
 def test_faiss_is_optional_with_an_install_hint(rng, monkeypatch):
     import sys
 
-    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(np.zeros((3, 4), np.uint8))
+    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(
+        np.zeros((3, 4), np.uint8)
+    )
     monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss-cpu were not installed
     with pytest.raises(ImportError, match=r"pip install 'gpq-keras\[faiss\]'"):
         index.to_faiss()
-    assert index.search(np.zeros((1, 12), np.float32), 2)[1].tolist() == [[0, 1]]  # the rest needs no faiss
+    assert index.search(np.zeros((1, 12), np.float32), 2)[1].tolist() == [
+        [0, 1]
+    ]  # the rest needs no faiss
 
 
 def test_a_flipped_byte_is_caught_by_the_checksum(rng, tmp_path):
@@ -415,7 +457,14 @@ def test_a_version_1_file_still_loads(rng, tmp_path):
     path = tmp_path / "v1.npz"
     index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, mode="consistent")
     index.add(rng.standard_normal((6, 12)).astype(np.float32), labels=np.arange(6)).save(path)
-    _rewrite(path, reseal=False, format_version=np.array(1), nbits=None, checksum=None, model_fingerprint=None)
+    _rewrite(
+        path,
+        reseal=False,
+        format_version=np.array(1),
+        nbits=None,
+        checksum=None,
+        model_fingerprint=None,
+    )
     back = PQIndex.load(path)
     np.testing.assert_array_equal(back.codes, index.codes)
     assert back.mode == "consistent" and back.model_fingerprint is None
@@ -437,14 +486,20 @@ def test_an_index_refuses_another_models_features(tiny_config):
 
 def _named_index(rng, ids=None):
     """Three adds of 4 + 3 + 5 items with int labels, sources and class names (optionally custom ids)."""
-    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=("cat", "dog", "bird"))
+    index = PQIndex(
+        rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=("cat", "dog", "bird")
+    )
     sizes, start = (4, 3, 5), 0
     for size in sizes:
         rows = slice(start, start + size)
-        index.add(rng.standard_normal((size, 12)).astype(np.float32),
-                  ids=None if ids is None else ids[rows], labels=np.arange(start, start + size) % 3,
-                  sources=[f"images/{i:03d}.png" for i in range(start, start + size)] if start else
-                  np.array([f"images/{i:03d}.png" for i in range(size)]))
+        index.add(
+            rng.standard_normal((size, 12)).astype(np.float32),
+            ids=None if ids is None else ids[rows],
+            labels=np.arange(start, start + size) % 3,
+            sources=[f"images/{i:03d}.png" for i in range(start, start + size)]
+            if start
+            else np.array([f"images/{i:03d}.png" for i in range(size)]),
+        )
         start += size
     return index
 
@@ -471,7 +526,9 @@ def test_sources_and_class_names_round_trip_without_pickle(rng, tmp_path):
     np.testing.assert_array_equal(back.labels, index.labels)
     np.testing.assert_array_equal(back.codes, index.codes)
     # An index without them writes neither key and loads None.
-    plain = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(np.zeros((3, 4), np.uint8))
+    plain = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4).add(
+        np.zeros((3, 4), np.uint8)
+    )
     plain.save(tmp_path / "plain.npz")
     with np.load(tmp_path / "plain.npz", allow_pickle=False) as data:
         assert "sources" not in data.files and "class_names" not in data.files
@@ -492,8 +549,9 @@ def test_sources_for_and_class_names_for_map_search_ids(rng, custom_ids):
     sources = index.sources_for(found)
     names = index.class_names_for(found)
     assert sources.shape == names.shape == (3, 15) and sources.dtype.kind == names.dtype.kind == "U"
-    np.testing.assert_array_equal(sources[:, :12], np.char.add("images/", np.char.zfill(
-        positions.astype(str), 3)) + ".png")
+    np.testing.assert_array_equal(
+        sources[:, :12], np.char.add("images/", np.char.zfill(positions.astype(str), 3)) + ".png"
+    )
     np.testing.assert_array_equal(sources[:, 12:], "")
     np.testing.assert_array_equal(names[:, :12], np.array(["cat", "dog", "bird"])[positions % 3])
     np.testing.assert_array_equal(names[:, 12:], "")
@@ -519,7 +577,9 @@ def test_sources_for_and_class_names_for_need_what_they_map(rng):
     unlabeled = PQIndex(z, 4, class_names=["a"]).add(np.zeros((3, 4), np.uint8))
     with pytest.raises(ValueError, match="no labels"):
         unlabeled.class_names_for([0])
-    multi = PQIndex(z, 4, class_names=["a", "b"]).add(np.zeros((3, 4), np.uint8), labels=np.eye(3, 2, dtype=bool))
+    multi = PQIndex(z, 4, class_names=["a", "b"]).add(
+        np.zeros((3, 4), np.uint8), labels=np.eye(3, 2, dtype=bool)
+    )
     with pytest.raises(ValueError, match="multi-hot"):
         multi.class_names_for([0])
 
@@ -539,7 +599,9 @@ def test_every_add_gives_sources_or_none_does(rng):
         PQIndex(z, 4).add(codes, sources=["a", 3])
     with pytest.raises(ValueError, match="not one string"):
         PQIndex(z, 4).add(codes, sources="ab")
-    assert with_sources.ntotal == 2 and without.ntotal == 2 and without.sources is None  # failed adds add nothing
+    assert (
+        with_sources.ntotal == 2 and without.ntotal == 2 and without.sources is None
+    )  # failed adds add nothing
     assert with_sources.sources.tolist() == ["a", "b"]
 
 
@@ -555,8 +617,11 @@ def test_class_names_are_validated(rng):
     with pytest.raises(ValueError, match="`class_names` must be str"):
         PQIndex(z, 4, class_names=["a", 1])
     index = PQIndex(z, 4).add(codes, labels=np.array([0, 2, 1]))
-    with pytest.raises(ValueError, match=r"`class_names`: the labels hold class ids 0..2 but `class_names` "
-                                         r"names 2 classes"):
+    with pytest.raises(
+        ValueError,
+        match=r"`class_names`: the labels hold class ids 0..2 but `class_names` "
+        r"names 2 classes",
+    ):
         index.class_names = ["a", "b"]
     assert index.class_names is None  # a refused value changes nothing
     index.class_names = ("a", "b", "c")
@@ -569,7 +634,9 @@ def test_class_names_are_validated(rng):
     index.class_names = None
     assert index.add(codes[:1], labels=[7]).ntotal == 4  # without class names any label goes
     multi = PQIndex(z, 4).add(codes, labels=np.ones((3, 4), np.uint8))
-    with pytest.raises(ValueError, match=r"multi-hot labels have 4 columns but `class_names` names 3"):
+    with pytest.raises(
+        ValueError, match=r"multi-hot labels have 4 columns but `class_names` names 3"
+    ):
         multi.class_names = ["a", "b", "c"]
     multi.class_names = ["a", "b", "c", "d"]
     named = PQIndex(z, 4, class_names=["a", "b", "c"])
@@ -610,7 +677,11 @@ def _version_2_arrays(index):
 
 def test_a_version_2_file_still_loads(rng, tmp_path):
     index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, mode="consistent")
-    index.add(rng.standard_normal((6, 12)).astype(np.float32), ids=np.arange(6) * 5, labels=np.arange(6) % 2)
+    index.add(
+        rng.standard_normal((6, 12)).astype(np.float32),
+        ids=np.arange(6) * 5,
+        labels=np.arange(6) % 2,
+    )
     path = tmp_path / "v2.npz"
     np.savez(path, **_version_2_arrays(index))
     back = PQIndex.load(path)
@@ -629,23 +700,43 @@ def test_a_version_2_file_still_loads(rng, tmp_path):
     assert back.sources is None and back.class_names is None and back.ntotal == 6
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"sources": np.array(["a", "b"])}, r"key 'sources' must be unicode strings \(6,\), got <U1 \(2,\)"),
-    ({"sources": np.array([["a"]] * 6)}, r"key 'sources' must be unicode strings \(6,\)"),
-    ({"sources": np.arange(6)}, "key 'sources' must be unicode"),
-    ({"sources": np.array([b"a"] * 6)}, "key 'sources' must be unicode"),
-    ({"class_names": np.array([["a", "b", "c"]])}, r"key 'class_names' must be unicode strings \(classes,\)"),
-    ({"class_names": np.arange(3)}, "key 'class_names' must be unicode"),
-    ({"class_names": np.array(["a", "b", "a"])}, "key 'class_names': `class_names` holds duplicated names"),
-    ({"class_names": np.array(["a", "", "c"])}, "key 'class_names': `class_names` holds an empty name"),
-    ({"class_names": np.array(["a", "b"])}, "key 'class_names': .*class ids 0..2"),
-    ({"class_names": np.zeros(0, "U1")}, "key 'class_names': .*at least one class"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"sources": np.array(["a", "b"])},
+            r"key 'sources' must be unicode strings \(6,\), got <U1 \(2,\)",
+        ),
+        ({"sources": np.array([["a"]] * 6)}, r"key 'sources' must be unicode strings \(6,\)"),
+        ({"sources": np.arange(6)}, "key 'sources' must be unicode"),
+        ({"sources": np.array([b"a"] * 6)}, "key 'sources' must be unicode"),
+        (
+            {"class_names": np.array([["a", "b", "c"]])},
+            r"key 'class_names' must be unicode strings \(classes,\)",
+        ),
+        ({"class_names": np.arange(3)}, "key 'class_names' must be unicode"),
+        (
+            {"class_names": np.array(["a", "b", "a"])},
+            "key 'class_names': `class_names` holds duplicated names",
+        ),
+        (
+            {"class_names": np.array(["a", "", "c"])},
+            "key 'class_names': `class_names` holds an empty name",
+        ),
+        ({"class_names": np.array(["a", "b"])}, "key 'class_names': .*class ids 0..2"),
+        ({"class_names": np.zeros(0, "U1")}, "key 'class_names': .*at least one class"),
+    ],
+)
 def test_load_refuses_bad_sources_and_class_names(rng, tmp_path, changes, message):
     path = tmp_path / "db.npz"
-    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=["a", "b", "c"])
-    index.add(rng.standard_normal((6, 12)).astype(np.float32), labels=np.arange(6) % 3,
-              sources=[f"{i}.png" for i in range(6)]).save(path)
+    index = PQIndex(
+        rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=["a", "b", "c"]
+    )
+    index.add(
+        rng.standard_normal((6, 12)).astype(np.float32),
+        labels=np.arange(6) % 3,
+        sources=[f"{i}.png" for i in range(6)],
+    ).save(path)
     _rewrite(path, **changes)  # resealed: only the key's own check can catch it
     with pytest.raises(FileFormatError, match=message) as info:
         PQIndex.load(path)
@@ -654,9 +745,13 @@ def test_load_refuses_bad_sources_and_class_names(rng, tmp_path, changes, messag
 
 def test_load_refuses_class_names_that_do_not_fit_multi_hot_labels(rng, tmp_path):
     path = tmp_path / "db.npz"
-    index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=["a", "b", "c"])
+    index = PQIndex(
+        rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=["a", "b", "c"]
+    )
     index.add(np.zeros((4, 4), np.uint8), labels=np.ones((4, 3), np.uint8)).save(path)
     assert PQIndex.load(path).class_names == ["a", "b", "c"]
     _rewrite(path, class_names=np.array(["a", "b"]))
-    with pytest.raises(FileFormatError, match="key 'class_names': .*multi-hot labels have 3 columns"):
+    with pytest.raises(
+        FileFormatError, match="key 'class_names': .*multi-hot labels have 3 columns"
+    ):
         PQIndex.load(path)

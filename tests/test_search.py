@@ -5,9 +5,9 @@ import warnings
 
 import keras
 import numpy as np
+import original_retrieval as original
 import pytest
 
-import original_retrieval as original
 from gpq_keras import GPQ, cli, retrieval
 from gpq_keras.config import GPQConfig
 from gpq_keras.retrieval import PQIndex, fast_scan_error_bound
@@ -29,22 +29,26 @@ def tie_heavy(rng, n, q=12, m=4, d=3, mode="original"):
         z = rng.choice(DYADIC, size=(16, m * d)).astype(np.float32)
         queries = rng.choice(DYADIC, size=(q, m * d)).astype(np.float32)
     else:  # one non-zero entry per sub-vector keeps intra-normalisation exact
+
         def axis_vectors(count):
             out = np.zeros((count, m * d), np.float32)
-            out[np.arange(count)[:, None], np.arange(m) * d + rng.integers(0, d, (count, m))] = rng.choice(
-                [-2.0, -1.0, 0.5, 4.0], size=(count, m))
+            out[np.arange(count)[:, None], np.arange(m) * d + rng.integers(0, d, (count, m))] = (
+                rng.choice([-2.0, -1.0, 0.5, 4.0], size=(count, m))
+            )
             return out
 
         z, queries = axis_vectors(16), axis_vectors(q)
     z[5] = z[3]  # a repeated codeword
     codes = rng.integers(0, 16, size=(n, m)).astype(np.uint8)
-    codes[n // 2:n // 2 + n // 10] = codes[:n // 10]  # repeated codes
+    codes[n // 2 : n // 2 + n // 10] = codes[: n // 10]  # repeated codes
     return PQIndex(z, m, mode).add(codes), queries
 
 
 def brute_force(index, queries, k):
     """The original's pqDist (float64 loops) and a stable sort: ties by position -> (distances, positions)."""
-    dist = original.pq_dist(index.pq.words, index.num_subspaces, index.codes, index.pq.prepare_queries(queries))
+    dist = original.pq_dist(
+        index.pq.words, index.num_subspaces, index.codes, index.pq.prepare_queries(queries)
+    )
     return original.stable_top_k(dist, k)
 
 
@@ -114,12 +118,14 @@ def test_fast_scan_error_bound_holds(rng, case):
         z = -np.abs(z) * 3
         queries = np.abs(queries)
     elif case == "constant sub-space":
-        z[:, d:2 * d] = z[0, d:2 * d]
+        z[:, d : 2 * d] = z[0, d : 2 * d]
     index = PQIndex(z, m).add(rng.integers(0, 16, (5000, m)).astype(np.uint8))
     sims, pos = index.to_faiss(fast_scan=True).search(queries, index.ntotal)
     found = pos >= 0  # asked for every item, faiss leaves out a few with the lowest score (id -1)
     assert found.mean() > 0.99
-    exact = np.take_along_axis(original.pq_dist(z, m, index.codes, queries), np.maximum(pos, 0), axis=1)
+    exact = np.take_along_axis(
+        original.pq_dist(z, m, index.codes, queries), np.maximum(pos, 0), axis=1
+    )
     error = np.where(found, np.abs((m - sims.astype(np.float64)) - exact), 0).max(axis=1)
     bound = fast_scan_error_bound(index.pq.lookup_tables(queries))
     assert np.all(error <= bound)
@@ -149,7 +155,9 @@ def test_numpy_top_k_builds_each_block_once_and_merges_exactly(rng, monkeypatch)
     monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 128 * 5)  # 5 queries per chunk
     made = []
     real = retrieval._onehot_t
-    monkeypatch.setattr(retrieval, "_onehot_t", lambda codes, k: made.append(len(codes)) or real(codes, k))
+    monkeypatch.setattr(
+        retrieval, "_onehot_t", lambda codes, k: made.append(len(codes)) or real(codes, k)
+    )
     index, queries = tie_heavy(rng, 1000, q=23)
     for k in (1, 7, 60):
         made.clear()
@@ -162,7 +170,8 @@ def test_numpy_top_k_builds_each_block_once_and_merges_exactly(rng, monkeypatch)
 
 def test_backend_is_checked(rng):
     index = PQIndex(rng.standard_normal((8, 6)).astype(np.float32), 2).add(
-        rng.integers(0, 8, (10, 2)).astype(np.uint8))
+        rng.integers(0, 8, (10, 2)).astype(np.uint8)
+    )
     with pytest.raises(ValueError, match="needs K=16"):
         index.search(np.zeros((1, 6), np.float32), 3, backend="faiss")
     with pytest.raises(ValueError, match="needs K=16"):
@@ -177,10 +186,14 @@ def test_to_faiss_fast_scan_and_inverted_file_keep_the_codes(rng, mode):
     m, d = 4, 6
     z = rng.standard_normal((16, m * d)).astype(np.float32)
     centres = rng.standard_normal((8, m * d)).astype(np.float32) * 3
-    features = (centres[rng.integers(0, 8, 3000)] + rng.standard_normal((3000, m * d))).astype(np.float32)
+    features = (centres[rng.integers(0, 8, 3000)] + rng.standard_normal((3000, m * d))).astype(
+        np.float32
+    )
     ids = np.arange(3000, dtype=np.int64) * 7 + 1
     index = PQIndex(z, m, mode).add(features, ids=ids)
-    queries = (centres[rng.integers(0, 8, 15)] + rng.standard_normal((15, m * d))).astype(np.float32)
+    queries = (centres[rng.integers(0, 8, 15)] + rng.standard_normal((15, m * d))).astype(
+        np.float32
+    )
     prepared = index.pq.prepare_queries(queries)
     want_d, want_ids = index.search(queries, 10)
     exact = original.pq_dist(index.pq.words, m, index.codes, prepared)
@@ -199,31 +212,67 @@ def test_to_faiss_fast_scan_and_inverted_file_keep_the_codes(rng, mode):
     ivf.nprobe = 1  # fewer lists: fewer items scanned, results still items of the index
     sims, found = ivf.search(prepared, 10)
     assert set(found[found >= 0].tolist()) <= set(ids.tolist())
-    assert np.all(np.abs(m - sims - np.take_along_axis(exact, (np.maximum(found, 1) - 1) // 7, axis=1))[found >= 0]
-                  <= np.broadcast_to(bound, found.shape)[found >= 0])
+    assert np.all(
+        np.abs(m - sims - np.take_along_axis(exact, (np.maximum(found, 1) - 1) // 7, axis=1))[
+            found >= 0
+        ]
+        <= np.broadcast_to(bound, found.shape)[found >= 0]
+    )
 
 
 @pytest.mark.large
 def test_cli_builds_and_searches_fast_scan_and_inverted_files(tmp_path, capsys):
-    config = GPQConfig(num_subspaces=2, num_codewords=16, subspace_dim=4, num_classes=3, image_shape=(16, 16, 3),
-                       filters=(4, 8, 8, 8))
+    config = GPQConfig(
+        num_subspaces=2,
+        num_codewords=16,
+        subspace_dim=4,
+        num_classes=3,
+        image_shape=(16, 16, 3),
+        filters=(4, 8, 8, 8),
+    )
     keras.utils.set_random_seed(0)
     model = GPQ(config)
     model.save(tmp_path / "m.keras")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (300, 16, 16, 3), dtype=np.uint8)
     data = tmp_path / "d.npz"
-    np.savez(data, x_query=images[:8], y_query=np.zeros(8, int), x_db=images[8:], y_db=np.zeros(292, int))
+    np.savez(
+        data, x_query=images[:8], y_query=np.zeros(8, int), x_db=images[8:], y_db=np.zeros(292, int)
+    )
     common = ["--model", str(tmp_path / "m.keras"), "--data", f"npz:{data}"]
     npz, ivf = str(tmp_path / "i.npz"), str(tmp_path / "i.faiss")
     assert cli.main(["index", "build", *common, "--output", npz]) == 0
-    assert cli.main(["index", "build", *common, "--output", ivf, "--faiss", "--nlist", "4", "--nprobe", "2"]) == 0
+    assert (
+        cli.main(
+            ["index", "build", *common, "--output", ivf, "--faiss", "--nlist", "4", "--nprobe", "2"]
+        )
+        == 0
+    )
     assert faiss.read_index(ivf).nprobe == 2 and faiss.read_index(ivf).ntotal == 292
     hits = {}
-    for name, path, extra in (("exact", npz, []), ("approximate", npz, ["--approximate"]),
-                              ("ivf", ivf, ["--nprobe", "4"])):
+    for name, path, extra in (
+        ("exact", npz, []),
+        ("approximate", npz, ["--approximate"]),
+        ("ivf", ivf, ["--nprobe", "4"]),
+    ):
         out = tmp_path / f"{name}.npz"
-        assert cli.main(["index", "search", *common, "--index", path, "-k", "5", "--output", str(out), *extra]) == 0
+        assert (
+            cli.main(
+                [
+                    "index",
+                    "search",
+                    *common,
+                    "--index",
+                    path,
+                    "-k",
+                    "5",
+                    "--output",
+                    str(out),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         hits[name] = np.load(out)
     assert "approximate: fast-scan results" in capsys.readouterr().out
     index = PQIndex.load(npz)
@@ -233,8 +282,12 @@ def test_cli_builds_and_searches_fast_scan_and_inverted_files(tmp_path, capsys):
     bound = fast_scan_error_bound(index.pq.lookup_tables(queries))[:, None]
     for name in ("approximate", "ivf"):  # every list probed: the approximate top 5 within the bound
         assert np.all(np.abs(hits[name]["distances"] - want_d) <= 2 * bound), name
-    for argv, needle in ((["index", "search", *common, "--index", npz, "--nprobe", "2"], "not an inverted-file"),
-                         (["index", "build", *common, "--output", str(tmp_path / "x.npz"), "--nlist", "4"],
-                          "add --faiss")):
+    for argv, needle in (
+        (["index", "search", *common, "--index", npz, "--nprobe", "2"], "not an inverted-file"),
+        (
+            ["index", "build", *common, "--output", str(tmp_path / "x.npz"), "--nlist", "4"],
+            "add --faiss",
+        ),
+    ):
         assert cli.main(argv) == 2
         assert needle in capsys.readouterr().err

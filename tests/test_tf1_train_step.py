@@ -30,8 +30,8 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-
 import tf1_reference as ref
+
 from gpq_keras.convert import convert_tf1_checkpoint
 
 TINY = dict(filters=(4, 8, 8, 8), num_subspaces=3, num_codewords=4, subspace_dim=4, num_classes=5)
@@ -41,7 +41,9 @@ N_LABELED, N_UNLABELED = 10, 12
 LR = 2e-4
 CONV_BIAS = re.compile(r"^Fixed_VGG/conv2d(?:_\d+)?/bias$")
 BN_DECAY = 0.9
-CONV_OF_BN = {f"Fixed_VGG/{bn}": f"Fixed_VGG/{conv}" for conv, bn in zip(ref.CONV_SCOPES, ref.BN_SCOPES)}
+CONV_OF_BN = {
+    f"Fixed_VGG/{bn}": f"Fixed_VGG/{conv}" for conv, bn in zip(ref.CONV_SCOPES, ref.BN_SCOPES)
+}
 
 # Building two TF1 graphs, converting three times and tracing train_on_batch take ~30 s on 2 CPU cores.
 pytestmark = pytest.mark.large
@@ -51,12 +53,16 @@ def _batches(seed, rng=None):
     rng = rng or np.random.default_rng(seed)
     x = rng.standard_normal((N_LABELED, *IMAGE_SHAPE)).astype(np.float32)
     x_u = rng.standard_normal((N_UNLABELED, *IMAGE_SHAPE)).astype(np.float32)
-    labels = np.array([0, 1, 2, 3, 4, 0, 1, 2, 0, 0])  # every class, some repeated: S has off-diagonal positives
+    labels = np.array(
+        [0, 1, 2, 3, 4, 0, 1, 2, 0, 0]
+    )  # every class, some repeated: S has off-diagonal positives
     return x, x_u, rng.permutation(labels)
 
 
 def _convert(prefix, **config):
-    model, report = convert_tf1_checkpoint(prefix, config={**OVERRIDES, **config}, return_report=True)
+    model, report = convert_tf1_checkpoint(
+        prefix, config={**OVERRIDES, **config}, return_report=True
+    )
     return model, report
 
 
@@ -95,8 +101,12 @@ def _keras_start(case, name):
 def _keras_step(model, x, x_u, labels):
     """Losses and gradients of `compute_losses` under a tape, then `optimizer.apply`."""
     with tf.GradientTape() as tape:
-        losses = model.compute_losses(tf.constant(ref.to_pixels(x)), tf.constant(ref.to_pixels(x_u)),
-                                      tf.constant(labels), training=True)
+        losses = model.compute_losses(
+            tf.constant(ref.to_pixels(x)),
+            tf.constant(ref.to_pixels(x_u)),
+            tf.constant(labels),
+            training=True,
+        )
     grads = tape.gradient(losses["loss"], model.trainable_variables)
     model.optimizer.apply(grads, model.trainable_variables)
     return {k: float(v) for k, v in losses.items()}, [np.asarray(g) for g in grads]
@@ -106,8 +116,9 @@ def _keras_step(model, x, x_u, labels):
 def case(tmp_path_factory):
     rng = np.random.default_rng(11)
     prefix = str(tmp_path_factory.mktemp("original") / "48bits_example.ckpt")
-    written = ref.make_tf1_checkpoint(prefix, rng.standard_normal((2, *IMAGE_SHAPE)).astype(np.float32),
-                                      seed=12, **TINY)
+    written = ref.make_tf1_checkpoint(
+        prefix, rng.standard_normal((2, *IMAGE_SHAPE)).astype(np.float32), seed=12, **TINY
+    )
     x, x_u, labels = _batches(None, rng)
     with ref.TF1TrainStep(written["values"], image_shape=IMAGE_SHAPE, **TINY) as tf1:
         original = tf1.run(x, x_u, labels)
@@ -119,17 +130,31 @@ def case(tmp_path_factory):
 
     fit_model, _ = _convert(prefix)
     fit_model.compile()
-    logs = fit_model.train_on_batch({"labeled": ref.to_pixels(x), "unlabeled": ref.to_pixels(x_u)}, labels,
-                                      return_dict=True)
-    return dict(prefix=prefix, values=written["values"], batches=(x, x_u, labels), original=original,
-                report=report, before=before, tape_model=tape_model, losses=losses, grads=grads,
-                fit_model=fit_model, logs=logs, folded=_folded_biases(tape_model, report))
+    logs = fit_model.train_on_batch(
+        {"labeled": ref.to_pixels(x), "unlabeled": ref.to_pixels(x_u)}, labels, return_dict=True
+    )
+    return dict(
+        prefix=prefix,
+        values=written["values"],
+        batches=(x, x_u, labels),
+        original=original,
+        report=report,
+        before=before,
+        tape_model=tape_model,
+        losses=losses,
+        grads=grads,
+        fit_model=fit_model,
+        logs=logs,
+        folded=_folded_biases(tape_model, report),
+    )
 
 
 def test_start_from_the_same_weights(case):
     """The converter hands Keras exactly the TF1 values the original's step started from (folded)."""
     for name, value in case["before"].items():
-        np.testing.assert_allclose(value, _keras_start(case, name), rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(
+            value, _keras_start(case, name), rtol=1e-6, atol=1e-7, err_msg=name
+        )
     assert case["original"]["learning_rate"] == pytest.approx(LR, rel=1e-7)
     assert case["folded"] in (set(), {n for n in case["original"]["grads"] if CONV_BIAS.match(n)})
 
@@ -166,7 +191,9 @@ def test_gradients_match_for_every_trainable_variable(case):
             np.testing.assert_allclose(got, 0.0, atol=1e-5 * scale, err_msg=name)
             np.testing.assert_allclose(expected, 0.0, atol=1e-5 * scale, err_msg=name)
         else:
-            np.testing.assert_allclose(got, expected, rtol=0, atol=_gradient_tolerance(expected), err_msg=name)
+            np.testing.assert_allclose(
+                got, expected, rtol=0, atol=_gradient_tolerance(expected), err_msg=name
+            )
     # Every trainable TF1 variable (F, Z, C) has a Keras counterpart that was compared, but for conv biases
     # folded into moving means: their true gradient is 0 and the original's is float noise.
     assert compared | case["folded"] == set(want), sorted(set(want) ^ compared)
@@ -186,10 +213,14 @@ def _assert_same_first_update(name, got, expected, before, grad):
     entries whose gradient is within the noise of 0.
     """
     got_step, want_step = (got - before) / LR, (expected - before) / LR
-    if CONV_BIAS.match(name):  # noise gradient: only Adam's bound |update| <= lr holds on both sides
+    if CONV_BIAS.match(
+        name
+    ):  # noise gradient: only Adam's bound |update| <= lr holds on both sides
         assert np.abs(got_step).max() <= 1 + 1e-3 and np.abs(want_step).max() <= 1 + 1e-3, name
         return
-    np.testing.assert_allclose(want_step, -grad / (np.abs(grad) + ADAM_EPS_HAT), atol=2e-3, err_msg=name)
+    np.testing.assert_allclose(
+        want_step, -grad / (np.abs(grad) + ADAM_EPS_HAT), atol=2e-3, err_msg=name
+    )
     carried = _gradient_tolerance(grad) * ADAM_EPS_HAT / (np.abs(grad) + ADAM_EPS_HAT) ** 2
     excess = np.abs(got_step - want_step) - (2e-3 + np.minimum(carried, 2.0))
     assert excess.max() <= 0, (name, float(np.abs(got_step - want_step).max()))
@@ -215,7 +246,10 @@ def test_moving_means_follow_the_originals_per_stream_batch_means(case):
     Keras' m <- 0.9 m + 0.1 mean, labeled stream first, on the original's batch means (less a folded conv
     bias: the batch mean absorbs it). The original's own moving means are zero-debiased (not compared)."""
     original = case["original"]
-    for model in (case["fit_model"], case["tape_model"]):  # train_on_batch, and compute_losses under a tape
+    for model in (
+        case["fit_model"],
+        case["tape_model"],
+    ):  # train_on_batch, and compute_losses under a tape
         checked = 0
         for v, name in _tf1_names(model, case["report"]):
             if not name.endswith("/moving_mean"):
@@ -254,15 +288,22 @@ def test_the_originals_moving_statistics_are_zero_debiased_and_bessel_corrected(
     before, after = original["before"], original["values"]
     for scope in CONV_OF_BN:
         biased, local_step = (f"{scope}/{scope}/moving_mean/{n}" for n in ("biased", "local_step"))
-        mean, var = before[biased].astype(np.float64), before[f"{scope}/moving_variance"].astype(np.float64)
+        mean, var = (
+            before[biased].astype(np.float64),
+            before[f"{scope}/moving_variance"].astype(np.float64),
+        )
         for stream in ("labeled", "unlabeled"):
             (stats,) = [st for st in original["stats"][stream] if st["scope"] == scope]
             mean = BN_DECAY * mean + (1 - BN_DECAY) * stats["mean"]
             var = BN_DECAY * var + (1 - BN_DECAY) * stats["variance"]
         assert after[local_step] == before[local_step] + 2
         np.testing.assert_allclose(after[biased], mean, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(after[f"{scope}/moving_mean"], mean / (1 - BN_DECAY ** after[local_step]),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            after[f"{scope}/moving_mean"],
+            mean / (1 - BN_DECAY ** after[local_step]),
+            rtol=1e-5,
+            atol=1e-6,
+        )
         np.testing.assert_allclose(after[f"{scope}/moving_variance"], var, rtol=1e-5)
 
 
@@ -276,7 +317,11 @@ def test_three_steps_on_a_staircase_match(case):
     decay = dict(decay_steps=1)
     model, report = _convert(case["prefix"], **decay)
     model.compile()
-    pairs = [(v, name) for v, name in _tf1_names(model, report) if v.trainable and not CONV_BIAS.match(name)]
+    pairs = [
+        (v, name)
+        for v, name in _tf1_names(model, report)
+        if v.trainable and not CONV_BIAS.match(name)
+    ]
     clean = {name: True for _, name in pairs}
     rng = np.random.default_rng(21)
     with ref.TF1TrainStep(case["values"], image_shape=IMAGE_SHAPE, **decay, **TINY) as tf1:
@@ -285,16 +330,20 @@ def test_three_steps_on_a_staircase_match(case):
             lr = float(model.optimizer.learning_rate)  # the rate of the step about to run
             original = tf1.run(x, x_u, labels, step=step)
             assert lr == pytest.approx(original["learning_rate"], rel=1e-6)
-            assert lr == pytest.approx(LR * 0.95 ** step, rel=1e-6)
-            logs = model.train_on_batch({"labeled": ref.to_pixels(x), "unlabeled": ref.to_pixels(x_u)}, labels,
-                                      return_dict=True)
+            assert lr == pytest.approx(LR * 0.95**step, rel=1e-6)
+            logs = model.train_on_batch(
+                {"labeled": ref.to_pixels(x), "unlabeled": ref.to_pixels(x_u)},
+                labels,
+                return_dict=True,
+            )
             for name in ref.LOSS_TERMS:
                 assert logs[name] == pytest.approx(original["losses"][name], rel=1e-4), (step, name)
             for v, name in pairs:
                 grad = original["grads"][name]
                 clean[name] = clean[name] & (np.abs(grad) > 10 * _gradient_tolerance(grad))
                 got, want = v.numpy(), original["values"][name]
-                np.testing.assert_allclose(((got - want) / lr)[clean[name]], 0.0, atol=1e-2,
-                                           err_msg=f"step {step}: {name}")
+                np.testing.assert_allclose(
+                    ((got - want) / lr)[clean[name]], 0.0, atol=1e-2, err_msg=f"step {step}: {name}"
+                )
             kept = sum(int(c.sum()) for c in clean.values()) / sum(c.size for c in clean.values())
             assert kept >= 0.9, (step, kept)

@@ -10,16 +10,23 @@ import time
 
 import keras
 import numpy as np
-import pytest
-
 import original_retrieval as original
+import pytest
+from numpy_reference import intra_norm
+
 from gpq_keras import GPQ, cli
 from gpq_keras.data import digits
 from gpq_keras.data.split import Split, hold_out_validation
 from gpq_keras.distribute import make_strategy
-from gpq_keras.training import (EpochLog, PeriodicCheckpoint, RetrievalValidation, RunDirectory, TrainingBackup,
-                                codeword_entropy, fit_run)
-from numpy_reference import intra_norm
+from gpq_keras.training import (
+    EpochLog,
+    PeriodicCheckpoint,
+    RetrievalValidation,
+    RunDirectory,
+    TrainingBackup,
+    codeword_entropy,
+    fit_run,
+)
 
 TINY_ARGS = ["--n-book", "3", "--n-word", "4", "--filters", "4,8,8,8"]
 
@@ -34,8 +41,15 @@ def tiny_npz(tmp_path_factory):
     small = tf.image.resize(images[pick], (16, 16)).numpy().round().astype(np.uint8)
     y = labels[pick]
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, x_query=small[:20], y_query=y[:20], x_db=small[20:80], y_db=y[20:80],
-             x_labeled=small[80:], y_labeled=y[80:])
+    np.savez(
+        path,
+        x_query=small[:20],
+        y_query=y[:20],
+        x_db=small[20:80],
+        y_db=y[20:80],
+        x_labeled=small[80:],
+        y_labeled=y[80:],
+    )
     return path
 
 
@@ -87,8 +101,12 @@ def _tiny_model(tiny_config, seed=0, strategy="one"):
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("strategy", ["one", "mirrored"])  # mirrored: 2 replicas on the 2 logical CPUs
-def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(tiny_npz, tiny_config, tmp_path, strategy):
+@pytest.mark.parametrize(
+    "strategy", ["one", "mirrored"]
+)  # mirrored: 2 replicas on the 2 logical CPUs
+def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(
+    tiny_npz, tiny_config, tmp_path, strategy
+):
     """Backups every 3 steps; Ctrl-C at step 8 of 3 epochs x 3 steps; the resumed run finishes epoch 2 with
     its one remaining step (step 7 of the backup on), and ends with the weights of an uninterrupted run."""
     split = _split(tiny_npz)  # 60 labeled at batch 20: 3 steps per epoch
@@ -102,7 +120,9 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(tiny_npz, tiny_
         fit_run(first, split, run, callbacks=[_Interrupt(8)], **kwargs)
     assert json.load(open(os.path.join(run.backup, TrainingBackup.METADATA)))["step"] == 6
     assert [r["epoch"] for r in _rows(run.log)] == ["0", "1"]
-    resumed = _tiny_model(tiny_config, seed=99, strategy=strategy)  # other initial weights: the backup wins
+    resumed = _tiny_model(
+        tiny_config, seed=99, strategy=strategy
+    )  # other initial weights: the backup wins
     assert resumed.distribute_strategy.num_replicas_in_sync == (2 if strategy == "mirrored" else 1)
     record = fit_run(resumed, split, run, **kwargs)
     assert int(resumed.optimizer.iterations.numpy()) == 9
@@ -120,7 +140,9 @@ def test_backup_files_are_atomic_and_a_damaged_backup_is_named(tiny_config, tmp_
     backup.on_epoch_begin(0)
     backup.on_epoch_end(0)  # a backup of step 4 into the first slot
     backup.on_epoch_begin(1)
-    backup.on_epoch_end(1)  # step 8 into the other slot: the first stays whole until the metadata moves
+    backup.on_epoch_end(
+        1
+    )  # step 8 into the other slot: the first stays whole until the metadata moves
     files = sorted(os.listdir(tmp_path / "backup"))
     assert files == ["state-a.weights.h5", "state-b.weights.h5", "training_metadata.json"]
     assert TrainingBackup(str(tmp_path / "backup"), 4).restore(_tiny_model(tiny_config)) == 8
@@ -151,7 +173,10 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_one(tiny_config, tmp
     monkeypatch.undo()
     for epoch in (1, 2, 3):
         saver.on_epoch_end(epoch)
-    assert sorted(os.listdir(tmp_path)) == ["epoch_003.keras", "epoch_004.keras"]  # the last two kept
+    assert sorted(os.listdir(tmp_path)) == [
+        "epoch_003.keras",
+        "epoch_004.keras",
+    ]  # the last two kept
 
 
 def test_epoch_log_keeps_each_epoch_once(tmp_path):
@@ -164,14 +189,19 @@ def test_epoch_log_keeps_each_epoch_once(tmp_path):
     resumed.set_model(keras.Sequential())
     resumed.on_epoch_end(2, {"loss": 0.25, "val_mAP": 0.5})
     rows = _rows(path)
-    assert [(r["epoch"], r["loss"], r["val_mAP"]) for r in rows] == [("0", "1", ""), ("1", "0.5", ""),
-                                                                    ("2", "0.25", "0.5")]
+    assert [(r["epoch"], r["loss"], r["val_mAP"]) for r in rows] == [
+        ("0", "1", ""),
+        ("1", "0.5", ""),
+        ("2", "0.25", "0.5"),
+    ]
 
 
 def test_validation_map_equals_the_originals_loop(tiny_npz, tiny_config):
     split = _split(tiny_npz)
     train, x_val, y_val = hold_out_validation(split, 2)
-    assert len(x_val) == 2 * len(np.unique(split.y_labeled)) and len(train.x_labeled) == 60 - len(x_val)
+    assert len(x_val) == 2 * len(np.unique(split.y_labeled)) and len(train.x_labeled) == 60 - len(
+        x_val
+    )
     model = _tiny_model(tiny_config)
     checker = RetrievalValidation(x_val, y_val, split.x_db, split.y_db, every=2, epochs=3)
     checker.set_model(model)
@@ -181,10 +211,18 @@ def test_validation_map_equals_the_originals_loop(tiny_npz, tiny_config):
     checker.on_epoch_end(1, logs)
     queries = intra_norm(model.encode(x_val), 3)  # consistent mode: Z' and intra-normalised queries
     similarity = original.label_similarity(y_val, split.y_db)
-    want, codes, _ = original.original_map(model.refined_codebook, 3, model.encode(split.x_db), queries, similarity)
+    want, codes, _ = original.original_map(
+        model.refined_codebook, 3, model.encode(split.x_db), queries, similarity
+    )
     assert logs["val_mAP"] == pytest.approx(want, abs=1e-6)
-    hits = [similarity[i, order[:10]].sum() / 10 for i, order in
-            enumerate(np.argsort(original.pq_dist(model.refined_codebook, 3, codes, queries), 1, kind="stable"))]
+    hits = [
+        similarity[i, order[:10]].sum() / 10
+        for i, order in enumerate(
+            np.argsort(
+                original.pq_dist(model.refined_codebook, 3, codes, queries), 1, kind="stable"
+            )
+        )
+    ]
     assert logs["val_precision@10"] == pytest.approx(np.mean(hits), abs=1e-9)
     assert logs["val_codeword_entropy"] == pytest.approx(codeword_entropy(codes, 4).mean())
     assert checker.best == logs["val_mAP"] and checker.best_epoch == 2
@@ -192,7 +230,9 @@ def test_validation_map_equals_the_originals_loop(tiny_npz, tiny_config):
 
 def test_codeword_entropy():
     codes = np.array([[0, 1], [1, 1], [2, 1], [3, 1]], np.uint8)
-    np.testing.assert_allclose(codeword_entropy(codes, 4), [2.0, 0.0])  # all used equally / collapsed
+    np.testing.assert_allclose(
+        codeword_entropy(codes, 4), [2.0, 0.0]
+    )  # all used equally / collapsed
 
 
 def test_hold_out_multi_hot_and_errors():
@@ -209,14 +249,19 @@ def test_hold_out_multi_hot_and_errors():
 # --- the command line ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--epochs", "0"], "--epochs: expected a positive integer, got '0'"),
-    (["--keep-checkpoints", "0"], "--keep-checkpoints: expected a positive integer"),
-    (["--overwrite", "--restart"], "not allowed with argument"),
-    (["--bits", "32", "--n-word", "8"], "either --bits or --n-book/--n-word"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--epochs", "0"], "--epochs: expected a positive integer, got '0'"),
+        (["--keep-checkpoints", "0"], "--keep-checkpoints: expected a positive integer"),
+        (["--overwrite", "--restart"], "not allowed with argument"),
+        (["--bits", "32", "--n-word", "8"], "either --bits or --n-book/--n-word"),
+    ],
+)
 def test_bad_train_arguments_are_one_line(tmp_path, capsys, argv, needle):
-    line = _one_error_line(["train", "--data", "digits", "--output", str(tmp_path / "r")] + argv, capsys)
+    line = _one_error_line(
+        ["train", "--data", "digits", "--output", str(tmp_path / "r")] + argv, capsys
+    )
     assert line.startswith("gpq train: error:") and needle in line
     assert not (tmp_path / "r").exists()
 
@@ -224,8 +269,19 @@ def test_bad_train_arguments_are_one_line(tmp_path, capsys, argv, needle):
 @pytest.mark.large
 def test_finished_and_interrupted_runs_are_protected(tiny_npz, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--data", f"npz:{tiny_npz}", "--output", str(out), "--epochs", "1", "--batch-size", "20",
-            "--eval-every", "1"] + TINY_ARGS
+    argv = [
+        "train",
+        "--data",
+        f"npz:{tiny_npz}",
+        "--output",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--eval-every",
+        "1",
+    ] + TINY_ARGS
     assert cli.main(argv) == 0
     model_bytes = (out / "model.keras").read_bytes()
     line = _one_error_line(argv, capsys)
@@ -233,7 +289,9 @@ def test_finished_and_interrupted_runs_are_protected(tiny_npz, tmp_path, capsys)
     assert (out / "model.keras").read_bytes() == model_bytes
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished" and record["validation"]["best"]["epoch"] == 1
-    assert {"command", "config", "seed", "versions", "devices", "started", "finished"} <= set(record)
+    assert {"command", "config", "seed", "versions", "devices", "started", "finished"} <= set(
+        record
+    )
     assert (out / "best.keras").exists()
     tags = _tensorboard_tags(out / "logs")
     assert {"epoch_loss", "epoch_npq_loss", "epoch_learning_rate"} <= tags["train"]
@@ -241,10 +299,14 @@ def test_finished_and_interrupted_runs_are_protected(tiny_npz, tmp_path, capsys)
     assert {"codeword_entropy/codebook_00", "codeword_usage/codebook_02"} <= tags["codewords"]
     # an interrupted run: a backup and an unfinished record
     (out / "backup").mkdir()
-    (out / "backup" / TrainingBackup.METADATA).write_text('{"step": 1, "weights": "state-a.weights.h5"}')
+    (out / "backup" / TrainingBackup.METADATA).write_text(
+        '{"step": 1, "weights": "state-a.weights.h5"}'
+    )
     record["status"] = "running"
     (out / "run.json").write_text(json.dumps(record))
-    line = _one_error_line(argv[:-6] + ["--n-book", "2", "--n-word", "4", "--filters", "4,8,8,8"], capsys)
+    line = _one_error_line(
+        argv[:-6] + ["--n-book", "2", "--n-word", "4", "--filters", "4,8,8,8"], capsys
+    )
     assert "other settings (config)" in line and "--restart" in line
     (out / ".tmp-stale.keras").write_bytes(b"left by a kill")
     assert cli.main(argv + ["--overwrite"]) == 0
@@ -268,10 +330,27 @@ def _tensorboard_tags(folder):
 def _train_process(out, data, epochs=6):
     # Ctrl-C raises KeyboardInterrupt even when this test runs where SIGINT is ignored (a background job,
     # whose children, pytest-xdist's workers and this process, inherit that)
-    code = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            "from gpq_keras import cli\nsys.exit(cli.main(sys.argv[1:]))")
-    argv = ["train", "--data", f"npz:{data}", "--output", str(out), "--epochs", str(epochs), "--batch-size", "4",
-            "--eval-every", "3", "--save-every", "1", "--keep-checkpoints", "2"] + TINY_ARGS
+    code = (
+        "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from gpq_keras import cli\nsys.exit(cli.main(sys.argv[1:]))"
+    )
+    argv = [
+        "train",
+        "--data",
+        f"npz:{data}",
+        "--output",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+    ] + TINY_ARGS
     return [sys.executable, "-c", code] + argv
 
 
@@ -312,23 +391,35 @@ def test_a_killed_or_interrupted_train_resumes_when_rerun(tiny_npz, tmp_path, ho
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "resuming from the backup" in again.stdout
-    assert f"Epoch {backup_epoch + 1}/{epochs}" in again.stdout and f"Epoch {backup_epoch}/{epochs}" not in again.stdout
+    assert (
+        f"Epoch {backup_epoch + 1}/{epochs}" in again.stdout
+        and f"Epoch {backup_epoch}/{epochs}" not in again.stdout
+    )
     rows = _rows(out / "log.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(epochs))  # each epoch once
     record = json.loads((out / "run.json").read_text())
     model = keras.models.load_model(out / "model.keras", safe_mode=True)
     assert record["steps_per_epoch"] == (60 - 10) // 4  # a validation image per class held out
-    assert int(model.optimizer.iterations) == epochs * record["steps_per_epoch"]  # epochs x steps per epoch
-    assert sorted(os.listdir(out / "checkpoints")) == [f"epoch_{epochs - 1:03d}.keras", f"epoch_{epochs:03d}.keras"]
+    assert (
+        int(model.optimizer.iterations) == epochs * record["steps_per_epoch"]
+    )  # epochs x steps per epoch
+    assert sorted(os.listdir(out / "checkpoints")) == [
+        f"epoch_{epochs - 1:03d}.keras",
+        f"epoch_{epochs:03d}.keras",
+    ]
     assert not (out / "backup").exists()
     assert record["status"] == "finished" and record["resumed"][0]["epoch"] == backup_epoch
 
 
 @pytest.mark.large
 def test_one_xla_step_equals_one_plain_step(tiny_config):
-    batch = ({"labeled": np.random.default_rng(1).normal(size=(8, 16, 16, 3)).astype(np.float32),
-              "unlabeled": np.random.default_rng(2).normal(size=(8, 16, 16, 3)).astype(np.float32)},
-             np.arange(8) % 5)
+    batch = (
+        {
+            "labeled": np.random.default_rng(1).normal(size=(8, 16, 16, 3)).astype(np.float32),
+            "unlabeled": np.random.default_rng(2).normal(size=(8, 16, 16, 3)).astype(np.float32),
+        },
+        np.arange(8) % 5,
+    )
     plain, xla = GPQ(tiny_config), GPQ(tiny_config)
     xla.set_weights(plain.get_weights())
     # SGD: an update proportional to the gradient (Adam's first step is lr * sign(g), which flips for
@@ -348,10 +439,16 @@ def test_one_xla_step_equals_one_plain_step(tiny_config):
 def test_a_run_folder_is_locked_while_a_run_trains(tmp_path):
     run = RunDirectory(tmp_path / "run")
     with run.lock():
-        code = ("import sys\nfrom gpq_keras.training import RunDirectory\ntry:\n"
-                f"    with RunDirectory({str(tmp_path / 'run')!r}).lock():\n        print('got it')\n"
-                "except ValueError as exc:\n    print(exc)")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-        assert "another gpq train is running in this folder" in result.stdout, result.stdout + result.stderr
+        code = (
+            "import sys\nfrom gpq_keras.training import RunDirectory\ntry:\n"
+            f"    with RunDirectory({str(tmp_path / 'run')!r}).lock():\n        print('got it')\n"
+            "except ValueError as exc:\n    print(exc)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+        assert "another gpq train is running in this folder" in result.stdout, (
+            result.stdout + result.stderr
+        )
     with run.lock():  # released
         pass

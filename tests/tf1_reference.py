@@ -38,13 +38,25 @@ def to_pixels(normalized):
 
 # The original's F, layer by layer: (conv scope, batch-norm scope, stage); pools after the 2nd, 4th, 7th conv.
 CONV_SCOPES = ("conv2d",) + tuple(f"conv2d_{i}" for i in range(1, 10))
-BN_SCOPES = ("batch0", "batch0-1", "batch1", "batch1-1", "batch2", "batch2-1", "batch2-2",
-             "batch3", "batch3-1", "batch3-2")
+BN_SCOPES = (
+    "batch0",
+    "batch0-1",
+    "batch1",
+    "batch1-1",
+    "batch2",
+    "batch2-1",
+    "batch2-2",
+    "batch3",
+    "batch3-1",
+    "batch3-2",
+)
 STAGES = (0, 0, 1, 1, 2, 2, 2, 3, 3, 3)
 POOL_AFTER = (1, 3, 6)
 BRANCH_AFTER = 6
 BN_DECAY, BN_EPSILON = 0.9, 1e-3
-TRAIN_STEPS = 30  # the step count the fake training left in local_step and the Adam power accumulators
+TRAIN_STEPS = (
+    30  # the step count the fake training left in local_step and the Adam power accumulators
+)
 # The original's initialisers: tf.contrib's xavier_initializer (Glorot uniform) for Z, C and the conv and dense
 # kernels; tf.layers' zero biases; tf.contrib batch_norm's beta 0, gamma 1, moving mean 0, moving variance 1.
 _GLOROT = tf.compat.v1.glorot_uniform_initializer()
@@ -66,33 +78,56 @@ def _forward(x, filters, feature_dim, training, force_updates=False, stats=None)
         for i, (conv, bn, stage) in enumerate(zip(CONV_SCOPES, BN_SCOPES, STAGES)):
             channels = x.shape[-1]
             with tf.compat.v1.variable_scope(conv):
-                kernel = tf.compat.v1.get_variable("kernel", [3, 3, channels, filters[stage]], initializer=_GLOROT)
+                kernel = tf.compat.v1.get_variable(
+                    "kernel", [3, 3, channels, filters[stage]], initializer=_GLOROT
+                )
                 bias = tf.compat.v1.get_variable("bias", [filters[stage]], initializer=_ZEROS)
             x = tf.nn.bias_add(tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), bias)
             with tf.compat.v1.variable_scope(bn):
                 beta = tf.compat.v1.get_variable("beta", [filters[stage]], initializer=_ZEROS)
                 gamma = tf.compat.v1.get_variable("gamma", [filters[stage]], initializer=_ONES)
-                mean = tf.compat.v1.get_variable("moving_mean", [filters[stage]], initializer=_ZEROS,
-                                                 trainable=False)
-                variance = tf.compat.v1.get_variable("moving_variance", [filters[stage]], initializer=_ONES,
-                                                     trainable=False)
+                mean = tf.compat.v1.get_variable(
+                    "moving_mean", [filters[stage]], initializer=_ZEROS, trainable=False
+                )
+                variance = tf.compat.v1.get_variable(
+                    "moving_variance", [filters[stage]], initializer=_ONES, trainable=False
+                )
                 if training:
                     inputs = x
                     x, batch_mean, batch_var = tf.compat.v1.nn.fused_batch_norm(
-                        x, gamma, beta, epsilon=BN_EPSILON, is_training=True)
+                        x, gamma, beta, epsilon=BN_EPSILON, is_training=True
+                    )
                     updates = [
-                        moving_averages.assign_moving_average(mean, batch_mean, BN_DECAY, zero_debias=True),
-                        moving_averages.assign_moving_average(variance, batch_var, BN_DECAY, zero_debias=False)]
+                        moving_averages.assign_moving_average(
+                            mean, batch_mean, BN_DECAY, zero_debias=True
+                        ),
+                        moving_averages.assign_moving_average(
+                            variance, batch_var, BN_DECAY, zero_debias=False
+                        ),
+                    ]
                     if force_updates:
                         with tf.control_dependencies(updates):
                             x = tf.identity(x)
                     if stats is not None:
                         count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
-                        stats.append({"scope": f"Fixed_VGG/{bn}", "mean": batch_mean, "variance": batch_var,
-                                      "count": count})
+                        stats.append(
+                            {
+                                "scope": f"Fixed_VGG/{bn}",
+                                "mean": batch_mean,
+                                "variance": batch_var,
+                                "count": count,
+                            }
+                        )
                 else:
                     x, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                        x, gamma, beta, mean=mean, variance=variance, epsilon=BN_EPSILON, is_training=False)
+                        x,
+                        gamma,
+                        beta,
+                        mean=mean,
+                        variance=variance,
+                        epsilon=BN_EPSILON,
+                        is_training=False,
+                    )
             x = tf.nn.relu(x)
             if i in POOL_AFTER:
                 x = tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
@@ -100,7 +135,9 @@ def _forward(x, filters, feature_dim, training, force_updates=False, stats=None)
                 branch = tf.reduce_mean(x, axis=[1, 2])  # tflearn global_avg_pool
         x = tf.concat([tf.reduce_mean(x, axis=[1, 2]), branch], axis=1)
         with tf.compat.v1.variable_scope("dense"):
-            kernel = tf.compat.v1.get_variable("kernel", [x.shape[-1], feature_dim], initializer=_GLOROT)
+            kernel = tf.compat.v1.get_variable(
+                "kernel", [x.shape[-1], feature_dim], initializer=_GLOROT
+            )
             bias = tf.compat.v1.get_variable("bias", [feature_dim], initializer=_ZEROS)
     return tf.nn.bias_add(tf.matmul(x, kernel), bias)
 
@@ -110,9 +147,9 @@ def _value_for(name, shape, rng):
     if name.endswith("/local_step"):
         return np.float32(TRAIN_STEPS)
     if name == "beta1_power":
-        return np.float32(0.5 ** TRAIN_STEPS)
+        return np.float32(0.5**TRAIN_STEPS)
     if name == "beta2_power":
-        return np.float32(0.999 ** TRAIN_STEPS)
+        return np.float32(0.999**TRAIN_STEPS)
     if name.endswith("moving_variance"):
         return rng.uniform(0.5, 2.0, shape).astype(np.float32)
     if name.endswith("gamma"):
@@ -120,11 +157,22 @@ def _value_for(name, shape, rng):
     if name.endswith("/kernel"):
         fan_in = int(np.prod(shape[:-1]))
         return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-    return (rng.standard_normal(shape) * 0.3).astype(np.float32)  # biases, beta, moving_mean, Z, C, slots
+    return (rng.standard_normal(shape) * 0.3).astype(
+        np.float32
+    )  # biases, beta, moving_mean, Z, C, slots
 
 
-def make_tf1_checkpoint(prefix, images, *, filters=(64, 128, 256, 512), num_subspaces=12, num_codewords=16, subspace_dim=12,
-                        num_classes=10, seed=0):
+def make_tf1_checkpoint(
+    prefix,
+    images,
+    *,
+    filters=(64, 128, 256, 512),
+    num_subspaces=12,
+    num_codewords=16,
+    subspace_dim=12,
+    num_classes=10,
+    seed=0,
+):
     """Build the original's variables and graph, fill them randomly, save to `prefix` with a TF1 Saver.
 
     Returns a dict: `features` (N, M*d) float32, F(images) computed by the TF1 graph in inference mode;
@@ -143,20 +191,32 @@ def make_tf1_checkpoint(prefix, images, *, filters=(64, 128, 256, 512), num_subs
         x_t = tf.compat.v1.placeholder(tf.float32, [None, *images.shape[1:]], name="x_T")
         f_s = _forward(x, filters, feature_dim, training=True)
         f_t = _forward(x_t, filters, feature_dim, training=True)
-        loss = tf.reduce_mean(tf.square(f_s)) + tf.reduce_mean(f_t) + tf.reduce_sum(z) + tf.reduce_sum(c)
+        loss = (
+            tf.reduce_mean(tf.square(f_s))
+            + tf.reduce_mean(f_t)
+            + tf.reduce_sum(z)
+            + tf.reduce_sum(c)
+        )
         tf.compat.v1.train.AdamOptimizer(learning_rate=2e-4, beta1=0.5).minimize(loss)
         features = _forward(x, filters, feature_dim, training=False)
         variables = tf.compat.v1.global_variables()
-        placeholders = {v.op.name: tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape) for v in variables}
+        placeholders = {
+            v.op.name: tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape) for v in variables
+        }
         assigns = [v.assign(placeholders[v.op.name]) for v in variables]
         saver = tf.compat.v1.train.Saver(variables)
         with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             values = {v.op.name: _value_for(v.op.name, tuple(v.shape), rng) for v in variables}
-            for name, value in values.items():  # the biased accumulator: moving_mean * (1 - decay^t)
+            for (
+                name,
+                value,
+            ) in values.items():  # the biased accumulator: moving_mean * (1 - decay^t)
                 if name.endswith("/biased"):
                     mean_name = name[: -len("/biased")].split("/", 2)[-1]
-                    values[name] = (values[mean_name] * (1 - BN_DECAY ** TRAIN_STEPS)).astype(np.float32)
+                    values[name] = (values[mean_name] * (1 - BN_DECAY**TRAIN_STEPS)).astype(
+                        np.float32
+                    )
             sess.run(assigns, {placeholders[name]: value for name, value in values.items()})
             out = sess.run(features, {x: images})
             saver.save(sess, str(prefix), write_meta_graph=True)
@@ -167,8 +227,10 @@ def write_checkpoint(prefix, tensors):
     """Save {checkpoint name: array} under exactly those names with a TF1 Saver (for broken checkpoints)."""
     graph = tf.Graph()
     with graph.as_default():
-        variables = {name: tf.compat.v1.Variable(np.asarray(value), name=f"v{i}")
-                     for i, (name, value) in enumerate(sorted(tensors.items()))}
+        variables = {
+            name: tf.compat.v1.Variable(np.asarray(value), name=f"v{i}")
+            for i, (name, value) in enumerate(sorted(tensors.items()))
+        }
         saver = tf.compat.v1.train.Saver(variables)
         with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
@@ -185,22 +247,37 @@ def read_checkpoint(prefix):
 # Constants of the original: config.py (alpha, beta, lam_1, lam_2), Functions.py (N_PQ_loss's reg_lambda,
 # SME_loss's log guard), train.py (exponential_decay(0.0002, global_step, 100, 0.95, staircase=True),
 # AdamOptimizer(beta1=0.5) with TF1's default beta2 and epsilon).
-ORIGINAL_HYPER = dict(alpha=20.0, beta=4.0, lambda1=0.1, lambda2=0.1, reg_lambda=0.002, log_epsilon=1e-5,
-                      learning_rate=2e-4, decay_steps=100, decay_rate=0.95, beta1=0.5, beta2=0.999,
-                      adam_epsilon=1e-8)
+ORIGINAL_HYPER = dict(
+    alpha=20.0,
+    beta=4.0,
+    lambda1=0.1,
+    lambda2=0.1,
+    reg_lambda=0.002,
+    log_epsilon=1e-5,
+    learning_rate=2e-4,
+    decay_steps=100,
+    decay_rate=0.95,
+    beta1=0.5,
+    beta2=0.999,
+    adam_epsilon=1e-8,
+)
 LOSS_TERMS = ("loss", "npq_loss", "cls_loss", "entropy_loss")
 _OPTIMIZER_STATE = (re.compile(r"/Adam(?:_\d+)?$"), re.compile(r"^beta[12]_power(?:_\d+)?$"))
 
 
 def _intra_norm(x, num_subspaces):
     """tf.nn.l2_normalize on each of the M column blocks of x separately."""
-    return tf.concat([tf.nn.l2_normalize(part, axis=1) for part in tf.split(x, num_subspaces, axis=1)], axis=1)
+    return tf.concat(
+        [tf.nn.l2_normalize(part, axis=1) for part in tf.split(x, num_subspaces, axis=1)], axis=1
+    )
 
 
 def _soft_assignment(codebook, x, num_subspaces, alpha):
     """SA(codebook, x): per block m, softmax over codewords of -alpha (1 - x_m . c_m), times c_m; intra-normed."""
     blocks = []
-    for x_m, c_m in zip(tf.split(x, num_subspaces, axis=1), tf.split(codebook, num_subspaces, axis=1)):
+    for x_m, c_m in zip(
+        tf.split(x, num_subspaces, axis=1), tf.split(codebook, num_subspaces, axis=1)
+    ):
         weights = tf.nn.softmax(-alpha * (1.0 - tf.matmul(x_m, c_m, transpose_b=True)), axis=1)
         blocks.append(tf.matmul(weights, c_m))
     return _intra_norm(tf.concat(blocks, axis=1), num_subspaces)
@@ -210,7 +287,9 @@ def _classifier_logits(features, prototypes, num_subspaces, beta):
     """Mean over blocks of (beta f_m) @ (beta p_m)^T; the original splits f by columns and P^T by rows."""
     f_blocks = tf.split(features * beta, num_subspaces, axis=1)
     p_blocks = tf.split(tf.transpose(prototypes) * beta, num_subspaces, axis=0)
-    return tf.reduce_mean(tf.stack([tf.matmul(f, p) for f, p in zip(f_blocks, p_blocks)], axis=2), axis=2)
+    return tf.reduce_mean(
+        tf.stack([tf.matmul(f, p) for f, p in zip(f_blocks, p_blocks)], axis=2), axis=2
+    )
 
 
 def _reverse_gradient(x):
@@ -219,9 +298,12 @@ def _reverse_gradient(x):
 
 
 def _n_pair_pq_loss(similarity, f, q, num_subspaces, reg_lambda):
-    norms = tf.reduce_mean(tf.reduce_sum(tf.square(f), 1)) + tf.reduce_mean(tf.reduce_sum(tf.square(q), 1))
-    logits = num_subspaces * tf.matmul(tf.nn.l2_normalize(f, axis=1), tf.nn.l2_normalize(q, axis=1),
-                                       transpose_b=True)
+    norms = tf.reduce_mean(tf.reduce_sum(tf.square(f), 1)) + tf.reduce_mean(
+        tf.reduce_sum(tf.square(q), 1)
+    )
+    logits = num_subspaces * tf.matmul(
+        tf.nn.l2_normalize(f, axis=1), tf.nn.l2_normalize(q, axis=1), transpose_b=True
+    )
     xent = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=similarity, logits=logits))
     return 0.25 * reg_lambda * norms + xent
 
@@ -267,9 +349,21 @@ class TF1TrainStep:
         **hyper: overrides of `ORIGINAL_HYPER` (e.g. `decay_steps=1`).
     """
 
-    def __init__(self, values=None, *, filters=(64, 128, 256, 512), num_subspaces=12, num_codewords=16,
-                 subspace_dim=12, num_classes=10, image_shape=(32, 32, 3), ordered=True,
-                 optimizer_state=False, session_config=None, **hyper):
+    def __init__(
+        self,
+        values=None,
+        *,
+        filters=(64, 128, 256, 512),
+        num_subspaces=12,
+        num_codewords=16,
+        subspace_dim=12,
+        num_classes=10,
+        image_shape=(32, 32, 3),
+        ordered=True,
+        optimizer_state=False,
+        session_config=None,
+        **hyper,
+    ):
         unknown = set(hyper) - set(ORIGINAL_HYPER)
         if unknown:
             raise TypeError(f"unknown hyper-parameters {sorted(unknown)}")
@@ -289,26 +383,39 @@ class TF1TrainStep:
             prototypes = _intra_norm(c, m)
             refined = _soft_assignment(prototypes, z, m, h["alpha"])  # Z' (K, M*d)
             stats_s, stats_t = [], []
-            raw_s = _forward(self.x, filters, feature_dim, training=True, force_updates=True, stats=stats_s)
+            raw_s = _forward(
+                self.x, filters, feature_dim, training=True, force_updates=True, stats=stats_s
+            )
             # Ordered: every op of the unlabeled stream, its reads of the moving averages and of the shared
             # zero-debias accumulators included, waits for the labeled stream and its updates.
             with tf.control_dependencies([raw_s] if ordered else None):
-                raw_t = _forward(self.x_t, filters, feature_dim, training=True, force_updates=True, stats=stats_t)
+                raw_t = _forward(
+                    self.x_t, filters, feature_dim, training=True, force_updates=True, stats=stats_t
+                )
             f = _intra_norm(raw_s, m)
             g = _intra_norm(_reverse_gradient(raw_t), m)
             q = _soft_assignment(refined, f, m, h["alpha"])
             npq = _n_pair_pq_loss(self.label_mat, f, q, m, h["reg_lambda"])
-            cls = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
-                labels=self.label, logits=_classifier_logits(f, prototypes, m, h["beta"])))
+            cls = tf.reduce_mean(
+                tf.nn.softmax_cross_entropy_with_logits(
+                    labels=self.label, logits=_classifier_logits(f, prototypes, m, h["beta"])
+                )
+            )
             p = tf.nn.softmax(_classifier_logits(g, prototypes, m, h["beta"]), axis=1)
             ent = tf.reduce_mean(tf.reduce_sum(p * tf.math.log(p + h["log_epsilon"]), 1))
             total = npq + h["lambda1"] * ent + h["lambda2"] * cls
             self.losses = {"loss": total, "npq_loss": npq, "cls_loss": cls, "entropy_loss": ent}
 
             self.learning_rate = tf.compat.v1.train.exponential_decay(
-                h["learning_rate"], self.global_step, h["decay_steps"], h["decay_rate"], staircase=True)
-            optimizer = tf.compat.v1.train.AdamOptimizer(self.learning_rate, beta1=h["beta1"], beta2=h["beta2"],
-                                                         epsilon=h["adam_epsilon"])
+                h["learning_rate"],
+                self.global_step,
+                h["decay_steps"],
+                h["decay_rate"],
+                staircase=True,
+            )
+            optimizer = tf.compat.v1.train.AdamOptimizer(
+                self.learning_rate, beta1=h["beta1"], beta2=h["beta2"], epsilon=h["adam_epsilon"]
+            )
             self.trainable = tf.compat.v1.trainable_variables()
             grads_and_vars = optimizer.compute_gradients(total, var_list=self.trainable)
             missing = [v.op.name for g_, v in grads_and_vars if g_ is None]
@@ -316,7 +423,9 @@ class TF1TrainStep:
                 raise RuntimeError(f"no gradient for {missing}")
             self.grads = {v.op.name: g_ for g_, v in grads_and_vars}
             self.train_op = optimizer.apply_gradients(grads_and_vars)
-            self.scopes = [entry.pop("scope") for entry in stats_s]  # fetchable tensors only in self.stats
+            self.scopes = [
+                entry.pop("scope") for entry in stats_s
+            ]  # fetchable tensors only in self.stats
             for entry in stats_t:
                 del entry["scope"]
             self.stats = {"labeled": stats_s, "unlabeled": stats_t}
@@ -324,8 +433,13 @@ class TF1TrainStep:
 
             self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
             self.session.run(tf.compat.v1.global_variables_initializer())
-            self.load({name: value for name, value in (values or {}).items()
-                       if optimizer_state or not _is_optimizer_state(name)})
+            self.load(
+                {
+                    name: value
+                    for name, value in (values or {}).items()
+                    if optimizer_state or not _is_optimizer_state(name)
+                }
+            )
         self.graph.finalize()
 
     def load(self, values):
@@ -335,8 +449,13 @@ class TF1TrainStep:
             raise KeyError(f"not variables of the TF1 training graph: {unknown}")
         # One run of the variables' initialisers with their initial values fed (what Variable.load does).
         inits = [self.variables[name].initializer for name in values]
-        self.session.run(inits, {init.inputs[1]: np.asarray(value, init.inputs[1].dtype.as_numpy_dtype)
-                                 for init, value in zip(inits, values.values())})
+        self.session.run(
+            inits,
+            {
+                init.inputs[1]: np.asarray(value, init.inputs[1].dtype.as_numpy_dtype)
+                for init, value in zip(inits, values.values())
+            },
+        )
 
     def values(self, names=None):
         """{TF1 name: array} of the variables (all by default)."""
@@ -350,7 +469,13 @@ class TF1TrainStep:
         y = np.eye(self.num_classes)[labels] if labels.ndim == 1 else labels.astype(np.float64)
         similarity = y @ y.T
         similarity /= np.sum(similarity, axis=1, keepdims=True)
-        return {self.x: x, self.x_t: x_t, self.label: y, self.label_mat: similarity, self.global_step: step}
+        return {
+            self.x: x,
+            self.x_t: x_t,
+            self.label: y,
+            self.label_mat: similarity,
+            self.global_step: step,
+        }
 
     def run(self, x, x_t, labels, step=0):
         """One training step (train.py feeds global_step = step index from 0) on NumPy batches.
@@ -361,8 +486,13 @@ class TF1TrainStep:
         count}]} the batch statistics each stream's batch norms used and fed to the moving averages.
         """
         before = self.values()
-        fetches = {"train": self.train_op, "losses": self.losses, "grads": self.grads,
-                   "learning_rate": self.learning_rate, "stats": self.stats}
+        fetches = {
+            "train": self.train_op,
+            "losses": self.losses,
+            "grads": self.grads,
+            "learning_rate": self.learning_rate,
+            "stats": self.stats,
+        }
         out = self.session.run(fetches, self.feed(x, x_t, labels, step))
         del out["train"]
         out["losses"] = {name: float(value) for name, value in out["losses"].items()}

@@ -24,21 +24,45 @@ import os
 from gpq_keras import lazy_exports
 from gpq_keras.data.split import Split, check_images, protocol_split
 
-_LAZY = {**{name: "gpq_keras.data.pipeline" for name in ("normalize", "train_dataset", "eval_dataset")},
-         **{name: "gpq_keras.data.numpy_pipeline" for name in ("denormalize", "train_pydataset", "ArrayBatches")}}
-__all__ = sorted(["PIPELINES", "SPEC_FORMS", "Split", "check_images", "has_tensorflow", "load_data",
-                  "protocol_split", "resolve_pipeline", "spec_paths", "train_input", *_LAZY])
+_LAZY = {
+    **{name: "gpq_keras.data.pipeline" for name in ("normalize", "train_dataset", "eval_dataset")},
+    **{
+        name: "gpq_keras.data.numpy_pipeline"
+        for name in ("denormalize", "train_pydataset", "ArrayBatches")
+    },
+}
+__all__ = sorted(
+    [
+        "PIPELINES",
+        "SPEC_FORMS",
+        "Split",
+        "check_images",
+        "has_tensorflow",
+        "load_data",
+        "protocol_split",
+        "resolve_pipeline",
+        "spec_paths",
+        "train_input",
+        *_LAZY,
+    ]
+)
 PIPELINES = ("auto", "tf.data", "numpy")
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 
-SPEC_FORMS = ("digits", "cifar10:DIR", "tfds:cifar10[:DATA_DIR]", "nuswide:LIST_DIR:IMAGE_ROOT",
-              "npz:FILE", "folder:DIR")
+SPEC_FORMS = (
+    "digits",
+    "cifar10:DIR",
+    "tfds:cifar10[:DATA_DIR]",
+    "nuswide:LIST_DIR:IMAGE_ROOT",
+    "npz:FILE",
+    "folder:DIR",
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_tensorflow():
     """Whether TensorFlow can be imported (it is imported, once, to find out)."""
     try:
@@ -52,7 +76,9 @@ def resolve_pipeline(pipeline="auto"):
     """The input pipeline a choice of `PIPELINES` means: "tf.data" or "numpy" ("auto": tf.data whenever
     TensorFlow can be imported)."""
     if pipeline not in PIPELINES:
-        raise ValueError(f"Unknown input pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}")
+        raise ValueError(
+            f"Unknown input pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}"
+        )
     if pipeline == "auto":
         return "tf.data" if has_tensorflow() else "numpy"
     return pipeline
@@ -97,18 +123,26 @@ def load_data(spec, **options):
     kind, paths = _parse_spec(spec)
     if kind == "digits":
         from gpq_keras.data import digits
+
         return digits.load_split(**options)
     if kind == "cifar10":
         from gpq_keras.data import cifar10
+
         return cifar10.load_split(_existing(paths[0], "CIFAR-10 folder"), **options)
     if kind == "tfds":
         from gpq_keras.data import cifar10
+
         return cifar10.load_split(from_tfds=True, data_dir=paths[0] if paths else None, **options)
     if kind == "nuswide":
         from gpq_keras.data import nuswide
-        return nuswide.load_split(_existing(paths[0], "NUS-WIDE list folder"),
-                                  _existing(paths[1], "NUS-WIDE image folder"), **options)
+
+        return nuswide.load_split(
+            _existing(paths[0], "NUS-WIDE list folder"),
+            _existing(paths[1], "NUS-WIDE image folder"),
+            **options,
+        )
     from gpq_keras.data import user
+
     if kind == "npz":
         return user.load_npz(_existing(paths[0], "npz file"), **options)
     return user.load_folder(_existing(paths[0], "image folder"), **options)

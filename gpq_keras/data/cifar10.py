@@ -47,7 +47,9 @@ class DataFormatError(FileFormatError):
 
 def _dtype(*args):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # odd arguments of a damaged file: an error follows, or nothing
+        warnings.simplefilter(
+            "ignore"
+        )  # odd arguments of a damaged file: an error follows, or nothing
         dtype = np.dtype(*args)
     if dtype.hasobject:
         raise pickle.UnpicklingError("object arrays are not allowed")
@@ -57,7 +59,9 @@ def _dtype(*args):
 def _latin1_encode(text, encoding="latin1"):
     # Python 3 writes bytes at protocol < 3 as _codecs.encode(str, "latin1"); allow that and nothing else.
     if encoding.lower().replace("-", "") != "latin1" or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode is only allowed with latin1 text, got {encoding!r}")
+        raise pickle.UnpicklingError(
+            f"_codecs.encode is only allowed with latin1 text, got {encoding!r}"
+        )
     return text.encode("latin1")
 
 
@@ -65,8 +69,9 @@ def _reconstruct(subtype, shape, dtype):
     # NumPy pickles an array as _reconstruct(ndarray, (0,), b"b") and then its state (shape, dtype, bytes):
     # the placeholder is tiny, so a damaged file cannot make it allocate, and nothing but ndarray is built.
     if subtype is not np.ndarray or int(np.prod(shape, dtype=object)) > 1:
-        raise pickle.UnpicklingError(f"unexpected array placeholder {getattr(subtype, '__name__', subtype)} "
-                                     f"{shape!r}")
+        raise pickle.UnpicklingError(
+            f"unexpected array placeholder {getattr(subtype, '__name__', subtype)} {shape!r}"
+        )
     return _multiarray._reconstruct(subtype, shape, dtype)
 
 
@@ -151,14 +156,27 @@ def read_batch(path):
     """One python batch -> uint8 images (N, 32, 32, 3) and int64 labels (N,)."""
     batch = load_pickle(path)
     data, labels = _get(batch, "data", path), _get(batch, "labels", path)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != int(np.prod(IMAGE_SHAPE)):
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != int(np.prod(IMAGE_SHAPE))
+    ):
         what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataFormatError(f"{path}: 'data' must be uint8 (N, 3072); got {what}")
-    shape = (labels.shape if isinstance(labels, np.ndarray)
-             else (len(labels),) if isinstance(labels, list) else None)
+    shape = (
+        labels.shape
+        if isinstance(labels, np.ndarray)
+        else (len(labels),)
+        if isinstance(labels, list)
+        else None
+    )
     if shape != (len(data),):
-        what = f"labels of shape {shape}" if shape is not None else f"'labels' of type {type(labels).__name__}"
+        what = (
+            f"labels of shape {shape}"
+            if shape is not None
+            else f"'labels' of type {type(labels).__name__}"
+        )
         raise DataFormatError(f"{path}: {len(data)} images but {what}")
     try:
         labels = np.asarray(labels)
@@ -166,7 +184,9 @@ def read_batch(path):
             raise ValueError(f"{labels.dtype} {labels.shape}")
         labels = labels.astype(np.int64)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise DataFormatError(f"{path}: 'labels' must be a list of {len(data)} int class ids ({exc})") from None
+        raise DataFormatError(
+            f"{path}: 'labels' must be a list of {len(data)} int class ids ({exc})"
+        ) from None
     # Rows are channel-major (3 x 32 x 32): red plane, green plane, blue plane.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
@@ -177,10 +197,13 @@ def read_label_names(directory):
     path = os.path.join(os.fspath(directory), META_FILE)
     names = _get(load_pickle(path), "label_names", path)
     if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
-        raise DataFormatError(f"{path}: 'label_names' must be a list of names; got "
-                              f"{type(names).__name__}")
+        raise DataFormatError(
+            f"{path}: 'label_names' must be a list of names; got {type(names).__name__}"
+        )
     if not 1 <= len(names) <= MAX_CLASSES:
-        raise DataFormatError(f"{path}: 'label_names' holds {len(names)} names; expected 1 to {MAX_CLASSES}")
+        raise DataFormatError(
+            f"{path}: 'label_names' holds {len(names)} names; expected 1 to {MAX_CLASSES}"
+        )
     try:
         return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
     except UnicodeDecodeError as exc:
@@ -202,8 +225,10 @@ def read_folder(directory):
         images, labels = read_batch(path)
         bad = (labels < 0) | (labels >= len(names))
         if bad.any():
-            raise DataFormatError(f"{path}: label {labels[bad][0]} (image {int(np.argmax(bad))}) outside the "
-                                  f"{len(names)} classes of {META_FILE}")
+            raise DataFormatError(
+                f"{path}: label {labels[bad][0]} (image {int(np.argmax(bad))}) outside the "
+                f"{len(names)} classes of {META_FILE}"
+            )
         parts.append((images, labels))
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -217,13 +242,17 @@ def read_folder(directory):
 
 def default_tfds_dir():
     """TensorFlow Datasets' data directory: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(
+        os.path.expanduser("~"), "tensorflow_datasets"
+    )
 
 
 def _no_archive(data_dir, archive, why):
     """The one-line FileNotFoundError of a missing data set: why, and where to put the archive."""
-    return FileNotFoundError(f"tfds:cifar10: no prepared data set in {data_dir} and {why}; download "
-                             f"{ARCHIVE_URL} and put it at {archive}")
+    return FileNotFoundError(
+        f"tfds:cifar10: no prepared data set in {data_dir} and {why}; download "
+        f"{ARCHIVE_URL} and put it at {archive}"
+    )
 
 
 def read_tfds(data_dir=None, manual_dir=None, download=False):
@@ -256,7 +285,9 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
     from tensorflow_datasets.core.download.util import DownloadError
 
     data_dir = os.path.expanduser(os.fspath(data_dir or default_tfds_dir()))
-    manual_dir = os.path.expanduser(os.fspath(manual_dir or os.path.join(data_dir, "downloads", "manual")))
+    manual_dir = os.path.expanduser(
+        os.fspath(manual_dir or os.path.join(data_dir, "downloads", "manual"))
+    )
     builder = tfds.builder("cifar10", data_dir=data_dir)
     if not builder.is_prepared():
         archive = os.path.join(manual_dir, ARCHIVE_NAME)
@@ -265,8 +296,10 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
             try:
                 builder.download_and_prepare(download_config=config)
             except NonMatchingChecksumError:
-                raise DataFormatError(f"{archive}: not the official CIFAR-10 archive (checksum differs "
-                                      f"from {ARCHIVE_URL})") from None
+                raise DataFormatError(
+                    f"{archive}: not the official CIFAR-10 archive (checksum differs "
+                    f"from {ARCHIVE_URL})"
+                ) from None
         elif not download:
             raise _no_archive(data_dir, archive, "downloading is off (download=False)")
         else:
@@ -278,8 +311,9 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())
                 raise _no_archive(data_dir, archive, f"the download failed ({reason})") from None
     images, labels = [], []
-    for part in tfds.load("cifar10", split=["train", "test"], data_dir=data_dir, batch_size=10000,
-                          download=False):
+    for part in tfds.load(
+        "cifar10", split=["train", "test"], data_dir=data_dir, batch_size=10000, download=False
+    ):
         batches = list(tfds.as_numpy(part))
         ids = np.concatenate([b["id"] for b in batches]).astype(str)
         order = np.argsort(ids, kind="stable")
@@ -294,8 +328,17 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_split(directory=None, *, from_tfds=False, data_dir=None, manual_dir=None, download=False,
-               similarity=None, query_every=60, labeled_per_class=500):
+def load_split(
+    directory=None,
+    *,
+    from_tfds=False,
+    data_dir=None,
+    manual_dir=None,
+    download=False,
+    similarity=None,
+    query_every=60,
+    labeled_per_class=500,
+):
     """CIFAR-10 split as the paper does: 1,000 queries, 5,000 labeled, 54,000 unlabeled = database.
 
     Args:
@@ -307,14 +350,21 @@ def load_split(directory=None, *, from_tfds=False, data_dir=None, manual_dir=Non
         query_every, labeled_per_class: the protocol (60 and 500 in the paper).
     """
     if from_tfds == (directory is not None):
-        raise ValueError("load_split: pass either a CIFAR-10 folder or from_tfds=True; received "
-                         f"directory={directory!r}, from_tfds={from_tfds!r}")
+        raise ValueError(
+            "load_split: pass either a CIFAR-10 folder or from_tfds=True; received "
+            f"directory={directory!r}, from_tfds={from_tfds!r}"
+        )
     if from_tfds:
         images, labels, names = read_tfds(data_dir, manual_dir, download)
     else:
         images, labels, names = read_folder(directory)
-    split = protocol_split(images, labels, query_every=query_every, labeled_per_class=labeled_per_class,
-                           name="tfds:cifar10" if from_tfds else os.fspath(directory))  # named in errors
+    split = protocol_split(
+        images,
+        labels,
+        query_every=query_every,
+        labeled_per_class=labeled_per_class,
+        name="tfds:cifar10" if from_tfds else os.fspath(directory),
+    )  # named in errors
     split.name = "cifar10"
     split.num_classes = len(names)
     split.class_names = tuple(names)
@@ -332,8 +382,10 @@ def similarity_matrix(y_query, y_db, chunk=1024):
     from scipy import sparse
 
     y_query, y_db = np.asarray(y_query), np.asarray(y_db)
-    blocks = [sparse.csr_matrix(relevance(y_query[start:start + chunk], y_db), dtype=np.float64)
-              for start in range(0, len(y_query), chunk)]
+    blocks = [
+        sparse.csr_matrix(relevance(y_query[start : start + chunk], y_db), dtype=np.float64)
+        for start in range(0, len(y_query), chunk)
+    ]
     if not blocks:
         relevance(y_query, y_db)  # the same checks for no queries
         return sparse.csr_matrix((0, len(y_db)), dtype=np.float64)
@@ -371,17 +423,25 @@ def load_similarity(path):
             warnings.simplefilter("ignore")  # scipy warns about odd headers, then raises or reads
             version = scipy.io.matlab.matfile_version(path)[0]
             variables = {name: (shape, kind) for name, shape, kind in scipy.io.whosmat(path)}
-    except Exception as exc:  # scipy raises many types for damaged files: ValueError, TypeError, OSError...
+    except (
+        Exception
+    ) as exc:  # scipy raises many types for damaged files: ValueError, TypeError, OSError...
         raise DataFormatError(f"{path}: not a readable .mat file ({_one_line(exc)})") from None
     if SIMILARITY_KEY not in variables:
         raise DataFormatError(f"{path}: no '{SIMILARITY_KEY}' variable (found {sorted(variables)})")
     shape, kind = variables[SIMILARITY_KEY]
     if kind not in _MAT_ITEMSIZE and kind != "sparse" or len(shape) != 2:
-        raise DataFormatError(f"{path}: '{SIMILARITY_KEY}' must be a 2-D numeric or sparse matrix; got "
-                              f"{kind} {tuple(shape)}")
+        raise DataFormatError(
+            f"{path}: '{SIMILARITY_KEY}' must be a 2-D numeric or sparse matrix; got "
+            f"{kind} {tuple(shape)}"
+        )
     if kind != "sparse":
-        check_memory(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE[kind], f"{path}: '{SIMILARITY_KEY}'",
-                     f"a dense {kind} matrix {tuple(shape)}", DataFormatError)
+        check_memory(
+            int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE[kind],
+            f"{path}: '{SIMILARITY_KEY}'",
+            f"a dense {kind} matrix {tuple(shape)}",
+            DataFormatError,
+        )
     if version == 1:
         with open(path, "rb") as f:
             _check_mat5(path, f.read())
@@ -390,7 +450,9 @@ def load_similarity(path):
             warnings.simplefilter("ignore")
             matrix = scipy.io.loadmat(path, variable_names=[SIMILARITY_KEY])[SIMILARITY_KEY]
         if sparse.issparse(matrix):
-            matrix.check_format(full_check=True)  # indices in range, before any operation trusts them
+            matrix.check_format(
+                full_check=True
+            )  # indices in range, before any operation trusts them
         matrix = sparse.csr_matrix(matrix)
     except MemoryError:
         raise DataFormatError(f"{path}: '{SIMILARITY_KEY}' does not fit into memory") from None
@@ -399,8 +461,19 @@ def load_similarity(path):
     return (matrix != 0).astype(np.float64).tocsr()
 
 
-_MAT_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4,
-                 "uint32": 4, "int64": 8, "uint64": 8, "logical": 1}
+_MAT_ITEMSIZE = {
+    "double": 8,
+    "single": 4,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "logical": 1,
+}
 # MAT 5 element types scipy reads numbers from (miINT8 .. miUINT64); miMATRIX and miCOMPRESSED hold others.
 _MI_NUMERIC = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13}
 _MI_MATRIX, _MI_COMPRESSED = 14, 15
@@ -419,10 +492,12 @@ def _mat5_element(data, pos, end, order):
     if first >> 16:  # small data element: type and size in the first word, up to 4 bytes of data
         if first >> 16 > 4:
             raise ValueError(f"a small data element of {first >> 16} bytes at byte {pos}")
-        return first & 0xFFFF, data[pos + 4:pos + 4 + (first >> 16)], pos + 8
+        return first & 0xFFFF, data[pos + 4 : pos + 4 + (first >> 16)], pos + 8
     if second > end - pos - 8:
-        raise ValueError(f"an element at byte {pos} claims {second} bytes; {end - pos - 8} are left")
-    return first, data[pos + 8:pos + 8 + second], pos + 8 + second + (-second % 8)
+        raise ValueError(
+            f"an element at byte {pos} claims {second} bytes; {end - pos - 8} are left"
+        )
+    return first, data[pos + 8 : pos + 8 + second], pos + 8 + second + (-second % 8)
 
 
 def _check_mat5_matrix(payload, order):
@@ -438,11 +513,15 @@ def _check_mat5_matrix(payload, order):
         if kind not in ((5, 6) if what == "dims" else (1, 16)):
             raise ValueError(f"the {what} of '{SIMILARITY_KEY}' have element type {kind}")
     if mclass != _MX_SPARSE and mclass not in _MX_NUMERIC:
-        raise ValueError(f"'{SIMILARITY_KEY}' has MATLAB class {mclass}, not a numeric or sparse matrix")
+        raise ValueError(
+            f"'{SIMILARITY_KEY}' has MATLAB class {mclass}, not a numeric or sparse matrix"
+        )
     for index in range((3 if mclass == _MX_SPARSE else 1) + is_complex):
         kind, _, pos = _mat5_element(payload, pos, len(payload), order)
         if kind not in _MI_NUMERIC:
-            raise ValueError(f"part {index + 1} of '{SIMILARITY_KEY}' has element type {kind}, not a number type")
+            raise ValueError(
+                f"part {index + 1} of '{SIMILARITY_KEY}' has element type {kind}, not a number type"
+            )
 
 
 def _check_mat5(path, data):
@@ -461,12 +540,18 @@ def _check_mat5(path, data):
             kind, payload, pos = _mat5_element(data, pos, len(data), order)
             if kind == _MI_COMPRESSED:
                 inflater = zlib.decompressobj()
-                payload = inflater.decompress(payload, 16)  # the inner tag and the start of its header
+                payload = inflater.decompress(
+                    payload, 16
+                )  # the inner tag and the start of its header
                 if len(payload) < 8:
                     continue  # scipy refuses it (and reads no data of another variable)
                 size = struct.unpack_from(order + "I", payload, 4)[0] + 8
-                check_memory(size, f"{path}: a compressed variable", "a decompressed size", DataFormatError)
-                payload += inflater.decompress(inflater.unconsumed_tail, max(size - len(payload), 1))
+                check_memory(
+                    size, f"{path}: a compressed variable", "a decompressed size", DataFormatError
+                )
+                payload += inflater.decompress(
+                    inflater.unconsumed_tail, max(size - len(payload), 1)
+                )
                 kind, payload, _ = _mat5_element(payload, 0, len(payload), order)
             if kind != _MI_MATRIX or len(payload) < 16:
                 continue  # scipy refuses it by itself
@@ -486,8 +571,10 @@ def check_similarity(matrix, y_query, y_db, source="similarity matrix"):
     expected = similarity_matrix(y_query, y_db)
     matrix = sparse.csr_matrix(matrix)
     if matrix.shape != expected.shape:
-        raise ValueError(f"{source}: shape {matrix.shape} does not match this split's "
-                         f"{expected.shape[0]} queries x {expected.shape[1]} database items")
+        raise ValueError(
+            f"{source}: shape {matrix.shape} does not match this split's "
+            f"{expected.shape[0]} queries x {expected.shape[1]} database items"
+        )
     diff = (matrix != 0).astype(np.int8) - (expected != 0).astype(np.int8)
     diff.eliminate_zeros()
     if diff.nnz:
@@ -495,4 +582,5 @@ def check_similarity(matrix, y_query, y_db, source="similarity matrix"):
         raise ValueError(
             f"{source}: {diff.nnz} of {matrix.shape[0] * matrix.shape[1]} entries differ from the labels "
             f"of this split (first at query {rows[0]}, database item {cols[0]}); it was made for another "
-            f"order or data (the original sorts unstably). Leave it out: relevance comes from the labels")
+            f"order or data (the original sorts unstably). Leave it out: relevance comes from the labels"
+        )

@@ -18,8 +18,10 @@ MAX_VALUE = 16  # the raw pixels count "on" pixels in 4x4 blocks: 0..16
 
 def load_raw():
     """The packaged arrays as stored: images uint8 (1797, 8, 8) with values 0..16, labels int64 (1797,)."""
-    with resources.files(__package__).joinpath(DATA_FILE).open("rb") as f, \
-            np.load(f, allow_pickle=False) as data:
+    with (
+        resources.files(__package__).joinpath(DATA_FILE).open("rb") as f,
+        np.load(f, allow_pickle=False) as data,
+    ):
         return data["images"], data["labels"]
 
 
@@ -33,8 +35,10 @@ def resize_bilinear(images, size):
         low = np.floor(source)
         frac = (source - low).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
         low = low.astype(int)
-        x = (np.take(x, low, axis=axis) * (1.0 - frac)
-             + np.take(x, np.minimum(low + 1, size_in - 1), axis=axis) * frac)
+        x = (
+            np.take(x, low, axis=axis) * (1.0 - frac)
+            + np.take(x, np.minimum(low + 1, size_in - 1), axis=axis) * frac
+        )
     return x
 
 
@@ -44,7 +48,9 @@ def load_images(image_size=32):
     Raw values 0..16 are scaled to 0..255, resized bilinearly (`resize_bilinear`) and repeated to 3 channels.
     """
     raw, labels = load_raw()
-    images = np.round(raw.astype(np.float64) * (255.0 / MAX_VALUE)).astype(np.uint8)  # 0..16 -> 0..255
+    images = np.round(raw.astype(np.float64) * (255.0 / MAX_VALUE)).astype(
+        np.uint8
+    )  # 0..16 -> 0..255
     images = resize_bilinear(images[..., None], (image_size, image_size))
     images = np.repeat(np.clip(np.round(images), 0, 255).astype(np.uint8), 3, axis=-1)
     return images, labels.astype(np.int64)
@@ -53,7 +59,8 @@ def load_images(image_size=32):
 def load_split(query_every=10, labeled_per_class=50):
     """The paper's protocol scaled down: 180 queries, 500 labeled, 1,117 unlabeled = database."""
     images, labels = load_images()
-    split = protocol_split(images, labels, query_every=query_every,
-                           labeled_per_class=labeled_per_class, name="digits")
+    split = protocol_split(
+        images, labels, query_every=query_every, labeled_per_class=labeled_per_class, name="digits"
+    )
     split.class_names = tuple(str(d) for d in range(10))
     return split

@@ -12,12 +12,16 @@ def check_label_pair(query_labels, db_labels):
     float32 0/1 (Q, classes) and (N, classes). A ValueError for anything else."""
     query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
     if query_labels.ndim not in (1, 2) or query_labels.ndim != db_labels.ndim:
-        raise ValueError("labels must both be int class ids (N,) or both multi-hot (N, classes). "
-                         f"Received shapes: query {query_labels.shape}, database {db_labels.shape}")
+        raise ValueError(
+            "labels must both be int class ids (N,) or both multi-hot (N, classes). "
+            f"Received shapes: query {query_labels.shape}, database {db_labels.shape}"
+        )
     if query_labels.ndim == 2:
         if query_labels.shape[1] != db_labels.shape[1]:
-            raise ValueError(f"multi-hot labels must have the same number of classes. Received shapes: "
-                             f"query {query_labels.shape}, database {db_labels.shape}")
+            raise ValueError(
+                f"multi-hot labels must have the same number of classes. Received shapes: "
+                f"query {query_labels.shape}, database {db_labels.shape}"
+            )
         return (query_labels != 0).astype(np.float32), (db_labels != 0).astype(np.float32)
     return query_labels, db_labels
 

@@ -26,7 +26,9 @@ PADDING = 4
 
 def normalize_array(images):
     """uint8 (..., H, W, 3) -> float32 (x - mean) / std, the original's colour pre-processing (NumPy)."""
-    return ((np.asarray(images, np.float32) - np.float32(CHANNEL_MEAN)) / np.float32(CHANNEL_STD)).astype(np.float32)
+    return (
+        (np.asarray(images, np.float32) - np.float32(CHANNEL_MEAN)) / np.float32(CHANNEL_STD)
+    ).astype(np.float32)
 
 
 def denormalize(images):
@@ -63,9 +65,11 @@ def augment_batch(images, rng, padding=PADDING, fill=0.0):
     batch, height, width = images.shape[:3]
     flip = rng.random(batch) < 0.5
     images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
-    padded = np.empty((batch, height + 2 * padding, width + 2 * padding, images.shape[3]), images.dtype)
+    padded = np.empty(
+        (batch, height + 2 * padding, width + 2 * padding, images.shape[3]), images.dtype
+    )
     padded[...] = np.asarray(fill, images.dtype)
-    padded[:, padding:padding + height, padding:padding + width] = images
+    padded[:, padding : padding + height, padding : padding + width] = images
     offsets = rng.integers(0, 2 * padding + 1, size=(batch, 2))
     rows = offsets[:, :1] + np.arange(height)  # (B, H) rows of the padded image to keep
     cols = offsets[:, 1:] + np.arange(width)  # (B, W)
@@ -78,17 +82,23 @@ def pass_batch(count, batch_size, seed, step):
     per_pass = count // batch_size
     p, b = divmod(step, per_pass)
     order = np.random.default_rng([seed, p]).permutation(count)
-    return order[b * batch_size:(b + 1) * batch_size]
+    return order[b * batch_size : (b + 1) * batch_size]
 
 
 class TwoStreamBatches(keras.utils.PyDataset):
     """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels (see the module docstring);
     item i is global step `start_step + i`. Made by `train_pydataset`."""
 
-    def __init__(self, split, batch_size, seed, augmented=True, start_step=0, normalized=False, **kwargs):
+    def __init__(
+        self, split, batch_size, seed, augmented=True, start_step=0, normalized=False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.split, self.batch_size, self.seed = split, int(batch_size), int(seed)
-        self.augmented, self.start_step, self.normalized = bool(augmented), int(start_step), bool(normalized)
+        self.augmented, self.start_step, self.normalized = (
+            bool(augmented),
+            int(start_step),
+            bool(normalized),
+        )
 
     @property
     def num_batches(self):
@@ -100,7 +110,9 @@ class TwoStreamBatches(keras.utils.PyDataset):
         labeled = pass_batch(len(split.x_labeled), size, self.seed, step)
         unlabeled = pass_batch(len(split.x_unlabeled), size, self.seed + 1, step)
         images = [split.x_labeled[labeled], split.x_unlabeled[unlabeled]]
-        images = [normalize_array(x) if self.normalized else np.asarray(x, np.float32) for x in images]
+        images = [
+            normalize_array(x) if self.normalized else np.asarray(x, np.float32) for x in images
+        ]
         if self.augmented:
             fill = 0.0 if self.normalized else CHANNEL_MEAN
             rng = np.random.default_rng([self.seed + 2, step])
@@ -108,7 +120,9 @@ class TwoStreamBatches(keras.utils.PyDataset):
         return {"labeled": images[0], "unlabeled": images[1]}, np.asarray(split.y_labeled)[labeled]
 
 
-def train_pydataset(split, batch_size=500, seed=None, augmented=True, start_step=0, normalized=False, **kwargs):
+def train_pydataset(
+    split, batch_size=500, seed=None, augmented=True, start_step=0, normalized=False, **kwargs
+):
     """`gpq_keras.data.train_dataset` as a `keras.utils.PyDataset` -> (dataset, steps_per_epoch); `kwargs`
     (workers, use_multiprocessing, max_queue_size) go to `PyDataset`. Same arguments, checks and epoch."""
     batch_size = check_training_input(split, batch_size, start_step)
@@ -132,5 +146,5 @@ class ArrayBatches(keras.utils.PyDataset):
         return -(-len(self.images) // self.batch_size)
 
     def __getitem__(self, index):
-        batch = self.images[index * self.batch_size:(index + 1) * self.batch_size]
+        batch = self.images[index * self.batch_size : (index + 1) * self.batch_size]
         return normalize_array(batch) if self.normalize else np.asarray(batch, np.float32)

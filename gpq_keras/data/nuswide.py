@@ -45,16 +45,21 @@ def read_list(path, num_classes=NUM_CLASSES):
             try:
                 line.encode("utf-8")
             except UnicodeEncodeError as exc:
-                byte = ord(line[exc.start]) - 0xDC00  # surrogateescape keeps the byte in U+DC80..U+DCFF
-                raise ListFormatError(f"{path}:{number}: not UTF-8 text (byte 0x{byte:02x} at column "
-                                      f"{exc.start + 1})") from None
+                byte = (
+                    ord(line[exc.start]) - 0xDC00
+                )  # surrogateescape keeps the byte in U+DC80..U+DCFF
+                raise ListFormatError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{byte:02x} at column {exc.start + 1})"
+                ) from None
             fields = line.split()
             if not fields:
                 continue
             values = fields[1:]
             if len(values) != num_classes:
-                raise ListFormatError(f"{path}:{number}: expected a path and {num_classes} 0/1 labels, "
-                                      f"found {len(values)} labels")
+                raise ListFormatError(
+                    f"{path}:{number}: expected a path and {num_classes} 0/1 labels, "
+                    f"found {len(values)} labels"
+                )
             if any(v not in ("0", "1") for v in values):
                 bad = next(v for v in values if v not in ("0", "1"))
                 raise ListFormatError(f"{path}:{number}: labels must be 0 or 1, found {bad!r}")
@@ -70,8 +75,9 @@ def resolve(paths, image_root):
     full = [os.path.join(os.fspath(image_root), p) for p in paths]
     missing = [p for p in full if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(full)} NUS-WIDE images not found, "
-                                f"first: {missing[0]}")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(full)} NUS-WIDE images not found, first: {missing[0]}"
+        )
     return full
 
 
@@ -88,10 +94,12 @@ def image_dataset(paths, image_size=32, batch_size=256):
     """Lazily decoded uint8 batches (B, image_size, image_size, 3) of the files, in order."""
     import tensorflow as tf
 
-    return (tf.data.Dataset.from_tensor_slices(list(paths))
-            .map(lambda p: decode_image(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.from_tensor_slices(list(paths))
+        .map(lambda p: decode_image(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def check_decodable(path, image_size=32):
@@ -121,11 +129,13 @@ def decode_images(paths, image_size=32, batch_size=256):
         try:
             batch = next(iterator)
         except tf.errors.OpError as exc:
-            for p in paths[start:start + batch_size]:  # find the culprit, only on this error path
+            for p in paths[start : start + batch_size]:  # find the culprit, only on this error path
                 check_decodable(p, image_size)
             message = " ".join(exc.message.split())
-            raise FileFormatError(f"decoding images failed near {paths[start]}: {message}") from None
-        out[start:start + len(batch)] = batch.numpy()
+            raise FileFormatError(
+                f"decoding images failed near {paths[start]}: {message}"
+            ) from None
+        out[start : start + len(batch)] = batch.numpy()
     return out
 
 
@@ -136,8 +146,10 @@ def load_split(list_dir, image_root, image_size=32, num_classes=NUM_CLASSES):
         raise FileNotFoundError(f"NUS-WIDE list folder not found: {list_dir}")
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"NUS-WIDE image folder not found: {image_root}")
-    lists = {part: read_list(os.path.join(list_dir, filename), num_classes)
-             for part, filename in LIST_FILES.items()}  # every list checked before the slow decoding
+    lists = {
+        part: read_list(os.path.join(list_dir, filename), num_classes)
+        for part, filename in LIST_FILES.items()
+    }  # every list checked before the slow decoding
     files = {part: resolve(paths, image_root) for part, (paths, _) in lists.items()}
     parts = {}
     for part, (_, labels) in lists.items():

@@ -17,11 +17,27 @@ saved before the model normalised (`GPQ(normalize_pixels=False)`).
 import numpy as np
 import tensorflow as tf
 
-from gpq_keras.data.numpy_pipeline import CHANNEL_MEAN, CHANNEL_STD, PADDING, check_training_input, denormalize
+from gpq_keras.data.numpy_pipeline import (
+    CHANNEL_MEAN,
+    CHANNEL_STD,
+    PADDING,
+    check_training_input,
+    denormalize,
+)
 from gpq_keras.data.split import check_training_labels
 
-__all__ = ["CHANNEL_MEAN", "CHANNEL_STD", "PADDING", "augment", "augment_batch", "check_training_labels",
-           "denormalize", "eval_dataset", "normalize", "train_dataset"]
+__all__ = [
+    "CHANNEL_MEAN",
+    "CHANNEL_STD",
+    "PADDING",
+    "augment",
+    "augment_batch",
+    "check_training_labels",
+    "denormalize",
+    "eval_dataset",
+    "normalize",
+    "train_dataset",
+]
 _ENDLESS = 2**62  # "for ever" for Dataset.range
 
 
@@ -45,14 +61,16 @@ def augment_batch(images, seed, padding=PADDING, fill=0.0):
     flip = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
     images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
-    offsets = tf.random.stateless_uniform([batch, 2], seeds[1], minval=0, maxval=2 * padding + 1,
-                                          dtype=tf.int32)
+    offsets = tf.random.stateless_uniform(
+        [batch, 2], seeds[1], minval=0, maxval=2 * padding + 1, dtype=tf.int32
+    )
     rows = offsets[:, :1] + tf.range(height)[None]  # (B, H) rows of the padded image to keep
     cols = offsets[:, 1:] + tf.range(width)[None]  # (B, W)
     out = tf.gather(padded, rows, axis=1, batch_dims=1)  # (B, H, W + 2p, C)
     out = tf.gather(out, cols, axis=2, batch_dims=1)  # (B, H, W, C)
-    inside = (((rows >= padding) & (rows < height + padding))[:, :, None]
-              & ((cols >= padding) & (cols < width + padding))[:, None, :])  # (B, H, W): not the border
+    inside = ((rows >= padding) & (rows < height + padding))[:, :, None] & (
+        (cols >= padding) & (cols < width + padding)
+    )[:, None, :]  # (B, H, W): not the border
     return tf.where(inside[..., None], out, tf.cast(fill, out.dtype))
 
 
@@ -70,11 +88,19 @@ def _pass_batches(count, batch_size, seed, start_batch):
     per_pass = count // batch_size
 
     def one_pass(p):
-        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=tf.stack([seed, p]))
-        return tf.data.Dataset.from_tensor_slices(tf.reshape(order[:per_pass * batch_size], (per_pass, batch_size)))
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([seed, p])
+        )
+        return tf.data.Dataset.from_tensor_slices(
+            tf.reshape(order[: per_pass * batch_size], (per_pass, batch_size))
+        )
 
     first = start_batch // per_pass
-    return tf.data.Dataset.range(first, _ENDLESS).flat_map(one_pass).skip(start_batch - first * per_pass)
+    return (
+        tf.data.Dataset.range(first, _ENDLESS)
+        .flat_map(one_pass)
+        .skip(start_batch - first * per_pass)
+    )
 
 
 def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0, normalized=False):
@@ -107,7 +133,9 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
     def prepare(step, labeled, unlabeled):
         images = [to_input(tf.gather(x, index)) for x, index in ((x_l, labeled), (x_u, unlabeled))]
         if augmented:
-            seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64) + 2, step]), 2)
+            seeds = tf.random.experimental.stateless_split(
+                tf.stack([tf.cast(seed, tf.int64) + 2, step]), 2
+            )
             images = [augment_batch(x, s, fill=fill) for x, s in zip(images, tf.unstack(seeds))]
         return {"labeled": images[0], "unlabeled": images[1]}, tf.gather(y_l, labeled)
 
@@ -137,4 +165,6 @@ def eval_dataset(images, batch_size=500, normalized=False):
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     legacy_uint8 = normalized and np.asarray(images).dtype == np.uint8
     ds = ds.map(normalize if legacy_uint8 else _pixels, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.with_options(_auto_shard(tf.data.experimental.AutoShardPolicy.DATA)).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_auto_shard(tf.data.experimental.AutoShardPolicy.DATA)).prefetch(
+        tf.data.AUTOTUNE
+    )

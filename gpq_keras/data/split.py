@@ -14,8 +14,15 @@ def check_images(images, where):
     `mydata.npz: 'x_db' must be uint8 images (N, H, W, 3); got float32 (10, 32, 32)`.
     """
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:3]:
-        raise ValueError(f"{where} must be uint8 images (N, H, W, 3); got {images.dtype} {images.shape}")
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] != 3
+        or 0 in images.shape[1:3]
+    ):
+        raise ValueError(
+            f"{where} must be uint8 images (N, H, W, 3); got {images.dtype} {images.shape}"
+        )
     return images
 
 
@@ -27,20 +34,30 @@ def check_labels(labels, where):
     [0, 65536)`. Nothing is allocated from the values, so a huge id is refused, not tried.
     """
     labels = np.asarray(labels)
-    if labels.ndim not in (1, 2) or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise ValueError(f"{where} must be int class ids (N,) or multi-hot (N, classes); got "
-                         f"{labels.dtype} {labels.shape}")
+    if labels.ndim not in (1, 2) or not (
+        np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool
+    ):
+        raise ValueError(
+            f"{where} must be int class ids (N,) or multi-hot (N, classes); got "
+            f"{labels.dtype} {labels.shape}"
+        )
     if labels.ndim == 2 and not labels.shape[1]:
-        raise ValueError(f"{where} are multi-hot labels of no class {labels.shape}; they need at least one")
+        raise ValueError(
+            f"{where} are multi-hot labels of no class {labels.shape}; they need at least one"
+        )
     if not labels.size or labels.dtype == bool:
         return labels
     low, high = labels.min(), labels.max()
     if labels.ndim == 1 and (low < 0 or high >= MAX_CLASSES):
         bad = low if low < 0 else high
-        raise ValueError(f"{where} holds class id {int(bad)}; class ids must be in [0, {MAX_CLASSES})")
+        raise ValueError(
+            f"{where} holds class id {int(bad)}; class ids must be in [0, {MAX_CLASSES})"
+        )
     if labels.ndim == 2:
         if labels.shape[1] > MAX_CLASSES:
-            raise ValueError(f"{where} has {labels.shape[1]} classes; at most {MAX_CLASSES} are supported")
+            raise ValueError(
+                f"{where} has {labels.shape[1]} classes; at most {MAX_CLASSES} are supported"
+            )
         if low < 0 or high > 1:
             bad = labels[(labels != 0) & (labels != 1)].flat[0]
             raise ValueError(f"{where} holds {int(bad)}; multi-hot labels must be 0 or 1")
@@ -89,34 +106,49 @@ class Split:
             if x is None and y is None:
                 continue
             if x is None or y is None or len(x) != len(y):
-                raise ValueError(f"{self.name}: x_{prefix} and y_{prefix} must have the same length "
-                                 f"(got {None if x is None else np.shape(x)} and "
-                                 f"{None if y is None else np.shape(y)})")
+                raise ValueError(
+                    f"{self.name}: x_{prefix} and y_{prefix} must have the same length "
+                    f"(got {None if x is None else np.shape(x)} and "
+                    f"{None if y is None else np.shape(y)})"
+                )
             check_images(x, f"{self.name}: x_{prefix}")
             setattr(self, f"y_{prefix}", check_labels(y, f"{self.name}: y_{prefix}"))
             if not len(x):
-                raise ValueError(f"{self.name}: x_{prefix} holds no images; the {_PARTS[prefix]} needs at "
-                                 f"least one")
+                raise ValueError(
+                    f"{self.name}: x_{prefix} holds no images; the {_PARTS[prefix]} needs at "
+                    f"least one"
+                )
         if self.x_unlabeled is not self.x_db:
             check_images(self.x_unlabeled, f"{self.name}: x_unlabeled")
             if not len(self.x_unlabeled):
-                raise ValueError(f"{self.name}: x_unlabeled holds no images; the unlabeled training set "
-                                 f"needs at least one")
+                raise ValueError(
+                    f"{self.name}: x_unlabeled holds no images; the unlabeled training set "
+                    f"needs at least one"
+                )
         labels = [y for y in (self.y_query, self.y_db, self.y_labeled) if y is not None]
         if len({y.ndim for y in labels}) != 1 or len({y.shape[1:] for y in labels}) != 1:
-            raise ValueError(f"{self.name}: labels must be all int (N,) or all multi-hot (N, classes); got "
-                             + ", ".join(f"y_{p} {getattr(self, f'y_{p}').shape}"
-                                         for p in ("query", "db", "labeled")
-                                         if getattr(self, f"y_{p}") is not None))
+            raise ValueError(
+                f"{self.name}: labels must be all int (N,) or all multi-hot (N, classes); got "
+                + ", ".join(
+                    f"y_{p} {getattr(self, f'y_{p}').shape}"
+                    for p in ("query", "db", "labeled")
+                    if getattr(self, f"y_{p}") is not None
+                )
+            )
         if self.num_classes is None:
             self.num_classes = _infer_num_classes(labels)
         else:
             needed = _infer_num_classes(labels)
             wrong = needed != self.num_classes if labels[0].ndim == 2 else needed > self.num_classes
             if wrong:
-                raise ValueError(f"{self.name}: num_classes={self.num_classes} but the labels "
-                                 + (f"have {needed} classes" if labels[0].ndim == 2
-                                    else f"hold class id {needed - 1}"))
+                raise ValueError(
+                    f"{self.name}: num_classes={self.num_classes} but the labels "
+                    + (
+                        f"have {needed} classes"
+                        if labels[0].ndim == 2
+                        else f"hold class id {needed - 1}"
+                    )
+                )
 
     @property
     def has_training_data(self):
@@ -138,8 +170,10 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
             raise ValueError(f"{name}: {arg} must be an int >= 1; received {arg}={value!r}")
     labels = check_labels(labels, f"{name}: labels")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{name}: expected one int label per image; got labels {labels.shape} "
-                         f"for images {np.shape(images)}")
+        raise ValueError(
+            f"{name}: expected one int label per image; got labels {labels.shape} "
+            f"for images {np.shape(images)}"
+        )
     if not len(labels):
         raise ValueError(f"{name}: no images to split")
     order = np.argsort(labels, kind="stable")
@@ -157,13 +191,25 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
             f"{labeled_per_class}): class {classes[c]} has {total[c]} images, {total[c] - left[c]} of them "
             f"queries, which leaves {left[c]} labeled and no unlabeled (database) image; every class needs "
             f"more than {labeled_per_class} images besides its queries ({len(labels)} images, "
-            f"{int(is_query.sum())} queries in all)")
-    rank_in_class = np.arange(len(rest)) - np.searchsorted(labels[rest], labels[rest])  # rest is sorted
-    labeled, unlabeled = rest[rank_in_class < labeled_per_class], rest[rank_in_class >= labeled_per_class]
-    return Split(x_query=images[is_query], y_query=labels[is_query],
-                 x_db=images[unlabeled], y_db=labels[unlabeled],
-                 x_labeled=images[labeled], y_labeled=labels[labeled],
-                 num_classes=int(labels.max()) + 1, name=name)
+            f"{int(is_query.sum())} queries in all)"
+        )
+    rank_in_class = np.arange(len(rest)) - np.searchsorted(
+        labels[rest], labels[rest]
+    )  # rest is sorted
+    labeled, unlabeled = (
+        rest[rank_in_class < labeled_per_class],
+        rest[rank_in_class >= labeled_per_class],
+    )
+    return Split(
+        x_query=images[is_query],
+        y_query=labels[is_query],
+        x_db=images[unlabeled],
+        y_db=labels[unlabeled],
+        x_labeled=images[labeled],
+        y_labeled=labels[labeled],
+        num_classes=int(labels.max()) + 1,
+        name=name,
+    )
 
 
 def default_validation_per_class(split):
@@ -182,7 +228,9 @@ def hold_out_validation(split, per_class):
     queries are never touched. `per_class=0` holds nothing out (x_val and y_val are None).
     """
     if not split.has_training_data:
-        raise ValueError(f"{split.name}: no labeled training images to hold validation images out of")
+        raise ValueError(
+            f"{split.name}: no labeled training images to hold validation images out of"
+        )
     if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 0:
         raise ValueError(f"per_class must be an int >= 0; received per_class={per_class!r}")
     if per_class == 0:
@@ -203,8 +251,10 @@ def hold_out_validation(split, per_class):
                 held[i] = True
                 taken += hot[i]
     if held.all():
-        raise ValueError(f"{split.name}: holding out {per_class} labeled images per class leaves none for "
-                         f"training ({len(y)} labeled images); use a smaller --val-per-class")
+        raise ValueError(
+            f"{split.name}: holding out {per_class} labeled images per class leaves none for "
+            f"training ({len(y)} labeled images); use a smaller --val-per-class"
+        )
     train = dataclasses.replace(split, x_labeled=split.x_labeled[~held], y_labeled=y[~held])
     return train, split.x_labeled[held], y[held]
 
@@ -218,28 +268,46 @@ def check_training_labels(split):
     """
     y, num_classes = np.asarray(split.y_labeled), split.num_classes
     where = f"{split.name}: y_labeled"
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"{split.name}: num_classes must be an int >= 1; received "
-                         f"num_classes={num_classes!r}")
-    if y.ndim not in (1, 2) or len(y) != len(split.x_labeled) or not (
-            np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
-        raise ValueError(f"{where} must be {len(split.x_labeled)} int class ids (N,) or multi-hot rows "
-                         f"(N, {num_classes}); got {y.dtype} {y.shape}")
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
+        or num_classes < 1
+    ):
+        raise ValueError(
+            f"{split.name}: num_classes must be an int >= 1; received num_classes={num_classes!r}"
+        )
+    if (
+        y.ndim not in (1, 2)
+        or len(y) != len(split.x_labeled)
+        or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool)
+    ):
+        raise ValueError(
+            f"{where} must be {len(split.x_labeled)} int class ids (N,) or multi-hot rows "
+            f"(N, {num_classes}); got {y.dtype} {y.shape}"
+        )
     if y.ndim == 1:
         bad = (y < 0) | (y >= num_classes)
         if bad.any():
-            raise ValueError(f"{where} holds class id {int(y[bad][0])} (labeled image "
-                             f"{int(np.argmax(bad))}); class ids must be in [0, {num_classes}) for "
-                             f"num_classes={num_classes}")
+            raise ValueError(
+                f"{where} holds class id {int(y[bad][0])} (labeled image "
+                f"{int(np.argmax(bad))}); class ids must be in [0, {num_classes}) for "
+                f"num_classes={num_classes}"
+            )
         present = len(np.unique(y))
     else:
         if y.shape[1] != num_classes:
-            raise ValueError(f"{where} has {y.shape[1]} classes per row but num_classes={num_classes}")
+            raise ValueError(
+                f"{where} has {y.shape[1]} classes per row but num_classes={num_classes}"
+            )
         bad = (y != 0) & (y != 1)
         if bad.any():
-            raise ValueError(f"{where} holds {int(y[bad][0])} (labeled image {int(np.argmax(bad.any(1)))}); "
-                             f"multi-hot labels must be 0 or 1")
+            raise ValueError(
+                f"{where} holds {int(y[bad][0])} (labeled image {int(np.argmax(bad.any(1)))}); "
+                f"multi-hot labels must be 0 or 1"
+            )
         present = int((y != 0).any(0).sum())
     if present < 2:
-        raise ValueError(f"GPQ needs labeled images of at least 2 classes; {split.name}'s labeled set "
-                         f"({len(y)} images) has {present}")
+        raise ValueError(
+            f"GPQ needs labeled images of at least 2 classes; {split.name}'s labeled set "
+            f"({len(y)} images) has {present}"
+        )

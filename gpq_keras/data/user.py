@@ -15,6 +15,8 @@ from gpq_keras.files import FileFormatError, atomic_path, read_npz
 
 REQUIRED_KEYS = ("x_query", "y_query", "x_db", "y_db")
 OPTIONAL_KEYS = ("x_labeled", "y_labeled", "x_unlabeled")
+
+
 def _refuse(check, *args):
     """Run a ValueError check of split.py and give its message as a FileFormatError."""
     try:
@@ -45,19 +47,30 @@ def load_npz(path, name=None):
         else:
             _refuse(check_labels, value, f"{path}: '{key}'")
         if not len(value):
-            raise FileFormatError(f"{path}: '{key}' is empty {value.shape}; every array needs at least one "
-                                  f"{'image' if key.startswith('x_') else 'label'}")
+            raise FileFormatError(
+                f"{path}: '{key}' is empty {value.shape}; every array needs at least one "
+                f"{'image' if key.startswith('x_') else 'label'}"
+            )
     y_keys = [k for k in ("y_query", "y_db", "y_labeled") if k in arrays]
-    if len({arrays[k].ndim for k in y_keys}) != 1 or len({arrays[k].shape[1:] for k in y_keys}) != 1:
-        raise FileFormatError(f"{path}: labels must be all int (N,) or all multi-hot (N, classes); got "
-                              + ", ".join(f"{k} {arrays[k].shape}" for k in y_keys))
+    if (
+        len({arrays[k].ndim for k in y_keys}) != 1
+        or len({arrays[k].shape[1:] for k in y_keys}) != 1
+    ):
+        raise FileFormatError(
+            f"{path}: labels must be all int (N,) or all multi-hot (N, classes); got "
+            + ", ".join(f"{k} {arrays[k].shape}" for k in y_keys)
+        )
     for part in ("query", "db", "labeled"):
         if f"x_{part}" in arrays and len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]):
-            raise FileFormatError(f"{path}: 'x_{part}' holds {len(arrays[f'x_{part}'])} images but 'y_{part}' "
-                                  f"{len(arrays[f'y_{part}'])} labels")
+            raise FileFormatError(
+                f"{path}: 'x_{part}' holds {len(arrays[f'x_{part}'])} images but 'y_{part}' "
+                f"{len(arrays[f'y_{part}'])} labels"
+            )
     if len({v.shape[1:] for k, v in arrays.items() if k.startswith("x_")}) != 1:
-        raise FileFormatError(f"{path}: all images must have one size; got "
-                              + ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.startswith("x_")))
+        raise FileFormatError(
+            f"{path}: all images must have one size; got "
+            + ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.startswith("x_"))
+        )
     name = name or os.path.splitext(os.path.basename(path))[0]
     try:
         return Split(**arrays, name=name)
@@ -68,14 +81,22 @@ def load_npz(path, name=None):
 def save_npz(path, split):
     """Write a `Split` as the `.npz` `load_npz` reads (compressed; written atomically)."""
     path = os.fspath(path)
-    arrays = {k: getattr(split, k) for k in REQUIRED_KEYS + OPTIONAL_KEYS if getattr(split, k) is not None}
+    arrays = {
+        k: getattr(split, k) for k in REQUIRED_KEYS + OPTIONAL_KEYS if getattr(split, k) is not None
+    }
     if arrays.get("x_unlabeled") is split.x_db:
         del arrays["x_unlabeled"]  # the default; don't store the database twice
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
 
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras' image_dataset_from_directory's
+IMAGE_EXTENSIONS = (
+    ".bmp",
+    ".gif",
+    ".jpeg",
+    ".jpg",
+    ".png",
+)  # keras' image_dataset_from_directory's
 
 
 def list_folder(directory):
@@ -87,11 +108,16 @@ def list_folder(directory):
     are not followed.
     """
     directory = os.fspath(directory)
-    class_names = [d for d in sorted(os.listdir(directory))
-                   if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")]
+    class_names = [
+        d
+        for d in sorted(os.listdir(directory))
+        if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")
+    ]
     paths, labels = [], []
     for label, class_name in enumerate(class_names):
-        for root, _, files in sorted(os.walk(os.path.join(directory, class_name)), key=lambda x: x[0]):
+        for root, _, files in sorted(
+            os.walk(os.path.join(directory, class_name)), key=lambda x: x[0]
+        ):
             for file in sorted(files):
                 if file.lower().endswith(IMAGE_EXTENSIONS):
                     paths.append(os.path.join(root, file))
@@ -112,8 +138,12 @@ def list_images(spec):
     spec = os.fspath(spec)
     if os.path.isdir(spec):
         paths, labels, class_names = list_folder(spec)
-        everything = sorted(os.path.join(root, f) for root, _, files in os.walk(spec) for f in files
-                            if f.lower().endswith(IMAGE_EXTENSIONS))
+        everything = sorted(
+            os.path.join(root, f)
+            for root, _, files in os.walk(spec)
+            for f in files
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
         if not paths or len(paths) != len(everything):  # loose images too: no classes
             paths, labels, class_names = everything, None, None
     else:
@@ -148,24 +178,31 @@ def decode_folder_images(paths, image_size=32, batch_size=256):
     paths = list(paths)
     size = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
     out = np.empty((len(paths), *size, 3), np.uint8)
-    batches = iter(tf.data.Dataset.from_tensor_slices(paths)
-                   .map(lambda p: _decode_resized(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-                   .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    batches = iter(
+        tf.data.Dataset.from_tensor_slices(paths)
+        .map(lambda p: _decode_resized(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     for start in range(0, len(paths), batch_size):
         try:
             batch = next(batches)
         except tf.errors.OpError as exc:
-            for path in paths[start:start + batch_size]:  # find the culprit, only on this error path
+            for path in paths[
+                start : start + batch_size
+            ]:  # find the culprit, only on this error path
                 try:
                     _decode_resized(path, image_size)
                 except tf.errors.NotFoundError:
                     raise FileNotFoundError(f"image not found: {path}") from None
                 except tf.errors.OpError as error:
-                    raise FileFormatError(f"{path}: not a decodable image "
-                                          f"({' '.join(error.message.split())})") from None
-            raise FileFormatError(f"decoding images failed near {paths[start]}: "
-                                  f"{' '.join(exc.message.split())}") from None
-        out[start:start + len(batch)] = np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8)
+                    raise FileFormatError(
+                        f"{path}: not a decodable image ({' '.join(error.message.split())})"
+                    ) from None
+            raise FileFormatError(
+                f"decoding images failed near {paths[start]}: {' '.join(exc.message.split())}"
+            ) from None
+        out[start : start + len(batch)] = np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8)
     return out
 
 
@@ -183,19 +220,26 @@ def load_folder(directory, image_size=32, query_every=10, labeled_per_class=None
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"image folder not found: {directory}")
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or image_size < 1
+    ):
         raise ValueError(f"image_size must be an int >= 1; received image_size={image_size!r}")
     paths, labels, class_names = list_folder(directory)
     if not paths:
-        raise ValueError(f"{directory}: no images in class sub-folders (image files: "
-                         f"{', '.join(IMAGE_EXTENSIONS)}; found classes {list(class_names)})")
+        raise ValueError(
+            f"{directory}: no images in class sub-folders (image files: "
+            f"{', '.join(IMAGE_EXTENSIONS)}; found classes {list(class_names)})"
+        )
     images = decode_folder_images(paths, image_size, batch_size)
     if labeled_per_class is None and isinstance(query_every, int) and query_every >= 1:
         counts = np.bincount(labels, minlength=len(class_names))
         rest = counts[counts > 0] * (1 - 1 / query_every)
         labeled_per_class = max(1, int(rest.min() // 10))
-    split = protocol_split(images, labels, query_every=query_every, labeled_per_class=labeled_per_class,
-                           name=directory)
+    split = protocol_split(
+        images, labels, query_every=query_every, labeled_per_class=labeled_per_class, name=directory
+    )
     split.name = os.path.basename(os.path.normpath(directory))
     split.num_classes = len(class_names)
     split.class_names = class_names
