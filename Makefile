@@ -12,7 +12,7 @@ DEMO_SEED ?= 0
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: demo notebook test test-jax test-fast bench clean
+.PHONY: demo notebook test test-jax test-fast lint docs bench clean
 
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,10 @@ notebook: $(VENV)/.installed
 	test -f $(DEMO_DIR)/model.keras || $(MAKE) demo
 	$(PY) notebooks/execute.py notebooks/demo.ipynb
 
-# The suite on TensorFlow, then the tests marked `backends` (layers, losses, backbone, model) on JAX.
+# Lint and the docs first (seconds), then the suite on TensorFlow, then the tests marked `backends`
+# (layers, losses, backbone, model) on JAX.
 test: $(VENV)/.installed
+	$(MAKE) lint docs
 	$(PYTEST) tests
 	$(MAKE) test-jax
 
@@ -43,6 +45,15 @@ test-jax: $(VENV)/.installed
 # Everything but the slow end-to-end tests (@pytest.mark.large), on TensorFlow: about a minute.
 test-fast: $(VENV)/.installed
 	$(PYTEST) -m "not large" tests
+
+# ruff (pyproject.toml): the formatting and the lint rules
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+# The MkDocs site (docs/, API pages from the docstrings): a broken link or reference fails
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_train_step.py

@@ -1,20 +1,22 @@
-"""Train-step throughput under tf.distribute: one device against MirroredStrategy at the same global batch.
+"""Train-step throughput under tf.distribute: one device against MirroredStrategy at the same global
+batch.
 
-This machine's CPU is split into two logical devices (`tf.config.set_logical_device_configuration`), so
-`MirroredStrategy` runs two replicas on the same cores: the comparison shows what the cross-replica work
-costs (the all-gather of labels and descriptors for the N-pair loss, the all-reduce of the gradients, and
-with sync batch norm two all-reduces per batch-norm layer and stream), not a speed-up. On several GPUs the
-same script measures the scaling.
+This machine's CPU is split into two logical devices (`tf.config.set_logical_device_configuration`),
+so `MirroredStrategy` runs two replicas on the same cores: the comparison shows what the
+cross-replica work costs (the all-gather of labels and descriptors for the N-pair loss, the
+all-reduce of the gradients, and with sync batch norm two all-reduces per batch-norm layer and
+stream), not a speed-up. On several GPUs the same script measures the scaling.
 
-Candidates, each `fit` on the same endless batch of `--batch-size` labeled + `--batch-size` unlabeled images
-(the global batch), `--steps` steps per timed call:
+Candidates, each `fit` on the same endless batch of `--batch-size` labeled + `--batch-size`
+unlabeled images (the global batch), `--steps` steps per timed call:
 - `one device`: the default strategy;
 - `mirrored, 2 replicas`: `MirroredStrategy` over the two logical CPUs (or every GPU);
-- `mirrored, 2 replicas, sync BN`: the same with `GPQConfig.sync_batch_norm=True` (what `gpq train` uses).
+- `mirrored, 2 replicas, sync BN`: the same with `GPQConfig.sync_batch_norm=True` (what `gpq train`
+  uses).
 
-One warm-up call each (tracing), then `--rounds` rounds running every candidate once, the order rotating
-per round. Prints a Markdown table: best and median seconds per step, steps/s and images/s at the best time,
-and the time over the one-device time. Run by hand:
+One warm-up call each (tracing), then `--rounds` rounds running every candidate once, the order
+rotating per round. Prints a Markdown table: best and median seconds per step, steps/s and images/s
+at the best time, and the time over the one-device time. Run by hand:
 
     .venv/bin/python benchmarks/bench_distributed.py [--batch-size 64] [--filters 64,128,256,512]
         [--rounds 3] [--steps 3]
@@ -60,7 +62,7 @@ def _candidate(strategy, config, dataset, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=64, help="global batch per stream (64)")
     parser.add_argument("--bits", type=int, default=48)
     parser.add_argument("--filters", default="64,128,256,512", help="the four VGG stage widths")
@@ -105,24 +107,28 @@ def main():
             times[name].append((time.perf_counter() - start) / args.steps)
 
     print(
-        f"GPQ fit steps, global batch {args.batch_size} labeled + {args.batch_size} unlabeled images of "
+        f"GPQ fit steps, global batch {args.batch_size} labeled + {args.batch_size} unlabeled "
+        f"images of "
         f"{'x'.join(map(str, config.image_shape))}, {config.bits} bits, VGG widths {args.filters}; "
         f"{args.rounds} rounds of {args.steps} steps after one warm-up call each"
     )
     print(
-        f"{_device()}; {replicas} {'GPUs' if tf.config.list_physical_devices('GPU') else 'logical CPU devices'}; "
+        f"{_device()}; {replicas} "
+        f"{'GPUs' if tf.config.list_physical_devices('GPU') else 'logical CPU devices'}; "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
     )
     print()
     print(
-        "| strategy | best s/step | median s/step | steps/s (best) | images/s (best) | time / one device |"
+        "| strategy | best s/step | median s/step | steps/s (best) | images/s (best) "
+        "| time / one device |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     reference = min(times["one device"])
     for name, values in times.items():
         best, median = min(values), statistics.median(values)
         print(
-            f"| {name} | {best:.3f} | {median:.3f} | {1 / best:.2f} | {2 * args.batch_size / best:,.0f} | "
+            f"| {name} | {best:.3f} | {median:.3f} | {1 / best:.2f} "
+            f"| {2 * args.batch_size / best:,.0f} | "
             f"{best / reference:.2f} |"
         )
 

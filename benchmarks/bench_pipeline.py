@@ -20,7 +20,8 @@ from gpq_keras.data import Split, eval_dataset, train_dataset  # noqa: E402
 
 
 def cifar_sized_split(seed=0):
-    """5,000 labeled and 54,000 unlabeled random uint8 32x32x3 images, as the paper's CIFAR-10 split."""
+    """5,000 labeled and 54,000 unlabeled random uint8 32x32x3 images, as the paper's CIFAR-10
+    split."""
     rng = np.random.default_rng(seed)
     x_l = rng.integers(0, 256, (5000, 32, 32, 3), dtype=np.uint8)
     y_l = np.arange(5000) % 10

@@ -1,53 +1,57 @@
-"""Retrieval speed: the original's loops against `gpq_keras.retrieval` / `metrics`, and faiss IndexPQ.
+"""Retrieval speed: the original's loops against `gpq_keras.retrieval` / `metrics`, and faiss
+IndexPQ.
 
     .venv/bin/python benchmarks/bench_retrieval.py [--queries 1000] [--database 54000]
         [--original-queries N] [--repeat 3] [--threads T]
 
-On random data of the paper's size (1,000 queries, 54,000 items, M=12, K=16, d=12, 10 classes) it times,
-in one run:
+On random data of the paper's size (1,000 queries, 54,000 items, M=12, K=16, d=12, 10 classes) it
+times, in one run:
 
-- the original's `PQ_retrieval` tail (`tests/original_retrieval.py`, the one restatement the tests use
-  too): `pqDist` (Python loops over queries, sub-spaces and codewords), `np.argsort` of the (N, Q)
-  distance matrix, `cat_apcal` (Python loops over queries and the whole ranked database, relevance read
-  from a dense `np.matrix`);
-- ours: `PQIndex.add` of the codes, `PQIndex.rank` and `metrics.evaluate_ranking` (mAP over the whole
-  database);
-- top-1000 search: `PQIndex.search` (fast-scan + exact re-rank, and NumPy) against faiss `IndexPQ` (inner
-  product, the same codes) built by `PQIndex.to_faiss()`.
+- the original's `PQ_retrieval` tail (`tests/original_retrieval.py`, the one restatement the tests
+  use too): `pqDist` (Python loops over queries, sub-spaces and codewords), `np.argsort` of the
+  (N, Q) distance matrix, `cat_apcal` (Python loops over queries and the whole ranked database,
+  relevance read from a dense `np.matrix`);
+- ours: `PQIndex.add` of the codes, `PQIndex.rank` and `metrics.evaluate_ranking` (mAP over the
+  whole database);
+- top-1000 search: `PQIndex.search` (fast-scan + exact re-rank, and NumPy) against faiss `IndexPQ`
+  (inner product, the same codes) built by `PQIndex.to_faiss()`.
 
 `--original-queries N` runs the original's loops on the first N queries only and scales its times to
-all queries (the loops are linear in the queries); by default it runs them all. Prints a Markdown table.
+all queries (the loops are linear in the queries); by default it runs them all. Prints a Markdown
+table.
 
     .venv/bin/python benchmarks/bench_retrieval.py --compare-modes [--seeds 0,1,2] [--epochs 40]
 
 instead trains small GPQ models (48 bits, VGG widths 16-32-64-128, batch 100) on the embedded digits
-split and prints, per seed, the mAP over the database, mAP@100, precision@10 and @100 of the `original`
-and `consistent` retrieval modes on the same trained model (several minutes per seed on a CPU).
+split and prints, per seed, the mAP over the database, mAP@100, precision@10 and @100 of the
+`original` and `consistent` retrieval modes on the same trained model (several minutes per seed on
+a CPU).
 """
 
 import argparse
 import os
 import platform
+import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import sys  # noqa: E402
+from gpq_keras import metrics, parallel
+from gpq_keras.retrieval import PQIndex
 
-import numpy as np  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before `--compare-modes` imports TensorFlow
+TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-import original_retrieval as original  # noqa: E402
-
-from gpq_keras import metrics, parallel  # noqa: E402
-from gpq_keras.retrieval import PQIndex  # noqa: E402
-
-# --- the original's loops (tests/original_retrieval.py), as the original runs them ----------------------
+# --- the original's loops (tests/original_retrieval.py), as the original runs them ---------------
 
 
 def run_original(z, m, codes, queries, query_labels, db_labels):
-    """`pqDist` (float32, as the original), `np.argsort` of the (N, Q) distances, `cat_apcal` reading a dense
-    `np.matrix` of relevance -> (times, mAP, AP per query)."""
+    """`pqDist` (float32, as the original), `np.argsort` of the (N, Q) distances, `cat_apcal`
+    reading a dense `np.matrix` of relevance -> (times, mAP, AP per query)."""
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    import original_retrieval as original  # tests/original_retrieval.py
+
     times = {}
     similarity = np.asmatrix((query_labels[:, None] == db_labels[None, :]).astype(np.uint8))
     start = time.perf_counter()
@@ -86,7 +90,8 @@ def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
 
     split = load_data("digits")
     print(
-        f"# Retrieval modes on digits: {len(split.x_query)} queries, {len(split.x_db)} database items, "
+        f"# Retrieval modes on digits: {len(split.x_query)} queries, "
+        f"{len(split.x_db)} database items, "
         f"{epochs} epochs x {max(1, len(split.x_labeled) // batch_size)} steps, filters {filters}"
     )
     print()
@@ -108,7 +113,8 @@ def compare_modes(seeds, epochs, batch_size=100, filters=(16, 32, 64, 128)):
                 index.rank(queries, 100, with_distances=False), split.y_query, split.y_db
             )
             print(
-                f"| {seed} | {mode} | {full['mAP']:.4f} | {top['mAP']:.4f} | {full['precision'][10]:.4f} | "
+                f"| {seed} | {mode} | {full['mAP']:.4f} | {top['mAP']:.4f} | "
+                f"{full['precision'][10]:.4f} | "
                 f"{full['precision'][100]:.4f} |",
                 flush=True,
             )
@@ -153,12 +159,15 @@ def main(argv=None):
 
     faiss = import_faiss()
     print(
-        f"# Retrieval benchmark: {args.queries} queries x {args.database} items, M={m}, K={k}, d={d}"
+        f"# Retrieval benchmark: {args.queries} queries x {args.database} items, "
+        f"M={m}, K={k}, d={d}"
     )
     print(
-        f"numpy {np.__version__}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
+        f"numpy {np.__version__}, faiss {faiss.__version__} "
+        f"({faiss.omp_get_max_threads()} threads), "
         f"{parallel.get_num_threads()} ranking threads, {os.cpu_count()} CPUs "
-        f"({platform.processor() or platform.machine()}); {args.repeat} interleaved rounds, best / median"
+        f"({platform.processor() or platform.machine()}); {args.repeat} interleaved rounds, "
+        f"best / median"
     )
     print()
 
@@ -199,12 +208,14 @@ def main(argv=None):
     print(f"| step | original loops{scaled} | gpq_keras (best / median) | speed-up (best) |")
     print("|---|---:|---:|---:|")
     print(
-        f"| asymmetric distances + top-1 (Q x N) | {times['distances']:.2f} s | {fmt('distances')} | "
+        f"| asymmetric distances + top-1 (Q x N) | {times['distances']:.2f} s | "
+        f"{fmt('distances')} | "
         f"{times['distances'] / runs['distances'][0]:.0f}x |"
     )
     print(f"| ranking (`np.argsort`) | {times['ranking']:.2f} s | (in the evaluation below) | |")
     print(
-        f"| AP over the whole database (`cat_apcal`) | {times['ap']:.2f} s | (in the evaluation below) | |"
+        f"| AP over the whole database (`cat_apcal`) | {times['ap']:.2f} s | "
+        f"(in the evaluation below) | |"
     )
     print(
         f"| **whole mAP evaluation** | **{times['total']:.2f} s** | **{fmt('evaluate')}** | "
@@ -212,7 +223,8 @@ def main(argv=None):
     )
     print()
     print(
-        f"mAP: original {orig_map:.6f} on {n_orig} queries; ours {result['ap'][:n_orig].mean():.6f} "
+        f"mAP: original {orig_map:.6f} on {n_orig} queries; "
+        f"ours {result['ap'][:n_orig].mean():.6f} "
         f"(max per-query AP difference {ap_diff:.1e}); ours on all queries {result['mAP']:.6f}"
     )
     print()
@@ -221,7 +233,8 @@ def main(argv=None):
     print(f"| top-{top} search | best / median | queries/s (best) |")
     print("|---|---:|---:|")
     print(
-        f"| faiss IndexPQ (inner product, same codes) | {fmt('faiss')} | {args.queries / runs['faiss'][0]:.0f} |"
+        f"| faiss IndexPQ (inner product, same codes) | {fmt('faiss')} | "
+        f"{args.queries / runs['faiss'][0]:.0f} |"
     )
     print(
         f"| gpq_keras PQIndex.search (fast-scan + exact re-rank) | {fmt('search')} | "
@@ -233,7 +246,8 @@ def main(argv=None):
     )
     print()
     print(
-        f"ours / faiss time (best): {runs['search'][0] / runs['faiss'][0]:.2f}; same id at the same rank: "
+        f"ours / faiss time (best): {runs['search'][0] / runs['faiss'][0]:.2f}; "
+        f"same id at the same rank: "
         f"{float((fids == ids).mean()):.4%}; max |distance difference|: "
         f"{float(np.abs((m - fdist) - dist).max()):.1e} (float32 summation order)"
     )

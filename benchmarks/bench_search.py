@@ -1,27 +1,39 @@
-"""Search at scale: `PQIndex.search` (NumPy and fast-scan + exact re-rank) against faiss, 10^4 to 10^7 items.
+"""Search at scale: `PQIndex.search` (NumPy and fast-scan + exact re-rank) against faiss, 10^4 to
+10^7 items.
 
     .venv/bin/python benchmarks/bench_search.py [--sizes 10000,100000,1000000,2000000,10000000]
         [--queries 1000] [--large-queries 100] [--large 5000000] [-k 100] [--rounds 3]
         [--data clustered|random] [--nprobe 1,8,32,128] [--mode consistent]
 
-Synthetic data of GPQ's 48-bit shape (M=12, K=16, d=12): a random codebook; `clustered` features (the
-default) are 1,000 Gaussian clusters (unit-variance centres, noise 0.5) coded with it, `random` codes are uniform. Queries come from the
-same distribution. Databases of `--large` items and more get `--large-queries` queries.
+Synthetic data of GPQ's 48-bit shape (M=12, K=16, d=12): a random codebook; `clustered` features
+(the default) are 1,000 Gaussian clusters (unit-variance centres, noise 0.5) coded with it,
+`random` codes are uniform. Queries come from the same distribution. Databases of `--large` items
+and more get `--large-queries` queries.
 
 For each size it runs, interleaved (each method once per round; best and median of `--rounds`):
 
 - `numpy`: `PQIndex.search(backend="numpy")`, exact brute force block by block;
 - `IndexPQ`: faiss' plain PQ scan (`PQIndex.to_faiss()`), exact;
-- `fast-scan raw`: faiss `IndexPQFastScan` (`to_faiss(fast_scan=True)`), top-k by 8-bit look-up tables;
+- `fast-scan raw`: faiss `IndexPQFastScan` (`to_faiss(fast_scan=True)`), top-k by 8-bit look-up
+  tables;
 - `fast-scan exact`: `PQIndex.search()` (the default): fast-scan candidates re-ranked exactly;
 - `IVF nprobe=P`: `to_faiss(nlist=...)`, `IndexIVFPQFastScan` over the same codes.
 
-Columns: time (best / median s), ns per query x item (best), queries/s (best), recall@10 and @k against
-the NumPy ids, `= brute force` = queries whose k ids equal the NumPy search's (ties aside: two items
-whose float32 distances differ only in the last bit, which depends on the BLAS' summation order, may
-swap), and peak memory (the rise
-of the process' peak resident memory during the method's runs; /proc/self/clear_refs resets it).
-Prints a Markdown table per size, and the build times.
+Columns: time (best / median s), ns per query x item (best), queries/s (best), recall@10 and @k
+against the NumPy ids, `= brute force` = queries whose k ids equal the NumPy search's (ties aside:
+two items whose float32 distances differ only in the last bit, which depends on the BLAS' summation
+order, may swap), and peak memory (the rise of the process' peak resident memory during the method's
+runs; /proc/self/clear_refs resets it). Prints a Markdown table per size, and the build times.
+
+    .venv/bin/python benchmarks/bench_search.py --dispatch [--dispatch-size 54000] [--queries 1000]
+        [--ks 10,100,1000,1687,3375,13500,54000] [--rounds 3]
+
+instead times `search(q, k)` for k up to the whole database (the paper's 1,000 queries over 54,000
+items) on the default backend (`auto`: fast-scan candidates for k <= ntotal / 32, the NumPy full
+ranking above), on `backend="numpy"`, by fast-scan re-ranking forced for every k
+(`fast_scan.rerank`, what `auto` did for every k before) and by `rank` + `metrics.evaluate_ranking`
+(mAP@k of random labels): no k should make `auto` slower than the full ranking. `= numpy`: queries
+whose k ids equal the NumPy search's, ties aside (auto, fast-scan forced).
 """
 
 import argparse
@@ -31,8 +43,8 @@ import time
 
 import numpy as np
 
-from gpq_keras import parallel
-from gpq_keras.retrieval import PQIndex, import_faiss
+from gpq_keras import metrics, parallel
+from gpq_keras.retrieval import PQIndex, faiss_bridge, fast_scan, import_faiss
 
 M, K, D_SUB = 12, 16, 12
 CLUSTERS = 1000
@@ -93,25 +105,30 @@ def recall(found, truth, at):
 
 
 def same_up_to_ties(index, queries, ids, truth):
-    """Queries whose ids equal `truth`'s, ties aside: both lists ordered by (float64 distance, id), a
-    position may hold another id only at the same distance (to 1e-6): two items whose float32 distances
-    differ in the last bit, which depends on the BLAS' summation order, may swap or trade places at k."""
-    tables = index.pq.lookup_tables(queries).astype(np.float64)
-    rows = np.arange(len(queries))[:, None, None]
+    """Queries whose ids equal `truth`'s, ties aside: both lists ordered by (float64 distance, id),
+    a position may hold another id only at the same distance (to 1e-6): two items whose float32
+    distances differ in the last bit, which depends on the BLAS' summation order, may swap or trade
+    places at k. Chunks of queries bound the memory."""
     subspaces = np.arange(index.num_subspaces)
+    step = max(1, (1 << 24) // (ids.shape[1] * index.num_subspaces))
+    count = 0
+    for start in range(0, len(queries), step):
+        tables = index.pq.lookup_tables(queries[start : start + step]).astype(np.float64)
+        rows = np.arange(len(tables))[:, None, None]
 
-    def ordered(found):
-        dist = tables[rows, subspaces, index.codes[np.maximum(found, 0)]].sum(-1)
-        order = np.lexsort((found, dist), axis=-1)
-        return np.take_along_axis(found, order, axis=1), np.take_along_axis(dist, order, axis=1)
+        def ordered(found, tables=tables, rows=rows):
+            dist = tables[rows, subspaces, index.codes[np.maximum(found, 0)]].sum(-1)
+            order = np.lexsort((found, dist), axis=-1)
+            return np.take_along_axis(found, order, axis=1), np.take_along_axis(dist, order, axis=1)
 
-    (a, da), (b, db) = ordered(ids), ordered(truth)
-    same = (a == b) | (np.abs(da - db) <= 1e-6 * (1 + np.abs(db)))
-    return int(np.sum(same.all(axis=1)))
+        block = slice(start, start + step)
+        (a, da), (b, db) = ordered(ids[block]), ordered(truth[block])
+        same = (a == b) | (np.abs(da - db) <= 1e-6 * (1 + np.abs(db)))
+        count += int(np.sum(same.all(axis=1)))
+    return count
 
 
 def run_size(size, args):
-    faiss = import_faiss()
     num_queries = args.large_queries if size >= args.large else args.queries
     start = time.perf_counter()
     index, centres = make_index(size, args.data, args.mode)
@@ -158,11 +175,12 @@ def run_size(size, args):
             peaks[name] = max(peaks[name], rss_kib("VmHWM") - base)
     truth = results["numpy"][1]
     print(
-        f"\n### {size:,} items, {num_queries} queries, top {args.k} ({args.data} data, {args.mode} mode)\n"
+        f"\n### {size:,} items, {num_queries} queries, top {args.k} ({args.data} data, "
+        f"{args.mode} mode)\n"
     )
     print(
-        f"| method | best s | median s | ns / (query x item) | queries/s | recall@10 | recall@{args.k} | "
-        f"= brute force | peak MB |"
+        f"| method | best s | median s | ns / (query x item) | queries/s | recall@10 | "
+        f"recall@{args.k} | = brute force | peak MB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in methods:
@@ -171,15 +189,71 @@ def run_size(size, args):
         same = same_up_to_ties(index, queries, ids, truth)
         print(
             f"| {name} | {best:.3f} | {median:.3f} | {best / (num_queries * size) * 1e9:.3f} | "
-            f"{num_queries / best:,.0f} | {recall(ids, truth, 10):.4f} | {recall(ids, truth, args.k):.4f} | "
-            f"{same}/{num_queries} | {peaks[name] / 1024:.0f} |"
+            f"{num_queries / best:,.0f} | {recall(ids, truth, 10):.4f} | "
+            f"{recall(ids, truth, args.k):.4f} | {same}/{num_queries} | {peaks[name] / 1024:.0f} |"
         )
     fs, pq = min(times["fast-scan exact"]), min(times["IndexPQ"])
     print(
-        f"\nfast-scan exact: {fs / min(times['fast-scan raw']):.2f}x raw fast-scan time, {pq / fs:.1f}x faster "
-        f"than IndexPQ. Builds: " + ", ".join(f"{name} {t:.1f} s" for name, t in builds.items())
+        f"\nfast-scan exact: {fs / min(times['fast-scan raw']):.2f}x raw fast-scan time, "
+        f"{pq / fs:.1f}x faster than IndexPQ. Builds: "
+        + ", ".join(f"{name} {t:.1f} s" for name, t in builds.items())
     )
     return times
+
+
+def run_dispatch(args):
+    """`search(q, k)` for k up to ntotal: auto, numpy, fast-scan forced, rank + evaluate_ranking."""
+    index, centres = make_index(args.dispatch_size, args.data, args.mode)
+    queries = make_queries(args.queries, centres)
+    rng = np.random.default_rng(2)
+    query_labels = rng.integers(0, 10, len(queries))
+    db_labels = rng.integers(0, 10, index.ntotal)
+    ks = [min(int(k), index.ntotal) for k in args.ks.split(",")]
+    prepared, tables = index.pq.prepare_queries(queries), index.pq.lookup_tables(queries)
+    searcher = faiss_bridge.fast_scan_index(index.pq, index.codes)
+    search = faiss_bridge.fast_scan_search(searcher, index.num_subspaces)
+    index.search(queries[:2], 10)  # builds PQIndex's cached fast-scan index outside the timings
+
+    def methods(k):
+        return {
+            "auto": lambda: index.search(queries, k),
+            "numpy": lambda: index.search(queries, k, backend="numpy"),
+            "fast-scan forced": lambda: (
+                None,
+                index.ids[fast_scan.rerank(search, prepared, tables, index.codes, k)[1]],
+            ),
+            "rank + evaluate_ranking": lambda: metrics.evaluate_ranking(
+                index.rank(queries, k, with_distances=False), query_labels, db_labels
+            ),
+        }
+
+    names = list(methods(1))
+    times = {(k, name): [] for k in ks for name in names}
+    results = {}
+    for _ in range(args.rounds):
+        for k in ks:
+            for name, func in methods(k).items():
+                begin = time.perf_counter()
+                results[k, name] = func()
+                times[k, name].append(time.perf_counter() - begin)
+    print(
+        f"\n### search(q, k): {len(queries)} queries, {index.ntotal:,} items, M={M} K={K} "
+        f"({args.data} data, {args.mode} mode), {args.rounds} interleaved rounds\n"
+    )
+    print("| k | auto path | " + " | ".join(f"{n} best / median s" for n in names) + " | = numpy |")
+    print("|---:|---|" + "---:|" * len(names) + "---:|")
+    for k in ks:
+        cells = [f"{min(times[k, n]):.2f} / {np.median(times[k, n]):.2f}" for n in names]
+        truth = results[k, "numpy"][1]
+        same = [
+            same_up_to_ties(index, queries, results[k, n][1], truth)
+            for n in ("auto", "fast-scan forced")
+        ]
+        path = "fast-scan" if index.fast_scan_pays(k) else "numpy"
+        print(
+            f"| {k:,} | {path} | " + " | ".join(cells) + f" | {same[0]}, {same[1]} of "
+            f"{len(queries)} |"
+        )
 
 
 def main():
@@ -198,14 +272,22 @@ def main():
         "--nlist", type=int, default=None, help="IVF lists (default ~sqrt(N), a power of 2)"
     )
     parser.add_argument("--nprobe", default="1,8,32,128")
+    parser.add_argument(
+        "--dispatch", action="store_true", help="time search(q, k) for k up to the whole database"
+    )
+    parser.add_argument("--dispatch-size", type=int, default=54_000)
+    parser.add_argument("--ks", default="10,100,1000,1687,3375,13500,54000")
     args = parser.parse_args()
     args.nprobe = [int(p) for p in args.nprobe.split(",")]
     faiss = import_faiss()
     print(
         f"# bench_search: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), NumPy {np.__version__}, "
-        f"{parallel.get_num_threads()} row threads, peak memory reset: {reset_peak()}"
+        f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
+        f"NumPy {np.__version__}, {parallel.get_num_threads()} row threads, "
+        f"peak memory reset: {reset_peak()}"
     )
+    if args.dispatch:
+        return run_dispatch(args)
     for size in (int(float(s)) for s in args.sizes.split(",")):
         run_size(size, args)
 

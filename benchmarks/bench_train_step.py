@@ -1,24 +1,29 @@
-"""Train-step time: the original's TF1 training step against ours (float32, mixed bfloat16, XLA; Keras on JAX).
+"""Train-step time: the original's TF1 training step against ours (float32, mixed bfloat16, XLA;
+Keras on JAX).
 
-Every candidate runs GPQ's full training step (two backbone calls with training-mode batch norm, soft PQ,
-the three losses, gradient reversal, Adam) on the same labeled and unlabeled batches of `--batch-size` images
-each, fed from NumPy on every step (as the original's train.py feeds them), all in one process:
+Every candidate runs GPQ's full training step (two backbone calls with training-mode batch norm,
+soft PQ, the three losses, gradient reversal, Adam) on the same labeled and unlabeled batches of
+`--batch-size` images each, fed from NumPy on every step (as the original's train.py feeds them),
+all in one process:
 
-- `TF1 graph (original)`: `tests/tf1_reference.py`'s `TF1TrainStep`, the original's graph (`ordered=False`,
-  as train.py builds it) in its own `tf.compat.v1.Session`, `sess.run([train_op, loss], feed_dict)`;
-- `Keras float32`: `GPQ(config)`, `compile(jit_compile=False)`, `train_on_batch` (Keras' "auto" would pick XLA
-  on a GPU, so it is set off here: the XLA row measures that);
-- `Keras mixed_bfloat16`: `GPQ(config, dtype="mixed_bfloat16")` (backbone in bfloat16, heads in float32);
+- `TF1 graph (original)`: `tests/tf1_reference.py`'s `TF1TrainStep`, the original's graph
+  (`ordered=False`, as train.py builds it) in its own `tf.compat.v1.Session`,
+  `sess.run([train_op, loss], feed_dict)`;
+- `Keras float32`: `GPQ(config)`, `compile(jit_compile=False)`, `train_on_batch` (Keras' "auto"
+  would pick XLA on a GPU, so it is set off here: the XLA row measures that);
+- `Keras mixed_bfloat16`: `GPQ(config, dtype="mixed_bfloat16")` (backbone in bfloat16, heads in
+  float32);
 - `Keras float32 + XLA`: `compile(jit_compile=True)`;
 - with `--backend jax`: `Keras on JAX float32` and `Keras on JAX mixed_bfloat16`, the same model and
-  `train_on_batch` with `KERAS_BACKEND=jax` (XLA-compiled, as Keras runs JAX). A backend is chosen once per
-  process, so these run in a worker process this one drives step by step over a pipe: the rounds interleave
-  them with the TensorFlow candidates all the same, and only one process computes at a time.
+  `train_on_batch` with `KERAS_BACKEND=jax` (XLA-compiled, as Keras runs JAX). A backend is chosen
+  once per process, so these run in a worker process this one drives step by step over a pipe: the
+  rounds interleave them with the TensorFlow candidates all the same, and only one process computes
+  at a time.
 
-One warm-up step each (tracing, XLA compilation: its time is the `first step` column), then `--rounds`
-rounds, each running every candidate once (the order rotates per round) so that load changes hit all alike.
-Prints a Markdown table: best and median seconds per step, images/s at the best time (2 x batch per step),
-and the best time over the TF1 step's best time. Run by hand:
+One warm-up step each (tracing, XLA compilation: its time is the `first step` column), then
+`--rounds` rounds, each running every candidate once (the order rotates per round) so that load
+changes hit all alike. Prints a Markdown table: best and median seconds per step, images/s at the
+best time (2 x batch per step), and the best time over the TF1 step's best time. Run by hand:
 
     .venv/bin/python benchmarks/bench_train_step.py [--batch-size 500] [--bits 48] [--rounds 3]
         [--filters 64,128,256,512] [--only tf1,f32,bf16,xla] [--backend jax]
@@ -51,8 +56,8 @@ def _inputs(batch_size, config):
 
 
 def _worker(settings):
-    """The JAX side: build the candidates of `settings` (JSON), then answer each candidate name read from
-    stdin with one step's loss, until stdin closes."""
+    """The JAX side: build the candidates of `settings` (JSON), then answer each candidate name read
+    from stdin with one step's loss, until stdin closes."""
     import keras
 
     from gpq_keras import GPQ, GPQConfig
@@ -104,7 +109,8 @@ JAX_CANDIDATES = {
 
 
 class JaxWorker:
-    """This script in a `KERAS_BACKEND=jax` process, driven one step at a time: `step(name)` -> loss."""
+    """This script in a `KERAS_BACKEND=jax` process, driven one step at a time: `step(name)` ->
+    loss."""
 
     def __init__(self, names, batch_size, bits, filters):
         settings = json.dumps(
@@ -170,7 +176,8 @@ def _keras_step(config, x_l, x_u, labels, dtype=None, jit_compile=False):
 
 
 def _time(rounds, candidates):
-    """{name: (first-step seconds, [seconds per timed step])}, candidates interleaved round by round."""
+    """{name: (first-step seconds, [seconds per timed step])}, candidates interleaved round by
+    round."""
     first, times = {}, {name: [] for name in candidates}
     for name, step in candidates.items():
         start = time.perf_counter()
@@ -188,7 +195,7 @@ def _time(rounds, candidates):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--batch-size", type=int, default=500, help="per stream (default 500, the original's)"
     )
@@ -241,8 +248,8 @@ def main():
     print(
         f"GPQ train step, {args.batch_size} labeled + {args.batch_size} unlabeled images of "
         f"{'x'.join(map(str, config.image_shape))}, {config.bits} bits (M={config.num_subspaces}, "
-        f"K={config.num_codewords}), VGG widths {','.join(map(str, filters))}; {args.rounds} rounds "
-        f"after one warm-up step each"
+        f"K={config.num_codewords}), VGG widths {','.join(map(str, filters))}; "
+        f"{args.rounds} rounds after one warm-up step each"
     )
     print(
         f"{_device()}; TensorFlow {tf.__version__}, Keras {keras.__version__}"
@@ -250,14 +257,16 @@ def main():
     )
     print()
     print(
-        "| step | first step (s) | best s/step | median s/step | images/s (best) | time / TF1 time |"
+        "| step | first step (s) | best s/step | median s/step | images/s (best) "
+        "| time / TF1 time |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for name, (first, times) in results.items():
         best, median = min(times), statistics.median(times)
         ratio = f"{best / reference:.2f}" if reference else "-"
         print(
-            f"| {known[name]} | {first:.2f} | {best:.3f} | {median:.3f} | {images / best:,.0f} | {ratio} |"
+            f"| {known[name]} | {first:.2f} | {best:.3f} | {median:.3f} "
+            f"| {images / best:,.0f} | {ratio} |"
         )
 
 

@@ -1,29 +1,30 @@
 """GPQ's claims measured: ablation, baselines, scarce labels and code length, over several seeds.
 
-    .venv/bin/python benchmarks/experiments.py [--quick] [--data digits] [--seeds 0,1,2] [--steps 200]
-        [--groups ablation,baselines,labels,bits] [--labels 5,10,25,50] [--bits 12,24,32,48]
-        [--filters 16,32,64,64] [--batch-size 100] [--out benchmarks/results]
+    .venv/bin/python benchmarks/experiments.py [--quick] [--data digits] [--seeds 0,1,2]
+        [--steps 200] [--groups ablation,baselines,labels,bits] [--labels 5,10,25,50]
+        [--bits 12,24,32,48] [--filters 16,32,64,64] [--batch-size 100] [--out benchmarks/results]
 
-Every run trains from scratch on `--data` (default: the embedded digits, split as `make demo` splits them:
-180 queries, 50 labeled images per class, 1,117 unlabeled images that are also the database)
-for `--steps` steps (batch `--batch-size` labeled + as many unlabeled images, capped at the labeled set's
-size), seeded (weights, data order, augmentation; TensorFlow's op determinism on), and is scored by mAP
-over the whole database (the paper's metric, `consistent` mode) and precision@10. Groups:
+Every run trains from scratch on `--data` (default: the embedded digits, split as `make demo` splits
+them: 180 queries, 50 labeled images per class, 1,117 unlabeled images that are also the database)
+for `--steps` steps (batch `--batch-size` labeled + as many unlabeled images, capped at the labeled
+set's size), seeded (weights, data order, augmentation; TensorFlow's op determinism on), and is
+scored by mAP over the whole database (the paper's metric, `consistent` mode) and precision@10.
+Groups:
 
-- `ablation` (48 bits, 50 labels per class): GPQ; no entropy loss (lambda1 = 0: the unlabeled images are
-  unused); no classification loss (lambda2 = 0); N-pair PQ only (both 0).
-- `baselines`: two-step (the same backbone trained with a softmax classifier on the labeled images only,
-  then faiss' `ProductQuantizer` or OPQ + PQ trained on its database features, searched by asymmetric
-  distance) and PQ on raw pixels, the floor.
-- `labels`: labeled images per class in `--labels` (the first of each class; the unlabeled images and the
-  database stay the same): GPQ, no entropy, two-step PQ and pixel PQ.
+- `ablation` (48 bits, 50 labels per class): GPQ; no entropy loss (lambda1 = 0: the unlabeled images
+  are unused); no classification loss (lambda2 = 0); N-pair PQ only (both 0).
+- `baselines`: two-step (the same backbone trained with a softmax classifier on the labeled images
+  only, then faiss' `ProductQuantizer` or OPQ + PQ trained on its database features, searched by
+  asymmetric distance) and PQ on raw pixels, the floor.
+- `labels`: labeled images per class in `--labels` (the first of each class; the unlabeled images
+  and the database stay the same): GPQ, no entropy, two-step PQ and pixel PQ.
 - `bits`: code lengths in `--bits` (K = 16 codewords, M = bits / 4 codebooks): GPQ and two-step PQ.
 
 Runs shared between groups are trained once. Writes to `--out`: `<group>.json` (every run: method,
 labels per class, bits, seed, mAP, precision@10, seconds; with the command, versions and budget),
 `results.md` (mean +- std over seeds) and `labels.png` (mAP against labels per class, one line per
-method); `--report-only` rewrites those two from the JSON files. `--quick` (one seed, 8 steps, 5 and 50 labels, 12 and 48 bits) checks the whole pipeline in a
-few minutes; its figures mean nothing.
+method); `--report-only` rewrites those two from the JSON files. `--quick` (one seed, 8 steps, 5 and
+50 labels, 12 and 48 bits) checks the whole pipeline in a few minutes; its figures mean nothing.
 """
 
 import argparse
@@ -71,8 +72,8 @@ def plan(groups, labels, bits):
 
 
 class Runner:
-    """Trains and scores settings, each (method, labels, bits, seed) once; the classifier of the two-step
-    baselines is trained once per (labels, bits, seed) and shared by PQ and OPQ."""
+    """Trains and scores settings, each (method, labels, bits, seed) once; the classifier of the
+    two-step baselines is trained once per (labels, bits, seed) and shared by PQ and OPQ."""
 
     def __init__(self, args):
         import keras
@@ -86,8 +87,8 @@ class Runner:
         self.splits, self.results, self.features = {}, {}, {}
 
     def split(self, labels):
-        """The data with the first `labels` labeled images of each class kept; queries, unlabeled images and
-        database unchanged, so every label budget is scored on the same database."""
+        """The data with the first `labels` labeled images of each class kept; queries, unlabeled
+        images and database unchanged, so every label budget is scored on the same database."""
         if labels not in self.splits:
             import dataclasses
 
@@ -139,7 +140,8 @@ class Runner:
             )
             self.results[key] = score
             print(
-                f"  {method:<36} labels {labels:>3}/class {bits:>2} bits seed {seed}: mAP {score['mAP']:.4f} "
+                f"  {method:<36} labels {labels:>3}/class {bits:>2} bits seed {seed}: "
+                f"mAP {score['mAP']:.4f} "
                 f"P@10 {score['precision@10']:.4f} ({score['seconds']:.0f} s)",
                 flush=True,
             )
@@ -174,8 +176,9 @@ class Runner:
         return {"mAP": result["mAP"], "precision@10": result["precision"][10]}
 
     def _two_step(self, split, labels, bits, seed, kind):
-        """Step 1: the GPQ backbone F and a softmax layer trained by cross-entropy on the labeled images
-        (same steps, batch, augmentation and optimiser); step 2: faiss PQ / OPQ on F's database features."""
+        """Step 1: the GPQ backbone F and a softmax layer trained by cross-entropy on the labeled
+        images (same steps, batch, augmentation and optimiser); step 2: faiss PQ / OPQ on F's
+        database features."""
         key = (labels, bits, seed)
         if key not in self.features:
             from gpq_keras import GPQ
@@ -206,8 +209,9 @@ def _pixels(images):
 
 
 def _faiss_score(db, queries, split, bits, kind):
-    """faiss PQ (or OPQ + PQ) of bits / 4 codebooks of 16 codewords trained on the database vectors; every
-    query ranks the whole database by asymmetric (ADC) L2 distance -> {"mAP", "precision@10"}."""
+    """faiss PQ (or OPQ + PQ) of bits / 4 codebooks of 16 codewords trained on the database vectors;
+    every query ranks the whole database by asymmetric (ADC) L2 distance
+    -> {"mAP", "precision@10"}."""
     from gpq_keras import metrics
     from gpq_keras.retrieval import import_faiss
 
@@ -230,11 +234,14 @@ def summarise(rows):
     groups = {}
     for row in rows:
         groups.setdefault((row["method"], row["labels_per_class"], row["bits"]), []).append(row)
+
+    def std(a):
+        return float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
+
     out = {}
     for key, runs in groups.items():
         maps = np.array([r["mAP"] for r in runs])
         p10 = np.array([r["precision@10"] for r in runs])
-        std = lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
         out[key] = (float(maps.mean()), std(maps), float(p10.mean()), std(p10), len(runs))
     return out
 
@@ -376,7 +383,8 @@ def main(argv=None):
 
 
 def report(out, groups=GROUPS):
-    """Write results.md (a table per group found) and labels.png from the groups' JSON files in `out`."""
+    """Write results.md (a table per group found) and labels.png from the groups' JSON files in
+    `out`."""
     from gpq_keras.files import atomic_path
 
     tables, meta, minutes = [], None, 0.0
@@ -394,9 +402,10 @@ def report(out, groups=GROUPS):
     if meta is None:
         raise SystemExit(f"no results in {out}: run benchmarks/experiments.py first")
     text = (
-        f"Data {meta['data']}, {meta['steps']} steps of batch {meta['batch_size']} (+ as many unlabeled), VGG "
-        f"widths {tuple(meta['filters'])}, seeds {meta['seeds']}, `{meta['mode']}` mode; mean +- std over "
-        f"seeds. {minutes:.0f} min in all on {meta['machine']} ({meta['date']}).\n"
+        f"Data {meta['data']}, {meta['steps']} steps of batch {meta['batch_size']} "
+        f"(+ as many unlabeled), VGG widths {tuple(meta['filters'])}, seeds {meta['seeds']}, "
+        f"`{meta['mode']}` mode; mean +- std over seeds. "
+        f"{minutes:.0f} min in all on {meta['machine']} ({meta['date']}).\n"
         f"Command: `{meta['command']}`\n\n" + "\n".join(tables)
     )
     with atomic_path(os.path.join(out, "results.md"), suffix=".md") as tmp, open(tmp, "w") as fh:

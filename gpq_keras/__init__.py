@@ -1,7 +1,7 @@
 """gpq-keras: Generalized Product Quantization (Jang & Cho, CVPR 2020) in Keras 3.
 
-The public names below load on first use, so `import gpq_keras` (and the `gpq` command's start) does not
-import Keras or TensorFlow until something needs them.
+The public names below load on first use, so `import gpq_keras` (and the `gpq` command's start) does
+not import Keras or TensorFlow until something needs them.
 """
 
 import importlib
@@ -25,8 +25,8 @@ __all__ = sorted(_EXPORTS)
 
 
 def lazy_exports(namespace, exports):
-    """(__getattr__, __dir__) for a package whose names in `exports` ({name: module}) load on first use
-    (PEP 562), so importing the package imports none of those modules."""
+    """(__getattr__, __dir__) for a package whose names in `exports` ({name: module}) load on first
+    use (PEP 562), so importing the package imports none of those modules."""
 
     def __getattr__(name):
         if name in exports:

@@ -21,22 +21,25 @@ FEATURE_LAYER = "feature_vector"  # the dense layer that maps the two-scale pool
 
 @keras.saving.register_keras_serializable(package="gpq_keras")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """`keras.layers.BatchNormalization` on TensorFlow's fused kernel, as the original's `fused_batch_norm`.
+    """`keras.layers.BatchNormalization` on TensorFlow's fused kernel, as the original's
+    `fused_batch_norm`.
 
-    It keeps Keras' class name on purpose: `.keras` files address weights by class name, so models saved
-    with Keras' own layer load into this one (and the other way round).
+    It keeps Keras' class name on purpose: `.keras` files address weights by class name, so models
+    saved with Keras' own layer load into this one (and the other way round).
 
-    For 4-D channels-last inputs on the TensorFlow backend, one fused op normalises (and in training gives
-    the batch statistics); on other backends (JAX) the same computation runs in `keras.ops`, in float32, and
-    Keras' own path only for masks and renorm. Like the original, training normalises with the batch
-    variance and updates the moving variance with the unbiased one (x n / (n - 1), n = B * H * W); on
-    TensorFlow 16-bit inputs stay 16-bit (the kernel accumulates in float32).
+    For 4-D channels-last inputs on the TensorFlow backend, one fused op normalises (and in training
+    gives the batch statistics); on other backends (JAX) the same computation runs in `keras.ops`,
+    in float32, and Keras' own path only for masks and renorm. Like the original, training
+    normalises with the batch variance and updates the moving variance with the unbiased one
+    (x n / (n - 1), n = B * H * W); on TensorFlow 16-bit inputs stay 16-bit (the kernel accumulates
+    in float32).
 
-    `synchronized=True` under a `tf.distribute` strategy of several replicas: the mean and variance are
-    those of the global batch (two all-reduces, two passes as the fused kernel), so N replicas normalise
-    and update the moving statistics exactly as one device on the whole batch (n = the global count). On
-    one replica it is the fused op. Without it each replica normalises with its own slice's statistics and
-    the moving statistics take the mean over replicas of each one's update.
+    `synchronized=True` under a `tf.distribute` strategy of several replicas: the mean and variance
+    are those of the global batch (two all-reduces, two passes as the fused kernel), so N replicas
+    normalise and update the moving statistics exactly as one device on the whole batch (n = the
+    global count). On one replica it is the fused op. Without it each replica normalises with its
+    own slice's statistics and the moving statistics take the mean over replicas of each one's
+    update.
 
     ```python
     x = BatchNormalization(momentum=0.9, epsilon=1e-3)(images)  # gpq_keras.backbones
@@ -130,8 +133,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return ops.cast(y, self.compute_dtype)
 
     def _synchronized_batch_norm(self, x, gamma, beta, replicas):
-        """Normalise x (B, H, W, C) of this replica with the global batch's statistics -> (y, mean, unbiased
-        variance), as `fused_batch_norm` gives them on one device holding every replica's images."""
+        """Normalise x (B, H, W, C) of this replica with the global batch's statistics -> (y, mean,
+        unbiased variance), as `fused_batch_norm` gives them on one device holding every replica's
+        images."""
         import tensorflow as tf
 
         x32 = tf.cast(x, tf.float32)
@@ -154,8 +158,8 @@ class VGGBackbone(keras.Model):
     """F: conv(3x3, SAME) -> batch norm -> ReLU, x10, in four stages, then a two-scale head.
 
     Stages of (2, 2, 3, 3) convs with `filters` channels; 2x2 max pools after stages 0-2. The head
-    concatenates [global-avg-pool(stage 3), global-avg-pool(pooled stage 2)] and maps it to `feature_dim`
-    with a dense layer. Returns raw (un-normalised) features (B, feature_dim).
+    concatenates [global-avg-pool(stage 3), global-avg-pool(pooled stage 2)] and maps it to
+    `feature_dim` with a dense layer. Returns raw (un-normalised) features (B, feature_dim).
 
     ```python
     backbone = VGGBackbone(feature_dim=144)
@@ -170,11 +174,12 @@ class VGGBackbone(keras.Model):
         bn_epsilon: float, batch-norm epsilon. Default 1e-3.
         sync_batch_norm: bool, batch norm over the global batch of all replicas of a `tf.distribute`
             strategy (`BatchNormalization(synchronized=True)`). Default False.
-        conv_bias: bool, give the convs biases. Default False: batch norm subtracts the batch mean right
-            after each conv, so a bias there is cancelled in training and is only an offset of the moving
-            mean at inference (the converter folds the original's biases into the moving means). Models
-            saved by gpq_keras 0.1.0 have them and still load.
-        dtype: the dtype policy of every layer, e.g. `"mixed_bfloat16"`. Default: Keras' global policy.
+        conv_bias: bool, give the convs biases. Default False: batch norm subtracts the batch mean
+            right after each conv, so a bias there is cancelled in training and is only an offset of
+            the moving mean at inference (the converter folds the original's biases into the moving
+            means). Models saved by gpq_keras 0.1.0 have them and still load.
+        dtype: the dtype policy of every layer, e.g. `"mixed_bfloat16"`. Default: Keras' global
+            policy.
     """
 
     def __init__(

@@ -20,7 +20,8 @@ LEGACY_KEYS = {
 
 
 def check_positive_int(name, value):
-    """`value` as an int if it is one (NumPy ints too) and >= 1; a ValueError naming `name` otherwise."""
+    """`value` as an int if it is one (NumPy ints too) and >= 1; a ValueError naming `name`
+    otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"Expected a positive int for `{name}`. Received: {name}={value!r}")
     return int(value)
@@ -45,7 +46,8 @@ def rename_legacy_keys(values):
 
 
 def check_num_codewords(value, name="num_codewords"):
-    """K as an int: a power of two in [2, 256] (codes are uint8); a ValueError naming `name` otherwise."""
+    """K as an int: a power of two in [2, 256] (codes are uint8); a ValueError naming `name`
+    otherwise."""
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Integral)
@@ -87,13 +89,13 @@ class GPQConfig:
         decay_rate: float, learning-rate factor per period. Default 0.95.
         beta_1: float, Adam beta_1. Default 0.5.
         epsilon: float, Adam epsilon. Default 1e-8.
-        sync_batch_norm: bool, the backbone's batch norm uses the statistics of the global batch of all
-            replicas under a `tf.distribute` strategy (see README, "Training at scale"). Default False;
-            `gpq train` turns it on when it trains on more than one replica.
+        sync_batch_norm: bool, the backbone's batch norm uses the statistics of the global batch of
+            all replicas under a `tf.distribute` strategy (see README, "Training at scale"). Default
+            False; `gpq train` turns it on when it trains on more than one replica.
         retrieval_mode: the codebook used at retrieval. `"consistent"` (default for models trained
-            here; it retrieves better, see README): codes and queries use Z' = SA(intra_norm(C), Z), the
-            codebook training quantises with, and intra-normalised queries. `"original"`: the original
-            code's raw Z and raw queries (converted checkpoints use it).
+            here; it retrieves better, see README): codes and queries use Z' = SA(intra_norm(C), Z),
+            the codebook training quantises with, and intra-normalised queries. `"original"`: the
+            original code's raw Z and raw queries (converted checkpoints use it).
     """
 
     num_subspaces: int = 12
@@ -180,7 +182,8 @@ class GPQConfig:
 
     @classmethod
     def from_bits(cls, bits, num_codewords=16, **kwargs):
-        """A config with M = `bits / log2(num_codewords)` codebooks (12, 24, 32 or 48 bits with K=16)."""
+        """A config with M = `bits / log2(num_codewords)` codebooks (12, 24, 32 or 48 bits with
+        K=16)."""
         per_book = int(math.log2(check_num_codewords(num_codewords)))
         if (
             isinstance(bits, bool)
@@ -189,7 +192,8 @@ class GPQConfig:
             or bits % per_book
         ):
             raise ValueError(
-                f"bits must be a positive multiple of log2(num_codewords)={per_book}. Received: bits={bits!r}"
+                f"bits must be a positive multiple of log2(num_codewords)={per_book}. "
+                f"Received: bits={bits!r}"
             )
         return cls(num_subspaces=bits // per_book, num_codewords=num_codewords, **kwargs)
 
@@ -205,7 +209,8 @@ class GPQConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """Build from a dict (e.g. `get_config` or JSON); unknown keys raise a ValueError naming them.
+        """Build from a dict (e.g. `get_config` or JSON); unknown keys raise a ValueError naming
+        them.
 
         The names of earlier versions (`n_book`, `n_word`, `len_code`, `n_classes`) are read as
         `num_subspaces`, `num_codewords`, `subspace_dim`, `num_classes`.

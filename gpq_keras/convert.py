@@ -1,17 +1,19 @@
-"""Compatibility with the original TF1 release: convert its checkpoint, load its `ImageNet_pretrained.mat`.
+"""Compatibility with the original TF1 release: convert its checkpoint, load its
+`ImageNet_pretrained.mat`.
 
-The original code (TensorFlow 1.14 + tflearn) saved every global variable with `tf.train.Saver`; the names
-follow its graph (youngkyunJang/GPQ, `utils/GPQ_network.py`):
+The original code (TensorFlow 1.14 + tflearn) saved every global variable with `tf.train.Saver`; the
+names follow its graph (youngkyunJang/GPQ, `utils/GPQ_network.py`):
 
 - `Z` (K, M*d) and `C` (classes, M*d) at the top level;
-- `Fixed_VGG/conv2d/{kernel,bias}`, `Fixed_VGG/conv2d_1/...` ... `Fixed_VGG/conv2d_9/...`: the ten convs, in
-  network order by their numeric suffix;
-- `Fixed_VGG/batch0`, `batch0-1`, `batch1`, ... `batch3-2`: batch norm `beta`, `gamma`, `moving_mean` (already
-  zero-debiased) and `moving_variance`;
+- `Fixed_VGG/conv2d/{kernel,bias}`, `Fixed_VGG/conv2d_1/...` ... `Fixed_VGG/conv2d_9/...`: the ten
+  convs, in network order by their numeric suffix;
+- `Fixed_VGG/batch0`, `batch0-1`, `batch1`, ... `batch3-2`: batch norm `beta`, `gamma`,
+  `moving_mean` (already zero-debiased) and `moving_variance`;
 - `Fixed_VGG/dense/{kernel,bias}`: the feature layer (768 -> M*d).
 
-Left-overs of training are skipped: zero-debias accumulators (`.../biased`, `.../local_step`), Adam slots
-(`<var>/Adam`, `<var>/Adam_1`) and `beta1_power`, `beta2_power`. Anything else stops the conversion.
+Left-overs of training are skipped: zero-debias accumulators (`.../biased`, `.../local_step`), Adam
+slots (`<var>/Adam`, `<var>/Adam_1`) and `beta1_power`, `beta2_power`. Anything else stops the
+conversion.
 
 ```python
 model = convert_tf1_checkpoint("checkpoints/original/48bits_example.ckpt")
@@ -30,9 +32,10 @@ import numpy as np
 from gpq_keras.backbones import CONV_BLOCKS, FEATURE_LAYER
 from gpq_keras.config import GPQConfig, rename_legacy_keys
 
-# --- the original's names: Keras layer (gpq_keras.backbones) -> TF1 scope under `Fixed_VGG` -------------
+# --- the original's names: Keras layer (gpq_keras.backbones) -> TF1 scope under `Fixed_VGG` -------
 TF1_SCOPE = "Fixed_VGG"
-# TF1 numbers the convs conv2d, conv2d_1, ... conv2d_9 in network order (`_conv_scopes` resolves the suffixes).
+# TF1 numbers the convs conv2d, conv2d_1, ... conv2d_9 in network order (`_conv_scopes` resolves the
+# suffixes).
 TF1_CONV_SCOPES = ("conv2d",) + tuple(f"conv2d_{i}" for i in range(1, len(CONV_BLOCKS)))
 TF1_BATCH_NORM_SCOPES = {
     "batch0": "batch0",
@@ -48,9 +51,8 @@ TF1_BATCH_NORM_SCOPES = {
 }
 TF1_FEATURE_SCOPE = "dense"
 
-ORIGINAL_SUBSPACE_DIM = (
-    12  # d of every released configuration (config.py: subspace_dim = 12 for 12..48 bits)
-)
+# d of every released configuration (config.py: subspace_dim = 12 for 12..48 bits)
+ORIGINAL_SUBSPACE_DIM = 12
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 _CONV_RE = re.compile(rf"^{TF1_SCOPE}/conv2d(?:_(\d+))?/")
 _SKIP_RULES = (
@@ -64,8 +66,8 @@ _LISTED = 3  # names per kind on the one-line summary of an error
 class ConversionError(ValueError):
     """The original files do not fit the model: names and shapes that could not be placed.
 
-    The first line of the message is a summary naming the first few offenders; the full lists follow, one
-    entry per line, and are also kept as attributes.
+    The first line of the message is a summary naming the first few offenders; the full lists
+    follow, one entry per line, and are also kept as attributes.
 
     Attributes:
         source: str, the checkpoint prefix or .mat path.
@@ -144,8 +146,9 @@ class ConversionReport:
         """A plain-text table of the mapping, then the skipped variables counted by kind."""
         cfg = self.config
         lines = [
-            f"{self.source}: GPQ M={cfg.num_subspaces} K={cfg.num_codewords} d={cfg.subspace_dim} ({cfg.bits} bits), "
-            f"{cfg.num_classes} classes, filters={list(cfg.filters)}, "
+            f"{self.source}: GPQ M={cfg.num_subspaces} K={cfg.num_codewords} "
+            f"d={cfg.subspace_dim} ({cfg.bits} bits), {cfg.num_classes} classes, "
+            f"filters={list(cfg.filters)}, "
             f"image_shape={list(cfg.image_shape)}, retrieval_mode={cfg.retrieval_mode}"
         ]
         width = max([len("TF1 variable")] + [len(n) for n, _, _ in self.mapped])
@@ -170,7 +173,8 @@ class MatLoadReport:
     Attributes:
         source: the .mat path.
         loaded: list of (key, Keras weight, shape), one per initialised backbone weight.
-        unexpected: list of (key, shape) in the file that the original would not load either (ignored).
+        unexpected: list of (key, shape) in the file that the original would not load either
+            (ignored).
     """
 
     source: str
@@ -192,9 +196,10 @@ def _skip_reason(name):
 def _conv_scopes(names):
     """The TF1 scopes of the ten convs, in network order.
 
-    TF1 numbers layers `conv2d`, `conv2d_1`, ...: the order is the integer suffix (so `conv2d_10` comes after
-    `conv2d_9`). A run of exactly ten consecutive suffixes is taken in order whatever it starts at; anything
-    else is matched against the standard names `conv2d` .. `conv2d_9`, so the missing ones are named.
+    TF1 numbers layers `conv2d`, `conv2d_1`, ...: the order is the integer suffix (so `conv2d_10`
+    comes after `conv2d_9`). A run of exactly ten consecutive suffixes is taken in order whatever it
+    starts at; anything else is matched against the standard names `conv2d` .. `conv2d_9`, so the
+    missing ones are named.
     """
     suffixes = sorted({int(m.group(1) or 0) for m in map(_CONV_RE.match, names) if m})
     count = len(CONV_BLOCKS)
@@ -208,8 +213,8 @@ def _conv_scopes(names):
 
 
 def tf1_layer_names():
-    """{Keras layer name: TF1 scope} for every backbone layer with weights, in the standard numbering,
-    e.g. 'conv0_1' -> 'Fixed_VGG/conv2d_1', 'batch0_1' -> 'Fixed_VGG/batch0-1'."""
+    """{Keras layer name: TF1 scope} for every backbone layer with weights, in the standard
+    numbering, e.g. 'conv0_1' -> 'Fixed_VGG/conv2d_1', 'batch0_1' -> 'Fixed_VGG/batch0-1'."""
     names = {}
     for (_, conv, bn), tf1_conv in zip(CONV_BLOCKS, TF1_CONV_SCOPES):
         names[conv] = f"{TF1_SCOPE}/{tf1_conv}"
@@ -223,16 +228,16 @@ _Target.__new__.__defaults__ = (None,)
 
 
 def _fold_bias(bias, moving_mean):
-    """A conv bias b before batch norm, folded into the moving mean: BN(x + b) with mean m is BN(x) with
-    mean m - b (in training the batch mean absorbs b)."""
+    """A conv bias b before batch norm, folded into the moving mean: BN(x + b) with mean m is BN(x)
+    with mean m - b (in training the batch mean absorbs b)."""
     return moving_mean - bias
 
 
 def _backbone_targets(backbone, names, with_moving_stats=True, with_dense=True):
-    """{TF1 name: _Target(Keras weight path, variable, hook)} for the backbone, in the order to port them,
-    conv scopes resolved from `names`. A hook(value, current) computes what is assigned from the file's
-    value and the variable's current one (the conv biases of a bias-free backbone are folded into the
-    moving means, after those are ported)."""
+    """{TF1 name: _Target(Keras weight path, variable, hook)} for the backbone, in the order to port
+    them, conv scopes resolved from `names`. A hook(value, current) computes what is assigned from
+    the file's value and the variable's current one (the conv biases of a bias-free backbone are
+    folded into the moving means, after those are ported)."""
     targets = {}
     for (_, conv, bn), scope in zip(CONV_BLOCKS, _conv_scopes(names)):
         tf1_bn = TF1_BATCH_NORM_SCOPES[bn]
@@ -298,12 +303,13 @@ def _read_checkpoint(prefix):
 
 
 def infer_config(shapes, overrides=None):
-    """A `GPQConfig` from a checkpoint's {name: shape}, with fields in `overrides` taking precedence.
+    """A `GPQConfig` from a checkpoint's {name: shape}, with fields in `overrides` taking
+    precedence.
 
-    K and the number of classes come from `Z` (K, M*d) and `C` (classes, M*d); the stage widths and image
-    channels from the conv kernels. Shapes fix only M*d, not M and d apart: d defaults to the original's 12
-    (M = M*d / 12) unless `overrides` gives `num_subspaces` or `subspace_dim`. Height and width default to 32x32.
-    `retrieval_mode` defaults to `"original"`.
+    K and the number of classes come from `Z` (K, M*d) and `C` (classes, M*d); the stage widths and
+    image channels from the conv kernels. Shapes fix only M*d, not M and d apart: d defaults to the
+    original's 12 (M = M*d / 12) unless `overrides` gives `num_subspaces` or `subspace_dim`. Height
+    and width default to 32x32. `retrieval_mode` defaults to `"original"`.
     """
     overrides = rename_legacy_keys(overrides or {})
     source = overrides.pop("_source", "checkpoint")
@@ -363,22 +369,26 @@ def infer_config(shapes, overrides=None):
 def convert_tf1_checkpoint(prefix, config=None, return_report=False):
     """A `GPQ` model holding the weights of an original TF1 checkpoint.
 
-    Reads the checkpoint with `tf.train.load_checkpoint` (no TF1 graph is built) and places every variable by
-    its name (module docstring). Nothing is returned unless every model weight was filled from a variable of
-    the same shape and every variable was either placed or is a known training left-over.
+    Reads the checkpoint with `tf.train.load_checkpoint` (no TF1 graph is built) and places every
+    variable by its name (module docstring). Nothing is returned unless every model weight was
+    filled from a variable of the same shape and every variable was either placed or is a known
+    training left-over.
 
     ```python
-    model, report = convert_tf1_checkpoint("checkpoints/original/48bits_example.ckpt", return_report=True)
+    model, report = convert_tf1_checkpoint(
+        "checkpoints/original/48bits_example.ckpt", return_report=True
+    )
     print(report.table())
     ```
 
     Args:
-        prefix: str, the checkpoint prefix (`.../48bits_example.ckpt`; a path to one of its files works too).
-        config: None, a dict or a `GPQConfig`. None infers everything from the shapes (`infer_config`): M, K,
-            d (d = 12, the original's), classes, stage widths, channels, 32x32 images,
-            `retrieval_mode="original"`. A dict overrides some inferred fields, e.g.
-            `{"image_shape": [16, 16, 3], "num_subspaces": 3}`. A `GPQConfig` is used as given and checked against
-            the shapes.
+        prefix: str, the checkpoint prefix (`.../48bits_example.ckpt`; a path to one of its files
+            works too).
+        config: None, a dict or a `GPQConfig`. None infers everything from the shapes
+            (`infer_config`): M, K, d (d = 12, the original's), classes, stage widths, channels,
+            32x32 images, `retrieval_mode="original"`. A dict overrides some inferred fields, e.g.
+            `{"image_shape": [16, 16, 3], "num_subspaces": 3}`. A `GPQConfig` is used as given and
+            checked against the shapes.
         return_report: bool, also return a `ConversionReport` (the mapping table). Default False.
 
     Returns:
@@ -386,8 +396,8 @@ def convert_tf1_checkpoint(prefix, config=None, return_report=False):
 
     Raises:
         FileNotFoundError: no checkpoint at `prefix`.
-        ConversionError: variables missing, unplaceable or of the wrong shape (all listed), or a config that
-            cannot be inferred.
+        ConversionError: variables missing, unplaceable or of the wrong shape (all listed), or a
+            config that cannot be inferred.
     """
     from gpq_keras.model import GPQ
 
@@ -430,7 +440,8 @@ def convert_tf1_checkpoint(prefix, config=None, return_report=False):
 
 
 def _fit_shape(value, shape):
-    """`value` as `shape` when it equals it up to singleton axes (loadmat gives 1-D arrays as (1, N))."""
+    """`value` as `shape` when it equals it up to singleton axes (loadmat gives 1-D arrays
+    as (1, N))."""
     value = np.asarray(value)
     if value.shape == tuple(shape):
         return value
@@ -442,11 +453,13 @@ def _fit_shape(value, shape):
 
 
 def load_imagenet_mat(model, path):
-    """Initialise the backbone from the original `ImageNet_pretrained.mat`, as the original's train.py does.
+    """Initialise the backbone from the original `ImageNet_pretrained.mat`, as the original's
+    train.py does.
 
-    Every trainable `Fixed_VGG` weight except the final dense kernel and bias (the conv kernels and biases,
-    batch-norm gamma and beta) is read from the key `<TF1 name>:0`, e.g. `Fixed_VGG/conv2d/kernel:0`, and
-    squeezed to the model's shape. Moving statistics and the dense layer keep their values.
+    Every trainable `Fixed_VGG` weight except the final dense kernel and bias (the conv kernels and
+    biases, batch-norm gamma and beta) is read from the key `<TF1 name>:0`, e.g.
+    `Fixed_VGG/conv2d/kernel:0`, and squeezed to the model's shape. Moving statistics and the dense
+    layer keep their values.
 
     ```python
     report = load_imagenet_mat(model, "checkpoints/original/ImageNet_pretrained.mat")
@@ -457,8 +470,8 @@ def load_imagenet_mat(model, path):
         path: str, the .mat file.
 
     Returns:
-        A `MatLoadReport`; keys the original would not load either are listed in `.unexpected` and warned
-        about, not loaded.
+        A `MatLoadReport`; keys the original would not load either are listed in `.unexpected` and
+        warned about, not loaded.
 
     Raises:
         FileNotFoundError: no file at `path`.

@@ -1,8 +1,8 @@
 """Training and encoding on several devices or machines with TensorFlow's `tf.distribute`.
 
-`GPQ` itself is strategy-aware (its losses gather the global batch; `GPQConfig.sync_batch_norm`); this
-module chooses the strategy, says which worker writes the run folder, and shares the chief's training
-state with the other workers when a multi-worker run resumes.
+`GPQ` itself is strategy-aware (its losses gather the global batch; `GPQConfig.sync_batch_norm`);
+this module chooses the strategy, says which worker writes the run folder, and shares the chief's
+training state with the other workers when a multi-worker run resumes.
 
 ```python
 strategy = make_strategy("mirrored")            # every GPU of this machine
@@ -12,8 +12,8 @@ with strategy.scope():
 model.fit(dataset, ...)                         # dataset batches are the global batch
 ```
 
-On other Keras backends than TensorFlow there is no `tf.distribute`: `make_strategy("one" | "auto")` gives
-`LOCAL`, this process's default device, and this module does not import TensorFlow.
+On other Keras backends than TensorFlow there is no `tf.distribute`: `make_strategy("one" | "auto")`
+gives `LOCAL`, this process's default device, and this module does not import TensorFlow.
 """
 
 import contextlib
@@ -29,7 +29,8 @@ from gpq_keras.config import STRATEGIES
 
 
 class LocalDevice:
-    """The strategy of a backend without `tf.distribute` (JAX): one process on its default device."""
+    """The strategy of a backend without `tf.distribute` (JAX): one process on its default
+    device."""
 
     num_replicas_in_sync = 1
     cluster_resolver = None
@@ -47,8 +48,8 @@ def strategy_of(model):
 
 
 def read_tf_config():
-    """The cluster of a multi-worker run from the `TF_CONFIG` environment variable -> (cluster, task type,
-    task index); a ValueError saying what is missing or malformed."""
+    """The cluster of a multi-worker run from the `TF_CONFIG` environment variable -> (cluster, task
+    type, task index); a ValueError saying what is missing or malformed."""
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise ValueError(
@@ -74,17 +75,20 @@ def read_tf_config():
 
 @functools.cache
 def make_strategy(name="auto"):
-    """A `tf.distribute.Strategy` by name, one per name and process (two strategies over the same devices
-    in one process would reuse each other's collective keys).
+    """A `tf.distribute.Strategy` by name, one per name and process (two strategies over the same
+    devices in one process would reuse each other's collective keys).
 
-    - `"one"`: the default strategy, one device (TensorFlow's placement: the first GPU, else the CPU).
-    - `"mirrored"`: `MirroredStrategy` over this machine's GPUs (its logical CPU devices when there is
-      no GPU; one unless they were split with `tf.config.set_logical_device_configuration`).
-    - `"multi-worker"`: `MultiWorkerMirroredStrategy` over the machines of `TF_CONFIG`, each with its GPUs.
+    - `"one"`: the default strategy, one device (TensorFlow's placement: the first GPU, else the
+      CPU).
+    - `"mirrored"`: `MirroredStrategy` over this machine's GPUs (its logical CPU devices when there
+      is no GPU; one unless they were split with `tf.config.set_logical_device_configuration`).
+    - `"multi-worker"`: `MultiWorkerMirroredStrategy` over the machines of `TF_CONFIG`, each with
+      its GPUs.
     - `"auto"`: mirrored when more than one GPU is visible, else one device.
 
-    Create it before TensorFlow runs anything else (a multi-worker strategy sets up its collectives).
-    On another Keras backend: `LOCAL` for "one" and "auto", a ValueError for the others.
+    Create it before TensorFlow runs anything else (a multi-worker strategy sets up its
+    collectives). On another Keras backend: `LOCAL` for "one" and "auto", a ValueError for the
+    others.
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
@@ -149,8 +153,8 @@ def scratch_folder(output, strategy):
 
 
 def check_global_batch(batch_size, strategy):
-    """Raise a ValueError unless the global batch splits evenly over the strategy's replicas (each replica's
-    slice the same size, so the mean over replicas is the mean over the batch)."""
+    """Raise a ValueError unless the global batch splits evenly over the strategy's replicas (each
+    replica's slice the same size, so the mean over replicas is the mean over the batch)."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise ValueError(
@@ -160,9 +164,10 @@ def check_global_batch(batch_size, strategy):
 
 
 def share_chief_state(model, step):
-    """Give every worker of a multi-worker run the chief's variables (model and optimizer) and its global
-    step -> the step. The chief restored them from its backup; the others start from their own (or no)
-    state, so a resumed run needs no shared file system. One worker: `step` unchanged."""
+    """Give every worker of a multi-worker run the chief's variables (model and optimizer) and its
+    global step -> the step. The chief restored them from its backup; the others start from their
+    own (or no) state, so a resumed run needs no shared file system. One worker: `step`
+    unchanged."""
     strategy = strategy_of(model)
     if num_workers(strategy) == 1:
         return step

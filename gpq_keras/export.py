@@ -1,4 +1,5 @@
-"""Export a GPQ model as a TensorFlow SavedModel for serving: pixels in, features and PQ codes out."""
+"""Export a GPQ model as a TensorFlow SavedModel for serving: pixels in, features and PQ codes
+out."""
 
 import os
 import shutil
@@ -8,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from gpq_keras.files import TEMPORARY_PREFIX, current_umask
-from gpq_keras.retrieval import ProductQuantizer, intra_normalize_np
+from gpq_keras.retrieval import ProductQuantizer
 
 
 def export_saved_model(model, path, mode=None):
@@ -16,12 +17,13 @@ def export_saved_model(model, path, mode=None):
     `images` (N, H, W, C) to `{"features": float32 (N, M*d), "codes": uint8 (N, M)}`.
 
     `features` are the raw features F(x) (`model.encode`); `codes` are those of
-    `ProductQuantizer.from_model(model, mode).encode(features)` (mode None: the config's `retrieval_mode`),
-    computed in the graph: per sub-space the codeword of largest dot product with the intra-normalised
-    codebook, lowest index among equal ones. Loading needs TensorFlow only, not gpq_keras.
+    `ProductQuantizer.from_model(model, mode).encode(features)` (mode None: the config's
+    `retrieval_mode`), computed in the graph: per sub-space the codeword of largest dot product with
+    the intra-normalised codebook (`ProductQuantizer.assignment_codebook`), lowest index among equal
+    ones. Loading needs TensorFlow only, not gpq_keras.
 
-    The directory is written beside `path` (`.tmp-*`) and renamed into place; an existing `path` is a
-    ValueError, never overwritten. Returns the absolute path.
+    The directory is written beside `path` (`.tmp-*`) and renamed into place; an existing `path` is
+    a ValueError, never overwritten. Returns the absolute path.
 
     ```python
     export_saved_model(model, "served")
@@ -29,14 +31,15 @@ def export_saved_model(model, path, mode=None):
     out = serve(images=tf.constant(pixels, tf.uint8))  # out["features"], out["codes"]
     ```
 
-    TF Serving: `docker run -p 8501:8501 -v $PWD/served:/models/gpq/1 -e MODEL_NAME=gpq tensorflow/serving`,
+    TF Serving:
+    `docker run -p 8501:8501 -v $PWD/served:/models/gpq/1 -e MODEL_NAME=gpq tensorflow/serving`,
     then POST `{"instances": [[[[0,0,0],...]]]}` (one H x W x C pixel array per image) to
     `http://localhost:8501/v1/models/gpq:predict`.
     """
     if keras.config.backend() != "tensorflow":
         raise ValueError(
-            f"a SavedModel is TensorFlow's format: export with KERAS_BACKEND=tensorflow (the backend "
-            f"is {keras.config.backend()}; the .keras file itself loads on any backend)"
+            f"a SavedModel is TensorFlow's format: export with KERAS_BACKEND=tensorflow (the "
+            f"backend is {keras.config.backend()}; the .keras file itself loads on any backend)"
         )
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path):
@@ -44,12 +47,11 @@ def export_saved_model(model, path, mode=None):
     cfg = model.gpq_config
     pq = ProductQuantizer.from_model(model, mode)
     m, d, k = pq.num_subspaces, pq.subspace_dim, pq.num_codewords
-    # (M, d, K): the intra-normalised codebook that `ProductQuantizer.encode` assigns codes against.
-    assign = tf.constant(intra_normalize_np(pq.codebook, m).reshape(k, m, d).transpose(1, 2, 0))
+    assign = tf.constant(pq.assignment_codebook)  # (M, d, K), what `ProductQuantizer.encode` uses
 
     def serve(images):
         if model.preprocessor is None:  # a model saved before it normalised its pixels itself
-            from gpq_keras.data.pipeline import normalize
+            from gpq_keras.data.tf_pipeline import normalize
 
             images = normalize(images)
         features = tf.cast(model(images, training=False), tf.float32)

@@ -1,12 +1,19 @@
-"""Writing files so that a reader never sees half of one: a temporary file in the same folder, renamed."""
+"""Safe file I/O: atomic writes (a temporary file in the same folder, renamed, so that a reader
+never sees half of one) and readers that check untrusted files before trusting them: `.npz`
+without pickle (`read_npz`), plain-data pickles (`restricted_load`) and MAT 5 files (`check_mat5`).
+"""
 
 import contextlib
+import functools
 import glob
+import io
 import json
 import math
 import os
+import pickle
 import struct
 import tempfile
+import warnings
 import zipfile
 import zlib
 
@@ -14,10 +21,11 @@ TEMPORARY_PREFIX = ".tmp-"
 
 
 class FileFormatError(ValueError):
-    """A file exists but is not what its reader expects (damaged, truncated, wrong keys, shapes or values).
+    """A file exists but is not what its reader expects (damaged, truncated, wrong keys, shapes or
+    values).
 
-    Every reader of gpq_keras raises this (or a subclass) for bad content, with the file and the key, line
-    or image at fault in the message, and FileNotFoundError for a missing file.
+    Every reader of gpq_keras raises this (or a subclass) for bad content, with the file and the
+    key, line or image at fault in the message, and FileNotFoundError for a missing file.
     """
 
 
@@ -30,11 +38,12 @@ def current_umask():
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
-    """Yield a temporary path beside `path`; rename it to `path` when the block succeeds, else remove it.
+    """Yield a temporary path beside `path`; rename it to `path` when the block succeeds, else
+    remove it.
 
     `suffix` (default: `path`'s extension) is the temporary name's ending, for writers that pick the
-    format from it (Keras' `.keras`, matplotlib, `np.savez` adding `.npz`). The folder is created. The
-    file gets the usual permissions (0666 less the umask), not the 0600 of a temporary file.
+    format from it (Keras' `.keras`, matplotlib, `np.savez` adding `.npz`). The folder is created.
+    The file gets the usual permissions (0666 less the umask), not the 0600 of a temporary file.
 
     ```python
     with atomic_path("out/codes.npz") as tmp:
@@ -81,8 +90,9 @@ def sweep_temporaries(folder):
 def available_memory():
     """Bytes a new allocation can take now, or None where unknown (then nothing is checked).
 
-    The larger of the free physical pages and Linux's MemAvailable (free pages plus the page cache the
-    kernel can drop), capped by a cgroup v2 memory limit (a container's `memory.max` less `memory.current`).
+    The larger of the free physical pages and Linux's MemAvailable (free pages plus the page cache
+    the kernel can drop), capped by a cgroup v2 memory limit (a container's `memory.max` less
+    `memory.current`).
     """
 
     def read(path):
@@ -124,8 +134,9 @@ def format_bytes(count):
 
 
 def check_memory(nbytes, where, what, error=FileFormatError):
-    """Raise `error` naming `where` (file and key) when `nbytes` (for `what`, e.g. "uint8 (10, 32, 32, 3)")
-    exceed the memory available now; nothing is checked where that is unknown."""
+    """Raise `error` naming `where` (file and key) when `nbytes` (for `what`, e.g.
+    "uint8 (10, 32, 32, 3)") exceed the memory available now; nothing is checked where that is
+    unknown."""
     available = available_memory()
     if available is not None and nbytes > available:
         raise error(
@@ -135,8 +146,9 @@ def check_memory(nbytes, where, what, error=FileFormatError):
 
 
 MAX_NPY_HEADER = 10000  # np.load's default bound on a .npy header
-# What zipfile raises for a damaged archive: BadZipFile, and for bad fields struct.error, EOFError, OSError,
-# ValueError (UnicodeDecodeError), NotImplementedError (compression), RuntimeError (encryption)...
+# What zipfile raises for a damaged archive: BadZipFile, and for bad fields struct.error, EOFError,
+# OSError, ValueError (UnicodeDecodeError), NotImplementedError (compression), RuntimeError
+# (encryption)...
 _ZIP_DAMAGE = (
     zipfile.BadZipFile,
     zlib.error,
@@ -153,13 +165,15 @@ _ZIP_DAMAGE = (
 )
 
 
-def _one_line(exc):
+def one_line(exc):
+    """An exception as one line: "TypeName: message" with its whitespace collapsed."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _npy_header(path, archive, info, key):
-    """(shape, dtype) of one .npy member from its header alone; FileFormatError naming the key for a damaged
-    header, an object (pickled) array, or data that would not fit into the member or into memory."""
+    """(shape, dtype) of one .npy member from its header alone; FileFormatError naming the key for a
+    damaged header, an object (pickled) array, or data that would not fit into the member or into
+    memory."""
     import numpy as np
 
     where = f"{path}: '{key}'"
@@ -180,7 +194,7 @@ def _npy_header(path, archive, info, key):
     except (
         Exception
     ) as exc:  # numpy parses the header with ast and tokenize: any error means damage
-        raise FileFormatError(f"{where} is not a readable .npy array ({_one_line(exc)})") from None
+        raise FileFormatError(f"{where} is not a readable .npy array ({one_line(exc)})") from None
     if any(d < 0 for d in shape):
         raise FileFormatError(f"{where} has a negative dimension {shape}; damaged")
     if dtype.hasobject:
@@ -207,16 +221,16 @@ def _npy_array(path, archive, info, key):
     except MemoryError:
         raise FileFormatError(f"{path}: '{key}' does not fit into the memory available") from None
     except Exception as exc:  # a damaged member: BadZipFile (CRC), zlib.error, EOF in the data...
-        raise FileFormatError(f"{path}: '{key}' is damaged ({_one_line(exc)})") from None
+        raise FileFormatError(f"{path}: '{key}' is damaged ({one_line(exc)})") from None
 
 
 def read_npz(path, what="npz file", keys=None, required=()):
     """Arrays of an `.npz`, read without pickle and checked first: {key: array}.
 
-    Every wanted array's `.npy` header is read before any array: object (pickled) arrays, arrays larger
-    than their member of the zip or than the memory available are refused without allocating them.
-    Anything damaged raises `FileFormatError` (one line, naming the file and the key); a missing file
-    FileNotFoundError.
+    Every wanted array's `.npy` header is read before any array: object (pickled) arrays, arrays
+    larger than their member of the zip or than the memory available are refused without allocating
+    them. Anything damaged raises `FileFormatError` (one line, naming the file and the key); a
+    missing file FileNotFoundError.
 
     Args:
         path: the .npz file.
@@ -230,7 +244,7 @@ def read_npz(path, what="npz file", keys=None, required=()):
     try:
         archive = zipfile.ZipFile(path)
     except _ZIP_DAMAGE as exc:
-        raise FileFormatError(f"{path}: not a readable .npz ({_one_line(exc)})") from None
+        raise FileFormatError(f"{path}: not a readable .npz ({one_line(exc)})") from None
     with archive:
         members = {}
         for info in archive.infolist():
@@ -246,3 +260,204 @@ def read_npz(path, what="npz file", keys=None, required=()):
         ) in wanted:  # every header first: a damaged or huge array is refused before any loading
             _npy_header(path, archive, members[key], key)
         return {key: _npy_array(path, archive, members[key], key) for key in wanted}
+
+
+# --- restricted unpickling ------------------------------------------------------------------------
+
+
+def _dtype(*args):
+    import numpy as np
+
+    with warnings.catch_warnings():
+        # odd arguments of a damaged file: an error follows, or nothing
+        warnings.simplefilter("ignore")
+        dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("object arrays are not allowed")
+    return dtype
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # Python 3 writes bytes at protocol < 3 as _codecs.encode(str, "latin1"); allow that and nothing
+    # else.
+    if encoding.lower().replace("-", "") != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(
+            f"_codecs.encode is only allowed with latin1 text, got {encoding!r}"
+        )
+    return text.encode("latin1")
+
+
+def _multiarray():
+    try:  # NumPy 2
+        from numpy._core import multiarray
+    except ImportError:  # pragma: no cover - NumPy 1
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _reconstruct(subtype, shape, dtype):
+    # NumPy pickles an array as _reconstruct(ndarray, (0,), b"b") and then its state (shape, dtype,
+    # bytes): the placeholder is tiny, so a damaged file cannot make it allocate, and nothing but
+    # ndarray is built.
+    import numpy as np
+
+    if subtype is not np.ndarray or int(np.prod(shape, dtype=object)) > 1:
+        raise pickle.UnpicklingError(
+            f"unexpected array placeholder {getattr(subtype, '__name__', subtype)} {shape!r}"
+        )
+    return _multiarray()._reconstruct(subtype, shape, dtype)
+
+
+@functools.cache
+def _allowed_globals():
+    """Everything a plain-data pickle may reference by name: the pieces NumPy arrays are rebuilt
+    from."""
+    import numpy as np
+
+    scalar = _multiarray().scalar
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.multiarray", "scalar"): scalar,
+        ("numpy._core.multiarray", "scalar"): scalar,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """An `Unpickler` that rebuilds only plain data and NumPy arrays; any other global is refused.
+
+    Python 2 pickles (the original CIFAR-10 release) are read with `encoding="bytes"`, so their keys
+    are bytes (`b"data"`).
+
+    It is the pure-Python unpickler (as fast here: a CIFAR-10 batch is one large byte string and two
+    short lists): the C one keeps its memo as an array indexed by the file's PUT opcodes, so a
+    damaged index such as 0x06550255 makes it allocate and sweep hundreds of MB for tens of seconds;
+    this one uses a dict.
+    """
+
+    def find_class(self, module, name):
+        try:
+            return _allowed_globals()[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global '{module}.{name}'") from None
+
+
+def check_plain(value, where="top level"):
+    """Raise `pickle.UnpicklingError` naming `where` unless `value` is plain data: dicts, lists,
+    bytes, str, ints, NumPy scalars and arrays (not object arrays), nested."""
+    import numpy as np
+
+    if not isinstance(value, (dict, list, bytes, str, int, np.ndarray, np.generic)) or isinstance(
+        value, bool
+    ):
+        raise pickle.UnpicklingError(f"unexpected {type(value).__name__} at {where}")
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        raise pickle.UnpicklingError(f"object array at {where}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_plain(key, f"a key of {where}")
+            check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, list):
+        for item in value:
+            check_plain(item, f"an item of {where}")
+
+
+def restricted_load(data, expected=dict, encoding="bytes"):
+    """The bytes of a pickle -> its value, of type `expected`, rebuilt by `RestrictedUnpickler` and
+    `check_plain`ed.
+
+    Raises `pickle.UnpicklingError` for a refused global, another top-level type or anything but
+    plain data, EOFError for a truncated pickle, and whatever malformed opcodes raise.
+    """
+    value = RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
+    if not isinstance(value, expected):
+        raise pickle.UnpicklingError(f"expected a {expected.__name__}, got {type(value).__name__}")
+    check_plain(value)
+    return value
+
+
+# --- MAT 5 files, checked before scipy reads them -------------------------------------------------
+
+# MAT 5 element types scipy reads numbers from (miINT8 .. miUINT64); miMATRIX and miCOMPRESSED hold
+# others.
+_MI_NUMERIC = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13}
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MX_SPARSE, _MX_NUMERIC = 5, range(6, 16)
+
+
+def _mat5_element(data, pos, end, order):
+    """The MAT 5 data element at `pos`, read as scipy reads it -> (type, payload, next position)."""
+    if end - pos < 8:
+        raise ValueError(f"an element tag at byte {pos} runs past the end")
+    first, second = struct.unpack_from(order + "II", data, pos)
+    if first >> 16:  # small data element: type and size in the first word, up to 4 bytes of data
+        if first >> 16 > 4:
+            raise ValueError(f"a small data element of {first >> 16} bytes at byte {pos}")
+        return first & 0xFFFF, data[pos + 4 : pos + 4 + (first >> 16)], pos + 8
+    if second > end - pos - 8:
+        raise ValueError(
+            f"an element at byte {pos} claims {second} bytes; {end - pos - 8} are left"
+        )
+    return first, data[pos + 8 : pos + 8 + second], pos + 8 + second + (-second % 8)
+
+
+def _check_mat5_matrix(payload, order, variable):
+    """Check the miMATRIX of `variable` as scipy will read it: a flags word and nzmax, the dims, the
+    name, then the numbers (row indices, column pointers, values for a sparse matrix) of numeric
+    types."""
+    if len(payload) < 16:
+        raise ValueError("a matrix header runs past its element")
+    flags = struct.unpack_from(order + "I", payload, 8)[0]
+    mclass, is_complex = flags & 0xFF, flags >> 11 & 1
+    pos = 16  # scipy reads the flags element as 16 raw bytes
+    for what in ("dims", "name"):
+        kind, _, pos = _mat5_element(payload, pos, len(payload), order)
+        if kind not in ((5, 6) if what == "dims" else (1, 16)):
+            raise ValueError(f"the {what} of '{variable}' have element type {kind}")
+    if mclass != _MX_SPARSE and mclass not in _MX_NUMERIC:
+        raise ValueError(f"'{variable}' has MATLAB class {mclass}, not a numeric or sparse matrix")
+    for index in range((3 if mclass == _MX_SPARSE else 1) + is_complex):
+        kind, _, pos = _mat5_element(payload, pos, len(payload), order)
+        if kind not in _MI_NUMERIC:
+            raise ValueError(
+                f"part {index + 1} of '{variable}' has element type {kind}, not a number type"
+            )
+
+
+def check_mat5(path, data, variable, error=FileFormatError):
+    """Raise `error` naming `path` unless the matrix `variable` of a MAT 5 file (its bytes `data`)
+    is well formed: a numeric or sparse matrix of number elements.
+
+    scipy's compiled MAT 5 reader looks the element type codes up in a table without a bounds check,
+    so a damaged code crashes the interpreter (a segmentation fault) instead of raising: walk the
+    elements the way it reads them and refuse such a file first.
+    """
+    order = "<" if data[126:128] == b"IM" else ">"
+    pos = 128
+    try:
+        while pos < len(data):
+            kind, payload, pos = _mat5_element(data, pos, len(data), order)
+            if kind == _MI_COMPRESSED:
+                inflater = zlib.decompressobj()
+                # the inner tag and the start of its header
+                payload = inflater.decompress(payload, 16)
+                if len(payload) < 8:
+                    continue  # scipy refuses it (and reads no data of another variable)
+                size = struct.unpack_from(order + "I", payload, 4)[0] + 8
+                check_memory(size, f"{path}: a compressed variable", "a decompressed size", error)
+                payload += inflater.decompress(
+                    inflater.unconsumed_tail, max(size - len(payload), 1)
+                )
+                kind, payload, _ = _mat5_element(payload, 0, len(payload), order)
+            if kind != _MI_MATRIX or len(payload) < 16:
+                continue  # scipy refuses it by itself
+            name_pos = _mat5_element(payload, 16, len(payload), order)[2]  # past the dims
+            name = _mat5_element(payload, name_pos, len(payload), order)[1]
+            if bytes(name) == variable.encode():
+                _check_mat5_matrix(payload, order, variable)
+                return  # scipy reads the first variable of that name
+    except (ValueError, struct.error, zlib.error) as exc:
+        raise error(f"{path}: not a readable .mat file ({one_line(exc)})") from None

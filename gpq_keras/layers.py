@@ -48,7 +48,8 @@ def soft_assignment(x, codebook, num_subspaces, alpha):
 
 
 def subspace_logits(features, prototypes, num_subspaces, beta):
-    """Classifier logits mean_m (beta f_m) . (beta p_m): f (B, M*d), p (classes, M*d) -> (B, classes)."""
+    """Classifier logits mean_m (beta f_m) . (beta p_m): f (B, M*d), p (classes, M*d)
+    -> (B, classes)."""
     fs = _split_subspaces(features * beta, num_subspaces)
     ps = _split_subspaces(prototypes * beta, num_subspaces)
     return ops.einsum("bmd,cmd->bc", fs, ps) / num_subspaces
@@ -87,8 +88,8 @@ class IntraNormalization(keras.layers.Layer):
 class SoftProductQuantizer(keras.layers.Layer):
     """Soft product quantisation with a learned codebook Z of shape (K, M*d).
 
-    `call(x)` returns SA(Z, x). With `prototypes` P (intra-normalised class prototypes), the codebook is
-    first refined as in the paper, Z' = SA(P, Z), and the output is SA(Z', x).
+    `call(x)` returns SA(Z, x). With `prototypes` P (intra-normalised class prototypes), the
+    codebook is first refined as in the paper, Z' = SA(P, Z), and the output is SA(Z', x).
 
     ```python
     quantizer = SoftProductQuantizer(num_subspaces=12, num_codewords=16, alpha=20.0)
@@ -123,7 +124,8 @@ class SoftProductQuantizer(keras.layers.Layer):
         dim = input_shape[-1]
         if dim is None or dim % self.num_subspaces:
             raise ValueError(
-                f"SoftProductQuantizer needs a last axis divisible by num_subspaces={self.num_subspaces}. "
+                "SoftProductQuantizer needs a last axis divisible by "
+                f"num_subspaces={self.num_subspaces}. "
                 f"Received input shape: {input_shape}"
             )
         self.codewords = self.add_weight(
@@ -191,7 +193,8 @@ class SubspaceClassifier(keras.layers.Layer):
         dim = input_shape[-1]
         if dim is None or dim % self.num_subspaces:
             raise ValueError(
-                f"SubspaceClassifier needs a last axis divisible by num_subspaces={self.num_subspaces}. "
+                "SubspaceClassifier needs a last axis divisible by "
+                f"num_subspaces={self.num_subspaces}. "
                 f"Received input shape: {input_shape}"
             )
         self.prototypes = self.add_weight(

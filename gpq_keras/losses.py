@@ -39,10 +39,10 @@ def n_pair_pq_loss(
     logits = M * l2n(f) @ l2n(q)^T; loss = mean_b CE(S_b, softmax(logits_b))
     + 0.25 * reg_lambda * (mean ||f||^2 + mean ||q||^2).
 
-    Under `tf.distribute` each replica holds a slice of the batch: given `all_labels` and `all_descriptors`
-    (the whole batch, all replicas' slices gathered), the rows b are this replica's images and the columns
-    (positives and negatives) the whole batch, so the mean over replicas of this loss is the loss of the
-    whole batch on one device.
+    Under `tf.distribute` each replica holds a slice of the batch: given `all_labels` and
+    `all_descriptors` (the whole batch, all replicas' slices gathered), the rows b are this
+    replica's images and the columns (positives and negatives) the whole batch, so the mean over
+    replicas of this loss is the loss of the whole batch on one device.
 
     Args:
         labels: Y, (B, classes) one-hot or multi-hot.
@@ -50,7 +50,8 @@ def n_pair_pq_loss(
         descriptors: q, (B, M*d) their soft-quantised descriptors.
         num_subspaces: M.
         reg_lambda: weight of the norm regulariser.
-        all_labels, all_descriptors: Y and q of the whole batch (N*B rows); default `labels`, `descriptors`.
+        all_labels, all_descriptors: Y and q of the whole batch (N*B rows); default `labels`,
+            `descriptors`.
     Returns:
         A scalar.
     """
@@ -87,8 +88,8 @@ def classification_loss(labels, logits):
 def subspace_entropy_loss(logits):
     """Subspace entropy mini-max loss: mean_b sum_c p log(p + 1e-5), p = softmax(logits).
 
-    This is the negative entropy: minimising it raises the entropy (moves the prototypes C towards the
-    unlabeled features); gradient reversal makes the feature extractor lower it.
+    This is the negative entropy: minimising it raises the entropy (moves the prototypes C towards
+    the unlabeled features); gradient reversal makes the feature extractor lower it.
 
     Args:
         logits: (B, classes), classifier logits of the unlabeled features.

@@ -1,20 +1,21 @@
-"""Retrieval metrics: mAP as the original computes it, precision@k, precision-recall; vectorised, chunked.
+"""Retrieval metrics: mAP as the original computes it, precision@k, precision-recall; vectorised,
+chunked.
 
-The metrics consume rankings: int database positions (rows of `db_labels`), best first, either a whole
-array (Q, n) or chunks of queries as `PQIndex.rank` yields them, so a large evaluation never holds the
-whole ranking:
+The metrics consume rankings: int database positions (rows of `db_labels`), best first, either a
+whole array (Q, n) or chunks of queries as `PQIndex.rank` yields them, so a large evaluation never
+holds the whole ranking:
 
 ```python
 result = evaluate_ranking(index.rank(queries, with_distances=False), query_labels, index.labels)
 ```
 
-Labels are int class ids (N,) (relevant = same class) or multi-hot (N, classes) (relevant = at least one
-shared class), see `gpq_keras.data.labels`.
+Labels are int class ids (N,) (relevant = same class) or multi-hot (N, classes) (relevant = at least
+one shared class), see `gpq_keras.data.labels`.
 
-Average precision is the original's `cat_apcal`: walk the top N of a ranked list; at each relevant rank j
-(1-based) add (relevant items so far) / j; AP is that sum over the relevant items found in the top N
-(not over all relevant items in the database), and 0 for a query with none. mAP is the mean over all
-queries, those with no relevant item included.
+Average precision is the original's `cat_apcal`: walk the top N of a ranked list; at each relevant
+rank j (1-based) add (relevant items so far) / j; AP is that sum over the relevant items found in
+the top N (not over all relevant items in the database), and 0 for a query with none. mAP is the
+mean over all queries, those with no relevant item included.
 """
 
 import numpy as np
@@ -26,6 +27,8 @@ _CHUNK_ELEMENTS = 1 << 21  # ranked items scored at once when a whole ranking ar
 
 __all__ = [
     "average_precision",
+    "codeword_entropy",
+    "codeword_usage",
     "default_cutoffs",
     "evaluate_ranking",
     "mean_average_precision",
@@ -33,13 +36,15 @@ __all__ = [
     "precision_recall_curve",
     "ranked_relevance",
     "relevance",
+    "usage_entropy",
 ]
 
 
 class _Labels:
     """Query and database labels coded for fast relevance of ranked items (`data.labels.relevance`
-    restricted to the ranked positions): int class ids in the smallest int dtype, multi-hot labels of at
-    most 64 classes as bit sets (uint8 to uint64), wider multi-hot labels as 0/1 float32 rows."""
+    restricted to the ranked positions): int class ids in the smallest int dtype, multi-hot labels
+    of at most 64 classes as bit sets (uint8 to uint64), wider multi-hot labels as 0/1 float32
+    rows."""
 
     def __init__(self, query_labels, db_labels):
         query_labels, db_labels = check_label_pair(query_labels, db_labels)
@@ -68,7 +73,8 @@ class _Labels:
 
     @staticmethod
     def _bits(multi_hot):
-        """Multi-hot rows (N, C <= 64) as bit sets in the smallest unsigned int that holds C bits."""
+        """Multi-hot rows (N, C <= 64) as bit sets in the smallest unsigned int that holds C
+        bits."""
         packed = np.packbits(multi_hot != 0, axis=1, bitorder="little")
         size = next(n for n in (1, 2, 4, 8) if n >= packed.shape[1])
         padded = np.zeros((len(packed), size), np.uint8)
@@ -123,13 +129,15 @@ def average_precision(ranked_relevance):
 
 
 def default_cutoffs(n, num=100):
-    """List lengths for a precision-recall curve: ~`num` linear and ~`num`/2 geometric points in [1, n]."""
+    """List lengths for a precision-recall curve: ~`num` linear and ~`num`/2 geometric points in
+    [1, n]."""
     points = np.concatenate([np.linspace(1, n, num), np.geomspace(1, n, num // 2)])
     return np.unique(np.clip(np.round(points), 1, n).astype(np.int64))
 
 
 def _check_positions(positions, num_queries, num_db, start=0, values=True):
-    """`positions` as an int array (queries, n) of the given queries; `values`: also check the range."""
+    """`positions` as an int array (queries, n) of the given queries; `values`: also check the
+    range."""
     positions = np.asarray(positions)
     if positions.ndim != 2 or not np.issubdtype(positions.dtype, np.integer):
         raise ValueError(
@@ -271,10 +279,11 @@ def evaluate_ranking(
             positions)` covering every query once (e.g. `PQIndex.rank(..., with_distances=False)`).
         query_labels: (Q,) int or (Q, classes) multi-hot.
         db_labels: (N,) int or (N, classes) multi-hot, the labels of the ranked positions.
-        top_k: mAP over the top_k (default: the whole ranked list, the whole database for full rankings).
+        top_k: mAP over the top_k (default: the whole ranked list, the whole database for full
+            rankings).
         precision_at: list lengths for precision@k (those > top_k are skipped).
-        curve: also compute the precision-recall curve over the top_k; recall counts every relevant item
-            in `db_labels`, and queries with none are left out of the curve.
+        curve: also compute the precision-recall curve over the top_k; recall counts every relevant
+            item in `db_labels`, and queries with none are left out of the curve.
         cutoffs: the curve's list lengths, ints in [1, top_k]; default `default_cutoffs(top_k)`.
 
     Returns:
@@ -312,7 +321,8 @@ def _array_chunks(ranking, width=1):
 
 
 def mean_average_precision(ranking, query_labels, db_labels, top_k=None):
-    """mAP over the top_k of each ranked list (Q, n) (default: the whole list, e.g. the whole database)."""
+    """mAP over the top_k of each ranked list (Q, n) (default: the whole list, e.g. the whole
+    database)."""
     return evaluate_ranking(
         np.asarray(ranking), query_labels, db_labels, top_k=top_k, precision_at=()
     )["mAP"]
@@ -330,8 +340,8 @@ def precision_at_k(ranking, query_labels, db_labels, k):
 def precision_recall_curve(ranking, query_labels, db_labels, cutoffs=None):
     """Mean precision and recall of the first c items of each ranked list (Q, n), for each cutoff c.
 
-    Recall counts the relevant items of the whole database (`db_labels`), so pass full rankings for a
-    curve that reaches recall 1. Queries with no relevant item in the database are left out.
+    Recall counts the relevant items of the whole database (`db_labels`), so pass full rankings for
+    a curve that reaches recall 1. Queries with no relevant item in the database are left out.
 
     Returns:
         (precision float64 (C,), recall float64 (C,), cutoffs int64 (C,)); cutoffs default to
@@ -341,3 +351,32 @@ def precision_recall_curve(ranking, query_labels, db_labels, cutoffs=None):
         np.asarray(ranking), query_labels, db_labels, precision_at=(), curve=True, cutoffs=cutoffs
     )["curve"]
     return result["precision"], result["recall"], result["cutoffs"]
+
+
+def codeword_usage(codes, num_codewords):
+    """The fraction of items each codeword codes, per codebook: codes int (N, M) in [0, K) ->
+    float64 (M, K), each row summing to 1 (all 0 when N = 0)."""
+    codes = np.asarray(codes)
+    counts = np.zeros((codes.shape[1], num_codewords), np.int64)
+    for m in range(codes.shape[1]):
+        counts[m] = np.bincount(codes[:, m], minlength=num_codewords)
+    return counts / max(len(codes), 1)
+
+
+def usage_entropy(usage):
+    """Entropy (bits) of each row of a codeword usage (M, K) (`codeword_usage`) -> float64 (M,), 0.0
+    (never -0.0) for a row of one codeword."""
+    out = np.zeros(len(usage))
+    for m, p in enumerate(np.asarray(usage, np.float64)):
+        p = p[p > 0]
+        out[m] = 0.0 - (p * np.log2(p)).sum()
+    return out
+
+
+def codeword_entropy(codes, num_codewords):
+    """Entropy (bits) of how often each codeword is chosen, per codebook: codes uint8 (N, M)
+    -> float64 (M,).
+
+    log2(K) when all K codewords are used equally; 0 when a codebook has collapsed to one codeword.
+    """
+    return usage_entropy(codeword_usage(codes, num_codewords))

@@ -9,8 +9,10 @@ from keras import ops
 
 from gpq_keras.backbones import VGGBackbone
 from gpq_keras.config import GPQConfig
+from gpq_keras.data import eval_input
 from gpq_keras.distribute import num_workers, strategy_of
 from gpq_keras.files import FileFormatError, atomic_path
+from gpq_keras.image_converter import check_image_batch, pixel_normalization
 from gpq_keras.layers import (
     GradientReversal,
     IntraNormalization,
@@ -18,6 +20,7 @@ from gpq_keras.layers import (
     SubspaceClassifier,
 )
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
+from gpq_keras.trainers import Trainer
 
 LOSS_NAMES = ("loss", "npq_loss", "cls_loss", "entropy_loss")  # what fit/evaluate report
 
@@ -37,8 +40,8 @@ def default_optimizer(config):
 
 
 def save_atomic(model, path):
-    """`model.save(path)` through a temporary file in the same folder, renamed into place at the end,
-    so an existing file at `path` is never left half-written."""
+    """`model.save(path)` through a temporary file in the same folder, renamed into place at the
+    end, so an existing file at `path` is never left half-written."""
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"A Keras model file must end in .keras. Received: {path}")
@@ -49,8 +52,8 @@ def save_atomic(model, path):
 def load_gpq(path):
     """Load a `GPQ` from a `.keras` file in Keras' safe mode (no code in the file is run).
 
-    Raises FileNotFoundError for a missing file and `FileFormatError` naming the file for one that is not a
-    whole `.keras` archive of a GPQ model.
+    Raises FileNotFoundError for a missing file and `FileFormatError` naming the file for one that
+    is not a whole `.keras` archive of a GPQ model.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -78,58 +81,15 @@ def load_gpq(path):
     return model
 
 
-def _replica_context():
-    """The `tf.distribute` replica context of a step with more than one replica, else None (always None on
-    other backends than TensorFlow)."""
-    if keras.config.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    return context if context is not None and context.num_replicas_in_sync > 1 else None
-
-
-def _num_replicas():
-    context = _replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
-
-
-def _gather_replicas(*tensors):
-    """Float32 matrices (B, D_i) of this replica -> those of the global batch (N*B, D_i), replicas in order,
-    in one all-gather; gradients flow back to each replica's own rows. One replica: the tensors themselves."""
-    context = _replica_context()
-    if context is None:
-        return tensors
-    import tensorflow as tf
-
-    widths = [int(t.shape[-1]) for t in tensors]
-    packed = context.all_gather(tf.concat(tensors, axis=-1), axis=0)
-    packed = tf.ensure_shape(packed, [None, sum(widths)])
-    return tuple(tf.split(packed, widths, axis=-1))
-
-
-def _mean_over_replicas(losses):
-    """The losses of the global batch (the mean of the replicas' equal-sized slices), to report."""
-    context = _replica_context()
-    if context is None:
-        return losses
-    import tensorflow as tf
-
-    names = list(losses)
-    values = context.all_reduce(
-        tf.distribute.ReduceOp.MEAN, [tf.stop_gradient(losses[n]) for n in names]
-    )
-    return dict(zip(names, values))
-
-
 @keras.saving.register_keras_serializable(package="gpq_keras")
-class GPQ(keras.Model):
+class GPQ(Trainer, keras.Model):
     """Generalized Product Quantization network.
 
-    Images are raw pixels, uint8 or float in 0..255, everywhere (`fit`, `predict`, `encode`, the exported
-    model): the first layer normalises them with the original's channel statistics, as Keras applications
-    take pixels. `fit` takes `({"labeled": x_l, "unlabeled": x_u}, y)` batches, y int class ids (B,) or
-    multi-hot (B, classes); `predict`/`encode` return raw features F(x) (B, M*d).
+    Images are raw pixels, uint8 or float in 0..255, everywhere (`fit`, `predict`, `encode`, the
+    exported model): the first layer normalises them with the original's channel statistics, as
+    Keras applications take pixels. `fit` takes `({"labeled": x_l, "unlabeled": x_u}, y)` batches, y
+    int class ids (B,) or multi-hot (B, classes); `predict`/`encode` return raw features F(x) (B,
+    M*d).
 
     ```python
     model = GPQ(config=GPQConfig())
@@ -137,23 +97,24 @@ class GPQ(keras.Model):
     model.fit(dataset, epochs=300)
     ```
 
-    Built under a `tf.distribute` strategy's scope, `fit` on global batches trains as one device on the
-    whole batch: the N-pair loss sees every replica's images (see README, "Training at scale"; with
-    `GPQConfig.sync_batch_norm` the batch norm too).
+    Built under a `tf.distribute` strategy's scope, `fit` on global batches trains as one device on
+    the whole batch: the N-pair loss sees every replica's images (see README, "Training at scale";
+    with `GPQConfig.sync_batch_norm` the batch norm too).
 
-    It runs on Keras' TensorFlow and JAX backends (`KERAS_BACKEND`): one objective, `compute_losses`, whose
-    gradient TensorFlow takes with a tape and JAX with `jax.value_and_grad` in Keras' stateless
-    `train_step(state, data)` (see README, "Backends").
+    It runs on Keras' TensorFlow and JAX backends (`KERAS_BACKEND`): one objective,
+    `compute_losses`, whose gradient TensorFlow takes with a tape and JAX with `jax.value_and_grad`
+    in Keras' stateless `train_step(state, data)` (see README, "Backends").
 
     Args:
         config: `GPQConfig` (or its dict). Default: the original 48-bit CIFAR-10 setting.
-        backbone: the feature extractor F, images -> (B, M*d). Default `VGGBackbone` from the config.
-        dtype: the dtype policy of the backbone, e.g. `"mixed_bfloat16"` or `"mixed_float16"` (then `compile`
-            adds Keras' loss scaling). The heads (intra-normalisation, soft assignment, Z, C) and the losses
-            always compute in float32. Default: Keras' global policy.
-        normalize_pixels: bool, the model takes pixels and normalises them (default). False is the contract
-            of models saved by earlier versions, which load with it: they take normalised images
-            (`gpq_keras.data.normalize`) and `encode` normalises uint8 arrays.
+        backbone: the feature extractor F, images -> (B, M*d). Default `VGGBackbone` from the
+            config.
+        dtype: the dtype policy of the backbone, e.g. `"mixed_bfloat16"` or `"mixed_float16"` (then
+            `compile` adds Keras' loss scaling). The heads (intra-normalisation, soft assignment, Z,
+            C) and the losses always compute in float32. Default: Keras' global policy.
+        normalize_pixels: bool, the model takes pixels and normalises them (default). False is the
+            contract of models saved by earlier versions, which load with it: they take normalised
+            images (`gpq_keras.data.normalize`) and `encode` normalises uint8 arrays.
     """
 
     def __init__(self, config=None, backbone=None, dtype=None, normalize_pixels=True, **kwargs):
@@ -174,29 +135,22 @@ class GPQ(keras.Model):
             )
         if backbone.output_shape[-1] != config.feature_dim:
             raise ValueError(
-                f"The backbone's output ({backbone.output_shape[-1]}) must equal num_subspaces * subspace_dim "
-                f"= {config.feature_dim}"
+                f"The backbone's output ({backbone.output_shape[-1]}) must equal "
+                f"num_subspaces * subspace_dim = {config.feature_dim}"
             )
         self.backbone = backbone
         self.normalize_pixels = bool(normalize_pixels)
         self.preprocessor = None
         if self.normalize_pixels:  # (x - mean) / std per channel, in float32 whatever the policy
-            from gpq_keras.data.numpy_pipeline import CHANNEL_MEAN, CHANNEL_STD
-
-            self.preprocessor = keras.layers.Normalization(
-                mean=list(CHANNEL_MEAN),
-                variance=[s * s for s in CHANNEL_STD],
-                name="pixel_normalization",
-                dtype="float32",
-            )
-            self.preprocessor.build((None, *config.image_shape))
+            self.preprocessor = pixel_normalization(config.image_shape)
         self._build_heads(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.built = True  # every weight exists now
 
     def _build_heads(self, config):
-        """intra_norm, the quantiser (Z), the classifier (C) and gradient reversal, built for (B, M*d), in
-        float32 whatever the model's policy (soft assignment, softmaxes and the 1e-12 floor need it)."""
+        """intra_norm, the quantiser (Z), the classifier (C) and gradient reversal, built for (B,
+        M*d), in float32 whatever the model's policy (soft assignment, softmaxes and the 1e-12 floor
+        need it)."""
         m, shape = config.num_subspaces, (None, config.feature_dim)
         self.intra_norm = IntraNormalization(m, name="intra_norm", dtype="float32")
         self.quantizer = SoftProductQuantizer(
@@ -223,36 +177,24 @@ class GPQ(keras.Model):
 
     def check_images(self, images):
         """Raise a ValueError unless `images` (N, H, W, C) have the model's `image_shape`."""
-        shape = tuple(np.shape(images)[1:])
-        if shape != tuple(self.gpq_config.image_shape):
-            raise ValueError(
-                f"images of shape {shape} given, but the model expects "
-                f"{tuple(self.gpq_config.image_shape)}"
-            )
+        check_image_batch(images, self.gpq_config.image_shape)
 
     def encode(self, images, batch_size=500, verbose=0):
-        """Raw features F(x) as a float32 NumPy array (N, M*d) of pixels (N, H, W, C), uint8 or float in
-        0..255. A `tf.data.Dataset` or `keras.utils.PyDataset` of batches is used as it is. (Batches come from
-        tf.data on TensorFlow, from `gpq_keras.data.numpy_pipeline.ArrayBatches` on other backends.)
+        """Raw features F(x) as a float32 NumPy array (N, M*d) of pixels (N, H, W, C), uint8 or
+        float in 0..255, batched by the backend's input pipeline (`gpq_keras.data.eval_input`). A
+        `tf.data.Dataset` or `keras.utils.PyDataset` of batches is used as it is.
 
-        (A model with `normalize_pixels=False`, saved by an earlier version, keeps its contract: uint8
-        arrays are normalised here, float arrays taken as normalised.)
+        (A model with `normalize_pixels=False`, saved by an earlier version, keeps its contract:
+        uint8 arrays are normalised here, float arrays taken as normalised.)
         """
         if isinstance(images, np.ndarray):
             self.check_images(images)
-            normalized = not self.normalize_pixels
-            if keras.config.backend() == "tensorflow":
-                from gpq_keras.data.pipeline import eval_dataset
-
-                images = eval_dataset(images, batch_size, normalized=normalized)
-            else:
-                from gpq_keras.data.numpy_pipeline import ArrayBatches
-
-                images = ArrayBatches(images, batch_size, normalized=normalized)
+            images = eval_input(
+                images, self.input_pipeline, batch_size, normalized=not self.normalize_pixels
+            )
             batch_size = None
-        return np.asarray(
-            self.predict(images, batch_size=batch_size, verbose=verbose), dtype=np.float32
-        )
+        features = self.predict(images, batch_size=batch_size, verbose=verbose)
+        return np.asarray(features, dtype=np.float32)
 
     @property
     def codebook(self):
@@ -269,8 +211,8 @@ class GPQ(keras.Model):
 
     @property
     def fingerprint(self):
-        """A short SHA-256 of what retrieval depends on (Z, C, alpha, M): an index built with this model
-        records it, and refuses to be searched with another model's features."""
+        """A short SHA-256 of what retrieval depends on (Z, C, alpha, M): an index built with this
+        model records it, and refuses to be searched with another model's features."""
         import hashlib
 
         digest = hashlib.sha256(
@@ -287,7 +229,8 @@ class GPQ(keras.Model):
 
     # --- training --------------------------------------------------------------------------------
     def compile(self, optimizer=None, **kwargs):
-        """As `keras.Model.compile`; the optimiser defaults to the original's (`default_optimizer`)."""
+        """As `keras.Model.compile`; the optimiser defaults to the original's
+        (`default_optimizer`)."""
         super().compile(optimizer=optimizer or default_optimizer(self.gpq_config), **kwargs)
 
     def get_compile_config(self):
@@ -306,10 +249,10 @@ class GPQ(keras.Model):
         return list(self.trackers.values())
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Every weight exists from `__init__` and `compile` adds no Keras loss or metric, so only the
-        optimizer may need building. (Keras' TensorFlow trainer would instead all-reduce the first batch of
-        a distributed dataset, which fails for the {"labeled", "unlabeled"} inputs under
-        `MultiWorkerMirroredStrategy`.)"""
+        """Every weight exists from `__init__` and `compile` adds no Keras loss or metric, so only
+        the optimizer may need building. (Keras' TensorFlow trainer would instead all-reduce the
+        first batch of a distributed dataset, which fails for the {"labeled", "unlabeled"} inputs
+        under `MultiWorkerMirroredStrategy`.)"""
         if self.optimizer is not None and not self.optimizer.built:
             with strategy_of(self).scope():
                 self.optimizer.build(self.trainable_variables)
@@ -320,42 +263,19 @@ class GPQ(keras.Model):
             return ops.one_hot(ops.cast(labels, "int32"), self.gpq_config.num_classes)
         return ops.cast(labels, "float32")
 
-    def _checked(self, batch):
-        """The batch (labeled, unlabeled, labels), made to wait for a check of the class ids.
-
-        An id outside [0, num_classes) would become an all-zero row of Y and silently drop its image out
-        of the N-pair and classification losses; here it stops the step before any variable changes.
-        Outside XLA only (TensorFlow backend), where the check is cheap.
-        """
-        labels = batch[2]
-        if len(labels.shape) != 1 or keras.config.backend() != "tensorflow" or self.jit_compile:
-            return batch
-        import tensorflow as tf
-
-        message = f"GPQ: a label is outside the class ids [0, {self.gpq_config.num_classes}) of this model"
-        checks = [
-            tf.debugging.assert_non_negative(labels, message=message),
-            tf.debugging.assert_less(
-                ops.cast(labels, "int64"),
-                tf.constant(self.gpq_config.num_classes, "int64"),
-                message=message,
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            return tuple(None if t is None else tf.identity(t) for t in batch)
-
     def compute_losses(self, labeled, unlabeled, labels, training):
         """The paper's objective on one labeled and one unlabeled batch -> {name: scalar} for
         `LOSS_NAMES`: loss = npq + lambda1 * entropy + lambda2 * cls."""
         cfg = self.gpq_config
         y = self.label_matrix(labels)
-        # Each stream goes through F on its own, so batch norm uses (and updates) per-stream statistics.
+        # Each stream goes through F on its own, so batch norm uses (and updates) per-stream
+        # statistics.
         f = self.intra_norm(self(labeled, training=training))
         g = self.intra_norm(self.reversal(self(unlabeled, training=training)))
         q = self.quantizer(
             f, prototypes=self.classifier.normalized_prototypes()
         )  # SA(Z', f), Z' = SA(P, Z)
-        all_y, all_q = _gather_replicas(y, q)  # the global batch's positives and negatives
+        all_y, all_q = self.gather_global_batch(y, q)  # the global batch's positives and negatives
         npq = n_pair_pq_loss(
             y, f, q, cfg.num_subspaces, cfg.reg_lambda, all_labels=all_y, all_descriptors=all_q
         )
@@ -377,149 +297,32 @@ class GPQ(keras.Model):
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         if num_workers(strategy_of(self)) > 1:
             # Keras' TensorFlow trainer reduces each log of a multi-worker step with
-            # `strategy.reduce("MEAN", value, axis=0)`, which needs a batch axis: (1,) gives the same scalar.
+            # `strategy.reduce("MEAN", value, axis=0)`, which needs a batch axis: (1,) gives the
+            # same scalar.
             logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
         return logs
 
-    # Gradient plumbing, one small place per backend. Every backend computes `compute_losses` and applies
-    # the gradient of losses["loss"] with the optimizer; TensorFlow through a tape on the variables, JAX
-    # through `jax.value_and_grad` of a pure function of the variables' values (Keras' stateless form).
-    def train_step(self, *args):
-        """One optimizer step on a `fit` batch -> the running losses. TensorFlow: `train_step(data)`;
-        JAX: `train_step(state, data)` -> (logs, state), state = (trainable, non-trainable, optimizer,
-        metrics variables' values)."""
-        if keras.config.backend() == "jax":
-            return self._jax_train_step(*args)
-        labeled, unlabeled, labels = self._training_batch(args[0])
-        # Each of N replicas holds the loss of its slice of the batch (the whole batch's negatives
-        # included); the optimizer sums the replicas' gradients: loss / N makes that sum the gradient
-        # of the whole batch's loss on one device.
-        losses, grads = self._tf_gradients(labeled, unlabeled, labels, scale=1.0 / _num_replicas())
-        self.optimizer.apply(grads, self.trainable_variables)
-        return self._record(_mean_over_replicas(losses))
-
-    def test_step(self, *args):
-        """The losses of an `evaluate` batch (labeled images only: the entropy is measured on them)."""
-        if keras.config.backend() == "jax":
-            return self._jax_test_step(*args)
-        labeled, unlabeled, labels = self._evaluation_batch(args[0])
-        return self._record(
-            _mean_over_replicas(self.compute_losses(labeled, unlabeled, labels, training=False))
-        )
-
     def loss_and_gradients(self, data):
-        """({name: loss} for `LOSS_NAMES`, gradients of losses["loss"] in `trainable_variables`' order) of one
-        `fit` batch, as NumPy, on any backend, computed as `train_step` computes them. Like a training step
-        it updates batch norm's moving statistics; it changes no weight and no optimizer state."""
-        labeled, unlabeled, labels = self._training_batch(data)
-        if keras.config.backend() == "jax":
-            import jax
-
-            trainable = [v.value for v in self.trainable_variables]
-            non_trainable = [v.value for v in self.non_trainable_variables]
-            step = jax.jit(
-                lambda *args: self._jax_value_and_grad(*args[:2], (), *args[2:])
-            )  # as fit compiles
-            (_, (losses, non_trainable)), grads = step(
-                trainable, non_trainable, labeled, unlabeled, labels
-            )
-            for variable, value in zip(self.non_trainable_variables, non_trainable):
-                variable.assign(value)
-        else:
-            losses, grads = self._tf_gradients(labeled, unlabeled, labels)
+        """({name: loss} for `LOSS_NAMES`, gradients of losses["loss"] in `trainable_variables`'
+        order) of one `fit` batch, as NumPy, on any backend, computed as `train_step` computes them.
+        Like a training step it updates batch norm's moving statistics; it changes no weight and no
+        optimizer state."""
+        losses, grads = self.gradients_of_batch(*self._training_batch(data))
         to_numpy = ops.convert_to_numpy
-        return {name: float(to_numpy(value)) for name, value in losses.items()}, [
-            to_numpy(g) for g in grads
-        ]
+        losses = {name: float(to_numpy(value)) for name, value in losses.items()}
+        return losses, [to_numpy(g) for g in grads]
 
     def _training_batch(self, data):
-        labeled, unlabeled, labels = self._checked(self._unpack(data))
+        labeled, unlabeled, labels = self.checked_batch(self._unpack(data))
         if unlabeled is None:
             raise ValueError('GPQ.fit needs inputs {"labeled": images, "unlabeled": images}')
         return labeled, unlabeled, labels
 
     def _evaluation_batch(self, data):
-        labeled, unlabeled, labels = self._checked(self._unpack(data))
+        """(labeled, unlabeled, labels) of an `evaluate` batch: without an unlabeled stream the
+        entropy is measured on the labeled images."""
+        labeled, unlabeled, labels = self.checked_batch(self._unpack(data))
         return labeled, labeled if unlabeled is None else unlabeled, labels
-
-    def _tf_gradients(self, labeled, unlabeled, labels, scale=None):
-        """TensorFlow: (losses, gradients of loss), or of optimizer.scale_loss(scale * loss) given a scale."""
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            losses = self.compute_losses(labeled, unlabeled, labels, training=True)
-            loss = losses["loss"]
-            if scale is not None:
-                loss = self.optimizer.scale_loss(loss * scale)
-        return losses, tape.gradient(loss, self.trainable_variables)
-
-    def _stateless_losses(
-        self, trainable, non_trainable, optimizer_state, labeled, unlabeled, labels, training
-    ):
-        """compute_losses on the given variable values -> (loss to differentiate, (losses, new non-trainable
-        values)): a pure function, as `jax.value_and_grad` needs."""
-        variables = self.trainable_variables + self.non_trainable_variables
-        mapping = list(zip(variables, list(trainable) + list(non_trainable)))
-        if optimizer_state:
-            mapping += list(zip(self.optimizer.variables, optimizer_state))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            losses = self.compute_losses(labeled, unlabeled, labels, training=training)
-            loss = losses["loss"]
-            if training and optimizer_state:
-                loss = self.optimizer.scale_loss(
-                    loss
-                )  # reads the loss scale of a LossScaleOptimizer
-        updated = [scope.get_current_value(v) for v in self.non_trainable_variables]
-        non_trainable = [old if new is None else new for old, new in zip(non_trainable, updated)]
-        return loss, (losses, non_trainable)
-
-    def _jax_value_and_grad(
-        self, trainable, non_trainable, optimizer_state, labeled, unlabeled, labels
-    ):
-        import jax
-
-        def loss_fn(trainable_values):
-            return self._stateless_losses(
-                trainable_values,
-                non_trainable,
-                optimizer_state,
-                labeled,
-                unlabeled,
-                labels,
-                training=True,
-            )
-
-        return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-
-    def _jax_train_step(self, state, data):
-        trainable, non_trainable, optimizer_state, metrics_state = state
-        labeled, unlabeled, labels = self._training_batch(data)
-        (_, (losses, non_trainable)), grads = self._jax_value_and_grad(
-            trainable, non_trainable, optimizer_state, labeled, unlabeled, labels
-        )
-        trainable, optimizer_state = self.optimizer.stateless_apply(
-            optimizer_state, grads, trainable
-        )
-        logs, metrics_state = self._stateless_record(metrics_state, losses)
-        return logs, (trainable, non_trainable, optimizer_state, metrics_state)
-
-    def _jax_test_step(self, state, data):
-        trainable, non_trainable, metrics_state = state
-        labeled, unlabeled, labels = self._evaluation_batch(data)
-        _, (losses, non_trainable) = self._stateless_losses(
-            trainable, non_trainable, (), labeled, unlabeled, labels, training=False
-        )
-        logs, metrics_state = self._stateless_record(metrics_state, losses)
-        return logs, (trainable, non_trainable, metrics_state)
-
-    def _stateless_record(self, metrics_state, losses):
-        """`_record` on the given tracker values -> (logs, new tracker values)."""
-        with keras.StatelessScope(
-            state_mapping=list(zip(self.metrics_variables, metrics_state))
-        ) as scope:
-            logs = self._record(losses)
-        updated = [scope.get_current_value(v) for v in self.metrics_variables]
-        return logs, [old if new is None else new for old, new in zip(metrics_state, updated)]
 
     # --- serialisation ---------------------------------------------------------------------------
     def get_config(self):

@@ -1,4 +1,5 @@
-"""Row-parallel NumPy work on a small shared thread pool (NumPy's sorts and gathers release the GIL).
+"""Row-parallel NumPy work on a small shared thread pool (NumPy's sorts and gathers release the
+GIL).
 
 Retrieval ranks rows of distances with it and the metrics score rows of rankings with it.
 """
@@ -16,8 +17,8 @@ _state = {"count": None, "pool": None, "lock": threading.Lock()}
 
 
 def set_num_threads(count=None):
-    """Threads that work on rows in parallel. None (default): the CPUs this process may use, at most 8;
-    1: the calling thread only."""
+    """Threads that work on rows in parallel. None (default): the CPUs this process may use, at most
+    8; 1: the calling thread only."""
     if count is not None:
         count = check_positive_int("count", count)
     with _state["lock"]:

@@ -1,8 +1,9 @@
 """Long training runs: a run folder that survives crashes, and the callbacks `gpq train` uses.
 
-A run folder `DIR` holds `model.keras` (the final model), `best.keras` (best validation mAP), `log.csv`
-(one row per epoch), `logs/` (TensorBoard), `run.json` (the run record), `checkpoints/` (periodic
-`.keras` files) and, while a run is unfinished, `backup/` (the training state of `TrainingBackup`).
+A run folder `DIR` holds `model.keras` (the final model), `best.keras` (best validation mAP),
+`log.csv` (one row per epoch), `logs/` (TensorBoard), `run.json` (the run record), `checkpoints/`
+(periodic `.keras` files) and, while a run is unfinished, `backup/` (the training state of
+`TrainingBackup`).
 
 ```python
 backup = TrainingBackup(run.backup, steps_per_epoch=steps, save_freq="epoch")
@@ -11,8 +12,8 @@ model.fit(train_dataset(split, seed=0, start_step=step)[0], initial_epoch=step /
           callbacks=[backup, EpochLog(run.log, initial_epoch), RetrievalValidation(...)])
 ```
 
-Every file is written atomically (temporary file + rename), so a kill at any moment leaves the previous
-version of each file whole.
+Every file is written atomically (temporary file + rename), so a kill at any moment leaves the
+previous version of each file whole.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ import numpy as np
 
 from gpq_keras.distribute import num_workers, share_chief_state, strategy_of
 from gpq_keras.files import atomic_path, sweep_temporaries, write_json
+from gpq_keras.metrics import codeword_entropy
 
 RUN_FILES = ("model.keras", "best.keras", "log.csv", "run.json")
 RUN_FOLDERS = ("logs", "checkpoints", "backup")
@@ -45,7 +47,8 @@ class RunDirectory:
         self.logs, self.checkpoints, self.backup = (os.path.join(self.path, f) for f in RUN_FOLDERS)
 
     def state(self):
-        """ "new" (nothing of a run yet), "interrupted" (a backup or an unfinished record) or "finished"."""
+        """ "new" (nothing of a run yet), "interrupted" (a backup or an unfinished record) or
+        "finished"."""
         if TrainingBackup.has_backup(self.backup):
             return "interrupted"
         record = self.read_record()
@@ -84,8 +87,8 @@ class RunDirectory:
 
     @contextlib.contextmanager
     def lock(self):
-        """Hold `DIR/.lock` while a run trains here; a ValueError if another process holds it. The operating
-        system releases it when the process ends, however it ends."""
+        """Hold `DIR/.lock` while a run trains here; a ValueError if another process holds it. The
+        operating system releases it when the process ends, however it ends."""
         os.makedirs(self.path, exist_ok=True)
         try:
             import fcntl
@@ -107,15 +110,16 @@ class RunDirectory:
     def prepare(self):
         """Create the folders and remove temporary files a killed run left behind -> their paths.
 
-        A run writes only inside its folder: a symbolic link in place of one of its sub-folders is refused
-        (files are replaced by renames, which replace a link itself and never write through it).
+        A run writes only inside its folder: a symbolic link in place of one of its sub-folders is
+        refused (files are replaced by renames, which replace a link itself and never write through
+        it).
         """
         os.makedirs(self.path, exist_ok=True)
         for folder in (self.logs, self.checkpoints, self.backup):
             if os.path.islink(folder):
                 raise ValueError(
-                    f"{folder} is a symbolic link (to {os.path.realpath(folder)}); gpq train writes "
-                    "only inside the run folder: remove the link"
+                    f"{folder} is a symbolic link (to {os.path.realpath(folder)}); gpq train "
+                    "writes only inside the run folder: remove the link"
                 )
         stale = []
         for folder in (self.path, self.checkpoints, self.backup):
@@ -128,11 +132,11 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose backups are atomic and resume inside an epoch.
 
     The state (model and optimizer variables) goes to one of two weight files in turn, then a small
-    `training_metadata.json` (written atomically, last) names the file and the global step, so a kill at
-    any moment leaves the last complete backup usable. `restore(model)` is called before `fit` and returns
-    the global step to resume from (0 without a backup); the caller starts its data there and runs the
-    rest of an interrupted epoch first (see `gpq_keras.cli`), so at most the steps since the last backup
-    are lost and none is trained twice.
+    `training_metadata.json` (written atomically, last) names the file and the global step, so a
+    kill at any moment leaves the last complete backup usable. `restore(model)` is called before
+    `fit` and returns the global step to resume from (0 without a backup); the caller starts its
+    data there and runs the rest of an interrupted epoch first (see `gpq_keras.cli`), so at most the
+    steps since the last backup are lost and none is trained twice.
 
     Args:
         backup_dir: the folder of the backup.
@@ -175,7 +179,8 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         return step, os.path.join(self.backup_dir, slot)
 
     def restore(self, model):
-        """Load the last backup into `model` (built and compiled) -> the global step to resume at."""
+        """Load the last backup into `model` (built and compiled) -> the global step to resume
+        at."""
         if not self.has_backup(self.backup_dir):
             return 0
         step, weights = self._metadata()
@@ -231,11 +236,12 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """log.csv: one row per epoch (0-based `epoch`, as Keras' CSVLogger), the losses, the learning rate
-    and the validation figures of the epochs that have them; rewritten atomically after every epoch.
+    """log.csv: one row per epoch (0-based `epoch`, as Keras' CSVLogger), the losses, the learning
+    rate and the validation figures of the epochs that have them; rewritten atomically after every
+    epoch.
 
-    Rows of epochs >= `initial_epoch` already in the file (from an interrupted run) are dropped, so each
-    epoch appears once.
+    Rows of epochs >= `initial_epoch` already in the file (from an interrupted run) are dropped, so
+    each epoch appears once.
     """
 
     def __init__(self, path, initial_epoch=0):
@@ -276,7 +282,8 @@ class EpochLog(keras.callbacks.Callback):
 
 
 class PeriodicCheckpoint(keras.callbacks.Callback):
-    """`epoch_NNN.keras` every `every` epochs in `directory`, written atomically; only the last `keep` stay."""
+    """`epoch_NNN.keras` every `every` epochs in `directory`, written atomically; only the last
+    `keep` stay."""
 
     def __init__(self, directory, every, keep=3):
         super().__init__()
@@ -299,31 +306,20 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
             os.remove(os.path.join(self.directory, name))
 
 
-def codeword_entropy(codes, num_codewords):
-    """Entropy (bits) of how often each codeword is chosen, per codebook: codes uint8 (N, M) -> (M,).
-
-    log2(K) when all K codewords are used equally; 0 when a codebook has collapsed to one codeword.
-    """
-    codes = np.asarray(codes)
-    out = np.zeros(codes.shape[1])
-    for m in range(codes.shape[1]):
-        p = np.bincount(codes[:, m], minlength=num_codewords) / max(len(codes), 1)
-        p = p[p > 0]
-        out[m] = float(-(p * np.log2(p)).sum())
-    return out
-
-
 class RetrievalValidation(keras.callbacks.Callback):
-    """Retrieval quality on held-out labeled images during `fit` (TensorFlow Similarity's EvalCallback idea).
+    """Retrieval quality on held-out labeled images during `fit` (TensorFlow Similarity's
+    EvalCallback idea).
 
-    Every `every` epochs (and after the last) it encodes the validation queries and the database, builds a
-    `PQIndex` in `mode`, and adds to the epoch's logs `val_mAP` (over the whole database), `val_precision@10`
-    and `val_codeword_entropy` (the mean over codebooks of `codeword_entropy` of the database codes, log2 K
-    at best; per-codebook values and usage histograms go to TensorBoard under `log_dir`). With `best_path`
-    the model is saved there (atomically) whenever `val_mAP` improves.
+    Every `every` epochs (and after the last) it encodes the validation queries and the database,
+    builds a `PQIndex` in `mode`, and adds to the epoch's logs `val_mAP` (over the whole database),
+    `val_precision@10` and `val_codeword_entropy` (the mean over codebooks of `codeword_entropy` of
+    the database codes, log2 K at best; per-codebook values and usage histograms go to TensorBoard
+    under `log_dir`). With `best_path` the model is saved there (atomically) whenever `val_mAP`
+    improves.
 
     Args:
-        queries, query_labels: held-out labeled images (uint8) and their labels; never the test queries.
+        queries, query_labels: held-out labeled images (uint8) and their labels; never the test
+            queries.
         database, database_labels: the images searched (the unlabeled set) and their labels.
         every: int, validate every that many epochs.
         epochs: the run's last epoch count (it is always validated).
@@ -357,7 +353,8 @@ class RetrievalValidation(keras.callbacks.Callback):
         self._writer = None
 
     def evaluate(self):
-        """{"val_mAP", "val_precision@10", "val_codeword_entropy"} and per-codebook entropies of the model now."""
+        """{"val_mAP", "val_precision@10", "val_codeword_entropy"} and per-codebook entropies of the
+        model now."""
         from gpq_keras import metrics
         from gpq_keras.retrieval import PQIndex
 
@@ -430,8 +427,8 @@ def finite_or_none(value):
 
 
 def new_record(command, settings):
-    """The start of a run.json: the command line, its settings (GPQConfig included), the library versions,
-    the devices and the start time."""
+    """The start of a run.json: the command line, its settings (GPQConfig included), the library
+    versions, the devices and the start time."""
     import importlib
     import platform
 
@@ -479,14 +476,15 @@ def fit_run(
     callbacks=(),
     pipeline="auto",
 ):
-    """Train `model` (compiled) on `split` in the run folder `run`, resuming from its backup if it has one.
+    """Train `model` (compiled) on `split` in the run folder `run`, resuming from its backup if it
+    has one.
 
-    The data of global step g is a function of (seed, g) (`train_dataset(start_step=g)`), so a resumed run
-    sees what it would have seen; an epoch interrupted after b of its steps is finished with the remaining
-    steps first. In a multi-worker run every worker resumes from the chief's backup (`share_chief_state`);
-    call it outside the strategy's scope. Writes `log.csv`, `logs/`, `checkpoints/`, `best.keras` (with
-    `validation`), updates `record` into `run.json` as it goes, saves `model.keras` and removes the backup
-    at the end.
+    The data of global step g is a function of (seed, g) (`train_dataset(start_step=g)`), so a
+    resumed run sees what it would have seen; an epoch interrupted after b of its steps is finished
+    with the remaining steps first. In a multi-worker run every worker resumes from the chief's
+    backup (`share_chief_state`); call it outside the strategy's scope. Writes `log.csv`, `logs/`,
+    `checkpoints/`, `best.keras` (with `validation`), updates `record` into `run.json` as it goes,
+    saves `model.keras` and removes the backup at the end.
 
     Args:
         model: a compiled `GPQ`.
@@ -497,7 +495,8 @@ def fit_run(
             (`split.x_db`, the unlabeled set in the paper's protocol).
         eval_every: validate every that many epochs (and after the last).
         backup_every_steps: None (a backup per epoch) or an int: also every that many steps.
-        save_every, keep_checkpoints: periodic `checkpoints/epoch_NNN.keras`, the last `keep_checkpoints` kept.
+        save_every, keep_checkpoints: periodic `checkpoints/epoch_NNN.keras`, the last
+            `keep_checkpoints` kept.
         record: dict written to run.json (status, progress and validation figures are added).
         verbose: `fit`'s verbosity.
         callbacks: more Keras callbacks, run after the run's own.
@@ -507,7 +506,7 @@ def fit_run(
         The record dict.
     """
     from gpq_keras.data import has_tensorflow, resolve_pipeline, train_input
-    from gpq_keras.data.numpy_pipeline import steps_per_epoch
+    from gpq_keras.data.split import steps_per_epoch
     from gpq_keras.model import save_atomic
 
     record, extra_callbacks = dict(record or {}), callbacks
@@ -522,8 +521,9 @@ def fit_run(
     backup = TrainingBackup(run.backup, steps, save_freq=backup_every_steps or "epoch")
     strategy = strategy_of(model)
     if num_workers(strategy) > 1 and _tf().distribute.has_strategy():
-        # Under the scope of a multi-worker strategy a weight assignment is a broadcast from the chief, which
-        # the other workers would have to join: the chief alone restores its backup, outside the scope.
+        # Under the scope of a multi-worker strategy a weight assignment is a broadcast from the
+        # chief, which the other workers would have to join: the chief alone restores its backup,
+        # outside the scope.
         raise ValueError(
             "fit_run: call it outside strategy.scope() in a multi-worker run (create and compile "
             "the model inside)"

@@ -1,7 +1,8 @@
-"""Figures: the original's ranked-list figure (query + top 15, 2x8 grid), precision-recall curves, codeword
-usage and t-SNE of features.
+"""Figures: the original's ranked-list figure (query + top 15, 2x8 grid), precision-recall curves,
+codeword usage and t-SNE of features.
 
-Matplotlib with the non-interactive Agg canvas; files are written atomically (temporary file + rename).
+Matplotlib with the non-interactive Agg canvas; files are written atomically (temporary file +
+rename).
 """
 
 import os
@@ -9,6 +10,8 @@ import os
 import numpy as np
 
 from gpq_keras.files import atomic_path
+from gpq_keras.image_converter import denormalize
+from gpq_keras.metrics import codeword_usage, usage_entropy
 
 GRID_ROWS, GRID_COLS = 2, 8
 MAX_RESULTS = GRID_ROWS * GRID_COLS - 1  # 15: the first cell holds the query
@@ -39,7 +42,7 @@ def to_display(image, normalized=None):
     """An image as floats in [0, 1] (H, W, 3) or (H, W) for `imshow`.
 
     uint8 images are divided by 255. Float images are taken as normalised with the original's colour
-    statistics (model inputs) and de-normalised with `gpq_keras.data.denormalize`, unless
+    statistics (model inputs) and de-normalised with `gpq_keras.image_converter.denormalize`, unless
     `normalized=False`, when they are taken as [0, 1] already.
     """
     image = np.asarray(image)
@@ -60,8 +63,6 @@ def to_display(image, normalized=None):
             "Normalised float images must have 3 colour channels to be de-normalised; "
             "pass normalized=False for [0, 1] grey images"
         )
-    from gpq_keras.data.numpy_pipeline import denormalize
-
     return denormalize(image)
 
 
@@ -134,9 +135,9 @@ def plot_ranked_list(
 
     The first cell shows the query ("Query"); the others show `result_images` in rank order
     ("Rank 1" ... "Rank 15"). With `relevant`, each result is framed green (relevant) or red and its
-    title carries a check mark or a cross, so relevance reads without colour and on green images too.
-    Unlike the original's demo, which shows `Rank[2..16]` (skipping the best two results), this shows
-    the true top 15.
+    title carries a check mark or a cross, so relevance reads without colour and on green images
+    too. Unlike the original's demo, which shows `Rank[2..16]` (skipping the best two results), this
+    shows the true top 15.
 
     Args:
         query_image: (H, W, 3) uint8, or float normalised as model inputs (see `to_display`).
@@ -178,14 +179,15 @@ def plot_ranked_list(
 
 
 def plot_ranked_lists(queries, path=None, normalized=None, figsize=None, dpi=100, title=None):
-    """Several queries' ranked lists, one 2x8 block each (see `plot_ranked_list`), e.g. a good, a median
-    and a bad query by AP.
+    """Several queries' ranked lists, one 2x8 block each (see `plot_ranked_list`), e.g. a good, a
+    median and a bad query by AP.
 
     Args:
-        queries: list of dicts with the arguments of `plot_ranked_list`: `query_image`, `result_images`
-            and optionally `relevant`, `captions`, `classes`, `distances`, `query_class`, and `title` (the
-            block's heading, e.g. "median AP 0.81").
-        figsize: inches; default 12.8 wide, 3.6 high per block (more with captions, classes or distances).
+        queries: list of dicts with the arguments of `plot_ranked_list`: `query_image`,
+            `result_images` and optionally `relevant`, `captions`, `classes`, `distances`,
+            `query_class`, and `title` (the block's heading, e.g. "median AP 0.81").
+        figsize: inches; default 12.8 wide, 3.6 high per block (more with captions, classes or
+            distances).
 
     Returns:
         `path` when given, else the matplotlib `Figure`.
@@ -239,7 +241,7 @@ def plot_ranked_lists(queries, path=None, normalized=None, figsize=None, dpi=100
         cells = [(to_display(block["query_image"], normalized), query_label, QUERY_COLOR, None)]
         for r, image in enumerate(block["result_images"]):
 
-            def pick(key, r=r):
+            def pick(key, r=r, block=block):
                 values = block.get(key)
                 return None if values is None else values[r]
 
@@ -273,8 +275,9 @@ def plot_ranked_lists(queries, path=None, normalized=None, figsize=None, dpi=100
 
 
 def pick_queries_by_ap(ap):
-    """Query indices of a good, a median and a bad query by AP -> {"good": i, "median": j, "bad": k}: the
-    highest AP, the median (the middle of the sorted APs) and the lowest, the first one on ties."""
+    """Query indices of a good, a median and a bad query by AP ->
+    {"good": i, "median": j, "bad": k}: the highest AP, the median (the middle of the sorted APs)
+    and the lowest, the first one on ties."""
     ap = np.asarray(ap, float).reshape(-1)
     if not len(ap):
         raise ValueError("ap is empty")
@@ -286,8 +289,8 @@ def plot_codeword_usage(
     codes, num_codewords, path=None, title="Codeword usage", figsize=None, dpi=100
 ):
     """An M x K heat map of how often each codeword of each codebook codes the items: a collapsing
-    codebook (few codewords used) shows at a glance. Each row's title gives its usage entropy in bits
-    (log2 K when every codeword is used equally).
+    codebook (few codewords used) shows at a glance. Each row's title gives its usage entropy in
+    bits (log2 K when every codeword is used equally).
 
     Args:
         codes: uint8/int codes (N, M).
@@ -307,12 +310,8 @@ def plot_codeword_usage(
             f"codes must be in [0, {num_codewords}); they hold {codes.min()}..{codes.max()}"
         )
     num_subspaces = codes.shape[1]
-    usage = np.stack(
-        [np.bincount(codes[:, m], minlength=num_codewords) for m in range(num_subspaces)]
-    )
-    usage = usage / len(codes)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = 0.0 - np.sum(np.where(usage > 0, usage * np.log2(usage), 0.0), axis=1)  # no -0.0
+    usage = codeword_usage(codes, num_codewords)
+    entropy = usage_entropy(usage)
     fig = _figure(
         figsize or (max(4.0, 0.35 * num_codewords + 2.5), max(2.5, 0.3 * num_subspaces + 1.5))
     )

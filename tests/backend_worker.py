@@ -2,10 +2,10 @@
 
     python backend_worker.py MODEL.keras BATCH.npz OUT.npz [SAVE.keras]
 
-Loads the GPQ in MODEL.keras (saved on any backend), computes on the batch (x_l, x_u, y of BATCH.npz) what
-the tests compare: `loss_and_gradients`, the moving statistics it leaves, and the features of x_l; writes them
-to OUT.npz. With SAVE.keras it also builds a GPQ of the same configuration here (seeded) and saves it, with
-its features of x_l in OUT.npz as `own_features`.
+Loads the GPQ in MODEL.keras (saved on any backend), computes on the batch (x_l, x_u, y of
+BATCH.npz) what the tests compare: `loss_and_gradients`, the moving statistics it leaves, and the
+features of x_l; writes them to OUT.npz. With SAVE.keras it also builds a GPQ of the same
+configuration here (seeded) and saves it, with its features of x_l in OUT.npz as `own_features`.
 """
 
 import sys

@@ -15,8 +15,8 @@ BACKEND = keras.config.backend()
 if BACKEND == "tensorflow":
     import tensorflow as tf
 
-    # Two logical CPU devices (before TensorFlow's runtime starts), so the tf.distribute tests run two
-    # replicas on this machine; everything else runs on the first, as without the split.
+    # Two logical CPU devices (before TensorFlow's runtime starts), so the tf.distribute tests run
+    # two replicas on this machine; everything else runs on the first, as without the split.
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
     )
@@ -25,11 +25,15 @@ from gpq_keras.config import GPQConfig  # noqa: E402
 
 
 def pytest_report_header(config):
-    return f"Keras backend: {BACKEND} (KERAS_BACKEND; `make test-jax` runs the tests marked `backends` on JAX)"
+    return (
+        f"Keras backend: {BACKEND} "
+        "(KERAS_BACKEND; `make test-jax` runs the tests marked `backends` on JAX)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    """On another backend than TensorFlow only the tests marked `backends` run (the rest need TensorFlow)."""
+    """On another backend than TensorFlow only the tests marked `backends` run (the rest need
+    TensorFlow)."""
     if BACKEND == "tensorflow":
         return
     selected = [item for item in items if item.get_closest_marker("backends")]

@@ -1,4 +1,5 @@
-"""Writers of small fake data files in the real formats (no tests here; imported by tests/test_data_*)."""
+"""Writers of small fake data files in the real formats (no tests here; imported by
+tests/test_data_*)."""
 
 import io
 import os
@@ -23,7 +24,8 @@ CLASS_NAMES = [
 
 
 class Py2Pickler(pickle._Pickler):
-    """Pickles bytes the way Python 2 wrote `str` (BINSTRING opcodes), as in the CIFAR-10 release."""
+    """Pickles bytes the way Python 2 wrote `str` (BINSTRING opcodes), as in the CIFAR-10
+    release."""
 
     dispatch = dict(pickle._Pickler.dispatch)
 
@@ -45,8 +47,9 @@ def py2_pickle_bytes(obj):
 
 
 def fake_cifar_images(count, seed=0):
-    """`count` labelled uint8 images (count, 32, 32, 3); pixel [0, 0] holds the index (mod 256) in red
-    and index // 256 in green, so every image can be told apart; labels 0..9, shuffled, balanced."""
+    """`count` labelled uint8 images (count, 32, 32, 3); pixel [0, 0] holds the index (mod 256) in
+    red and index // 256 in green, so every image can be told apart; labels 0..9, shuffled,
+    balanced."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
     images[:, 0, 0, 0] = np.arange(count) % 256
@@ -65,8 +68,9 @@ def to_rows(images):
 
 
 def write_cifar_folder(directory, images, labels, py2_files=("data_batch_1", "batches.meta")):
-    """The original release's `cifar10/` folder: 5 train batches (equal parts) + test_batch (the rest
-    parts). Files in `py2_files` are written as Python 2 pickles, the others with Python 3 protocol 2."""
+    """The original release's `cifar10/` folder: 5 train batches (equal parts) + test_batch (the
+    rest parts). Files in `py2_files` are written as Python 2 pickles, the others with Python 3
+    protocol 2."""
     os.makedirs(directory, exist_ok=True)
     parts = np.array_split(np.arange(len(images)), 6)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]

@@ -1,4 +1,5 @@
-"""Independent NumPy float64 re-statements of GPQ's layers and losses, written loop-by-sub-space like the paper."""
+"""Independent NumPy float64 re-statements of GPQ's layers and losses, written loop-by-sub-space
+like the paper."""
 
 import numpy as np
 

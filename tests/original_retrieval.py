@@ -1,12 +1,12 @@
-"""The original's retrieval (`utils/RetrievalTest.py`) restated once, loops kept: the reference that tests
-compare `gpq_keras.retrieval` / `gpq_keras.metrics` with, and the peer `benchmarks/bench_retrieval.py`
-times them against.
+"""The original's retrieval (`utils/RetrievalTest.py`) restated once, loops kept: the reference that
+tests compare `gpq_keras.retrieval` / `gpq_keras.metrics` with, and the peer
+`benchmarks/bench_retrieval.py` times them against.
 
 `indexing` (database codes), `pq_dist` (asymmetric distances with the raw Z, a table per query and
 sub-space), `cat_apcal` (AP over the top N), `original_map` (the three chained), with the original's
-argument names. Arithmetic is float64 unless `dtype` says otherwise; only the ranking is made stable (the
-original's `np.argsort` is not: its order among equal distances is unspecified). `stable_top_k` and `label_similarity` are the plain
-Python definitions of a stable ranking and of relevance.
+argument names. Arithmetic is float64 unless `dtype` says otherwise; only the ranking is made stable
+(the original's `np.argsort` is not: its order among equal distances is unspecified). `stable_top_k`
+and `label_similarity` are the plain Python definitions of a stable ranking and of relevance.
 """
 
 import numpy as np
@@ -14,7 +14,8 @@ from numpy_reference import intra_norm
 
 
 def indexing(z, descriptor, num_seg):
-    """Indexing: per sub-space, argmax over codewords of raw descriptor . intra_norm(Z) -> (N, M) ints."""
+    """Indexing: per sub-space, argmax over codewords of raw descriptor . intra_norm(Z)
+    -> (N, M) ints."""
     zs = np.split(intra_norm(z, num_seg), num_seg, axis=1)
     xs = np.split(np.asarray(descriptor, np.float64), num_seg, axis=1)
     codes = np.zeros((len(descriptor), num_seg), dtype=np.int64)
@@ -34,8 +35,8 @@ def indexing_gaps(z, descriptor, num_seg):
 
 
 def pq_dist(z, num_seg, gallery_codes, queries, dtype=np.float64):
-    """pqDist: (n_query, n_db), per query and sub-space a table 1 - q_m . Z_m[k] over the codewords k
-    (raw Z), gathered at the items' codes and summed."""
+    """pqDist: (n_query, n_db), per query and sub-space a table 1 - q_m . Z_m[k] over the
+    codewords k (raw Z), gathered at the items' codes and summed."""
     zs = np.split(np.asarray(z, dtype), num_seg, axis=1)
     qs = np.split(np.asarray(queries, dtype), num_seg, axis=1)
     codes = np.asarray(gallery_codes).astype(np.int64)
@@ -48,8 +49,9 @@ def pq_dist(z, num_seg, gallery_codes, queries, dtype=np.float64):
 
 
 def cat_apcal(label_similarity, rank, top_n):
-    """cat_apcal: `rank` (n_db, n_query) of database indices, one ranked column per query; AP = sum over
-    relevant positions p <= top_n of (hits so far / p), divided by the hits -> (mAP, AP per query)."""
+    """cat_apcal: `rank` (n_db, n_query) of database indices, one ranked column per query;
+    AP = sum over relevant positions p <= top_n of (hits so far / p), divided by the hits
+    -> (mAP, AP per query)."""
     num_test = rank.shape[1]
     ap_all = np.zeros(num_test)
     for i in range(num_test):
@@ -83,7 +85,8 @@ def stable_top_k(distances, k):
 
 
 def original_map(z, num_seg, db_features, query_features, similarity, top_n=None):
-    """PQ_retrieval's mAP: codes of the database, raw query features, asymmetric distances, stable rank.
+    """PQ_retrieval's mAP: codes of the database, raw query features, asymmetric distances, stable
+    rank.
 
     Returns (mAP, database codes, distances (n_query, n_db)).
     """

@@ -1,5 +1,5 @@
-"""Keras backends: the same GPQ on TensorFlow (this process) and on JAX (a subprocess), and gpq_keras on JAX
-with TensorFlow not installed (its import blocked)."""
+"""Keras backends: the same GPQ on TensorFlow (this process) and on JAX (a subprocess), and
+gpq_keras on JAX with TensorFlow not installed (its import blocked)."""
 
 import csv
 import json
@@ -39,8 +39,8 @@ pytestmark = pytest.mark.large
 
 
 def python(args, tmp_path, backend="jax", block_tensorflow=False, timeout=900):
-    """Run `python args...` in a fresh process on `backend` -> its stdout; TensorFlow's import made to fail
-    with `block_tensorflow` (as on a machine without it)."""
+    """Run `python args...` in a fresh process on `backend` -> its stdout; TensorFlow's import made
+    to fail with `block_tensorflow` (as on a machine without it)."""
     paths = [ROOT, HERE]
     if block_tensorflow:
         for name in ("tensorflow", "tensorflow_datasets"):
@@ -97,9 +97,10 @@ def relative_error(a, b):
 def test_the_same_weights_and_batch_give_the_same_losses_and_gradients_on_tensorflow_and_jax(
     tmp_path, tiny_config
 ):
-    """A model saved on TensorFlow loads on JAX; there `loss_and_gradients` (the objective and the gradient
-    `train_step` applies) and the moving statistics a step leaves equal TensorFlow's to 1e-5, and the
-    features too. A model saved on JAX loads on TensorFlow with the features it had there."""
+    """A model saved on TensorFlow loads on JAX; there `loss_and_gradients` (the objective and the
+    gradient `train_step` applies) and the moving statistics a step leaves equal TensorFlow's to
+    1e-5, and the features too. A model saved on JAX loads on TensorFlow with the features it had
+    there."""
     model = GPQ(tiny_config)
     save_atomic(model, tmp_path / "tf.keras")
     rng = np.random.default_rng(0)
@@ -162,7 +163,8 @@ from gpq_keras import cli
 train, evaluate = json.loads(sys.argv[1])
 assert cli.main(train) == 0 and cli.main(evaluate) == 0
 model = train[train.index("--output") + 1] + "/model.keras"
-assert cli.main(["export", "--model", model, "--output", "served"]) == 2  # a SavedModel needs TensorFlow
+# a SavedModel needs TensorFlow
+assert cli.main(["export", "--model", model, "--output", "served"]) == 2
 print(json.dumps({"tensorflow": sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"),
                   "backend": __import__("keras").config.backend()}))
 """
@@ -172,9 +174,9 @@ def test_gpq_on_jax_without_tensorflow_trains_and_evaluates_with_the_numbers_of_
     tmp_path, tiny_npz
 ):
     """With TensorFlow not installed, `KERAS_BACKEND=jax gpq train` (its NumPy PyDataset input) and
-    `gpq evaluate` run without importing TensorFlow; started from the same weights (--init-model) on the same
-    batches (`--pipeline numpy` on TensorFlow), they give TensorFlow's numbers: every epoch's losses and
-    validation mAP, the trained weights and the evaluated mAP."""
+    `gpq evaluate` run without importing TensorFlow; started from the same weights (--init-model) on
+    the same batches (`--pipeline numpy` on TensorFlow), they give TensorFlow's numbers: every
+    epoch's losses and validation mAP, the trained weights and the evaluated mAP."""
     init = tmp_path / "init.keras"
     config = GPQConfig(
         num_subspaces=3,

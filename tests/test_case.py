@@ -34,7 +34,8 @@ def _call(layer, inputs, call_kwargs):
 
 
 def run_serialization_test(instance):
-    """get_config -> from_config -> get_config, and serialize -> JSON -> deserialize, give the same config.
+    """get_config -> from_config -> get_config, and serialize -> JSON -> deserialize, give the same
+    config.
 
     A built instance must come back built, with weights of the same shapes.
     """
@@ -55,7 +56,8 @@ def run_serialization_test(instance):
 
 
 def _run_training_step(model, input_data, output_shape):
-    """Compile with SGD + MSE, fit one batch towards a random target; trainable weights must move."""
+    """Compile with SGD + MSE, fit one batch towards a random target; trainable weights must
+    move."""
     target = np.random.default_rng(0).normal(size=output_shape).astype(np.float32)
     before = [_numpy(w) for w in model.trainable_weights]
     model.compile(optimizer="sgd", loss="mse")
@@ -84,10 +86,12 @@ def _train_layer(layer, input_data, output_shape, call_kwargs):
 def run_precision_test(
     cls, init_kwargs, input_data, call_kwargs=None, policies=tuple(PRECISION_TOLERANCES)
 ):
-    """`cls(**init_kwargs, dtype=policy)` for each mixed policy, with the float32 instance's weights.
+    """`cls(**init_kwargs, dtype=policy)` for each mixed policy, with the float32 instance's
+    weights.
 
-    Output (eager and symbolic) in the policy's compute dtype, every float weight in its variable dtype
-    (and every sublayer of a model on the policy), output finite and close to the float32 output.
+    Output (eager and symbolic) in the policy's compute dtype, every float weight in its variable
+    dtype (and every sublayer of a model on the policy), output finite and close to the float32
+    output.
     """
     reference = cls(**init_kwargs)
     expected = _numpy(_call(reference, input_data, call_kwargs))
@@ -140,7 +144,8 @@ def run_layer_test(
     run_training_check=True,
     run_precision_checks=True,
 ):
-    """The standard checks of a layer: serialisation, build, symbolic and eager calls, training, precision."""
+    """The standard checks of a layer: serialisation, build, symbolic and eager calls, training,
+    precision."""
     expected_output_shape = tuple(expected_output_shape)
 
     def check_weights(layer):
@@ -191,7 +196,8 @@ def run_layer_test(
 def run_backbone_test(
     cls, init_kwargs, input_data, expected_output_shape, run_precision_checks=True
 ):
-    """The standard checks of a functional backbone: serialisation, call, precision, one training step."""
+    """The standard checks of a functional backbone: serialisation, call, precision, one training
+    step."""
     backbone = cls(**init_kwargs)
     run_serialization_test(backbone)
     output = backbone(input_data)
@@ -216,9 +222,9 @@ def run_model_saving_test(cls, init_kwargs, input_data, tmp_path):
 
 
 def gradients(fn, variables):
-    """Gradients (NumPy) of the scalar `fn()` in each of `variables` (Keras variables; wrap an input array in
-    `keras.Variable`), on the current backend: a tape on TensorFlow, `jax.grad` of `fn` made a pure function
-    of the variables' values (Keras' `StatelessScope`) on JAX."""
+    """Gradients (NumPy) of the scalar `fn()` in each of `variables` (Keras variables; wrap an input
+    array in `keras.Variable`), on the current backend: a tape on TensorFlow, `jax.grad` of `fn`
+    made a pure function of the variables' values (Keras' `StatelessScope`) on JAX."""
     if keras.config.backend() == "jax":
         import jax
 

@@ -79,8 +79,8 @@ def test_train_writes_model_checkpoints_and_log(workspace):
 
 
 def _reference_map(model, split_npz, mode):
-    """The original's evaluation re-stated with loops (tests/original_retrieval.py, NumPy float64); the
-    consistent mode is the same algorithm with Z' and intra-normalised queries."""
+    """The original's evaluation re-stated with loops (tests/original_retrieval.py, NumPy float64);
+    the consistent mode is the same algorithm with Z' and intra-normalised queries."""
     data = np.load(split_npz)
     m = model.gpq_config.num_subspaces
     queries, database = model.encode(data["x_query"]), model.encode(data["x_db"])
@@ -266,7 +266,8 @@ def test_every_command_has_help_with_an_example(command, capsys):
 
 @pytest.mark.large
 def test_train_initialises_the_backbone_from_imagenet_mat(workspace, tmp_path, capsys):
-    """`gpq train --imagenet-mat`: the original's .mat keys (TF1 names with :0, (1, N) vectors) land in F."""
+    """`gpq train --imagenet-mat`: the original's .mat keys (TF1 names with :0, (1, N) vectors) land
+    in F."""
     import scipy.io
 
     from gpq_keras.convert import tf1_layer_names
@@ -292,7 +293,8 @@ def test_train_initialises_the_backbone_from_imagenet_mat(workspace, tmp_path, c
     mat = tmp_path / "ImageNet_pretrained.mat"
     scipy.io.savemat(mat, values)
     out = tmp_path / "run"
-    # A learning rate of 0: one epoch of training leaves the trainable weights as the file gave them.
+    # A learning rate of 0: one epoch of training leaves the trainable weights as the file gave
+    # them.
     assert (
         cli.main(
             [
@@ -350,9 +352,9 @@ def _run_python(code, **env):
 )
 def test_help_and_argument_errors_do_not_import_tensorflow(argv, status):
     code = (
-        "import sys\nfrom gpq_keras import cli\ntry:\n    cli.main(%r)\nexcept SystemExit as exc:\n"
-        "    code = exc.code\nprint('status', code, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
-        % argv
+        f"import sys\nfrom gpq_keras import cli\ntry:\n    cli.main({argv!r})\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "print('status', code, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     result = _run_python(code)
     assert f"status {status} False False" in result.stdout, result.stdout + result.stderr

@@ -1,6 +1,8 @@
-"""Every bad input of the command line gets one clear line and exit status 2, and no existing file changes.
+"""Every bad input of the command line gets one clear line and exit status 2, and no existing file
+changes.
 
-The cases of the "nothing lost, nothing silent" review, through `gpq_keras.cli.main` as a user runs them.
+The cases of the "nothing lost, nothing silent" review, through `gpq_keras.cli.main` as a user runs
+them.
 """
 
 import hashlib
@@ -96,7 +98,7 @@ def _fails_with_one_line(argv, capsys, needle):
     ],
 )
 def test_an_output_never_replaces_an_input(files, capsys, case):
-    model, data, index = files / "a.keras", files / "data.npz", files / "index.npz"
+    model, data = files / "a.keras", files / "data.npz"
     spec = f"npz:{data}"
     if case == "output linked to the model":
         link = files / "link.keras"
@@ -260,11 +262,7 @@ def test_k_beyond_the_index_and_another_model_are_refused(files, capsys):
     "damage", ["truncated npz", "not a .keras", "truncated .keras", "tampered index"]
 )
 def test_damaged_files_are_one_line(files, tmp_path, capsys, damage):
-    spec, model, index = (
-        f"npz:{files / 'data.npz'}",
-        str(files / "a.keras"),
-        str(files / "index.npz"),
-    )
+    spec, model = f"npz:{files / 'data.npz'}", str(files / "a.keras")
     if damage == "truncated npz":
         bad = tmp_path / "cut.npz"
         bad.write_bytes((files / "data.npz").read_bytes()[:500])

@@ -1,5 +1,6 @@
-"""Search your own images: `gpq index build --images`, `gpq index add`, `gpq search --image`, and `gpq index
-search` on the faiss file of `--faiss`, on a folder of generated PNG and JPEG files of mixed sizes."""
+"""Search your own images: `gpq index build --images`, `gpq index add`, `gpq search --image`, and
+`gpq index search` on the faiss file of `--faiss`, on a folder of generated PNG and JPEG files of
+mixed sizes."""
 
 import json
 import os
@@ -11,7 +12,8 @@ import tensorflow as tf
 
 from gpq_keras import GPQ, cli
 from gpq_keras.config import GPQConfig
-from gpq_keras.data.user import decode_folder_images, list_images
+from gpq_keras.data.images import decode_images
+from gpq_keras.data.user import list_images
 from gpq_keras.retrieval import PQIndex
 
 pytestmark = pytest.mark.large  # end to end through the CLI (TensorFlow models): in `make test`
@@ -52,11 +54,12 @@ def files(tmp_path_factory):
 
 
 def _expected_index(model, folders):
-    """The index the CLI should build, made in Python: the same files encoded one folder after another."""
+    """The index the CLI should build, made in Python: the same files encoded one folder after
+    another."""
     index = PQIndex.from_model(model)
     for folder in folders:
         paths, labels, _ = list_images(folder)
-        index.add(model.encode(decode_folder_images(paths, (16, 16))), sources=paths, labels=labels)
+        index.add(model.encode(decode_images(paths, (16, 16))), sources=paths, labels=labels)
     return index
 
 
@@ -130,7 +133,7 @@ def test_build_add_and_search_return_the_right_files(files, capsys):
     assert "-k 50 capped at the 18 items" in out.err
     report = json.loads((files / "hits.json").read_text())
     assert report["k"] == 18 and [q["query"] for q in report["queries"]][0] == query
-    distances, ids = want.search(model.encode(decode_folder_images([query], (16, 16))), 18)
+    distances, ids = want.search(model.encode(decode_images([query], (16, 16))), 18)
     hits = report["queries"][0]["results"]
     assert [h["id"] for h in hits] == ids[0].tolist()
     np.testing.assert_allclose([h["distance"] for h in hits], distances[0], rtol=1e-6)
@@ -252,7 +255,7 @@ def test_glob_without_classes_and_faiss_file_search(files, capsys):
         and all(s.endswith(".png") for s in index.sources)
     )
     data = files / "queries.npz"
-    images = decode_folder_images(list(index.sources[:3]), (16, 16))
+    images = decode_images(list(index.sources[:3]), (16, 16))
     np.savez(data, x_query=images, y_query=np.zeros(3, int), x_db=images, y_db=np.zeros(3, int))
     results = {}
     for path in (index_path, faiss_path):

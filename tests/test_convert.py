@@ -1,7 +1,9 @@
-"""Compatibility with the original release: TF1 checkpoint conversion and ImageNet_pretrained.mat loading.
+"""Compatibility with the original release: TF1 checkpoint conversion and ImageNet_pretrained.mat
+loading.
 
-The checkpoints are written by `tf1_reference`, a TF1-graph re-statement of the original network saved with
-a TF1 Saver (random weights, non-trivial batch-norm statistics, Adam slots and zero-debias accumulators).
+The checkpoints are written by `tf1_reference`, a TF1-graph re-statement of the original network
+saved with a TF1 Saver (random weights, non-trivial batch-norm statistics, Adam slots and
+zero-debias accumulators).
 """
 
 import os
@@ -76,7 +78,8 @@ def test_converted_model_matches_tf1_features_codes_and_map(tiny):
     np.testing.assert_allclose(got_dist, want_dist, atol=1e-5)
     assert abs(got_map - want_map) <= 1e-6
 
-    # The package's retrieval (what `gpq evaluate --mode original` runs) agrees with the original's loops.
+    # The package's retrieval (what `gpq evaluate --mode original` runs) agrees with the original's
+    # loops.
     from gpq_keras import metrics, retrieval
 
     labels = tiny["labels"]
@@ -169,7 +172,8 @@ def test_full_width_48bit_checkpoint_converts_with_inferred_config(tmp_path):
 
 @pytest.mark.large
 def test_conv_scopes_are_ordered_by_numeric_suffix(tiny, tmp_path):
-    # conv2d, conv2d_1 .. conv2d_9 renamed conv2d_1 .. conv2d_10: in string order conv2d_10 would be second.
+    # conv2d, conv2d_1 .. conv2d_9 renamed conv2d_1 .. conv2d_10: in string order conv2d_10 would be
+    # second.
     def shift(name):
         m = re.match(r"^Fixed_VGG/conv2d(?:_(\d+))?/(.*)$", name)
         return f"Fixed_VGG/conv2d_{int(m.group(1) or 0) + 1}/{m.group(2)}" if m else name
@@ -291,7 +295,8 @@ def test_save_atomic_round_trip_and_cli_convert(tiny, tmp_path, capsys):
 
 
 def _mat_values(tiny):
-    """The trainable Fixed_VGG values except dense, under their TF1 names with ':0', as the original file."""
+    """The trainable Fixed_VGG values except dense, under their TF1 names with ':0', as the original
+    file."""
     return {
         f"{name}:0": value
         for name, value in tiny["values"].items()

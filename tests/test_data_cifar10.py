@@ -1,4 +1,5 @@
-"""CIFAR-10 sources: the python folder (restricted unpickling), TensorFlow Datasets, the split, the .mat."""
+"""CIFAR-10 sources: the python folder (restricted unpickling), TensorFlow Datasets, the split, the
+.mat."""
 
 import io
 import os
@@ -50,7 +51,7 @@ def expected_protocol(labels, query_every, labeled_per_class):
     return queries, labeled, unlabeled
 
 
-# --- the python folder ---------------------------------------------------------------------------------
+# --- the python folder ----------------------------------------------------------------------------
 
 
 def test_read_folder_gives_images_labels_names_in_original_order(folder, fake):
@@ -171,7 +172,7 @@ def test_missing_truncated_and_misshapen_files_are_named(folder):
         cifar10.read_folder(os.path.join(folder, "nowhere"))
 
 
-# --- cifar10_Similarity.mat ----------------------------------------------------------------------------
+# --- cifar10_Similarity.mat -----------------------------------------------------------------------
 
 
 def test_similarity_mat_round_trip_and_check(tmp_path, folder, fake):
@@ -220,7 +221,7 @@ def test_similarity_matrix_is_labels_relevance_as_sparse_float64(multi_hot):
         cifar10.similarity_matrix(y_query, other_kind)
 
 
-# --- TensorFlow Datasets -------------------------------------------------------------------------------
+# --- TensorFlow Datasets --------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -262,7 +263,8 @@ def test_tfds_is_offline_by_default_and_fails_fast_without_archive(tmp_path, no_
 
 def _refused(self, url, **kwargs):
     raise requests.exceptions.ConnectionError(
-        f"HTTPSConnectionPool: Max retries exceeded with url: {url}\n(Caused by NameResolutionError)"
+        f"HTTPSConnectionPool: Max retries exceeded with url: {url}\n"
+        "(Caused by NameResolutionError)"
     )
 
 
@@ -278,12 +280,13 @@ def _not_found(self, url, **kwargs):
         (
             _refused,
             r"ConnectionError: HTTPSConnectionPool: Max retries exceeded with url: "
-            r"https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz \(Caused by NameResolutionError\)",
+            r"https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz "
+            r"\(Caused by NameResolutionError\)",
         ),
         (
             _not_found,
-            r"DownloadError: Failed to get url https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz. "
-            r"HTTP code: 404.",
+            r"DownloadError: Failed to get url "
+            r"https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz. HTTP code: 404.",
         ),
     ],
 )
@@ -342,10 +345,12 @@ def test_tfds_prepares_offline_from_a_manual_archive(tmp_path, fake, monkeypatch
     archive = write_cifar_binary_archive(
         str(tmp_path / "downloads" / "manual" / "cifar-10-binary.tar.gz"), *fake
     )
-    # Our fake is not the official archive: tfds' checksum check refuses it, with a clear message ...
+    # Our fake is not the official archive: tfds' checksum check refuses it, with a clear message
+    # ...
     with pytest.raises(DataFormatError, match="not the official CIFAR-10 archive"):
         cifar10.load_split(from_tfds=True, data_dir=str(tmp_path))
-    # ... and with the check out of the way, tfds prepares it offline, and the split equals the folder's.
+    # ... and with the check out of the way, tfds prepares it offline, and the split equals the
+    # folder's.
     monkeypatch.setattr(
         download_manager.DownloadManager,
         "_register_or_validate_checksums",

@@ -1,4 +1,5 @@
-"""The packaged digits (`gpq_keras/data/digits.npz`): the raw file's integrity, the images made from it."""
+"""The packaged digits (`gpq_keras/data/digits.npz`): the raw file's integrity, the images made from
+it."""
 
 import hashlib
 from importlib import resources
@@ -61,8 +62,8 @@ def test_load_images_scales_resizes_and_repeats_the_raw_digits():
 
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_the_numpy_resize_is_tensorflows_bilinear_resize(size):
-    """Digits load without TensorFlow; enlarged, they are `tf.image.resize`'s to the last bit (before
-    rounding), so models and figures trained on them before stay reproducible."""
+    """Digits load without TensorFlow; enlarged, they are `tf.image.resize`'s to the last bit
+    (before rounding), so models and figures trained on them before stay reproducible."""
     import tensorflow as tf
 
     raw, _ = digits.load_raw()

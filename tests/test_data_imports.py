@@ -16,6 +16,8 @@ MODULES = (
     "gpq_keras.data.cifar10",
     "gpq_keras.data.nuswide",
     "gpq_keras.data.digits",
+    "gpq_keras.data.images",
+    "gpq_keras.image_converter",
 )
 PIPELINE_NAMES = ("normalize", "denormalize", "train_dataset", "eval_dataset")
 
@@ -44,10 +46,14 @@ def test_importing_the_data_modules_does_not_import_tensorflow_or_keras():
 
 
 def test_pipeline_names_load_on_first_use():
-    from gpq_keras.data import pipeline, train_dataset
+    from gpq_keras import image_converter
+    from gpq_keras.data import numpy_pipeline, tf_pipeline, train_dataset
 
+    owners = {"denormalize": image_converter}
     for name in PIPELINE_NAMES:
-        assert getattr(gpq_keras.data, name) is getattr(pipeline, name)
-    assert train_dataset is pipeline.train_dataset
+        assert getattr(gpq_keras.data, name) is getattr(owners.get(name, tf_pipeline), name)
+    for name in ("train_pydataset", "eval_pydataset", "ArrayBatches", "TwoStreamBatches"):
+        assert getattr(gpq_keras.data, name) is getattr(numpy_pipeline, name)
+    assert train_dataset is tf_pipeline.train_dataset
     with pytest.raises(AttributeError, match="module 'gpq_keras.data' has no attribute 'nothing'"):
         gpq_keras.data.nothing  # noqa: B018

@@ -1,4 +1,5 @@
-"""NUS-WIDE list files: parsing, tf.data decoding and resizing, errors that name the file and line."""
+"""NUS-WIDE list files: parsing, tf.data decoding and resizing, errors that name the file and
+line."""
 
 import os
 

@@ -1,17 +1,27 @@
-"""The input pipelines, tf.data and NumPy (`keras.utils.PyDataset`): augmentation as claimed, two independent
-streams, evaluation input; the two give batches of the same distribution."""
+"""The input pipelines, tf.data and NumPy (`keras.utils.PyDataset`): augmentation as claimed, two
+independent streams, evaluation input; the two give batches of the same distribution."""
 
 import numpy as np
 import pytest
 
-from gpq_keras.data import ArrayBatches, Split, eval_dataset, numpy_pipeline, pipeline, train_input
+from gpq_keras import image_converter
+from gpq_keras.data import (
+    ArrayBatches,
+    Split,
+    eval_dataset,
+    numpy_pipeline,
+    tf_pipeline,
+    train_input,
+)
+from gpq_keras.data.split import steps_per_epoch
 
-MEAN, STD = np.array(pipeline.CHANNEL_MEAN), np.array(pipeline.CHANNEL_STD)
+MEAN, STD = np.array(image_converter.CHANNEL_MEAN), np.array(image_converter.CHANNEL_STD)
 PIPELINES = ["tf.data", "numpy"]
 
 
 def take(kind, split, count, **options):
-    """([(x_l, x_u, y)] of the first `count` batches as NumPy, steps_per_epoch) of pipeline `kind`."""
+    """([(x_l, x_u, y)] of the first `count` batches as NumPy, steps_per_epoch) of pipeline
+    `kind`."""
     dataset, steps = train_input(split, pipeline=kind, **options)
     items = (dataset[i] for i in range(count)) if kind == "numpy" else dataset.take(count)
     return [
@@ -24,11 +34,12 @@ def augment_numpy(batch, seed, fill):
 
 
 def augment_tf(batch, seed, fill):
-    return pipeline.augment_batch(batch, seed=seed, fill=fill).numpy()
+    return tf_pipeline.augment_batch(batch, seed=seed, fill=fill).numpy()
 
 
 def candidates(image, padding, fill=0.0):
-    """Every result the augmentation may give for `image`: {(flip, dy, dx): array} (NumPy reference)."""
+    """Every result the augmentation may give for `image`: {(flip, dy, dx): array} (NumPy
+    reference)."""
     h, w = image.shape[:2]
     out = {}
     for flip in (False, True):
@@ -43,8 +54,8 @@ def candidates(image, padding, fill=0.0):
 
 
 def draws(augment, seed, fill=0.0, count=4000):
-    """The (flip, dy, dx) of each of `count` augmentations of one image; each output must be exactly one
-    flip + crop of the padded image (NumPy reference `candidates`)."""
+    """The (flip, dy, dx) of each of `count` augmentations of one image; each output must be exactly
+    one flip + crop of the padded image (NumPy reference `candidates`)."""
     image = np.arange(1, 8 * 8 * 2 + 1, dtype=np.float32).reshape(
         8, 8, 2
     )  # every pixel unique, > 0
@@ -74,8 +85,9 @@ def test_augment_batch_is_a_flip_then_a_padded_crop(augment, fill):
 
 
 def test_numpy_and_tf_augmentations_draw_from_the_same_distribution():
-    """Flip and the two offsets: uniform (chi-square against 1/2 and 1/9 per value) and independent, for both;
-    and the two pipelines' frequencies agree (two-sample chi-square over the 162 outcomes)."""
+    """Flip and the two offsets: uniform (chi-square against 1/2 and 1/9 per value) and independent,
+    for both; and the two pipelines' frequencies agree (two-sample chi-square over the 162
+    outcomes)."""
     from scipy import stats
 
     counts = {}
@@ -98,7 +110,7 @@ def test_augment_shifts_a_known_pattern():
     image[10, 21] = 2.0  # and its right neighbour, to tell a flip
     moves = set()
     for seed in range(40):
-        out = pipeline.augment(image, seed=[seed, 0]).numpy()[..., 0]
+        out = tf_pipeline.augment(image, seed=[seed, 0]).numpy()[..., 0]
         ((y, x),) = np.argwhere(out == 1.0)  # still exactly one, moved by at most 4
         ((y2, x2),) = np.argwhere(out == 2.0)
         flipped = x2 == x - 1
@@ -136,7 +148,7 @@ def pixel_values(batch):
 def test_train_dataset_structure_and_label_alignment(kind):
     split = split_of_constant_images()
     dataset, steps = train_input(split, pipeline=kind, batch_size=8, seed=1)
-    assert steps == 5 == numpy_pipeline.steps_per_epoch(split, 8)
+    assert steps == 5 == steps_per_epoch(split, 8)
     x, y = dataset[0] if kind == "numpy" else next(iter(dataset))
     assert set(x) == {"labeled", "unlabeled"}
     assert x["labeled"].shape == (8, 32, 32, 3) and x["unlabeled"].shape == (8, 32, 32, 3)
@@ -150,14 +162,14 @@ def test_train_dataset_structure_and_label_alignment(kind):
 @pytest.mark.parametrize("kind", PIPELINES)
 @pytest.mark.parametrize("normalized", [False, True])
 def test_padding_is_zero_after_normalisation(normalized, kind):
-    """Pixels are padded with the channel mean, which the model's normalisation makes 0 (`normalized=True`:
-    normalised images padded with 0, the original's order)."""
+    """Pixels are padded with the channel mean, which the model's normalisation makes 0
+    (`normalized=True`: normalised images padded with 0, the original's order)."""
     split = split_of_constant_images()
     batches, _ = take(kind, split, 5, batch_size=20, seed=2, normalized=normalized)
     padded = 0
     fill = np.zeros(3, np.float32) if normalized else np.asarray(MEAN, np.float32)
     if not normalized:
-        np.testing.assert_array_equal(pipeline.normalize(fill).numpy(), 0.0)
+        np.testing.assert_array_equal(tf_pipeline.normalize(fill).numpy(), 0.0)
     for _, x_u, _ in batches:
         for image in x_u:
             value = image[16, 16]
@@ -208,9 +220,7 @@ def test_batch_size_is_capped_and_multi_hot_labels_pass(kind):
     split.y_labeled = np.eye(21, dtype=np.uint8)[np.arange(12)]
     split.num_classes = 21
     ((x_l, x_u, y),) = (batches := take(kind, split, 1, batch_size=500))[0]
-    assert x_l.shape[0] == x_u.shape[0] == 12 and batches[1] == 1 == numpy_pipeline.steps_per_epoch(
-        split, 500
-    )
+    assert x_l.shape[0] == x_u.shape[0] == 12 and batches[1] == 1 == steps_per_epoch(split, 500)
     assert y.shape == (12, 21) and y.dtype == np.uint8
     with pytest.raises(ValueError, match="no labeled"):
         train_input(
@@ -232,12 +242,13 @@ def test_eval_dataset_is_ordered_pixels_without_augmentation():
     np.testing.assert_array_equal(
         np.concatenate(floats), images.astype(np.float32)
     )  # no guessing by dtype
-    # normalized=True: the contract of models saved before the model normalised (uint8 normalised here).
+    # normalized=True: the contract of models saved before the model normalised (uint8 normalised
+    # here).
     legacy = np.concatenate(
         [b.numpy() for b in eval_dataset(images, batch_size=10, normalized=True)]
     )
     np.testing.assert_allclose(legacy, (images.astype(np.float64) - MEAN) / STD, atol=1e-5)
-    np.testing.assert_allclose(pipeline.denormalize(legacy), images / 255.0, atol=1e-5)
+    np.testing.assert_allclose(image_converter.denormalize(legacy), images / 255.0, atol=1e-5)
     # The NumPy version (a PyDataset): the same batches.
     for normalized in (False, True):
         ours = ArrayBatches(images, batch_size=10, normalized=normalized)
@@ -249,7 +260,8 @@ def test_eval_dataset_is_ordered_pixels_without_augmentation():
 
 @pytest.mark.parametrize("kind", PIPELINES)
 def test_a_batch_never_holds_an_image_twice(kind):
-    """43 labeled / 67 unlabeled images at batch 10: passes do not divide evenly, batches never span two."""
+    """43 labeled / 67 unlabeled images at batch 10: passes do not divide evenly, batches never span
+    two."""
     split = split_of_constant_images(num_labeled=43, num_unlabeled=67)
     split.y_labeled, split.num_classes = (
         np.arange(43),
@@ -281,9 +293,10 @@ def test_start_step_resumes_the_same_batches(kind):
 
 
 def test_the_numpy_pipeline_has_the_statistics_of_the_tf_data_one():
-    """Digits through both pipelines, 40 batches of 100 + 100 each: the per-pixel means of the labeled and
-    the unlabeled images, the share of padded (channel-mean) pixels and the label frequencies agree within
-    sampling error; un-augmented, one pass of each holds the same images."""
+    """Digits through both pipelines, 40 batches of 100 + 100 each: the per-pixel means of the
+    labeled and the unlabeled images, the share of padded (channel-mean) pixels and the label
+    frequencies agree within sampling error; un-augmented, one pass of each holds the same
+    images."""
     from gpq_keras.data import load_data
 
     split = load_data("digits")
@@ -335,3 +348,23 @@ def test_the_pipeline_choice_resolves_and_a_bad_one_is_named():
         ValueError, match="Unknown input pipeline 'tfdata'; expected one of auto, tf.data, numpy"
     ):
         train_input(split_of_constant_images(), pipeline="tfdata")
+
+
+def test_eval_input_gives_the_same_batches_on_both_pipelines():
+    from gpq_keras.data import eval_input, eval_pydataset
+
+    images = np.random.default_rng(3).integers(0, 256, (23, 8, 8, 3), dtype=np.uint8)
+    for normalized in (False, True):
+        tf_batches = [b.numpy() for b in eval_input(images, "tf.data", 10, normalized=normalized)]
+        numpy_batches = eval_input(images, "numpy", 10, normalized=normalized)
+        assert isinstance(numpy_batches, ArrayBatches) and len(numpy_batches) == 3
+        assert [len(b) for b in tf_batches] == [10, 10, 3]
+        for i, batch in enumerate(tf_batches):
+            np.testing.assert_allclose(numpy_batches[i], batch, rtol=1e-6, atol=1e-5)
+        want = image_converter.normalize_array(images) if normalized else images.astype(np.float32)
+        np.testing.assert_allclose(np.concatenate(tf_batches), want, rtol=1e-6, atol=1e-5)
+    pydataset = eval_pydataset(images, 10, True)
+    assert isinstance(pydataset, ArrayBatches) and pydataset.batch_size == 10
+    assert [len(b) for b in eval_input(images, batch_size=10)] == [10, 10, 3]  # auto: tf.data
+    with pytest.raises(ValueError, match="Unknown input pipeline 'tfdata'"):
+        eval_input(images, "tfdata")

@@ -1,7 +1,7 @@
 """tf.distribute: N replicas train exactly like one device with N times the batch.
 
-This machine's CPU is split into two logical devices (conftest.py), so `MirroredStrategy` runs two replicas;
-the multi-worker test starts two `gpq train` processes on 127.0.0.1.
+This machine's CPU is split into two logical devices (conftest.py), so `MirroredStrategy` runs two
+replicas; the multi-worker test starts two `gpq train` processes on 127.0.0.1.
 """
 
 import json
@@ -53,7 +53,8 @@ def _global_batch():
 
 
 def _one_step(strategy, config, start):
-    """One `fit` step on the global batch from the weights `start` -> (model, {loss name: value})."""
+    """One `fit` step on the global batch from the weights `start`
+    -> (model, {loss name: value})."""
     with strategy.scope():
         model = GPQ(config)
         model.compile()
@@ -69,7 +70,8 @@ def _updates(model, start):
 
 @pytest.fixture(scope="module")
 def start_and_one_device():
-    """Initial weights, and one single-device step from them (sync_batch_norm makes no difference there)."""
+    """Initial weights, and one single-device step from them (sync_batch_norm makes no difference
+    there)."""
     keras.utils.set_random_seed(0)
     start = [v.numpy() for v in GPQ(CONFIG).weights]
     model, losses = _one_step(tf.distribute.get_strategy(), CONFIG, start)
@@ -92,10 +94,8 @@ def test_mirrored_step_with_sync_batch_norm_equals_one_device_step(start_and_one
     start, want, losses = start_and_one_device
     model, got = _one_step(_two_cpus(), CONFIG.replace(sync_batch_norm=True), start)
     assert model.distribute_strategy.num_replicas_in_sync == 2
-    for (
-        name,
-        value,
-    ) in losses.items():  # the N-pair loss over the global batch, not each replica's half
+    # the N-pair loss over the global batch, not each replica's half
+    for name, value in losses.items():
         assert abs(got[name] - value) <= 1e-4 * abs(value), (name, got[name], value)
     checked = 0
     for path, update in _updates(model, start).items():
@@ -115,9 +115,10 @@ def test_mirrored_step_with_sync_batch_norm_equals_one_device_step(start_and_one
 
 @pytest.mark.large  # a traced fit step per strategy (~10 s each)
 def test_mirrored_step_without_sync_batch_norm_differs_as_stated(start_and_one_device):
-    """Without sync batch norm each replica normalises its half with that half's statistics: the features,
-    hence every loss, differ; the first layer's moving mean (the mean of the halves' means) still matches,
-    its moving variance (the mean of the halves' variances, missing the spread between them) does not."""
+    """Without sync batch norm each replica normalises its half with that half's statistics: the
+    features, hence every loss, differ; the first layer's moving mean (the mean of the halves'
+    means) still matches, its moving variance (the mean of the halves' variances, missing the spread
+    between them) does not."""
     start, want, losses = start_and_one_device
     model, got = _one_step(_two_cpus(), CONFIG, start)
     assert abs(got["loss"] - losses["loss"]) > 1e-4 * abs(losses["loss"])
@@ -351,7 +352,8 @@ def test_multi_worker_run_killed_and_rerun_resumes_and_matches_one_device(tmp_pa
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "finished" and record["replicas"] == 2
     assert record["resumed"] == [{"step": killed_at, "epoch": killed_at // 4}]
-    # Only the chief wrote the run folder; the other worker wrote the same files to its scratch folder.
+    # Only the chief wrote the run folder; the other worker wrote the same files to its scratch
+    # folder.
     scratch = tmp_path / "scratch1"
     assert sorted(os.listdir(scratch)) == sorted(os.listdir(run))
     assert (

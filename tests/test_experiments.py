@@ -1,5 +1,5 @@
-"""`benchmarks/experiments.py --quick`: every group trains, scores and reports, with its provenance; and a
-deterministic `gpq train` gives the same model twice."""
+"""`benchmarks/experiments.py --quick`: every group trains, scores and reports, with its provenance;
+and a deterministic `gpq train` gives the same model twice."""
 
 import json
 import os

@@ -15,7 +15,8 @@ from gpq_keras.retrieval import ProductQuantizer
 
 RNG = np.random.default_rng(5)
 
-# Run in a fresh interpreter: TensorFlow and NumPy only, so the SavedModel must load without gpq_keras.
+# Run in a fresh interpreter: TensorFlow and NumPy only, so the SavedModel must load without
+# gpq_keras.
 _SERVE_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
@@ -25,7 +26,9 @@ _SERVE_SCRIPT = textwrap.dedent("""
     serve = tf.saved_model.load(model_dir).signatures["serving_default"]
     out = serve(images=tf.constant(np.load(images_file)))
     assert "gpq_keras" not in sys.modules, "the SavedModel pulled in gpq_keras"
-    np.savez(out_file, features=out["features"].numpy(), codes=out["codes"].numpy(), keys=sorted(out))
+    np.savez(
+        out_file, features=out["features"].numpy(), codes=out["codes"].numpy(), keys=sorted(out)
+    )
 """)
 
 
@@ -82,7 +85,8 @@ def test_saved_model_serves_features_and_codes_without_gpq_keras(tiny_config, tm
 @pytest.mark.large
 def test_each_retrieval_mode_exports_its_own_codes(tiny_config, tmp_path):
     model = GPQ(tiny_config)
-    # Codewords of very different lengths: codes against the raw Z instead of intra_norm(Z) would differ.
+    # Codewords of very different lengths: codes against the raw Z instead of intra_norm(Z) would
+    # differ.
     model.quantizer.codewords.assign(model.codebook * np.float32([[1.0], [8.0], [0.1], [3.0]]))
     images = _pixels()
     for mode in ("original", "consistent"):

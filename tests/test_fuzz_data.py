@@ -1,16 +1,18 @@
-"""Damaged data files: every loader answers FileFormatError (one line naming the file) or loads, nothing else.
+"""Damaged data files: every loader answers FileFormatError (one line naming the file) or loads,
+nothing else.
 
 Hypothesis feeds random bytes, mutations of valid files (truncations, flipped, inserted, deleted and
-overwritten bytes, biased to the headers at both ends) and random arrays / pickled values to every file
-reader: npz data (`user.load_npz`), CIFAR-10 python batches (`cifar10.read_batch`, `read_label_names`),
-NUS-WIDE lists (`nuswide.read_list`) and similarity `.mat` files (`cifar10.load_similarity`). Only
-`gpq_keras.files.FileFormatError` (subclasses included) or a successful load may come out; anything else
-fails the test and shows the input. Runs are derandomized (the same examples every time) and bounded in
-examples and time; an example that hangs is stopped by an alarm.
+overwritten bytes, biased to the headers at both ends) and random arrays / pickled values to every
+file reader: npz data (`user.load_npz`), CIFAR-10 python batches (`cifar10.read_batch`,
+`read_label_names`), NUS-WIDE lists (`nuswide.read_list`) and similarity `.mat` files
+(`cifar10.load_similarity`). Only `gpq_keras.files.FileFormatError` (subclasses included) or a
+successful load may come out; anything else fails the test and shows the input. Runs are
+derandomized (the same examples every time) and bounded in examples and time; an example that hangs
+is stopped by an alarm.
 
-The second half has one test per case of the issue: a truncated npz, an npz claiming 200 GB, a corrupt
-image in a folder, a label of 1e9, a CIFAR folder too small for the protocol, empty arrays, a one-class
-training set and an out-of-range label in a training batch.
+The second half has one test per case of the issue: a truncated npz, an npz claiming 200 GB, a
+corrupt image in a folder, a label of 1e9, a CIFAR folder too small for the protocol, empty arrays,
+a one-class training set and an out-of-range label in a training batch.
 """
 
 import contextlib
@@ -54,7 +56,8 @@ def scratch(tmp_path_factory):
 
 @contextlib.contextmanager
 def time_limit(seconds):
-    """Raise TimeoutError in the block after `seconds` (a hang becomes a failure, not a stuck run)."""
+    """Raise TimeoutError in the block after `seconds` (a hang becomes a failure, not a stuck
+    run)."""
 
     def expire(*_):
         raise TimeoutError(f"no answer within {seconds} s")
@@ -69,8 +72,8 @@ def time_limit(seconds):
 
 
 def load_or_refuse(load, path, data):
-    """`load(path)` after writing `data` there -> its result, or None for a FileFormatError naming the
-    file in one line. Any other exception fails, showing the input."""
+    """`load(path)` after writing `data` there -> its result, or None for a FileFormatError naming
+    the file in one line. Any other exception fails, showing the input."""
     with open(path, "wb") as f:
         f.write(data)
     try:
@@ -88,7 +91,7 @@ def load_or_refuse(load, path, data):
         ) from exc
 
 
-# --- mutations ---------------------------------------------------------------------------------------------
+# --- mutations ------------------------------------------------------------------------------------
 
 
 def _position(draw, size):
@@ -122,7 +125,7 @@ def mutations(draw, valid):
     return bytes(data)
 
 
-# --- npz data files ----------------------------------------------------------------------------------------
+# --- npz data files -------------------------------------------------------------------------------
 
 
 def _valid_arrays(multi_hot=False):
@@ -151,7 +154,8 @@ VALID_NPZ = [_npz_bytes(_valid_arrays(m), c) for m in (False, True) for c in (Fa
 
 @st.composite
 def npz_with_a_mutated_member(draw):
-    """A well-formed zip (right CRCs) whose one .npy member is mutated: the .npy header parser's input."""
+    """A well-formed zip (right CRCs) whose one .npy member is mutated: the .npy header parser's
+    input."""
     arrays = _valid_arrays(draw(st.booleans()))
     key = draw(st.sampled_from(sorted(arrays)))
     members = {k: _npy_bytes(v) for k, v in arrays.items()}
@@ -183,8 +187,8 @@ _DTYPES = st.sampled_from(
 
 @st.composite
 def npz_of_random_arrays(draw):
-    """The valid arrays with some replaced by random ones (any dtype, 0 to 4 dims, empty sides), dropped,
-    or joined by extra members."""
+    """The valid arrays with some replaced by random ones (any dtype, 0 to 4 dims, empty sides),
+    dropped, or joined by extra members."""
     arrays = _valid_arrays(draw(st.booleans()))
     for key in draw(st.lists(st.sampled_from(sorted(arrays)), max_size=3, unique=True)):
         if draw(st.integers(0, 4)) == 0:
@@ -232,7 +236,7 @@ def test_fuzz_npz_arrays(scratch, data):
         _check_loaded_split(split)
 
 
-# --- CIFAR-10 python batches -------------------------------------------------------------------------------
+# --- CIFAR-10 python batches ----------------------------------------------------------------------
 
 
 def _valid_batch():
@@ -279,7 +283,8 @@ _PLAIN = st.recursive(
 
 @st.composite
 def pickled_values(draw):
-    """Pickles of values a batch might hold: the valid batch with random 'data' / 'labels', or anything."""
+    """Pickles of values a batch might hold: the valid batch with random 'data' / 'labels', or
+    anything."""
     if draw(st.booleans()):
         value = _valid_batch()
         for key in draw(
@@ -330,7 +335,7 @@ def test_fuzz_cifar_label_names(scratch, data):
     assert names is None or (names and all(isinstance(n, str) for n in names))
 
 
-# --- NUS-WIDE list files -----------------------------------------------------------------------------------
+# --- NUS-WIDE list files --------------------------------------------------------------------------
 
 
 def _valid_list(rows=3):
@@ -373,7 +378,7 @@ def test_fuzz_nuswide_lists(scratch, data):
         assert all(isinstance(p, str) and "\0" not in p for p in paths)
 
 
-# --- similarity .mat files ---------------------------------------------------------------------------------
+# --- similarity .mat files ------------------------------------------------------------------------
 
 
 def _mat_bytes(variables, **options):
@@ -432,7 +437,7 @@ def test_fuzz_similarity_mat(scratch, data):
         assert matrix.ndim == 2 and set(np.unique(matrix.data).tolist()) <= {0.0, 1.0}
 
 
-# --- the issue's cases, one test each ----------------------------------------------------------------------
+# --- the issue's cases, one test each -------------------------------------------------------------
 
 
 def one_line(exc_info):
@@ -604,9 +609,10 @@ def test_too_small_cifar_folder_is_one_clear_line(tmp_path):
     with pytest.raises(ValueError) as info:
         load_data(f"cifar10:{folder}")  # the paper's protocol: 60 / 500 on 12 images per class
     assert one_line(info) == (
-        f"{folder}: too few images for the protocol (query_every=60, labeled_per_class=500): class 0 has 12 "
-        f"images, 1 of them queries, which leaves 11 labeled and no unlabeled (database) image; every class "
-        f"needs more than 500 images besides its queries (120 images, 2 queries in all)"
+        f"{folder}: too few images for the protocol (query_every=60, labeled_per_class=500): "
+        "class 0 has 12 images, 1 of them queries, which leaves 11 labeled and no unlabeled "
+        "(database) image; every class needs more than 500 images besides its queries (120 images, "
+        "2 queries in all)"
     )
 
 
@@ -747,7 +753,8 @@ def test_unreadable_similarity_mat_is_named(tmp_path, make):
 
 
 def _mat_with_bad_type_code(compressed):
-    """The sparse similarity .mat with its column pointers' element type code set to 24 (no such type)."""
+    """The sparse similarity .mat with its column pointers' element type code set to 24 (no such
+    type)."""
     data = bytearray(VALID_MATS[1])  # uncompressed: header, then one miMATRIX element
     ir = data.index(b"label_Similarity") + 16  # the row indices' tag follows the name
     jc = ir + 8 + struct.unpack_from("<I", data, ir + 4)[0]
@@ -761,7 +768,8 @@ def _mat_with_bad_type_code(compressed):
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_bad_element_type_in_a_mat_is_refused_not_a_crash(tmp_path, compressed):
-    """scipy's compiled reader looks type codes up without a bounds check: this file crashes it (SIGSEGV)."""
+    """scipy's compiled reader looks type codes up without a bounds check: this file crashes it
+    (SIGSEGV)."""
     path = tmp_path / "cifar10_Similarity.mat"
     path.write_bytes(_mat_with_bad_type_code(compressed))
     code = (
@@ -843,7 +851,8 @@ def test_cifar_pickle_cannot_allocate_from_an_array_placeholder(tmp_path):
 
 
 def test_cifar_pickle_with_a_huge_memo_index_is_refused_at_once(tmp_path):
-    """Found by the fuzz suite: LONG_BINPUT 0x06550255 kept the C unpickler busy for 40 s and 850 MB."""
+    """Found by the fuzz suite: LONG_BINPUT 0x06550255 kept the C unpickler busy for 40 s and
+    850 MB."""
     path = tmp_path / "data_batch_1"
     path.write_bytes(
         b"\x80\x02}q\x00(U\x0bbatch_labelr\x01U\x02U\x06l{\xec.\xce@q\x03]q\x04(K\x00K\x02K\x01eU\x04"

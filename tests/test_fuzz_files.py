@@ -1,5 +1,6 @@
-"""Fuzzing the readers of gpq_keras' own files: random and mutated bytes and arrays into `PQIndex.load` and
-`load_gpq` (`.keras`) must give a loaded object or the project's `FileFormatError`, nothing else.
+"""Fuzzing the readers of gpq_keras' own files: random and mutated bytes and arrays into
+`PQIndex.load` and `load_gpq` (`.keras`) must give a loaded object or the project's
+`FileFormatError`, nothing else.
 
 Bounded in examples (derandomized, so CI sees the same cases) to keep the suite fast.
 """
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gpq_keras.files import FileFormatError
-from gpq_keras.retrieval import PQIndex, _checksum
+from gpq_keras.retrieval import PQIndex
+from gpq_keras.retrieval import checksum as _checksum
 
 FUZZ = settings(
     max_examples=40,
@@ -27,7 +29,8 @@ FUZZ = settings(
 
 
 def _only_our_errors(load, path):
-    """Call load(path): a result, or FileFormatError; any other exception fails the test with the input."""
+    """Call load(path): a result, or FileFormatError; any other exception fails the test with the
+    input."""
     try:
         return load(path)
     except FileFormatError:

@@ -36,9 +36,10 @@ def test_n_pair_pq_loss_matches_numpy(multi_hot):
 
 @pytest.mark.parametrize("replicas", [2, 3])
 def test_n_pair_pq_loss_of_replica_slices_averages_to_the_whole_batch(replicas):
-    """Under tf.distribute each replica scores its rows against the gathered batch; the mean over replicas
-    is the one-device loss of the whole batch (NumPy float64), and its gradient with respect to every
-    row's features and descriptors too (summed over replicas, the loss divided by their number)."""
+    """Under tf.distribute each replica scores its rows against the gathered batch; the mean over
+    replicas is the one-device loss of the whole batch (NumPy float64), and its gradient with
+    respect to every row's features and descriptors too (summed over replicas, the loss divided by
+    their number)."""
     rng = np.random.default_rng(replicas)
     f = ref.intra_norm(rng.normal(size=(6 * replicas, M * D)), M).astype(np.float32)
     q = ref.intra_norm(f + 0.3 * rng.normal(size=f.shape), M).astype(np.float32)

@@ -118,7 +118,7 @@ def test_bad_inputs_are_refused(rng):
         metrics.mean_average_precision(ranking[0], yq, ydb)
 
 
-# --- evaluating an index: chunked ranking with ties against the loops -------------------------------
+# --- evaluating an index: chunked ranking with ties against the loops -----------------------------
 
 
 def _tied_index(rng, n=150, labels="int"):
@@ -212,8 +212,8 @@ def test_rank_chunks_and_validation(rng):
 
 @pytest.mark.parametrize("kind", ["float", "str", "wide", 12, 40])
 def test_other_label_kinds_equal_the_loop(rng, kind):
-    """Float and string class ids are compared exactly; multi-hot labels of 12 and 40 classes (16- and
-    64-bit sets) and of more than 64 classes (rows) work."""
+    """Float and string class ids are compared exactly; multi-hot labels of 12 and 40 classes (16-
+    and 64-bit sets) and of more than 64 classes (rows) work."""
     _, _, ranking = random_problem(rng)
     if kind == "float":
         yq, ydb = (

@@ -5,7 +5,7 @@ from test_case import gradients
 
 from gpq_keras import GPQ, GPQConfig, VGGBackbone
 from gpq_keras.data import digits, protocol_split, train_input
-from gpq_keras.data.numpy_pipeline import CHANNEL_MEAN, CHANNEL_STD, normalize_array
+from gpq_keras.image_converter import CHANNEL_MEAN, CHANNEL_STD, normalize_array
 from gpq_keras.losses import subspace_entropy_loss
 from gpq_keras.model import default_optimizer, load_gpq
 from gpq_keras.retrieval import PQIndex
@@ -46,15 +46,15 @@ def test_entropy_gradient_is_reversed_for_the_backbone_only(tiny_config):
         return subspace_entropy_loss(model.classifier(model.intra_norm(features)))
 
     grads = {
-        reverse: gradients(lambda: entropy(reverse), [dense, prototypes])
+        reverse: gradients(lambda reverse=reverse: entropy(reverse), [dense, prototypes])
         for reverse in (True, False)
     }
     np.testing.assert_allclose(grads[True][0], -grads[False][0], rtol=1e-6, atol=1e-10)
     np.testing.assert_allclose(grads[True][1], grads[False][1], rtol=1e-6, atol=1e-10)
     assert np.abs(grads[True][0]).max() > 0 and np.abs(grads[True][1]).max() > 0
 
-    # Numerically: a small step against the reported gradient lowers the entropy loss for the prototypes C
-    # (they maximise entropy) and raises it for the backbone (it minimises entropy).
+    # Numerically: a small step against the reported gradient lowers the entropy loss for the
+    # prototypes C (they maximise entropy) and raises it for the backbone (it minimises entropy).
     base = float(entropy(True))
     eps = 1e-2
     for variable, grad, direction in (
@@ -155,8 +155,9 @@ def test_fit_accepts_multi_hot_labels_and_evaluate_reports_the_same_metrics(tiny
 @backends
 @pytest.mark.parametrize("pipeline", ["tf.data", "numpy"])
 def test_fit_takes_either_input_pipeline(tiny_config, pipeline):
-    """`fit` on the tf.data pipeline (any backend, when TensorFlow is installed) and on the NumPy PyDataset,
-    with the steps of each epoch continuing the stream (the optimizer counts every step)."""
+    """`fit` on the tf.data pipeline (any backend, when TensorFlow is installed) and on the NumPy
+    PyDataset, with the steps of each epoch continuing the stream (the optimizer counts every
+    step)."""
     images = RNG.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
     split = protocol_split(images, np.arange(40) % 5, query_every=10, labeled_per_class=4)
     model = GPQ(tiny_config)
@@ -249,9 +250,9 @@ def test_one_mixed_precision_step_is_close_to_float32_and_the_policy_is_saved(
 
 @backends
 def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
-    """tests/data/gpq_0.1.0_tiny.keras was written before the vocabulary and weight names changed (config
-    keys n_book, n_word, len_code, n_classes; weights Z and C; conv biases; Keras' batch norm; no dtype in
-    the config); it loads in safe mode with equal outputs."""
+    """tests/data/gpq_0.1.0_tiny.keras was written before the vocabulary and weight names changed
+    (config keys n_book, n_word, len_code, n_classes; weights Z and C; conv biases; Keras' batch
+    norm; no dtype in the config); it loads in safe mode with equal outputs."""
     import os
 
     folder = os.path.join(os.path.dirname(__file__), "data")
@@ -286,9 +287,10 @@ def test_a_model_saved_by_gpq_keras_0_1_0_loads_and_gives_its_outputs():
 
 @backends
 def test_pixels_in_uint8_and_float_give_the_same_features_and_neighbours(tiny_config, tmp_path):
-    """The first layer normalises pixels with the original's statistics: uint8 and float 0..255 versions of
-    images (what keras.utils.img_to_array gives) give the same features, equal to the backbone's on
-    normalised images (NumPy float64), through encode, predict and a saved and reloaded model."""
+    """The first layer normalises pixels with the original's statistics: uint8 and float 0..255
+    versions of images (what keras.utils.img_to_array gives) give the same features, equal to the
+    backbone's on normalised images (NumPy float64), through encode, predict and a saved and
+    reloaded model."""
     model = GPQ(tiny_config)
     pixels = np.random.default_rng(1).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
     from_uint8, from_float = model.encode(pixels), model.encode(pixels.astype(np.float32))

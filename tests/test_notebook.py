@@ -1,5 +1,5 @@
-"""The demo notebook: committed with its outputs (it reads on a code host without being run), and it still
-runs from top to bottom (a short training) and shows its figures."""
+"""The demo notebook: committed with its outputs (it reads on a code host without being run), and it
+still runs from top to bottom (a short training) and shows its figures."""
 
 import os
 
@@ -34,8 +34,8 @@ def _outputs(notebook):
 
 
 def test_committed_notebook_shows_its_outputs():
-    """`make notebook` saved it executed: results table, results plot, t-SNE, codeword usage, ranked lists
-    and the precision-recall plot are in the file, every code cell ran, in order."""
+    """`make notebook` saved it executed: results table, results plot, t-SNE, codeword usage, ranked
+    lists and the precision-recall plot are in the file, every code cell ran, in order."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))

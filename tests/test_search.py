@@ -1,5 +1,6 @@
-"""Search at scale: the block-by-block NumPy top-k, faiss fast-scan with exact re-ranking and its error bound,
-fast-scan and inverted-file faiss exports, against brute force (the original's loops, NumPy float64)."""
+"""Search at scale: the block-by-block NumPy top-k, faiss fast-scan with exact re-ranking and its
+error bound, the choice between them, fast-scan and inverted-file faiss exports, against brute force
+(the original's loops, NumPy float64)."""
 
 import warnings
 
@@ -8,9 +9,9 @@ import numpy as np
 import original_retrieval as original
 import pytest
 
-from gpq_keras import GPQ, cli, retrieval
+from gpq_keras import GPQ, cli
 from gpq_keras.config import GPQConfig
-from gpq_keras.retrieval import PQIndex, fast_scan_error_bound
+from gpq_keras.retrieval import PQIndex, faiss_bridge, fast_scan, fast_scan_error_bound, kernels
 
 faiss = pytest.importorskip("faiss")  # requirements.txt installs it; the [faiss] extra elsewhere
 
@@ -23,8 +24,8 @@ def rng():
 
 
 def tie_heavy(rng, n, q=12, m=4, d=3, mode="original"):
-    """K=16, values in multiples of 1/2: every distance is exact in float32 whatever the summation order,
-    and distances tie by the hundred (few distinct sums, repeated codewords and codes)."""
+    """K=16, values in multiples of 1/2: every distance is exact in float32 whatever the summation
+    order, and distances tie by the hundred (few distinct sums, repeated codewords and codes)."""
     if mode == "original":
         z = rng.choice(DYADIC, size=(16, m * d)).astype(np.float32)
         queries = rng.choice(DYADIC, size=(q, m * d)).astype(np.float32)
@@ -45,7 +46,8 @@ def tie_heavy(rng, n, q=12, m=4, d=3, mode="original"):
 
 
 def brute_force(index, queries, k):
-    """The original's pqDist (float64 loops) and a stable sort: ties by position -> (distances, positions)."""
+    """The original's pqDist (float64 loops) and a stable sort: ties by position -> (distances,
+    positions)."""
     dist = original.pq_dist(
         index.pq.words, index.num_subspaces, index.codes, index.pq.prepare_queries(queries)
     )
@@ -53,16 +55,26 @@ def brute_force(index, queries, k):
 
 
 def count_fallbacks(monkeypatch):
-    """Count the queries that `_search_fast_scan` hands to brute force."""
+    """Count the queries that fast-scan re-ranking (`fast_scan.rerank`) hands to brute force
+    (`kernels.blockwise_top_k`, which the NumPy path also calls, for a top-k of more than 65,536
+    items: none here)."""
     calls = []
-    real = PQIndex._search_blocks
+    real = kernels.blockwise_top_k
 
-    def spy(self, tables, k):
+    def spy(tables, codes, k, **kwargs):
         calls.append(len(tables))
-        return real(self, tables, k)
+        return real(tables, codes, k, **kwargs)
 
-    monkeypatch.setattr(PQIndex, "_search_blocks", spy)
+    monkeypatch.setattr(kernels, "blockwise_top_k", spy)
     return calls
+
+
+def fast_scan_top_k(index, queries, k):
+    """The exact fast-scan top-k (`fast_scan.rerank` of faiss' candidates), whatever k."""
+    searcher = faiss_bridge.fast_scan_index(index.pq, index.codes)
+    search = faiss_bridge.fast_scan_search(searcher, index.num_subspaces)
+    prepared, tables = index.pq.prepare_queries(queries), index.pq.lookup_tables(queries)
+    return fast_scan.rerank(search, prepared, tables, index.codes, k)
 
 
 @pytest.mark.parametrize("mode", ["original", "consistent"])
@@ -71,8 +83,11 @@ def test_fast_scan_exact_equals_brute_force_on_ties(rng, monkeypatch, mode):
     fallbacks = count_fallbacks(monkeypatch)
     for k in (1, 10, 100, 700):
         want_d, want_i = brute_force(index, queries, k)
-        d, i = index.search(queries, k)  # auto: faiss fast-scan, re-ranked
+        d, i = index.search(queries, k)  # auto: faiss fast-scan, re-ranked (NumPy for k = 700)
         np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_array_equal(d, want_d.astype(np.float32))
+        d, positions = fast_scan_top_k(index, queries, k)  # fast-scan for every k
+        np.testing.assert_array_equal(positions, want_i)
         np.testing.assert_array_equal(d, want_d.astype(np.float32))
     row = original.pq_dist(index.pq.words, 4, index.codes, index.pq.prepare_queries(queries[:1]))[0]
     assert len(np.unique(row)) < 100  # 3,000 items at fewer than 100 distinct distances
@@ -85,6 +100,9 @@ def test_fast_scan_exact_equals_brute_force_on_ties(rng, monkeypatch, mode):
         want_d, want_i = brute_force(same, queries, k)
         d, i = same.search(queries, k)
         np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_array_equal(d, want_d.astype(np.float32))
+        d, positions = fast_scan_top_k(same, queries, k)  # fast-scan also where NumPy ranks
+        np.testing.assert_array_equal(positions, want_i)
         np.testing.assert_array_equal(d, want_d.astype(np.float32))
     assert sum(fallbacks) > 0
 
@@ -107,8 +125,8 @@ def test_fast_scan_exact_needs_no_fallback_on_spread_data(rng, monkeypatch):
 
 @pytest.mark.parametrize("case", ["random", "one wide sub-space", "negative", "constant sub-space"])
 def test_fast_scan_error_bound_holds(rng, case):
-    """Every approximate distance faiss' fast-scan gives is within `fast_scan_error_bound` of the exact one,
-    and the bound is not loose by orders of magnitude."""
+    """Every approximate distance faiss' fast-scan gives is within `fast_scan_error_bound` of the
+    exact one, and the bound is not loose by orders of magnitude."""
     m, d = 6, 4
     z = rng.standard_normal((16, m * d)).astype(np.float32)
     queries = rng.standard_normal((20, m * d)).astype(np.float32)
@@ -148,24 +166,28 @@ def test_exact_false_says_so_and_stays_within_the_bound(rng):
 
 
 def test_numpy_top_k_builds_each_block_once_and_merges_exactly(rng, monkeypatch):
-    """Blocks of the database outside, queries inside: the one-hot codes of each block are made once
-    however many queries there are (the super-linear cost was a rebuild per query chunk), and merging the
-    blocks' top-k gives brute force, ties included."""
-    monkeypatch.setattr(retrieval, "_DB_BLOCK", 128)
-    monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 128 * 5)  # 5 queries per chunk
+    """Blocks of the database outside, queries inside: the one-hot codes of each block are made
+    once however many queries there are (the super-linear cost was a rebuild per query chunk), and
+    merging the blocks' top-k gives brute force, ties included."""
     made = []
-    real = retrieval._onehot_t
+    real = kernels.onehot_codes
     monkeypatch.setattr(
-        retrieval, "_onehot_t", lambda codes, k: made.append(len(codes)) or real(codes, k)
+        kernels, "onehot_codes", lambda codes, k: made.append(len(codes)) or real(codes, k)
     )
     index, queries = tie_heavy(rng, 1000, q=23)
+    tables = index.pq.lookup_tables(queries)
     for k in (1, 7, 60):
         made.clear()
         want_d, want_i = brute_force(index, queries, k)
-        d, i = index.search(queries, k, backend="numpy")
+        # Blocks of 128 items, chunks of 128 * 5 distances: 5 queries per chunk.
+        keys = kernels.blockwise_top_k(tables, index.codes, k, block_size=128, chunk_elements=640)
+        d, i = kernels.decode_distances(keys), index.ids[kernels.key_positions(keys)]
         np.testing.assert_array_equal(i, want_i)
         np.testing.assert_array_equal(d, want_d.astype(np.float32))
         assert made == [128] * 7 + [1000 - 7 * 128]  # one per block, for all 23 queries
+        d, i = index.search(queries, k, backend="numpy")  # 1,000 items: the full ranking
+        np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_array_equal(d, want_d.astype(np.float32))
 
 
 def test_backend_is_checked(rng):
@@ -179,6 +201,32 @@ def test_backend_is_checked(rng):
     with pytest.raises(ValueError, match="`backend` must be one of"):
         index.search(np.zeros((1, 6), np.float32), 3, backend="gpu")
     assert index.search(np.zeros((1, 6), np.float32), 3)[1].shape == (1, 3)  # auto: NumPy for K=8
+
+
+def test_k_close_to_ntotal_takes_the_full_ranking(rng, monkeypatch):
+    """Fast-scan candidates pay for a small k only: above ntotal / 32 an exact search ranks with
+    NumPy on the faiss backend too (at 54,000 items a fast-scan top-13,500 took ten times the full
+    ranking: `benchmarks/bench_search.py --dispatch`), with the same results."""
+    index, queries = tie_heavy(rng, 3200, q=9)
+    reranked = []
+    real = fast_scan.rerank
+    monkeypatch.setattr(fast_scan, "rerank", lambda *args: reranked.append(args[-1]) or real(*args))
+    for k in (1, 50, 100, 101, 1000, 3199, 3200, 3300):
+        reranked.clear()
+        kk = min(k, index.ntotal)
+        assert index.fast_scan_pays(kk) == (kk <= 100)
+        want_d, want_i = brute_force(index, queries, kk)
+        for backend in ("auto", "faiss"):
+            d, i = index.search(queries, k, backend=backend)
+            np.testing.assert_array_equal(i[:, :kk], want_i)
+            np.testing.assert_array_equal(d[:, :kk], want_d.astype(np.float32))
+            assert np.all(i[:, kk:] == -1) and np.all(np.isinf(d[:, kk:]))
+        assert reranked == ([kk, kk] if kk <= 100 else [])
+        d, i = index.search(queries, k, backend="numpy")
+        np.testing.assert_array_equal(i[:, :kk], want_i)
+    with pytest.warns(UserWarning, match="not re-ranked"):  # asked for: fast-scan, whatever k
+        _, i = index.search(queries, 3000, exact=False)
+    assert reranked == [] and np.all(np.sort(i, axis=1)[:, -1] < index.ntotal)
 
 
 @pytest.mark.parametrize("mode", ["original", "consistent"])
@@ -206,7 +254,7 @@ def test_to_faiss_fast_scan_and_inverted_file_keep_the_codes(rng, mode):
         sims, found = built.search(prepared, 10)
         positions = (found - 1) // 7
         assert np.all(found >= 0) and np.all((found - 1) % 7 == 0)
-        # Each found item's approximate distance is within the bound of its exact one: the codes are ours.
+        # Each found item's approximate distance is within the bound of its exact one: our codes.
         assert np.all(np.abs(m - sims - np.take_along_axis(exact, positions, axis=1)) <= bound)
         assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(found, want_ids)]) >= 9
     ivf.nprobe = 1  # fewer lists: fewer items scanned, results still items of the index

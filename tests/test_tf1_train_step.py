@@ -1,28 +1,32 @@
-"""One training step of our Keras GPQ against the original's TF1 training step, from the same weights.
+"""One training step of our Keras GPQ against the original's TF1 training step, from the same
+weights.
 
-The original's step is `tf1_reference.TF1TrainStep` (a `tf.compat.v1` restatement of train.py). Both start from
-one TF1 checkpoint written by `tf1_reference.make_tf1_checkpoint`; the Keras model always comes from
-`convert_tf1_checkpoint`, and every Keras weight is paired with its TF1 variable through the converter's report,
-so these tests follow the converter if its mapping changes. Both take the same non-augmented, already
-normalised float batches (labeled with int labels, and unlabeled, of different sizes).
+The original's step is `tf1_reference.TF1TrainStep` (a `tf.compat.v1` restatement of train.py). Both
+start from one TF1 checkpoint written by `tf1_reference.make_tf1_checkpoint`; the Keras model always
+comes from `convert_tf1_checkpoint`, and every Keras weight is paired with its TF1 variable through
+the converter's report, so these tests follow the converter if its mapping changes. Both take the
+same non-augmented, already normalised float batches (labeled with int labels, and unlabeled, of
+different sizes).
 
-Compared: the four loss terms; the gradient of every trainable variable; every trainable variable after Adam's
-first step (through `optimizer.apply` on the tape's gradients and through `train_on_batch`); three steps in a
-row on a staircase with `decay_steps=1`; the moving statistics as far as they are comparable.
+Compared: the four loss terms; the gradient of every trainable variable; every trainable variable
+after Adam's first step (through `optimizer.apply` on the tape's gradients and through
+`train_on_batch`); three steps in a row on a staircase with `decay_steps=1`; the moving statistics
+as far as they are comparable.
 
 Conv biases: a conv followed by training-mode batch norm has a true bias gradient of exactly 0.
-- If the Keras backbone has conv biases, both frameworks return float noise (~1e-7 here) of different shape,
-  and Adam's first step turns noise g into an update -lr * g / (|g| + 3.2e-7), anything in (-lr, lr): their
-  gradients are checked against 0 with an absolute tolerance, their updates only against Adam's bound lr.
-- If the converter folds them into the moving means (bias-free Keras convs: BN(x + b) with mean m is BN(x)
-  with mean m - b), the TF1 biases have no Keras counterpart: their TF1 gradient is checked to be ~0, and
-  the fold in the starting moving means and in the batch means of the step.
+- If the Keras backbone has conv biases, both frameworks return float noise (~1e-7 here) of
+  different shape, and Adam's first step turns noise g into an update -lr * g / (|g| + 3.2e-7),
+  anything in (-lr, lr): their gradients are checked against 0 with an absolute tolerance, their
+  updates only against Adam's bound lr.
+- If the converter folds them into the moving means (bias-free Keras convs: BN(x + b) with mean m is
+  BN(x) with mean m - b), the TF1 biases have no Keras counterpart: their TF1 gradient is checked to
+  be ~0, and the fold in the starting moving means and in the batch means of the step.
 
-Moving statistics: the moving variance is compared with the original's. The moving mean is not comparable:
-the original zero-debiases it (shared `biased` / `local_step` accumulators), Keras does not (documented in the
-README) and converted models do not carry the accumulators; checked instead: Keras' moving means follow the
-plain rule m <- 0.9 m + 0.1 batch mean (labeled stream first, then unlabeled) on the very batch means the
-original computed per stream.
+Moving statistics: the moving variance is compared with the original's. The moving mean is not
+comparable: the original zero-debiases it (shared `biased` / `local_step` accumulators), Keras does
+not (documented in the README) and converted models do not carry the accumulators; checked instead:
+Keras' moving means follow the plain rule m <- 0.9 m + 0.1 batch mean (labeled stream first, then
+unlabeled) on the very batch means the original computed per stream.
 """
 
 import re
@@ -45,7 +49,8 @@ CONV_OF_BN = {
     f"Fixed_VGG/{bn}": f"Fixed_VGG/{conv}" for conv, bn in zip(ref.CONV_SCOPES, ref.BN_SCOPES)
 }
 
-# Building two TF1 graphs, converting three times and tracing train_on_batch take ~30 s on 2 CPU cores.
+# Building two TF1 graphs, converting three times and tracing train_on_batch take ~30 s on 2 CPU
+# cores.
 pytestmark = pytest.mark.large
 
 
@@ -69,8 +74,8 @@ def _convert(prefix, **config):
 def _tf1_names(model, report):
     """[(Keras variable, TF1 name)] for every model weight, paired through `report.mapped`.
 
-    A report path is matched to `v.path` exactly or, failing that, as its unique '/'-suffix (the report
-    writes `backbone/conv0/kernel`, Keras' `v.path` is `conv0/kernel`).
+    A report path is matched to `v.path` exactly or, failing that, as its unique '/'-suffix (the
+    report writes `backbone/conv0/kernel`, Keras' `v.path` is `conv0/kernel`).
     """
     paths = {path: name for name, path, _ in report.mapped}
     pairs = []
@@ -83,14 +88,15 @@ def _tf1_names(model, report):
 
 
 def _folded_biases(model, report):
-    """TF1 conv biases with no Keras weight of their own (folded into the moving means by the converter)."""
+    """TF1 conv biases with no Keras weight of their own (folded into the moving means by the
+    converter)."""
     paired = {name for _, name in _tf1_names(model, report)}
     return {name for name, _, _ in report.mapped if CONV_BIAS.match(name) and name not in paired}
 
 
 def _keras_start(case, name):
-    """What the Keras weight paired with TF1 `name` must hold after conversion: the TF1 value, less the
-    conv bias for a moving mean the converter folded it into."""
+    """What the Keras weight paired with TF1 `name` must hold after conversion: the TF1 value, less
+    the conv bias for a moving mean the converter folded it into."""
     value = case["original"]["before"][name]
     scope = name.rsplit("/", 1)[0]
     if name.endswith("/moving_mean") and CONV_OF_BN[scope] + "/bias" in case["folded"]:
@@ -150,7 +156,8 @@ def case(tmp_path_factory):
 
 
 def test_start_from_the_same_weights(case):
-    """The converter hands Keras exactly the TF1 values the original's step started from (folded)."""
+    """The converter hands Keras exactly the TF1 values the original's step started from
+    (folded)."""
     for name, value in case["before"].items():
         np.testing.assert_allclose(
             value, _keras_start(case, name), rtol=1e-6, atol=1e-7, err_msg=name
@@ -170,9 +177,10 @@ def test_loss_terms_match(case):
 
 
 def _gradient_tolerance(expected):
-    """Float32 noise of a gradient: the TF1 step itself, run on the same batches in another sample order,
-    moves every gradient by up to ~7e-5 of the variable's largest entry (ten small-batch batch norms
-    amplify rounding); Keras and TF1 differ by up to ~7e-5 too. Allowed: 2e-4 of the largest entry."""
+    """Float32 noise of a gradient: the TF1 step itself, run on the same batches in another sample
+    order, moves every gradient by up to ~7e-5 of the variable's largest entry (ten small-batch
+    batch norms amplify rounding); Keras and TF1 differ by up to ~7e-5 too. Allowed: 2e-4 of the
+    largest entry."""
     return 2e-4 * float(np.abs(expected).max())
 
 
@@ -194,8 +202,8 @@ def test_gradients_match_for_every_trainable_variable(case):
             np.testing.assert_allclose(
                 got, expected, rtol=0, atol=_gradient_tolerance(expected), err_msg=name
             )
-    # Every trainable TF1 variable (F, Z, C) has a Keras counterpart that was compared, but for conv biases
-    # folded into moving means: their true gradient is 0 and the original's is float noise.
+    # Every trainable TF1 variable (F, Z, C) has a Keras counterpart that was compared, but for conv
+    # biases folded into moving means: their true gradient is 0 and the original's is float noise.
     assert compared | case["folded"] == set(want), sorted(set(want) ^ compared)
     assert len(want) == 44 and not compared & case["folded"]
     for name in case["folded"]:
@@ -208,9 +216,9 @@ ADAM_EPS_HAT = 1e-8 / np.sqrt(1 - 0.999)  # Adam's first step is -lr * g / (|g| 
 def _assert_same_first_update(name, got, expected, before, grad):
     """Compare Adam's first update in units of lr: -lr * g / (|g| + 3.2e-7), ~-lr * sign(g).
 
-    Tolerance: 2e-3 lr (float32 rounding of values ~1 is ~6e-8, i.e. ~3e-4 lr) plus the gradient tolerance
-    carried through that formula (d update / d g = lr * 3.2e-7 / (|g| + 3.2e-7)^2), which matters only for
-    entries whose gradient is within the noise of 0.
+    Tolerance: 2e-3 lr (float32 rounding of values ~1 is ~6e-8, i.e. ~3e-4 lr) plus the gradient
+    tolerance carried through that formula (d update / d g = lr * 3.2e-7 / (|g| + 3.2e-7)^2), which
+    matters only for entries whose gradient is within the noise of 0.
     """
     got_step, want_step = (got - before) / LR, (expected - before) / LR
     if CONV_BIAS.match(
@@ -243,8 +251,9 @@ def test_variables_after_one_adam_step_match(case, path):
 
 def test_moving_means_follow_the_originals_per_stream_batch_means(case):
     """Each stream is normalised with its own statistics, and both update the moving means in order:
-    Keras' m <- 0.9 m + 0.1 mean, labeled stream first, on the original's batch means (less a folded conv
-    bias: the batch mean absorbs it). The original's own moving means are zero-debiased (not compared)."""
+    Keras' m <- 0.9 m + 0.1 mean, labeled stream first, on the original's batch means (less a folded
+    conv bias: the batch mean absorbs it). The original's own moving means are zero-debiased (not
+    compared)."""
     original = case["original"]
     for model in (
         case["fit_model"],
@@ -268,8 +277,9 @@ def test_moving_means_follow_the_originals_per_stream_batch_means(case):
 
 
 def test_moving_variances_match_the_original(case):
-    """The original feeds the Bessel-corrected batch variance (x n / (n - 1), n = B*H*W per stream, here
-    40..3072) of each stream to the moving average, in order; no zero-debias: directly comparable."""
+    """The original feeds the Bessel-corrected batch variance (x n / (n - 1), n = B*H*W per stream,
+    here 40..3072) of each stream to the moving average, in order; no zero-debias: directly
+    comparable."""
     want = case["original"]["values"]
     for model in (case["fit_model"], case["tape_model"]):
         checked = 0
@@ -281,9 +291,10 @@ def test_moving_variances_match_the_original(case):
 
 
 def test_the_originals_moving_statistics_are_zero_debiased_and_bessel_corrected(case):
-    """What the reference does with the moving statistics, i.e. what Keras is not asked to match: the mean
-    through the zero-debias accumulators both streams share (local_step advances by 2 per training step),
-    the variance as a plain moving average of the Bessel-corrected batch variances."""
+    """What the reference does with the moving statistics, i.e. what Keras is not asked to match:
+    the mean through the zero-debias accumulators both streams share (local_step advances by 2 per
+    training step), the variance as a plain moving average of the Bessel-corrected batch
+    variances."""
     original = case["original"]
     before, after = original["before"], original["values"]
     for scope in CONV_OF_BN:
@@ -310,9 +321,9 @@ def test_the_originals_moving_statistics_are_zero_debiased_and_bessel_corrected(
 def test_three_steps_on_a_staircase_match(case):
     """Adam past its first step (no longer ~lr * sign(g)) and the staircase: decay every step here.
 
-    Entries whose gradient came within ten times the float32 noise of 0 at some step (Adam turns such
-    noise into updates of any size up to ~lr) are left out of the value comparison; the rest, at least 90%
-    of all entries, must agree to 1e-2 lr after each step.
+    Entries whose gradient came within ten times the float32 noise of 0 at some step (Adam turns
+    such noise into updates of any size up to ~lr) are left out of the value comparison; the rest,
+    at least 90% of all entries, must agree to 1e-2 lr after each step.
     """
     decay = dict(decay_steps=1)
     model, report = _convert(case["prefix"], **decay)

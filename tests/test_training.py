@@ -1,4 +1,5 @@
-"""Long runs: resume after a kill or Ctrl-C, atomic checkpoints, the run folder, validation mAP, XLA."""
+"""Long runs: resume after a kill or Ctrl-C, atomic checkpoints, the run folder, validation mAP,
+XLA."""
 
 import csv
 import json
@@ -18,13 +19,13 @@ from gpq_keras import GPQ, cli
 from gpq_keras.data import digits
 from gpq_keras.data.split import Split, hold_out_validation
 from gpq_keras.distribute import make_strategy
+from gpq_keras.metrics import codeword_entropy
 from gpq_keras.training import (
     EpochLog,
     PeriodicCheckpoint,
     RetrievalValidation,
     RunDirectory,
     TrainingBackup,
-    codeword_entropy,
     fit_run,
 )
 
@@ -75,7 +76,7 @@ def _one_error_line(argv, capsys):
     return err[0]
 
 
-# --- the pieces ---------------------------------------------------------------------------------------
+# --- the pieces -----------------------------------------------------------------------------------
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -107,8 +108,9 @@ def _tiny_model(tiny_config, seed=0, strategy="one"):
 def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(
     tiny_npz, tiny_config, tmp_path, strategy
 ):
-    """Backups every 3 steps; Ctrl-C at step 8 of 3 epochs x 3 steps; the resumed run finishes epoch 2 with
-    its one remaining step (step 7 of the backup on), and ends with the weights of an uninterrupted run."""
+    """Backups every 3 steps; Ctrl-C at step 8 of 3 epochs x 3 steps; the resumed run finishes epoch
+    2 with its one remaining step (step 7 of the backup on), and ends with the weights of an
+    uninterrupted run."""
     split = _split(tiny_npz)  # 60 labeled at batch 20: 3 steps per epoch
     kwargs = dict(epochs=3, batch_size=20, seed=4, backup_every_steps=3, verbose=0)
     whole = _tiny_model(tiny_config, strategy=strategy)
@@ -246,7 +248,7 @@ def test_hold_out_multi_hot_and_errors():
         hold_out_validation(split, 5)
 
 
-# --- the command line ---------------------------------------------------------------------------------
+# --- the command line -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -328,8 +330,8 @@ def _tensorboard_tags(folder):
 
 
 def _train_process(out, data, epochs=6):
-    # Ctrl-C raises KeyboardInterrupt even when this test runs where SIGINT is ignored (a background job,
-    # whose children, pytest-xdist's workers and this process, inherit that)
+    # Ctrl-C raises KeyboardInterrupt even when this test runs where SIGINT is ignored (a background
+    # job, whose children, pytest-xdist's workers and this process, inherit that)
     code = (
         "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from gpq_keras import cli\nsys.exit(cli.main(sys.argv[1:]))"
@@ -373,7 +375,8 @@ def _wait_for_epoch(out, epoch, proc, timeout=240):
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_a_killed_or_interrupted_train_resumes_when_rerun(tiny_npz, tmp_path, how):
     out = tmp_path / "run"
-    epochs = 16  # enough left after epoch 2 that the signal always lands mid-run, even on a loaded machine
+    # enough left after epoch 2 that the signal always lands mid-run, even on a loaded machine
+    epochs = 16
     argv = _train_process(out, tiny_npz, epochs)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_epoch(out, 2, proc)
@@ -422,8 +425,8 @@ def test_one_xla_step_equals_one_plain_step(tiny_config):
     )
     plain, xla = GPQ(tiny_config), GPQ(tiny_config)
     xla.set_weights(plain.get_weights())
-    # SGD: an update proportional to the gradient (Adam's first step is lr * sign(g), which flips for
-    # gradients at rounding level, e.g. the ones batch norm cancels).
+    # SGD: an update proportional to the gradient (Adam's first step is lr * sign(g), which flips
+    # for gradients at rounding level, e.g. the ones batch norm cancels).
     plain.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
     xla.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=True)
     want = plain.train_on_batch(*batch, return_dict=True)

@@ -50,7 +50,7 @@ def test_ranked_list_figure_grid_frames_and_colours(tmp_path):
 
 
 def test_normalised_float_images_are_denormalised(tmp_path):
-    from gpq_keras.data.pipeline import CHANNEL_MEAN, CHANNEL_STD
+    from gpq_keras.image_converter import CHANNEL_MEAN, CHANNEL_STD
 
     query = _solid((180, 60, 20))
     normalised = (query.astype(np.float32) - CHANNEL_MEAN) / CHANNEL_STD

@@ -1,20 +1,23 @@
-"""A TF1-graph re-statement of the original GPQ release, to make checkpoints and expected outputs in tests.
+"""A TF1-graph re-statement of the original GPQ release, to make checkpoints and expected outputs in
+tests.
 
-`make_tf1_checkpoint` builds, in a private `tf.Graph` with `tf.compat.v1` (eager mode elsewhere is left
-alone), the original's variables under their TF1 names, the original's forward pass F in inference mode
-(conv SAME + bias, fused batch norm on the moving statistics with epsilon 1e-3, ReLU, 2x2 VALID max pools,
-a global-average-pooled branch after the third pool, concat [final 512-d, branch 256-d], dense), and the
-pieces of a training graph that leave variables behind in a real checkpoint: the training-mode batch norm's
-zero-debiased moving-mean update (`.../biased`, `.../local_step`, made by TF's own `assign_moving_average`)
-and `AdamOptimizer(beta1=0.5).minimize` (slots `<var>/Adam`, `<var>/Adam_1`, `beta1_power`, `beta2_power`).
-Every variable gets random values, the batch-norm statistics non-trivial ones, and the whole is written with
+`make_tf1_checkpoint` builds, in a private `tf.Graph` with `tf.compat.v1` (eager mode elsewhere is
+left alone), the original's variables under their TF1 names, the original's forward pass F in
+inference mode (conv SAME + bias, fused batch norm on the moving statistics with epsilon 1e-3, ReLU,
+2x2 VALID max pools, a global-average-pooled branch after the third pool, concat [final 512-d,
+branch 256-d], dense), and the pieces of a training graph that leave variables behind in a real
+checkpoint: the training-mode batch norm's zero-debiased moving-mean update (`.../biased`,
+`.../local_step`, made by TF's own `assign_moving_average`) and `AdamOptimizer(beta1=0.5).minimize`
+(slots `<var>/Adam`, `<var>/Adam_1`, `beta1_power`, `beta2_power`). Every variable gets random
+values, the batch-norm statistics non-trivial ones, and the whole is written with
 `tf.compat.v1.train.Saver`, as the original's train.py does.
 
 `TF1TrainStep` builds the original's whole training step (train.py with utils/GPQ_network.py and
 utils/Functions.py) in a private graph: both streams through F with training-mode batch norm and its
-moving-average updates, intra-normalisation, Z' = SA(intra_norm(C), Z), the N-pair PQ, classification and
-subspace entropy losses with gradient reversal, and Adam on the staircase learning rate; it runs one step on
-given batches from given variable values and returns the loss terms, every gradient and the updated values.
+moving-average updates, intra-normalisation, Z' = SA(intra_norm(C), Z), the N-pair PQ,
+classification and subspace entropy losses with gradient reversal, and Adam on the staircase
+learning rate; it runs one step on given batches from given variable values and returns the loss
+terms, every gradient and the updated values.
 
 The original's retrieval loops are restated in `original_retrieval.py`.
 """
@@ -25,18 +28,21 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.training import moving_averages  # what tf.contrib.layers.batch_norm called
 
-# The original's colour pre-processing (train.py): images fed to its graph are (pixels - MEAN) / STD.
+# The original's colour pre-processing (train.py): images fed to its graph are (pixels - MEAN) /
+# STD.
 ORIGINAL_MEAN = (125.642, 123.738, 114.46)
 ORIGINAL_STD = (63.01, 62.157, 66.94)
 
 
 def to_pixels(normalized):
-    """The pixels (float32, about 0..255) whose original pre-processing gives `normalized` images: what a
-    gpq_keras model, which normalises its inputs itself, is given for the same network input."""
+    """The pixels (float32, about 0..255) whose original pre-processing gives `normalized` images:
+    what a gpq_keras model, which normalises its inputs itself, is given for the same network
+    input."""
     return (np.asarray(normalized, np.float64) * ORIGINAL_STD + ORIGINAL_MEAN).astype(np.float32)
 
 
-# The original's F, layer by layer: (conv scope, batch-norm scope, stage); pools after the 2nd, 4th, 7th conv.
+# The original's F, layer by layer: (conv scope, batch-norm scope, stage); pools after the 2nd, 4th,
+# 7th conv.
 CONV_SCOPES = ("conv2d",) + tuple(f"conv2d_{i}" for i in range(1, 10))
 BN_SCOPES = (
     "batch0",
@@ -54,11 +60,11 @@ STAGES = (0, 0, 1, 1, 2, 2, 2, 3, 3, 3)
 POOL_AFTER = (1, 3, 6)
 BRANCH_AFTER = 6
 BN_DECAY, BN_EPSILON = 0.9, 1e-3
-TRAIN_STEPS = (
-    30  # the step count the fake training left in local_step and the Adam power accumulators
-)
-# The original's initialisers: tf.contrib's xavier_initializer (Glorot uniform) for Z, C and the conv and dense
-# kernels; tf.layers' zero biases; tf.contrib batch_norm's beta 0, gamma 1, moving mean 0, moving variance 1.
+# the step count the fake training left in local_step and the Adam power accumulators
+TRAIN_STEPS = 30
+# The original's initialisers: tf.contrib's xavier_initializer (Glorot uniform) for Z, C and the
+# conv and dense kernels; tf.layers' zero biases; tf.contrib batch_norm's beta 0, gamma 1, moving
+# mean 0, moving variance 1.
 _GLOROT = tf.compat.v1.glorot_uniform_initializer()
 _ZEROS, _ONES = tf.compat.v1.zeros_initializer(), tf.compat.v1.ones_initializer()
 
@@ -66,12 +72,12 @@ _ZEROS, _ONES = tf.compat.v1.zeros_initializer(), tf.compat.v1.ones_initializer(
 def _forward(x, filters, feature_dim, training, force_updates=False, stats=None):
     """F(x) as the original builds it under `Fixed_VGG` (variables created on the first call).
 
-    With `training`, batch norm normalises with the batch statistics and builds the moving-average updates
-    (mean zero-debiased, variance not, decay 0.9; the batch variance fed to them is the fused kernel's,
-    Bessel-corrected). `force_updates` makes each batch norm's output wait for its updates, as the
-    original's `updates_collections=None` does, so running the features runs the updates. `stats`, a list,
-    receives one dict per batch norm: `scope`, batch `mean`, `variance` (as fed to the moving average) and
-    `count` (elements per channel, B*H*W).
+    With `training`, batch norm normalises with the batch statistics and builds the moving-average
+    updates (mean zero-debiased, variance not, decay 0.9; the batch variance fed to them is the
+    fused kernel's, Bessel-corrected). `force_updates` makes each batch norm's output wait for its
+    updates, as the original's `updates_collections=None` does, so running the features runs the
+    updates. `stats`, a list, receives one dict per batch norm: `scope`, batch `mean`, `variance`
+    (as fed to the moving average) and `count` (elements per channel, B*H*W).
     """
     branch = None
     with tf.compat.v1.variable_scope("Fixed_VGG", reuse=tf.compat.v1.AUTO_REUSE):
@@ -143,7 +149,8 @@ def _forward(x, filters, feature_dim, training, force_updates=False, stats=None)
 
 
 def _value_for(name, shape, rng):
-    """Random values with sensible magnitudes; moving variance positive; zero-debias pieces consistent."""
+    """Random values with sensible magnitudes; moving variance positive; zero-debias pieces
+    consistent."""
     if name.endswith("/local_step"):
         return np.float32(TRAIN_STEPS)
     if name == "beta1_power":
@@ -173,18 +180,19 @@ def make_tf1_checkpoint(
     num_classes=10,
     seed=0,
 ):
-    """Build the original's variables and graph, fill them randomly, save to `prefix` with a TF1 Saver.
+    """Build the original's variables and graph, fill them randomly, save to `prefix` with a TF1
+    Saver.
 
-    Returns a dict: `features` (N, M*d) float32, F(images) computed by the TF1 graph in inference mode;
-    `values` {checkpoint name: array} of every saved variable; `Z` and `C`.
+    Returns a dict: `features` (N, M*d) float32, F(images) computed by the TF1 graph in inference
+    mode; `values` {checkpoint name: array} of every saved variable; `Z` and `C`.
     """
     rng = np.random.default_rng(seed)
     feature_dim = num_subspaces * subspace_dim
     images = np.asarray(images, np.float32)
     graph = tf.Graph()
     with graph.as_default():
-        # GPQ.__init__ creates Z and C first; F then runs twice in training mode (labeled and unlabeled
-        # streams, AUTO_REUSE) and once for inference (Demo.py).
+        # GPQ.__init__ creates Z and C first; F then runs twice in training mode (labeled and
+        # unlabeled streams, AUTO_REUSE) and once for inference (Demo.py).
         z = tf.compat.v1.get_variable("Z", [num_codewords, feature_dim])
         c = tf.compat.v1.get_variable("C", [num_classes, feature_dim])
         x = tf.compat.v1.placeholder(tf.float32, [None, *images.shape[1:]], name="x")
@@ -208,10 +216,8 @@ def make_tf1_checkpoint(
         with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             values = {v.op.name: _value_for(v.op.name, tuple(v.shape), rng) for v in variables}
-            for (
-                name,
-                value,
-            ) in values.items():  # the biased accumulator: moving_mean * (1 - decay^t)
+            # the biased accumulator: moving_mean * (1 - decay^t)
+            for name in values:
                 if name.endswith("/biased"):
                     mean_name = name[: -len("/biased")].split("/", 2)[-1]
                     values[name] = (values[mean_name] * (1 - BN_DECAY**TRAIN_STEPS)).astype(
@@ -224,7 +230,8 @@ def make_tf1_checkpoint(
 
 
 def write_checkpoint(prefix, tensors):
-    """Save {checkpoint name: array} under exactly those names with a TF1 Saver (for broken checkpoints)."""
+    """Save {checkpoint name: array} under exactly those names with a TF1 Saver (for broken
+    checkpoints)."""
     graph = tf.Graph()
     with graph.as_default():
         variables = {
@@ -243,10 +250,10 @@ def read_checkpoint(prefix):
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
-# --- the original's training step (train.py, utils/GPQ_network.py, utils/Functions.py) ----------------------
-# Constants of the original: config.py (alpha, beta, lam_1, lam_2), Functions.py (N_PQ_loss's reg_lambda,
-# SME_loss's log guard), train.py (exponential_decay(0.0002, global_step, 100, 0.95, staircase=True),
-# AdamOptimizer(beta1=0.5) with TF1's default beta2 and epsilon).
+# --- the original's training step (train.py, utils/GPQ_network.py, utils/Functions.py) ------------
+# Constants of the original: config.py (alpha, beta, lam_1, lam_2), Functions.py (N_PQ_loss's
+# reg_lambda, SME_loss's log guard), train.py (exponential_decay(0.0002, global_step, 100, 0.95,
+# staircase=True), AdamOptimizer(beta1=0.5) with TF1's default beta2 and epsilon).
 ORIGINAL_HYPER = dict(
     alpha=20.0,
     beta=4.0,
@@ -273,7 +280,8 @@ def _intra_norm(x, num_subspaces):
 
 
 def _soft_assignment(codebook, x, num_subspaces, alpha):
-    """SA(codebook, x): per block m, softmax over codewords of -alpha (1 - x_m . c_m), times c_m; intra-normed."""
+    """SA(codebook, x): per block m, softmax over codewords of -alpha (1 - x_m . c_m), times c_m;
+    intra-normed."""
     blocks = []
     for x_m, c_m in zip(
         tf.split(x, num_subspaces, axis=1), tf.split(codebook, num_subspaces, axis=1)
@@ -284,7 +292,8 @@ def _soft_assignment(codebook, x, num_subspaces, alpha):
 
 
 def _classifier_logits(features, prototypes, num_subspaces, beta):
-    """Mean over blocks of (beta f_m) @ (beta p_m)^T; the original splits f by columns and P^T by rows."""
+    """Mean over blocks of (beta f_m) @ (beta p_m)^T; the original splits f by columns and P^T by
+    rows."""
     f_blocks = tf.split(features * beta, num_subspaces, axis=1)
     p_blocks = tf.split(tf.transpose(prototypes) * beta, num_subspaces, axis=0)
     return tf.reduce_mean(
@@ -313,34 +322,41 @@ def _is_optimizer_state(name):
 
 
 class TF1TrainStep:
-    """The original's full training step as a `tf.compat.v1` graph in its own `tf.Graph` and `Session`.
+    """The original's full training step as a `tf.compat.v1` graph in its own `tf.Graph` and
+    `Session`.
 
     As train.py builds it: P = intra_norm(C); Z' = SA(P, Z); f = intra_norm(F(x)), g = intra_norm(
-    reverse_grad(F(x_T))), F in training mode for both streams (each with its own batch statistics and its own
-    moving-average updates, forced as `updates_collections=None` does); q = SA(Z', f); loss = N-pair PQ(S, f, q)
-    + lambda1 * SME(g, P) + lambda2 * CE(Y, logits(f, P)), S = row-normalised Y Y^T computed in NumPy as
-    train.py does; `AdamOptimizer(2e-4 * 0.95 ** floor(step / 100), beta1=0.5)` on every trainable variable
-    (the 42 of F, Z and C). C gets the entropy term's plain gradient; F gets it reversed.
+    reverse_grad(F(x_T))), F in training mode for both streams (each with its own batch statistics
+    and its own moving-average updates, forced as `updates_collections=None` does); q = SA(Z', f);
+    loss = N-pair PQ(S, f, q) + lambda1 * SME(g, P) + lambda2 * CE(Y, logits(f, P)),
+    S = row-normalised Y Y^T computed in NumPy as train.py does;
+    `AdamOptimizer(2e-4 * 0.95 ** floor(step / 100), beta1=0.5)` on every trainable variable (the 42
+    of F, Z and C). C gets the entropy term's plain gradient; F gets it reversed.
 
-    The original leaves the order of the two streams' moving-average updates undefined: nothing orders the
-    two F calls, both read-modify-write the same moving statistics and the same shared zero-debias
-    accumulators (`biased`, `local_step`), so their values after a step depend on scheduling. Every other
-    result (losses, gradients, Adam's update) does not. `ordered=True` (the default) builds every op of the
-    unlabeled stream under a control dependency on the labeled stream's output (which waits for its
-    updates), so the moving statistics are deterministic and comparable with Keras, which updates in call
-    order; `ordered=False` is the original graph as it is, for timing.
+    The original leaves the order of the two streams' moving-average updates undefined: nothing
+    orders the two F calls, both read-modify-write the same moving statistics and the same shared
+    zero-debias accumulators (`biased`, `local_step`), so their values after a step depend on
+    scheduling. Every other result (losses, gradients, Adam's update) does not. `ordered=True` (the
+    default) builds every op of the unlabeled stream under a control dependency on the labeled
+    stream's output (which waits for its updates), so the moving statistics are deterministic and
+    comparable with Keras, which updates in call order; `ordered=False` is the original graph as it
+    is, for timing.
 
     ```python
-    step = TF1TrainStep(make_tf1_checkpoint(prefix, images, **widths)["values"], image_shape=(16, 16, 3), **widths)
-    out = step.run(x, x_t, labels)  # out["losses"], out["grads"], out["values"], out["before"], out["stats"]
+    step = TF1TrainStep(
+        make_tf1_checkpoint(prefix, images, **widths)["values"], image_shape=(16, 16, 3), **widths
+    )
+    out = step.run(x, x_t, labels)
+    # out["losses"], out["grads"], out["values"], out["before"], out["stats"]
     ```
 
     Args:
-        values: {TF1 name: array} to start from (e.g. `make_tf1_checkpoint(...)["values"]`). Names the graph
-            does not hold raise a KeyError; graph variables not given keep the original's initialisers
-            (Glorot uniform for Z, C, kernels; zeros/ones for biases and batch norm; zero-debias accumulators
-            at zero, as at the start of training). Adam slots and power accumulators are skipped unless
-            `optimizer_state=True`, so a step is Adam's first by default.
+        values: {TF1 name: array} to start from (e.g. `make_tf1_checkpoint(...)["values"]`). Names
+            the graph does not hold raise a KeyError; graph variables not given keep the original's
+            initialisers (Glorot uniform for Z, C, kernels; zeros/ones for biases and batch norm;
+            zero-debias accumulators at zero, as at the start of training). Adam slots and power
+            accumulators are skipped unless `optimizer_state=True`, so a step is Adam's first by
+            default.
         filters, num_subspaces, num_codewords, subspace_dim, num_classes: the network's widths.
         image_shape: (H, W, C) of the images.
         ordered: see above.
@@ -386,8 +402,9 @@ class TF1TrainStep:
             raw_s = _forward(
                 self.x, filters, feature_dim, training=True, force_updates=True, stats=stats_s
             )
-            # Ordered: every op of the unlabeled stream, its reads of the moving averages and of the shared
-            # zero-debias accumulators included, waits for the labeled stream and its updates.
+            # Ordered: every op of the unlabeled stream, its reads of the moving averages and of the
+            # shared zero-debias accumulators included, waits for the labeled stream and its
+            # updates.
             with tf.control_dependencies([raw_s] if ordered else None):
                 raw_t = _forward(
                     self.x_t, filters, feature_dim, training=True, force_updates=True, stats=stats_t
@@ -443,11 +460,13 @@ class TF1TrainStep:
         self.graph.finalize()
 
     def load(self, values):
-        """Assign {TF1 name: array} to the graph's variables (KeyError naming any the graph lacks)."""
+        """Assign {TF1 name: array} to the graph's variables (KeyError naming any the graph
+        lacks)."""
         unknown = sorted(set(values) - set(self.variables))
         if unknown:
             raise KeyError(f"not variables of the TF1 training graph: {unknown}")
-        # One run of the variables' initialisers with their initial values fed (what Variable.load does).
+        # One run of the variables' initialisers with their initial values fed (what Variable.load
+        # does).
         inits = [self.variables[name].initializer for name in values]
         self.session.run(
             inits,
@@ -463,8 +482,8 @@ class TF1TrainStep:
         return dict(zip(names, self.session.run([self.variables[n] for n in names])))
 
     def feed(self, x, x_t, labels, step=0):
-        """The feed_dict of one step, labels as train.py prepares them: one-hot Y (int ids or given 2-D
-        one-hot), S = Y Y^T with rows divided by their sums, in NumPy."""
+        """The feed_dict of one step, labels as train.py prepares them: one-hot Y (int ids or given
+        2-D one-hot), S = Y Y^T with rows divided by their sums, in NumPy."""
         labels = np.asarray(labels)
         y = np.eye(self.num_classes)[labels] if labels.ndim == 1 else labels.astype(np.float64)
         similarity = y @ y.T
@@ -480,10 +499,11 @@ class TF1TrainStep:
     def run(self, x, x_t, labels, step=0):
         """One training step (train.py feeds global_step = step index from 0) on NumPy batches.
 
-        Returns a dict: `losses` {name: float} for `LOSS_TERMS` (before the update), `grads` {TF1 name:
-        array} of every trainable variable, `learning_rate`, `before` and `values` {TF1 name: array} of
-        every variable before and after the step, `stats` {"labeled"/"unlabeled": [{scope, mean, variance,
-        count}]} the batch statistics each stream's batch norms used and fed to the moving averages.
+        Returns a dict: `losses` {name: float} for `LOSS_TERMS` (before the update), `grads`
+        {TF1 name: array} of every trainable variable, `learning_rate`, `before` and `values`
+        {TF1 name: array} of every variable before and after the step, `stats`
+        {"labeled"/"unlabeled": [{scope, mean, variance, count}]} the batch statistics each stream's
+        batch norms used and fed to the moving averages.
         """
         before = self.values()
         fetches = {

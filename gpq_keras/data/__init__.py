@@ -2,20 +2,22 @@
 
 `load_data(spec)` turns a data spec of the CLI into a `Split`:
 
-| spec                         | source                                                              |
-|------------------------------|---------------------------------------------------------------------|
-| `digits`                     | 1,797 handwritten digits packaged with gpq_keras (the default)      |
-| `cifar10:DIR`                | the original release's folder of python batches                     |
-| `tfds:cifar10[:DATA_DIR]`    | TensorFlow Datasets, offline from a manually placed archive:        |
-|                              | DATA_DIR/downloads/manual/cifar-10-binary.tar.gz                    |
-| `nuswide:LIST_DIR:IMAGE_ROOT`| HashNet list files (database.txt, test.txt, train.txt) + images     |
-| `npz:FILE`                   | x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)  |
-| `folder:DIR`                 | class sub-folders of images, split like the paper                   |
+| spec                         | source                                                            |
+|------------------------------|-------------------------------------------------------------------|
+| `digits`                     | 1,797 handwritten digits packaged with gpq_keras (the default)    |
+| `cifar10:DIR`                | the original release's folder of python batches                   |
+| `tfds:cifar10[:DATA_DIR]`    | TensorFlow Datasets, offline from a manually placed archive:      |
+|                              | DATA_DIR/downloads/manual/cifar-10-binary.tar.gz                  |
+| `nuswide:LIST_DIR:IMAGE_ROOT`| HashNet list files (database.txt, test.txt, train.txt) + images   |
+| `npz:FILE`                   | x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)|
+| `folder:DIR`                 | class sub-folders of images, split like the paper                 |
 
-The input pipelines load on first use, so importing this package, its specs and the NumPy loaders does not
-import TensorFlow or Keras: tf.data (`train_dataset`, `eval_dataset`, `normalize`) and, for Keras backends
-without TensorFlow, NumPy `keras.utils.PyDataset`s (`train_pydataset`, `ArrayBatches`). `train_input` picks
-one.
+The input pipelines load on first use, so importing this package, its specs and the NumPy loaders
+does not import TensorFlow or Keras: tf.data (`tf_pipeline`: `train_dataset`, `eval_dataset`,
+`normalize`) and, for Keras backends without TensorFlow, NumPy `keras.utils.PyDataset`s
+(`numpy_pipeline`: `train_pydataset`, `eval_pydataset`). `train_input` and `eval_input` pick one.
+The pixel contract both follow (channel statistics, padding) is the model's:
+`gpq_keras.image_converter`.
 """
 
 import functools
@@ -25,27 +27,30 @@ from gpq_keras import lazy_exports
 from gpq_keras.data.split import Split, check_images, protocol_split
 
 _LAZY = {
-    **{name: "gpq_keras.data.pipeline" for name in ("normalize", "train_dataset", "eval_dataset")},
+    **{
+        name: "gpq_keras.data.tf_pipeline"
+        for name in ("normalize", "train_dataset", "eval_dataset")
+    },
     **{
         name: "gpq_keras.data.numpy_pipeline"
-        for name in ("denormalize", "train_pydataset", "ArrayBatches")
+        for name in ("train_pydataset", "eval_pydataset", "ArrayBatches", "TwoStreamBatches")
     },
+    "denormalize": "gpq_keras.image_converter",
 }
-__all__ = sorted(
-    [
-        "PIPELINES",
-        "SPEC_FORMS",
-        "Split",
-        "check_images",
-        "has_tensorflow",
-        "load_data",
-        "protocol_split",
-        "resolve_pipeline",
-        "spec_paths",
-        "train_input",
-        *_LAZY,
-    ]
-)
+__all__ = [
+    "PIPELINES",
+    "SPEC_FORMS",
+    "Split",
+    "check_images",
+    "eval_input",
+    "has_tensorflow",
+    "load_data",
+    "protocol_split",
+    "resolve_pipeline",
+    "spec_paths",
+    "train_input",
+]
+__all__ = sorted(__all__ + list(_LAZY))
 PIPELINES = ("auto", "tf.data", "numpy")
 
 
@@ -73,8 +78,8 @@ def has_tensorflow():
 
 
 def resolve_pipeline(pipeline="auto"):
-    """The input pipeline a choice of `PIPELINES` means: "tf.data" or "numpy" ("auto": tf.data whenever
-    TensorFlow can be imported)."""
+    """The input pipeline a choice of `PIPELINES` means: "tf.data" or "numpy" ("auto": tf.data
+    whenever TensorFlow can be imported)."""
     if pipeline not in PIPELINES:
         raise ValueError(
             f"Unknown input pipeline {pipeline!r}; expected one of {', '.join(PIPELINES)}"
@@ -85,16 +90,32 @@ def resolve_pipeline(pipeline="auto"):
 
 
 def train_input(split, pipeline="auto", **options):
-    """`GPQ.fit`'s two-stream input -> (dataset, steps_per_epoch): `pipeline` "tf.data" (`train_dataset`),
-    "numpy" (`train_pydataset`, a `keras.utils.PyDataset`) or "auto": tf.data whenever TensorFlow can be
-    imported, so that every backend trains on the same batches, else NumPy. `options` go to the pipeline."""
+    """`GPQ.fit`'s two-stream input -> (dataset, steps_per_epoch): `pipeline` "tf.data"
+    (`train_dataset`), "numpy" (`train_pydataset`, a `keras.utils.PyDataset`) or "auto": tf.data
+    whenever TensorFlow can be imported, so that every backend trains on the same batches, else
+    NumPy. `options` go to the pipeline."""
     if resolve_pipeline(pipeline) == "tf.data":
-        from gpq_keras.data.pipeline import train_dataset
+        from gpq_keras.data.tf_pipeline import train_dataset
 
         return train_dataset(split, **options)
     from gpq_keras.data.numpy_pipeline import train_pydataset
 
     return train_pydataset(split, **options)
+
+
+def eval_input(images, pipeline="auto", batch_size=500, normalized=False):
+    """`predict`'s input: un-augmented float32 batches (B, H, W, C) of images (N, H, W, C), in
+    order, from `pipeline` "tf.data" (`eval_dataset`), "numpy" (`eval_pydataset`, a
+    `keras.utils.PyDataset`) or "auto" (as `train_input`). Pixels, or with `normalized=True` uint8
+    images normalised and float images taken as normalised already (models saved with
+    `GPQ(normalize_pixels=False)`)."""
+    if resolve_pipeline(pipeline) == "tf.data":
+        from gpq_keras.data.tf_pipeline import eval_dataset
+
+        return eval_dataset(images, batch_size, normalized=normalized)
+    from gpq_keras.data.numpy_pipeline import eval_pydataset
+
+    return eval_pydataset(images, batch_size, normalized=normalized)
 
 
 def _bad_spec(spec, why):
@@ -112,13 +133,14 @@ def load_data(spec, **options):
     """Load the `Split` a data spec names (see the module docstring); `options` go to the loader.
 
     Options by source: cifar10 `similarity`, `query_every`, `labeled_per_class`; tfds `manual_dir`,
-    `download` (default False: offline), `similarity`, `query_every`, `labeled_per_class`; nuswide `image_size`; npz `name`; folder `image_size`, `query_every`,
-    `labeled_per_class`; digits `query_every`, `labeled_per_class`.
+    `download` (default False: offline), `similarity`, `query_every`, `labeled_per_class`; nuswide
+    `image_size`; npz `name`; folder `image_size`, `query_every`, `labeled_per_class`; digits
+    `query_every`, `labeled_per_class`.
 
     Raises ValueError naming the spec and the accepted forms for a malformed spec, FileNotFoundError
-    naming the path for missing files, `gpq_keras.files.FileFormatError` (a ValueError) naming the file and
-    the key, line or image at fault for a damaged or malformed one, and ValueError (one line) for data the
-    protocol cannot use (too few images, bad labels).
+    naming the path for missing files, `gpq_keras.files.FileFormatError` (a ValueError) naming the
+    file and the key, line or image at fault for a damaged or malformed one, and ValueError (one
+    line) for data the protocol cannot use (too few images, bad labels).
     """
     kind, paths = _parse_spec(spec)
     if kind == "digits":
@@ -149,7 +171,8 @@ def load_data(spec, **options):
 
 
 def _parse_spec(spec):
-    """(source kind, [paths it reads]) of a data spec; a ValueError naming the accepted forms otherwise."""
+    """(source kind, [paths it reads]) of a data spec; a ValueError naming the accepted forms
+    otherwise."""
     if not isinstance(spec, str) or not spec.strip():
         raise _bad_spec(spec, "empty")
     kind, _, rest = spec.strip().partition(":")
@@ -176,5 +199,6 @@ def _parse_spec(spec):
 
 
 def spec_paths(spec):
-    """The files and folders a data spec reads, e.g. ["mydata.npz"] for "npz:mydata.npz" (none for digits)."""
+    """The files and folders a data spec reads, e.g. ["mydata.npz"] for "npz:mydata.npz" (none for
+    digits)."""
     return _parse_spec(spec)[1]

@@ -1,4 +1,5 @@
-"""CIFAR-10: the original release's python folder, TensorFlow Datasets, and `cifar10_Similarity.mat`.
+"""CIFAR-10: the original release's python folder, TensorFlow Datasets, and
+`cifar10_Similarity.mat`.
 
 ```python
 split = cifar10.load_split("cifar10/")                       # the python batches of the original
@@ -7,25 +8,26 @@ split = cifar10.load_split(from_tfds=True, data_dir="~/tfds")  # or TensorFlow D
 
 Both give the paper's protocol (`protocol_split` with query_every=60, labeled_per_class=500): 1,000
 queries, 5,000 labeled images and 54,000 unlabeled ones that are also the retrieval database. Images
-stay uint8 (N, 32, 32, 3); `pipeline.normalize` applies the original's channel statistics.
+stay uint8 (N, 32, 32, 3); a `GPQ` normalises them with the original's channel statistics
+(`gpq_keras.image_converter`).
 """
 
-import io
 import os
 import pickle
-import struct
 import warnings
 
 import numpy as np
 
 from gpq_keras.data.labels import relevance
 from gpq_keras.data.split import MAX_CLASSES, protocol_split
-from gpq_keras.files import FileFormatError, atomic_path, check_memory
-
-try:  # NumPy 2
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # pragma: no cover - NumPy 1
-    from numpy.core import multiarray as _multiarray
+from gpq_keras.files import (
+    FileFormatError,
+    atomic_path,
+    check_mat5,
+    check_memory,
+    one_line,
+    restricted_load,
+)
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -37,94 +39,16 @@ SIMILARITY_KEY = "label_Similarity"
 
 
 class DataFormatError(FileFormatError):
-    """A CIFAR-10 data file exists but is not what it claims to be (wrong types, truncated, bad shapes)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Restricted unpickling of the python batches
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _dtype(*args):
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # odd arguments of a damaged file: an error follows, or nothing
-        dtype = np.dtype(*args)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError("object arrays are not allowed")
-    return dtype
-
-
-def _latin1_encode(text, encoding="latin1"):
-    # Python 3 writes bytes at protocol < 3 as _codecs.encode(str, "latin1"); allow that and nothing else.
-    if encoding.lower().replace("-", "") != "latin1" or not isinstance(text, str):
-        raise pickle.UnpicklingError(
-            f"_codecs.encode is only allowed with latin1 text, got {encoding!r}"
-        )
-    return text.encode("latin1")
-
-
-def _reconstruct(subtype, shape, dtype):
-    # NumPy pickles an array as _reconstruct(ndarray, (0,), b"b") and then its state (shape, dtype, bytes):
-    # the placeholder is tiny, so a damaged file cannot make it allocate, and nothing but ndarray is built.
-    if subtype is not np.ndarray or int(np.prod(shape, dtype=object)) > 1:
-        raise pickle.UnpicklingError(
-            f"unexpected array placeholder {getattr(subtype, '__name__', subtype)} {shape!r}"
-        )
-    return _multiarray._reconstruct(subtype, shape, dtype)
-
-
-# Everything a CIFAR-10 batch may reference by name: the pieces NumPy arrays are rebuilt from.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
-_ALLOWED_VALUES = (dict, list, bytes, str, int, np.ndarray, np.generic)
-
-
-class RestrictedUnpickler(pickle._Unpickler):
-    """An `Unpickler` that rebuilds only plain data and NumPy arrays; any other global is refused.
-
-    Python 2 pickles (the original CIFAR-10 release) are read with `encoding="bytes"`, so their keys
-    are bytes (`b"data"`).
-
-    It is the pure-Python unpickler (as fast here: a batch is one large byte string and two short lists):
-    the C one keeps its memo as an array indexed by the file's PUT opcodes, so a damaged index such as
-    0x06550255 makes it allocate and sweep hundreds of MB for tens of seconds; this one uses a dict.
-    """
-
-    def find_class(self, module, name):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load global '{module}.{name}'") from None
-
-
-def _check_plain(value, where="top level"):
-    if not isinstance(value, _ALLOWED_VALUES) or isinstance(value, bool):
-        raise pickle.UnpicklingError(f"unexpected {type(value).__name__} at {where}")
-    if isinstance(value, np.ndarray) and value.dtype.hasobject:
-        raise pickle.UnpicklingError(f"object array at {where}")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_plain(key, f"a key of {where}")
-            _check_plain(item, f"{where}[{key!r}]")
-    elif isinstance(value, list):
-        for item in value:
-            _check_plain(item, f"an item of {where}")
+    """A CIFAR-10 data file exists but is not what it claims to be (wrong types, truncated, bad
+    shapes)."""
 
 
 def load_pickle(path):
-    """Load one CIFAR-10 python batch (a dict) with `RestrictedUnpickler`.
+    """Load one CIFAR-10 python batch (a dict) with `gpq_keras.files.RestrictedUnpickler`.
 
-    Raises FileNotFoundError if the file is missing and `DataFormatError` (a ValueError) naming the file
-    if it is truncated, is not a pickle, or holds anything but dicts, lists, bytes, str, ints and arrays.
+    Raises FileNotFoundError if the file is missing and `DataFormatError` (a ValueError) naming the
+    file if it is truncated, is not a pickle, or holds anything but dicts, lists, bytes, str, ints
+    and arrays.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -132,16 +56,13 @@ def load_pickle(path):
     with open(path, "rb") as f:
         data = f.read()
     try:
-        value = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-        if not isinstance(value, dict):
-            raise pickle.UnpicklingError(f"expected a dict, got {type(value).__name__}")
-        _check_plain(value)
+        value = restricted_load(data, dict)
     except (pickle.UnpicklingError, EOFError) as exc:
         what = "truncated" if isinstance(exc, EOFError) or "truncated" in str(exc) else "refused"
         message = " ".join(str(exc).split())
         raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({what}: {message})") from None
     except Exception as exc:  # malformed opcodes raise all sorts of errors
-        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({_one_line(exc)})") from None
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({one_line(exc)})") from None
     return value
 
 
@@ -235,9 +156,9 @@ def read_folder(directory):
     return images, labels, names
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # TensorFlow Datasets
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def default_tfds_dir():
@@ -262,20 +183,20 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
     index), so the split equals the one from the python folder.
 
     Offline (the default): put `cifar-10-binary.tar.gz` into `manual_dir` (default
-    `DATA_DIR/downloads/manual`, tfds' own convention); tfds checks it against its registered checksum
-    and prepares the data set once. Nothing here probes the network.
+    `DATA_DIR/downloads/manual`, tfds' own convention); tfds checks it against its registered
+    checksum and prepares the data set once. Nothing here probes the network.
 
     Args:
         data_dir: tfds' data directory. Default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
         manual_dir: where a manually downloaded archive lies. Default `data_dir/downloads/manual`.
-        download: False (default) never goes online; True lets tfds download the archive when the data
-            set is not prepared and the archive is not in `manual_dir` (tfds retries before giving up,
-            which can take minutes without a network).
+        download: False (default) never goes online; True lets tfds download the archive when the
+            data set is not prepared and the archive is not in `manual_dir` (tfds retries before
+            giving up, which can take minutes without a network).
 
     Raises:
-        FileNotFoundError: one line saying where to put the archive, when the data set is not prepared
-            and the archive is not in `manual_dir`: at once with download=False; with download=True
-            when tfds' download fails, with its reason.
+        FileNotFoundError: one line saying where to put the archive, when the data set is not
+            prepared and the archive is not in `manual_dir`: at once with download=False; with
+            download=True when tfds' download fails, with its reason.
         DataFormatError: the archive in `manual_dir` is not the official one (checksum).
     """
     if download not in (True, False):
@@ -305,8 +226,9 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
         else:
             try:
                 builder.download_and_prepare()
-            # DownloadError: an HTTP status other than 200; OSError: requests' ConnectionError, Timeout
-            # and the other RequestExceptions, urllib's URLError; a checksum mismatch of the download.
+            # DownloadError: an HTTP status other than 200; OSError: requests' ConnectionError,
+            # Timeout and the other RequestExceptions, urllib's URLError; a checksum mismatch of the
+            # download.
             except (DownloadError, OSError, NonMatchingChecksumError) as exc:
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())
                 raise _no_archive(data_dir, archive, f"the download failed ({reason})") from None
@@ -323,9 +245,9 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
     return np.concatenate(images), np.concatenate(labels), names
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The paper's split and cifar10_Similarity.mat
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def load_split(
@@ -343,8 +265,8 @@ def load_split(
 
     Args:
         directory: the original release's `cifar10/` folder of python batches.
-        from_tfds: read through TensorFlow Datasets instead (`data_dir`, `manual_dir`, `download` as in
-            `read_tfds`; offline unless download=True).
+        from_tfds: read through TensorFlow Datasets instead (`data_dir`, `manual_dir`, `download` as
+            in `read_tfds`; offline unless download=True).
         similarity: optional path of `cifar10_Similarity.mat`; checked against the split's labels
             (`check_similarity`), a ValueError if it does not match.
         query_every, labeled_per_class: the protocol (60 and 500 in the paper).
@@ -376,8 +298,8 @@ def load_split(
 def similarity_matrix(y_query, y_db, chunk=1024):
     """Sparse 0/1 relevance (queries, database) as float64 CSR: same class, or >= 1 shared label.
 
-    The relevance is `gpq_keras.data.labels.relevance`, taken `chunk` queries at a time so that only a
-    (chunk, database) dense block is held at once. Labels of two kinds raise its ValueError.
+    The relevance is `gpq_keras.data.labels.relevance`, taken `chunk` queries at a time so that only
+    a (chunk, database) dense block is held at once. Labels of two kinds raise its ValueError.
     """
     from scipy import sparse
 
@@ -406,11 +328,12 @@ def save_similarity(path, y_query, y_db):
 def load_similarity(path):
     """Read `label_Similarity` from a `.mat` file as a 0/1 CSR matrix (queries, database).
 
-    Raises FileNotFoundError for a missing file and `DataFormatError` naming the file for one that scipy
-    cannot read, that lacks the variable, holds something but a 2-D numeric or sparse matrix there, whose
-    dense matrix would not fit into the memory available, or whose sparse indices are out of range. A
-    MAT 5 file's elements are checked before scipy reads them (`_check_mat5`): scipy's compiled reader
-    trusts their type codes and crashes the process on a damaged one.
+    Raises FileNotFoundError for a missing file and `DataFormatError` naming the file for one that
+    scipy cannot read, that lacks the variable, holds something but a 2-D numeric or sparse matrix
+    there, whose dense matrix would not fit into the memory available, or whose sparse indices are
+    out of range. A MAT 5 file's elements are checked before scipy reads them
+    (`gpq_keras.files.check_mat5`): scipy's compiled reader trusts their type codes and crashes the
+    process on a damaged one.
     """
     import scipy.io
     from scipy import sparse
@@ -426,7 +349,7 @@ def load_similarity(path):
     except (
         Exception
     ) as exc:  # scipy raises many types for damaged files: ValueError, TypeError, OSError...
-        raise DataFormatError(f"{path}: not a readable .mat file ({_one_line(exc)})") from None
+        raise DataFormatError(f"{path}: not a readable .mat file ({one_line(exc)})") from None
     if SIMILARITY_KEY not in variables:
         raise DataFormatError(f"{path}: no '{SIMILARITY_KEY}' variable (found {sorted(variables)})")
     shape, kind = variables[SIMILARITY_KEY]
@@ -444,7 +367,7 @@ def load_similarity(path):
         )
     if version == 1:
         with open(path, "rb") as f:
-            _check_mat5(path, f.read())
+            check_mat5(path, f.read(), SIMILARITY_KEY, DataFormatError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -457,7 +380,7 @@ def load_similarity(path):
     except MemoryError:
         raise DataFormatError(f"{path}: '{SIMILARITY_KEY}' does not fit into memory") from None
     except Exception as exc:
-        raise DataFormatError(f"{path}: not a readable .mat file ({_one_line(exc)})") from None
+        raise DataFormatError(f"{path}: not a readable .mat file ({one_line(exc)})") from None
     return (matrix != 0).astype(np.float64).tocsr()
 
 
@@ -474,94 +397,6 @@ _MAT_ITEMSIZE = {
     "uint64": 8,
     "logical": 1,
 }
-# MAT 5 element types scipy reads numbers from (miINT8 .. miUINT64); miMATRIX and miCOMPRESSED hold others.
-_MI_NUMERIC = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13}
-_MI_MATRIX, _MI_COMPRESSED = 14, 15
-_MX_SPARSE, _MX_NUMERIC = 5, range(6, 16)
-
-
-def _one_line(exc):
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
-def _mat5_element(data, pos, end, order):
-    """The MAT 5 data element at `pos`, read as scipy reads it -> (type, payload, next position)."""
-    if end - pos < 8:
-        raise ValueError(f"an element tag at byte {pos} runs past the end")
-    first, second = struct.unpack_from(order + "II", data, pos)
-    if first >> 16:  # small data element: type and size in the first word, up to 4 bytes of data
-        if first >> 16 > 4:
-            raise ValueError(f"a small data element of {first >> 16} bytes at byte {pos}")
-        return first & 0xFFFF, data[pos + 4 : pos + 4 + (first >> 16)], pos + 8
-    if second > end - pos - 8:
-        raise ValueError(
-            f"an element at byte {pos} claims {second} bytes; {end - pos - 8} are left"
-        )
-    return first, data[pos + 8 : pos + 8 + second], pos + 8 + second + (-second % 8)
-
-
-def _check_mat5_matrix(payload, order):
-    """Check the `label_Similarity` miMATRIX as scipy will read it: a flags word and nzmax, the dims, the
-    name, then the numbers (row indices, column pointers, values for a sparse matrix) of numeric types."""
-    if len(payload) < 16:
-        raise ValueError("a matrix header runs past its element")
-    flags = struct.unpack_from(order + "I", payload, 8)[0]
-    mclass, is_complex = flags & 0xFF, flags >> 11 & 1
-    pos = 16  # scipy reads the flags element as 16 raw bytes
-    for what in ("dims", "name"):
-        kind, _, pos = _mat5_element(payload, pos, len(payload), order)
-        if kind not in ((5, 6) if what == "dims" else (1, 16)):
-            raise ValueError(f"the {what} of '{SIMILARITY_KEY}' have element type {kind}")
-    if mclass != _MX_SPARSE and mclass not in _MX_NUMERIC:
-        raise ValueError(
-            f"'{SIMILARITY_KEY}' has MATLAB class {mclass}, not a numeric or sparse matrix"
-        )
-    for index in range((3 if mclass == _MX_SPARSE else 1) + is_complex):
-        kind, _, pos = _mat5_element(payload, pos, len(payload), order)
-        if kind not in _MI_NUMERIC:
-            raise ValueError(
-                f"part {index + 1} of '{SIMILARITY_KEY}' has element type {kind}, not a number type"
-            )
-
-
-def _check_mat5(path, data):
-    """Raise DataFormatError unless the `label_Similarity` variable of a MAT 5 file is well formed.
-
-    scipy's compiled MAT 5 reader looks the element type codes up in a table without a bounds check, so a
-    damaged code crashes the interpreter (a segmentation fault) instead of raising: walk the elements the
-    way it reads them and refuse such a file first.
-    """
-    import zlib
-
-    order = "<" if data[126:128] == b"IM" else ">"
-    pos = 128
-    try:
-        while pos < len(data):
-            kind, payload, pos = _mat5_element(data, pos, len(data), order)
-            if kind == _MI_COMPRESSED:
-                inflater = zlib.decompressobj()
-                payload = inflater.decompress(
-                    payload, 16
-                )  # the inner tag and the start of its header
-                if len(payload) < 8:
-                    continue  # scipy refuses it (and reads no data of another variable)
-                size = struct.unpack_from(order + "I", payload, 4)[0] + 8
-                check_memory(
-                    size, f"{path}: a compressed variable", "a decompressed size", DataFormatError
-                )
-                payload += inflater.decompress(
-                    inflater.unconsumed_tail, max(size - len(payload), 1)
-                )
-                kind, payload, _ = _mat5_element(payload, 0, len(payload), order)
-            if kind != _MI_MATRIX or len(payload) < 16:
-                continue  # scipy refuses it by itself
-            name_pos = _mat5_element(payload, 16, len(payload), order)[2]  # past the dims
-            name = _mat5_element(payload, name_pos, len(payload), order)[1]
-            if bytes(name) == SIMILARITY_KEY.encode():
-                _check_mat5_matrix(payload, order)
-                return  # scipy reads the first variable of that name
-    except (ValueError, struct.error, zlib.error) as exc:
-        raise DataFormatError(f"{path}: not a readable .mat file ({_one_line(exc)})") from None
 
 
 def check_similarity(matrix, y_query, y_db, source="similarity matrix"):
@@ -580,7 +415,8 @@ def check_similarity(matrix, y_query, y_db, source="similarity matrix"):
     if diff.nnz:
         rows, cols = diff.nonzero()
         raise ValueError(
-            f"{source}: {diff.nnz} of {matrix.shape[0] * matrix.shape[1]} entries differ from the labels "
-            f"of this split (first at query {rows[0]}, database item {cols[0]}); it was made for another "
-            f"order or data (the original sorts unstably). Leave it out: relevance comes from the labels"
+            f"{source}: {diff.nnz} of {matrix.shape[0] * matrix.shape[1]} entries differ from the "
+            f"labels of this split (first at query {rows[0]}, database item {cols[0]}); it was "
+            "made for another order or data (the original sorts unstably). Leave it out: "
+            "relevance comes from the labels"
         )

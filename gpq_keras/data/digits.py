@@ -1,8 +1,8 @@
 """The embedded default data: the 1,797 8x8 handwritten digits, as 32x32x3 uint8.
 
-The arrays ship with the package as `digits.npz` (scikit-learn's copy of the UCI "Optical Recognition of
-Handwritten Digits" test set; sources and licences in `DIGITS_LICENSE.txt`), so no download and no
-scikit-learn are needed.
+The arrays ship with the package as `digits.npz` (scikit-learn's copy of the UCI "Optical
+Recognition of Handwritten Digits" test set; sources and licences in `DIGITS_LICENSE.txt`), so no
+download and no scikit-learn are needed.
 """
 
 from importlib import resources
@@ -17,7 +17,8 @@ MAX_VALUE = 16  # the raw pixels count "on" pixels in 4x4 blocks: 0..16
 
 
 def load_raw():
-    """The packaged arrays as stored: images uint8 (1797, 8, 8) with values 0..16, labels int64 (1797,)."""
+    """The packaged arrays as stored: images uint8 (1797, 8, 8) with values 0..16, labels int64
+    (1797,)."""
     with (
         resources.files(__package__).joinpath(DATA_FILE).open("rb") as f,
         np.load(f, allow_pickle=False) as data,
@@ -26,8 +27,9 @@ def load_raw():
 
 
 def resize_bilinear(images, size):
-    """Bilinear resize of images (N, H, W, C) to (N, *size, C) with half-pixel centres, float64 (NumPy):
-    `tf.image.resize(method="bilinear")` without TensorFlow; the same values when enlarging."""
+    """Bilinear resize of images (N, H, W, C) to (N, *size, C) with half-pixel centres, float64
+    (NumPy): `tf.image.resize(method="bilinear")` without TensorFlow; the same values when
+    enlarging."""
     x = np.asarray(images, np.float64)
     for axis, size_out in ((1, size[0]), (2, size[1])):
         size_in = x.shape[axis]
@@ -45,7 +47,8 @@ def resize_bilinear(images, size):
 def load_images(image_size=32):
     """All digits as uint8 (1797, image_size, image_size, 3) and int64 labels (1797,).
 
-    Raw values 0..16 are scaled to 0..255, resized bilinearly (`resize_bilinear`) and repeated to 3 channels.
+    Raw values 0..16 are scaled to 0..255, resized bilinearly (`resize_bilinear`) and repeated to 3
+    channels.
     """
     raw, labels = load_raw()
     images = np.round(raw.astype(np.float64) * (255.0 / MAX_VALUE)).astype(

@@ -1,15 +1,16 @@
-"""Labels and the relevance they define, the one place retrieval evaluation and data files take it from.
+"""Labels and the relevance they define, the one place retrieval evaluation and data files take it
+from.
 
-Labels are int class ids (N,) (relevant: the same class) or multi-hot (N, classes) (relevant: at least
-one shared class), as in CIFAR-10 and NUS-WIDE.
+Labels are int class ids (N,) (relevant: the same class) or multi-hot (N, classes) (relevant: at
+least one shared class), as in CIFAR-10 and NUS-WIDE.
 """
 
 import numpy as np
 
 
 def check_label_pair(query_labels, db_labels):
-    """Query and database labels of one kind, ready for `relevance`: int ids as they are, multi-hot as
-    float32 0/1 (Q, classes) and (N, classes). A ValueError for anything else."""
+    """Query and database labels of one kind, ready for `relevance`: int ids as they are, multi-hot
+    as float32 0/1 (Q, classes) and (N, classes). A ValueError for anything else."""
     query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
     if query_labels.ndim not in (1, 2) or query_labels.ndim != db_labels.ndim:
         raise ValueError(

@@ -1,66 +1,32 @@
-"""The NumPy input pipeline: `GPQ.fit`'s two-stream batches from a `keras.utils.PyDataset`, without TensorFlow.
+"""The NumPy input pipeline: `GPQ.fit`'s two-stream batches from a `keras.utils.PyDataset`, without
+TensorFlow.
 
-It gives what the tf.data pipeline (`gpq_keras.data.pipeline`) gives, for Keras backends running without
-TensorFlow (JAX): endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels, each stream a
-fresh permutation per pass, batch g a function of (seed, g) alone, and the original's augmentation (random
-left-right flip, pad 4, random crop back) drawn per image. The draws come from NumPy's generator, not
-TensorFlow's, so the two pipelines give batches of the same distribution but not the same batches.
+It gives what the tf.data pipeline (`gpq_keras.data.tf_pipeline`) gives, for Keras backends running
+without TensorFlow (JAX): endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32
+pixels, each stream a fresh permutation per pass, batch g a function of (seed, g) alone, and the
+original's augmentation (random left-right flip, pad 4, random crop back) drawn per image. The draws
+come from NumPy's generator, not TensorFlow's, so the two pipelines give batches of the same
+distribution but not the same batches.
 
 ```python
 dataset, steps = train_pydataset(split, batch_size=500, seed=0)
 model.fit(dataset, steps_per_epoch=steps, epochs=300)
-features = model.predict(ArrayBatches(split.x_db))
+features = model.predict(eval_pydataset(split.x_db))
 ```
 """
 
 import keras
 import numpy as np
 
-from gpq_keras.data.split import check_training_labels
-
-# Per-channel statistics the original normalises CIFAR-10 with.
-CHANNEL_MEAN = (125.642, 123.738, 114.46)
-CHANNEL_STD = (63.01, 62.157, 66.94)
-PADDING = 4
-
-
-def normalize_array(images):
-    """uint8 (..., H, W, 3) -> float32 (x - mean) / std, the original's colour pre-processing (NumPy)."""
-    return (
-        (np.asarray(images, np.float32) - np.float32(CHANNEL_MEAN)) / np.float32(CHANNEL_STD)
-    ).astype(np.float32)
-
-
-def denormalize(images):
-    """Inverse of `normalize`, to [0, 1] floats for display (NumPy)."""
-    return np.clip((np.asarray(images, np.float32) * CHANNEL_STD + CHANNEL_MEAN) / 255.0, 0.0, 1.0)
-
-
-def check_training_input(split, batch_size, start_step):
-    """Raise ValueError (one line) unless `split` can train at `batch_size` from `start_step` -> the batch
-    size both streams are drawn at (capped at the smaller set's size)."""
-    if not split.has_training_data:
-        raise ValueError(f"{split.name}: no labeled/unlabeled training images in this data")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; received batch_size={batch_size}")
-    if start_step < 0:
-        raise ValueError(f"start_step must be >= 0; received start_step={start_step}")
-    check_training_labels(split)
-    if not len(split.x_unlabeled):
-        raise ValueError(f"{split.name}: the unlabeled training set holds no images")
-    return min(batch_size, len(split.x_labeled), len(split.x_unlabeled))
-
-
-def steps_per_epoch(split, batch_size):
-    """Steps of the original's epoch, one pass over the labeled images at the batch size both streams are
-    drawn at -> int >= 1 (what the pipelines return beside their dataset), after `check_training_input`."""
-    return max(1, len(split.x_labeled) // check_training_input(split, batch_size, 0))
+from gpq_keras.data.split import check_training_input
+from gpq_keras.image_converter import PADDING, normalize_array, padding_fill
 
 
 def augment_batch(images, rng, padding=PADDING, fill=0.0):
-    """The original's augmentation of a batch (B, H, W, C) with NumPy's generator `rng`, each image on its
-    own draw: flip left-right with probability 1/2, pad `padding` pixels of value `fill` (a scalar or one
-    per channel) on every side, crop an (H, W) window at a uniform offset in [0, 2 * padding] per axis."""
+    """The original's augmentation of a batch (B, H, W, C) with NumPy's generator `rng`, each image
+    on its own draw: flip left-right with probability 1/2, pad `padding` pixels of value `fill` (a
+    scalar or one per channel) on every side, crop an (H, W) window at a uniform offset in
+    [0, 2 * padding] per axis."""
     images = np.asarray(images)
     batch, height, width = images.shape[:3]
     flip = rng.random(batch) < 0.5
@@ -77,8 +43,9 @@ def augment_batch(images, rng, padding=PADDING, fill=0.0):
 
 
 def pass_batch(count, batch_size, seed, step):
-    """Indices (batch_size,) of batch `step` of an endless stream over range(count): pass p is a fresh
-    permutation seeded by (seed, p), cut into count // batch_size batches (the remainder dropped)."""
+    """Indices (batch_size,) of batch `step` of an endless stream over range(count): pass p is a
+    fresh permutation seeded by (seed, p), cut into count // batch_size batches (the remainder
+    dropped)."""
     per_pass = count // batch_size
     p, b = divmod(step, per_pass)
     order = np.random.default_rng([seed, p]).permutation(count)
@@ -86,8 +53,8 @@ def pass_batch(count, batch_size, seed, step):
 
 
 class TwoStreamBatches(keras.utils.PyDataset):
-    """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels (see the module docstring);
-    item i is global step `start_step + i`. Made by `train_pydataset`."""
+    """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels (see the module
+    docstring); item i is global step `start_step + i`. Made by `train_pydataset`."""
 
     def __init__(
         self, split, batch_size, seed, augmented=True, start_step=0, normalized=False, **kwargs
@@ -114,7 +81,7 @@ class TwoStreamBatches(keras.utils.PyDataset):
             normalize_array(x) if self.normalized else np.asarray(x, np.float32) for x in images
         ]
         if self.augmented:
-            fill = 0.0 if self.normalized else CHANNEL_MEAN
+            fill = padding_fill(self.normalized)
             rng = np.random.default_rng([self.seed + 2, step])
             images = [augment_batch(x, rng, fill=fill) for x in images]
         return {"labeled": images[0], "unlabeled": images[1]}, np.asarray(split.y_labeled)[labeled]
@@ -123,8 +90,9 @@ class TwoStreamBatches(keras.utils.PyDataset):
 def train_pydataset(
     split, batch_size=500, seed=None, augmented=True, start_step=0, normalized=False, **kwargs
 ):
-    """`gpq_keras.data.train_dataset` as a `keras.utils.PyDataset` -> (dataset, steps_per_epoch); `kwargs`
-    (workers, use_multiprocessing, max_queue_size) go to `PyDataset`. Same arguments, checks and epoch."""
+    """`gpq_keras.data.train_dataset` as a `keras.utils.PyDataset` -> (dataset, steps_per_epoch);
+    `kwargs` (workers, use_multiprocessing, max_queue_size) go to `PyDataset`. Same arguments,
+    checks and epoch."""
     batch_size = check_training_input(split, batch_size, start_step)
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31 - 1))
@@ -134,8 +102,8 @@ def train_pydataset(
 
 class ArrayBatches(keras.utils.PyDataset):
     """Un-augmented float32 batches of images (N, H, W, C), in order, for `predict` (the NumPy
-    `eval_dataset`): pixels, or with `normalized=True` uint8 images normalised (`normalize_array`) and float
-    images taken as normalised already."""
+    `eval_dataset`): pixels, or with `normalized=True` uint8 images normalised (`normalize_array`)
+    and float images taken as normalised already."""
 
     def __init__(self, images, batch_size=500, normalized=False, **kwargs):
         super().__init__(**kwargs)
@@ -148,3 +116,9 @@ class ArrayBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         batch = self.images[index * self.batch_size : (index + 1) * self.batch_size]
         return normalize_array(batch) if self.normalize else np.asarray(batch, np.float32)
+
+
+def eval_pydataset(images, batch_size=500, normalized=False, **kwargs):
+    """`gpq_keras.data.eval_dataset` as a `keras.utils.PyDataset`: an `ArrayBatches` of images
+    (N, H, W, C), float32 batches (B, H, W, C) in order; `kwargs` go to `PyDataset`."""
+    return ArrayBatches(images, batch_size, normalized=normalized, **kwargs)

@@ -6,16 +6,18 @@ split = nuswide.load_split("lists/", "NUS-WIDE/images", image_size=32)
 
 LIST_DIR holds `database.txt` (retrieval database, also the unlabeled training set), `test.txt`
 (queries) and `train.txt` (labeled training set); labels are multi-hot (N, 21) uint8, and an item is
-relevant to a query when they share at least one label (`gpq_keras.data.labels.relevance`). Images are
-decoded and resized in `tf.data` (AUTOTUNE, no Python loop per image) into uint8 arrays, which take
-image_size**2 * 3 bytes per image: 3 KiB at 32x32, about 600 MB for NUS-WIDE's ~196,000 images. For
-larger images use `image_dataset`, which decodes lazily. TensorFlow is imported only to decode.
+relevant to a query when they share at least one label (`gpq_keras.data.labels.relevance`). Images
+are decoded and resized (bilinear with antialias) by `gpq_keras.data.images.decode_images` into
+uint8 arrays, which take image_size**2 * 3 bytes per image: 3 KiB at 32x32, about 600 MB for
+NUS-WIDE's ~196,000 images. For larger images use `gpq_keras.data.images.image_dataset(paths, size,
+antialias=True)`, which decodes lazily. TensorFlow is imported only to decode.
 """
 
 import os
 
 import numpy as np
 
+from gpq_keras.data.images import decode_images
 from gpq_keras.data.split import Split
 from gpq_keras.files import FileFormatError
 
@@ -28,10 +30,12 @@ class ListFormatError(FileFormatError):
 
 
 def read_list(path, num_classes=NUM_CLASSES):
-    """A list file -> (paths list[str], multi-hot labels uint8 (N, num_classes)). Blank lines are skipped.
+    """A list file -> (paths list[str], multi-hot labels uint8 (N, num_classes)). Blank lines are
+    skipped.
 
-    Raises FileNotFoundError for a missing file and `ListFormatError` naming the file and line for one
-    that is not UTF-8 text or has a line other than `relative/path.jpg` and num_classes 0/1 labels.
+    Raises FileNotFoundError for a missing file and `ListFormatError` naming the file and line for
+    one that is not UTF-8 text or has a line other than `relative/path.jpg` and num_classes 0/1
+    labels.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -81,66 +85,9 @@ def resolve(paths, image_root):
     return full
 
 
-def decode_image(path, image_size=32):
-    """tf op: file path -> uint8 (image_size, image_size, 3), any JPEG/PNG/GIF/BMP, resized with antialias."""
-    import tensorflow as tf
-
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-
-def image_dataset(paths, image_size=32, batch_size=256):
-    """Lazily decoded uint8 batches (B, image_size, image_size, 3) of the files, in order."""
-    import tensorflow as tf
-
-    return (
-        tf.data.Dataset.from_tensor_slices(list(paths))
-        .map(lambda p: decode_image(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
-def check_decodable(path, image_size=32):
-    """Decode one file as `decode_image` does; raise FileNotFoundError or FileFormatError naming it."""
-    import tensorflow as tf
-
-    try:
-        decode_image(path, image_size)
-    except tf.errors.NotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except tf.errors.OpError as exc:
-        message = " ".join(exc.message.split())
-        raise FileFormatError(f"{path}: not a decodable image ({message})") from None
-
-
-def decode_images(paths, image_size=32, batch_size=256):
-    """All files decoded into one uint8 array (N, image_size, image_size, 3).
-
-    A file that does not decode raises FileFormatError (a ValueError) naming it.
-    """
-    import tensorflow as tf
-
-    paths = list(paths)
-    out = np.empty((len(paths), image_size, image_size, 3), np.uint8)
-    iterator = iter(image_dataset(paths, image_size, batch_size))
-    for start in range(0, len(paths), batch_size):
-        try:
-            batch = next(iterator)
-        except tf.errors.OpError as exc:
-            for p in paths[start : start + batch_size]:  # find the culprit, only on this error path
-                check_decodable(p, image_size)
-            message = " ".join(exc.message.split())
-            raise FileFormatError(
-                f"decoding images failed near {paths[start]}: {message}"
-            ) from None
-        out[start : start + len(batch)] = batch.numpy()
-    return out
-
-
 def load_split(list_dir, image_root, image_size=32, num_classes=NUM_CLASSES):
-    """NUS-WIDE as a `Split`: queries from test.txt, labeled from train.txt, database = unlabeled."""
+    """NUS-WIDE as a `Split`: queries from test.txt, labeled from train.txt, database =
+    unlabeled."""
     list_dir = os.fspath(list_dir)
     if not os.path.isdir(list_dir):
         raise FileNotFoundError(f"NUS-WIDE list folder not found: {list_dir}")
@@ -153,6 +100,6 @@ def load_split(list_dir, image_root, image_size=32, num_classes=NUM_CLASSES):
     files = {part: resolve(paths, image_root) for part, (paths, _) in lists.items()}
     parts = {}
     for part, (_, labels) in lists.items():
-        parts[f"x_{part}"] = decode_images(files[part], image_size)
+        parts[f"x_{part}"] = decode_images(files[part], image_size, antialias=True)
         parts[f"y_{part}"] = labels
     return Split(**parts, num_classes=num_classes, name="nuswide")

@@ -30,8 +30,9 @@ def check_labels(labels, where):
     """Raise ValueError unless `labels` are int class ids (N,) in [0, MAX_CLASSES) or multi-hot 0/1
     (N, classes); return them as an array.
 
-    `where` names the array: `mydata.npz: 'y_labeled' holds class id 1000000000; class ids must be in
-    [0, 65536)`. Nothing is allocated from the values, so a huge id is refused, not tried.
+    `where` names the array:
+    `mydata.npz: 'y_labeled' holds class id 1000000000; class ids must be in [0, 65536)`. Nothing is
+    allocated from the values, so a huge id is refused, not tried.
     """
     labels = np.asarray(labels)
     if labels.ndim not in (1, 2) or not (
@@ -65,7 +66,8 @@ def check_labels(labels, where):
 
 
 def _infer_num_classes(labels):
-    """Classes of checked labels: the multi-hot width, or the largest class id + 1 (< MAX_CLASSES)."""
+    """Classes of checked labels: the multi-hot width, or the largest class id + 1
+    (< MAX_CLASSES)."""
     if labels[0].ndim == 2:
         return labels[0].shape[1]
     return max(int(y.max()) + 1 if y.size else 0 for y in labels)
@@ -79,12 +81,13 @@ class Split:
     """One data set split as the paper uses it. Images are uint8 (N, H, W, 3) (`check_images`).
 
     Labels are int class ids (N,) or multi-hot (N, classes). `x_unlabeled` defaults to the database,
-    as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database). `class_names`,
-    when the source has them, names the classes in label order.
+    as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database).
+    `class_names`, when the source has them, names the classes in label order.
 
-    Raises ValueError (one line naming the array) for an empty set, images that are not uint8 RGB, labels
-    that are not int ids in [0, 65536) (`MAX_CLASSES`) or multi-hot 0/1 of one kind everywhere, and
-    labels outside an explicit `num_classes`; `num_classes` is inferred without allocating from labels.
+    Raises ValueError (one line naming the array) for an empty set, images that are not uint8 RGB,
+    labels that are not int ids in [0, 65536) (`MAX_CLASSES`) or multi-hot 0/1 of one kind
+    everywhere, and labels outside an explicit `num_classes`; `num_classes` is inferred without
+    allocating from labels.
     """
 
     x_query: np.ndarray
@@ -158,12 +161,12 @@ class Split:
 def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="data"):
     """Split labelled images as the paper does for CIFAR-10.
 
-    Sort by label (stably), take every `query_every`-th image as a query, then in each class the first
-    `labeled_per_class` of the rest are labeled training data and the others the unlabeled set, which is
-    also the retrieval database. CIFAR-10's 60,000 give 1,000 / 5,000 / 54,000.
+    Sort by label (stably), take every `query_every`-th image as a query, then in each class the
+    first `labeled_per_class` of the rest are labeled training data and the others the unlabeled
+    set, which is also the retrieval database. CIFAR-10's 60,000 give 1,000 / 5,000 / 54,000.
 
-    Raises ValueError (one line, with the counts) when the data are too small for the protocol: every
-    class must keep at least one labeled and one unlabeled image after the queries.
+    Raises ValueError (one line, with the counts) when the data are too small for the protocol:
+    every class must keep at least one labeled and one unlabeled image after the queries.
     """
     for arg, value in (("query_every", query_every), ("labeled_per_class", labeled_per_class)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -187,11 +190,11 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
     if len(short):
         c = short[0]
         raise ValueError(
-            f"{name}: too few images for the protocol (query_every={query_every}, labeled_per_class="
-            f"{labeled_per_class}): class {classes[c]} has {total[c]} images, {total[c] - left[c]} of them "
-            f"queries, which leaves {left[c]} labeled and no unlabeled (database) image; every class needs "
-            f"more than {labeled_per_class} images besides its queries ({len(labels)} images, "
-            f"{int(is_query.sum())} queries in all)"
+            f"{name}: too few images for the protocol (query_every={query_every}, "
+            f"labeled_per_class={labeled_per_class}): class {classes[c]} has {total[c]} images, "
+            f"{total[c] - left[c]} of them queries, which leaves {left[c]} labeled and no "
+            f"unlabeled (database) image; every class needs more than {labeled_per_class} images "
+            f"besides its queries ({len(labels)} images, {int(is_query.sum())} queries in all)"
         )
     rank_in_class = np.arange(len(rest)) - np.searchsorted(
         labels[rest], labels[rest]
@@ -223,9 +226,10 @@ def default_validation_per_class(split):
 def hold_out_validation(split, per_class):
     """Hold labeled images out of training for validation -> (training split, x_val, y_val).
 
-    The first `per_class` labeled images of each class (in order) are held out; with multi-hot labels an
-    image counts for each of its classes and is held out while one of them still needs images. The test
-    queries are never touched. `per_class=0` holds nothing out (x_val and y_val are None).
+    The first `per_class` labeled images of each class (in order) are held out; with multi-hot
+    labels an image counts for each of its classes and is held out while one of them still needs
+    images. The test queries are never touched. `per_class=0` holds nothing out (x_val and y_val are
+    None).
     """
     if not split.has_training_data:
         raise ValueError(
@@ -260,11 +264,11 @@ def hold_out_validation(split, per_class):
 
 
 def check_training_labels(split):
-    """Raise ValueError (one line) unless the labeled set can train GPQ: int ids in [0, num_classes) or
-    multi-hot rows of num_classes 0/1 values, and images of at least 2 classes.
+    """Raise ValueError (one line) unless the labeled set can train GPQ: int ids in [0, num_classes)
+    or multi-hot rows of num_classes 0/1 values, and images of at least 2 classes.
 
-    An int id outside [0, num_classes) would become an all-zero one-hot row and silently drop out of the
-    N-pair and classification losses; with one class the N-pair loss has nothing to tell apart.
+    An int id outside [0, num_classes) would become an all-zero one-hot row and silently drop out of
+    the N-pair and classification losses; with one class the N-pair loss has nothing to tell apart.
     """
     y, num_classes = np.asarray(split.y_labeled), split.num_classes
     where = f"{split.name}: y_labeled"
@@ -311,3 +315,25 @@ def check_training_labels(split):
             f"GPQ needs labeled images of at least 2 classes; {split.name}'s labeled set "
             f"({len(y)} images) has {present}"
         )
+
+
+def check_training_input(split, batch_size, start_step):
+    """Raise ValueError (one line) unless `split` can train at `batch_size` from `start_step` -> the
+    batch size both streams are drawn at (capped at the smaller set's size)."""
+    if not split.has_training_data:
+        raise ValueError(f"{split.name}: no labeled/unlabeled training images in this data")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; received batch_size={batch_size}")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0; received start_step={start_step}")
+    check_training_labels(split)
+    if not len(split.x_unlabeled):
+        raise ValueError(f"{split.name}: the unlabeled training set holds no images")
+    return min(batch_size, len(split.x_labeled), len(split.x_unlabeled))
+
+
+def steps_per_epoch(split, batch_size):
+    """Steps of the original's epoch, one pass over the labeled images at the batch size both
+    streams are drawn at -> int >= 1 (what the pipelines return beside their dataset), after
+    `check_training_input`."""
+    return max(1, len(split.x_labeled) // check_training_input(split, batch_size, 0))

@@ -1,7 +1,8 @@
 """The user's own data: an `.npz` of ready splits, or a folder of class sub-folders.
 
 ```python
-split = user.load_npz("mydata.npz")  # x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)
+# x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)
+split = user.load_npz("mydata.npz")
 split = user.load_folder("photos/")  # photos/cat/*.jpg, photos/dog/*.png ... split like the paper
 ```
 """
@@ -10,6 +11,7 @@ import os
 
 import numpy as np
 
+from gpq_keras.data.images import decode_images
 from gpq_keras.data.split import Split, check_images, check_labels, protocol_split
 from gpq_keras.files import FileFormatError, atomic_path, read_npz
 
@@ -28,14 +30,14 @@ def _refuse(check, *args):
 def load_npz(path, name=None):
     """A `Split` from an `.npz` with `x_query, y_query, x_db, y_db` and optionally training arrays.
 
-    Images uint8 (N, H, W, 3); labels int class ids in [0, 65536) (N,) or multi-hot 0/1 (N, classes),
-    the same kind everywhere; no array empty. Without `x_unlabeled` the database is the unlabeled set, as
-    in the paper. Other members are ignored.
+    Images uint8 (N, H, W, 3); labels int class ids in [0, 65536) (N,) or multi-hot 0/1
+    (N, classes), the same kind everywhere; no array empty. Without `x_unlabeled` the database is
+    the unlabeled set, as in the paper. Other members are ignored.
 
-    Every array's .npy header is read first: pickled objects are refused, and so is an array larger than
-    its member of the zip or than the memory available, before anything is allocated. Raises
-    FileNotFoundError for a missing file and FileFormatError (a ValueError), one line naming the file and
-    the array at fault, for anything else.
+    Every array's .npy header is read first: pickled objects are refused, and so is an array larger
+    than its member of the zip or than the memory available, before anything is allocated. Raises
+    FileNotFoundError for a missing file and FileFormatError (a ValueError), one line naming the
+    file and the array at fault, for anything else.
     """
     path = os.fspath(path)
     arrays = read_npz(path, "npz file", keys=REQUIRED_KEYS + OPTIONAL_KEYS, required=REQUIRED_KEYS)
@@ -100,12 +102,12 @@ IMAGE_EXTENSIONS = (
 
 
 def list_folder(directory):
-    """Image files of a folder of class sub-folders, as `keras.utils.image_dataset_from_directory` lists
-    them -> (paths, int64 labels, class names).
+    """Image files of a folder of class sub-folders, as `keras.utils.image_dataset_from_directory`
+    lists them -> (paths, int64 labels, class names).
 
     Classes are the sorted sub-folders (not hidden); in each, its files of any depth with an image
-    extension (case-insensitive), folders in sorted order, files sorted within a folder. Links to folders
-    are not followed.
+    extension (case-insensitive), folders in sorted order, files sorted within a folder. Links to
+    folders are not followed.
     """
     directory = os.fspath(directory)
     class_names = [
@@ -126,12 +128,12 @@ def list_folder(directory):
 
 
 def list_images(spec):
-    """Image files to index: a folder (any depth) or a glob pattern -> (paths, int64 labels or None, class
-    names or None), in a stable order.
+    """Image files to index: a folder (any depth) or a glob pattern -> (paths, int64 labels or None,
+    class names or None), in a stable order.
 
-    A folder whose images all lie in class sub-folders gives their classes as `list_folder` does (the
-    sub-folder names); otherwise, and for a glob, the images have no labels. Raises FileNotFoundError when
-    nothing matches and ValueError when no image file is found.
+    A folder whose images all lie in class sub-folders gives their classes as `list_folder` does
+    (the sub-folder names); otherwise, and for a glob, the images have no labels. Raises
+    FileNotFoundError when nothing matches and ValueError when no image file is found.
     """
     import glob
 
@@ -157,65 +159,18 @@ def list_images(spec):
     return paths, labels, class_names
 
 
-def _decode_resized(path, image_size):
-    """tf op: one file -> float32 (height, width, 3), decoded and resized as keras does; `image_size` is
-    an int (square) or (height, width)."""
-    import tensorflow as tf
-
-    size = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return tf.image.resize(image, size, method="bilinear")
-
-
-def decode_folder_images(paths, image_size=32, batch_size=256):
-    """The files decoded and resized (bilinear) into uint8 (N, height, width, 3), in order; `image_size`
-    is an int (square) or (height, width).
-
-    A file that does not decode raises FileFormatError naming it (a missing one FileNotFoundError).
-    """
-    import tensorflow as tf
-
-    paths = list(paths)
-    size = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
-    out = np.empty((len(paths), *size, 3), np.uint8)
-    batches = iter(
-        tf.data.Dataset.from_tensor_slices(paths)
-        .map(lambda p: _decode_resized(p, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    for start in range(0, len(paths), batch_size):
-        try:
-            batch = next(batches)
-        except tf.errors.OpError as exc:
-            for path in paths[
-                start : start + batch_size
-            ]:  # find the culprit, only on this error path
-                try:
-                    _decode_resized(path, image_size)
-                except tf.errors.NotFoundError:
-                    raise FileNotFoundError(f"image not found: {path}") from None
-                except tf.errors.OpError as error:
-                    raise FileFormatError(
-                        f"{path}: not a decodable image ({' '.join(error.message.split())})"
-                    ) from None
-            raise FileFormatError(
-                f"decoding images failed near {paths[start]}: {' '.join(exc.message.split())}"
-            ) from None
-        out[start : start + len(batch)] = np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8)
-    return out
-
-
 def load_folder(directory, image_size=32, query_every=10, labeled_per_class=None, batch_size=256):
     """A folder of class sub-folders -> `protocol_split` of all its images, resized to image_size.
 
-    Files and class ids as `keras.utils.image_dataset_from_directory` gives them (`list_folder`): class
-    ids follow the sorted sub-folder names. Every `query_every`-th image of the label-sorted set is a
-    query; of the rest, `labeled_per_class` per class are labeled (default: a tenth of the smallest class,
-    at least 1, close to the paper's 500 of 5,900) and the others the unlabeled set = database.
+    Files and class ids as `keras.utils.image_dataset_from_directory` gives them (`list_folder`):
+    class ids follow the sorted sub-folder names. Every `query_every`-th image of the label-sorted
+    set is a query; of the rest, `labeled_per_class` per class are labeled (default: a tenth of the
+    smallest class, at least 1, close to the paper's 500 of 5,900) and the others the unlabeled
+    set = database.
 
-    Raises FileNotFoundError for a missing folder, FileFormatError naming the image for a file that does
-    not decode, ValueError (one line) for a folder without images or too small for the protocol.
+    Raises FileNotFoundError for a missing folder, FileFormatError naming the image for a file that
+    does not decode, ValueError (one line) for a folder without images or too small for the
+    protocol.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -232,7 +187,7 @@ def load_folder(directory, image_size=32, query_every=10, labeled_per_class=None
             f"{directory}: no images in class sub-folders (image files: "
             f"{', '.join(IMAGE_EXTENSIONS)}; found classes {list(class_names)})"
         )
-    images = decode_folder_images(paths, image_size, batch_size)
+    images = decode_images(paths, image_size, batch_size)
     if labeled_per_class is None and isinstance(query_every, int) and query_every >= 1:
         counts = np.bincount(labels, minlength=len(class_names))
         rest = counts[counts > 0] * (1 - 1 / query_every)

@@ -1,58 +1,44 @@
 """tf.data pipelines: the two-stream training input of `GPQ.fit` and the evaluation input.
 
 ```python
-dataset, steps = train_dataset(split, batch_size=500, seed=0)  # endless; steps = one epoch of labeled
+# endless; steps = one epoch of the labeled images
+dataset, steps = train_dataset(split, batch_size=500, seed=0)
 model.fit(dataset, steps_per_epoch=steps, epochs=300)
 features = model.predict(eval_dataset(split.x_db))
 ```
 
-Both give pixels, float32 in 0..255: a `GPQ` normalises them itself with the original's channel statistics
-(its first layer). Images stay uint8 until a batch is gathered; then each batch is augmented as the original
-does (random left-right flip, pad 4, random crop back to the image size), all as batched TF ops. The
-original pads after normalising, with 0: here the padded border is the channel mean in pixels, which the
-model's normalisation makes that same 0. `normalized=True` gives the normalised images instead, for models
-saved before the model normalised (`GPQ(normalize_pixels=False)`).
+Both give pixels, float32 in 0..255: a `GPQ` normalises them itself with the original's channel
+statistics (its first layer). Images stay uint8 until a batch is gathered; then each batch is
+augmented as the original does (random left-right flip, pad 4, random crop back to the image size),
+all as batched TF ops. The original pads after normalising, with 0: here the padded border is the
+channel mean in pixels, which the model's normalisation makes that same 0. `normalized=True` gives
+the normalised images instead, for models saved before the model normalised
+(`GPQ(normalize_pixels=False)`).
 """
 
 import numpy as np
 import tensorflow as tf
 
-from gpq_keras.data.numpy_pipeline import (
-    CHANNEL_MEAN,
-    CHANNEL_STD,
-    PADDING,
-    check_training_input,
-    denormalize,
-)
-from gpq_keras.data.split import check_training_labels
+from gpq_keras.data.split import check_training_input
+from gpq_keras.image_converter import CHANNEL_MEAN, CHANNEL_STD, PADDING, padding_fill
 
-__all__ = [
-    "CHANNEL_MEAN",
-    "CHANNEL_STD",
-    "PADDING",
-    "augment",
-    "augment_batch",
-    "check_training_labels",
-    "denormalize",
-    "eval_dataset",
-    "normalize",
-    "train_dataset",
-]
+__all__ = ["augment", "augment_batch", "eval_dataset", "normalize", "train_dataset"]
 _ENDLESS = 2**62  # "for ever" for Dataset.range
 
 
 def normalize(images):
-    """uint8 (..., H, W, 3) -> float32 (x - mean) / std, the original's colour pre-processing."""
+    """uint8 (..., H, W, 3) -> float32 (x - mean) / std, the original's colour pre-processing (TF
+    ops; `gpq_keras.image_converter.normalize_array` in NumPy)."""
     return (tf.cast(images, tf.float32) - CHANNEL_MEAN) / CHANNEL_STD
 
 
 def augment_batch(images, seed, padding=PADDING, fill=0.0):
     """The original's augmentation of a batch (B, H, W, C), each image on its own draw.
 
-    Flip left-right with probability 1/2, pad `padding` pixels of value `fill` (a scalar or one value per
-    channel; 0 for normalised images, `CHANNEL_MEAN` for pixels) on every side, crop an (H, W) window at a
-    uniform offset in [0, 2 * padding] per axis. `seed` is a stateless seed (shape (2,) int), so the same
-    seed gives the same batch.
+    Flip left-right with probability 1/2, pad `padding` pixels of value `fill` (a scalar or one
+    value per channel; `gpq_keras.image_converter.padding_fill`) on every side, crop an (H, W)
+    window at a uniform offset in [0, 2 * padding] per axis. `seed` is a stateless seed
+    (shape (2,) int), so the same seed gives the same batch.
     """
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
@@ -82,9 +68,9 @@ def augment(image, padding=PADDING, seed=None):
 
 
 def _pass_batches(count, batch_size, seed, start_batch):
-    """Endless index batches (batch_size,) int64 from batch `start_batch` on: pass p is a fresh permutation
-    of range(count), seeded by (seed, p), cut into count // batch_size batches (the remainder dropped), so
-    a batch never holds an index twice and never spans two passes."""
+    """Endless index batches (batch_size,) int64 from batch `start_batch` on: pass p is a fresh
+    permutation of range(count), seeded by (seed, p), cut into count // batch_size batches (the
+    remainder dropped), so a batch never holds an index twice and never spans two passes."""
     per_pass = count // batch_size
 
     def one_pass(p):
@@ -104,16 +90,18 @@ def _pass_batches(count, batch_size, seed, start_batch):
 
 
 def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0, normalized=False):
-    """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels, each stream shuffled
-    on its own (`normalized=True`: normalised images, for `GPQ(normalize_pixels=False)` models).
+    """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels, each stream
+    shuffled on its own (`normalized=True`: normalised images, for `GPQ(normalize_pixels=False)`
+    models).
 
-    Both streams are drawn at `batch_size` (capped at the smaller set's size), as the original trains.
-    Every pass over a stream is a fresh permutation and a batch never holds the same image twice. Batch g
-    is a function of (seed, g) alone, shuffles and augmentation included: `start_step=g` starts the stream
-    there, which is how an interrupted run resumes with the data it would have seen.
+    Both streams are drawn at `batch_size` (capped at the smaller set's size), as the original
+    trains. Every pass over a stream is a fresh permutation and a batch never holds the same image
+    twice. Batch g is a function of (seed, g) alone, shuffles and augmentation included:
+    `start_step=g` starts the stream there, which is how an interrupted run resumes with the data it
+    would have seen.
 
-    Returns (dataset, steps_per_epoch) with steps_per_epoch = len(labeled) // batch_size (at least 1),
-    the original's epoch: one pass over the labeled images.
+    Returns (dataset, steps_per_epoch) with steps_per_epoch = len(labeled) // batch_size
+    (at least 1), the original's epoch: one pass over the labeled images.
 
     Raises ValueError (one line) for labels that cannot train (`check_training_labels`: ids outside
     [0, num_classes), fewer than 2 classes) and for empty training sets.
@@ -128,7 +116,7 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
         _pass_batches(len(split.x_unlabeled), batch_size, seed + 1, start_step),
     )
 
-    to_input, fill = (normalize, 0.0) if normalized else (_pixels, CHANNEL_MEAN)
+    to_input, fill = (normalize if normalized else _pixels), padding_fill(normalized)
 
     def prepare(step, labeled, unlabeled):
         images = [to_input(tf.gather(x, index)) for x, index in ((x_l, labeled), (x_u, unlabeled))]
@@ -159,9 +147,9 @@ def eval_dataset(images, batch_size=500, normalized=False):
     """Un-augmented batches of images (N, H, W, C) for `predict`, in order, as float32 pixels.
 
     `normalized=True` is the contract of models saved before the model normalised
-    (`GPQ(normalize_pixels=False)`): uint8 images are normalised (`normalize`), float images are taken as
-    normalised already. Under a multi-worker strategy each worker encodes its replicas' slices of every
-    batch and `predict` gathers the features of all, in order."""
+    (`GPQ(normalize_pixels=False)`): uint8 images are normalised (`normalize`), float images are
+    taken as normalised already. Under a multi-worker strategy each worker encodes its replicas'
+    slices of every batch and `predict` gathers the features of all, in order."""
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     legacy_uint8 = normalized and np.asarray(images).dtype == np.uint8
     ds = ds.map(normalize if legacy_uint8 else _pixels, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,421 @@
+"""`gpq train`: its flags, and the wiring of data, config, model and `fit_run` into a run folder."""
+
+import argparse
+import os
+import sys
+
+from gpq_keras.cli.common import (
+    DATA_HELP,
+    CLIError,
+    Interrupted,
+    add_command,
+    add_strategy_flag,
+    load_strategy,
+    non_negative_int,
+    positive_int,
+)
+from gpq_keras.config import RETRIEVAL_MODES
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def add_train(sub):
+    p = add_command(
+        sub,
+        "train",
+        "train GPQ with model.fit on a data set's labeled and unlabeled images; rerun the "
+        "same command to resume an interrupted run",
+        "gpq train --data cifar10:cifar10 --output runs/cifar48 --bits 48 --epochs 300 "
+        "--imagenet-mat checkpoints/original/ImageNet_pretrained.mat",
+        run_train,
+    )
+    p.set_defaults(output_paths=_run_files)
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument(
+        "--output",
+        required=True,
+        help="run folder: model.keras, best.keras, log.csv, logs/ (TensorBoard), run.json, "
+        "checkpoints/",
+    )
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=300,
+        help="epochs of len(labeled) // batch-size steps (300)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=500,
+        help="images per stream and step: the global batch, split over the replicas (500)",
+    )
+    _add_model_flags(p)
+    _add_long_run_flags(p.add_argument_group("long runs"))
+    _add_scale_flags(
+        p.add_argument_group("training at scale (--batch-size is the global batch of all replicas)")
+    )
+
+
+def _add_model_flags(p):
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--bits", type=int, choices=(12, 24, 32, 48), help="code length with K=16 (default 48)"
+    )
+    size.add_argument(
+        "--n-book",
+        type=positive_int,
+        dest="num_subspaces",
+        help="M, number of codebooks (sets GPQConfig.num_subspaces; instead of --bits)",
+    )
+    p.add_argument(
+        "--n-word",
+        type=positive_int,
+        dest="num_codewords",
+        help="K, codewords per codebook, a power of two (sets GPQConfig.num_codewords)",
+    )
+    p.add_argument(
+        "--filters", help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)"
+    )
+    p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
+    p.add_argument(
+        "--retrieval-mode",
+        choices=RETRIEVAL_MODES,
+        help="default retrieval mode stored in the model",
+    )
+    p.add_argument(
+        "--imagenet-mat", help="initialise the backbone from the original ImageNet_pretrained.mat"
+    )
+    p.add_argument(
+        "--init-model",
+        help="start from the weights of this GPQ .keras file, of the same configuration "
+        "(fine-tuning; the same start on every Keras backend)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (0)")
+    p.add_argument(
+        "--pipeline",
+        choices=("auto", "tf.data", "numpy"),
+        default="auto",
+        help="training input: tf.data, or NumPy (a keras.utils.PyDataset, the same augmentation "
+        "drawn from NumPy's generator); auto = tf.data when TensorFlow is installed (auto)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="TensorFlow's op determinism: the same seed gives the same model on the same machine "
+        "(some GPU ops get slower; JAX on CPU is deterministic without it)",
+    )
+
+
+def _add_long_run_flags(run):
+    start = run.add_mutually_exclusive_group()
+    start.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --output"
+    )
+    start.add_argument(
+        "--restart",
+        action="store_true",
+        help="throw away an interrupted run's backup and start over",
+    )
+    run.add_argument(
+        "--backup-every-steps",
+        type=positive_int,
+        help="back the training state up every N steps too (default: every epoch only)",
+    )
+    run.add_argument(
+        "--save-every",
+        type=non_negative_int,
+        default=0,
+        help="also save checkpoints/epoch_NNN.keras every N epochs (0: never)",
+    )
+    run.add_argument(
+        "--keep-checkpoints", type=positive_int, default=3, help="periodic checkpoints kept (3)"
+    )
+    run.add_argument(
+        "--val-per-class",
+        type=non_negative_int,
+        help="labeled images per class held out for validation (default: a tenth of the smallest "
+        "class; 0: none)",
+    )
+    run.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=5,
+        help="validation mAP every N epochs and after the last (5)",
+    )
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="Keras dtype policy of the backbone; the GPQ heads stay float32 (float32)",
+    )
+    run.add_argument(
+        "--jit-compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="XLA: auto = on where a GPU is visible (it is slower on CPU) (auto)",
+    )
+
+
+def _add_scale_flags(scale):
+    add_strategy_flag(scale, "train")
+    scale.add_argument(
+        "--sync-batch-norm",
+        action=argparse.BooleanOptionalAction,
+        help="batch norm over the global batch (default: on with more than one replica)",
+    )
+    scale.add_argument(
+        "--scratch",
+        help="multi-worker: where a non-chief worker writes (default: a folder of "
+        "the system's temporary directory)",
+    )
+
+
+def _run_files(args):
+    """The files of the run folder `--output`, for the path guard (`common.check_paths`)."""
+    from gpq_keras.training import RunDirectory
+
+    run = RunDirectory(args.output)
+    files = (run.path, run.model, run.best, run.log, run.record, run.logs, run.checkpoints)
+    return [("--output", path) for path in (*files, run.backup)]
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def run_train(args):
+    from gpq_keras.distribute import scratch_folder
+    from gpq_keras.training import RunDirectory
+
+    if args.bits is not None and args.num_codewords is not None:
+        raise CLIError("give either --bits or --n-book/--n-word, not both")
+    strategy, chief = load_strategy(args)
+    # Only the chief writes --output; another worker of a multi-worker run writes the same files to
+    # a scratch folder of its own, cleared at each start (it resumes from the chief's state).
+    run = RunDirectory(
+        args.output if chief else args.scratch or scratch_folder(args.output, strategy)
+    )
+    with run.lock():
+        if not chief:
+            run.clear()
+            print(
+                f"a non-chief worker: the chief writes {args.output}; this worker writes {run.path}"
+            )
+        _train(args, run, strategy)
+
+
+def _train(args, run, strategy):
+    from gpq_keras.distribute import num_workers
+    from gpq_keras.training import new_record
+
+    state = run.state()
+    if state == "finished" and not args.overwrite:
+        raise CLIError(
+            f"{args.output} holds a finished run ({run.model}); pass --overwrite to train a new "
+            "one there"
+        )
+    split, validation, per_class = _training_split(args, strategy)
+    replicas = strategy.num_replicas_in_sync
+    config = _config_from_args(args, split, replicas)
+    settings = _settings(args, config, per_class)
+    record = _prepare_run(args, run, state, settings)
+    model, resuming = _build_model(args, config, strategy, run)
+    record = record or new_record(["gpq"] + args.argv, settings)
+    record.update(
+        jit_compile=bool(model.jit_compile), strategy=type(strategy).__name__, replicas=replicas
+    )
+    if num_workers(strategy) > 1:
+        resolver = strategy.cluster_resolver
+        record["task"] = f"{resolver.task_type} {resolver.task_id}"
+    n_val = 0 if validation is None else len(validation[0])
+    print(
+        f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
+        f"d={config.subspace_dim}) on {split.name}: {len(split.x_labeled)} labeled, "
+        f"{len(split.x_unlabeled)} unlabeled, {n_val} validation images; "
+        f"{args.precision}, XLA {'on' if model.jit_compile else 'off'}"
+        + (
+            f"; {replicas} replicas, sync batch norm {'on' if config.sync_batch_norm else 'off'}"
+            if replicas > 1
+            else ""
+        )
+        + ("; resuming from the backup in " + run.backup if resuming else "")
+    )
+    record = _fit(args, model, split, run, validation, record)
+    best = (record.get("validation") or {}).get("best")
+    if best:
+        print(f"best val_mAP {best['val_mAP']:.4f} at epoch {best['epoch']}: {run.best}")
+    print(f"saved {run.model}")
+
+
+def _training_split(args, strategy):
+    """(split without its validation images, (x_val, y_val) or None, validation images per class);
+    the batch checked against the strategy's replicas."""
+    from gpq_keras.data import load_data
+    from gpq_keras.data.split import default_validation_per_class, hold_out_validation
+    from gpq_keras.distribute import check_global_batch
+
+    split = load_data(args.data)
+    if not split.has_training_data:
+        raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
+    per_class = (
+        default_validation_per_class(split) if args.val_per_class is None else args.val_per_class
+    )
+    split, x_val, y_val = hold_out_validation(split, per_class)
+    check_global_batch(min(args.batch_size, len(split.x_labeled), len(split.x_unlabeled)), strategy)
+    return split, None if x_val is None else (x_val, y_val), per_class
+
+
+def _config_from_args(args, split, replicas=1):
+    from gpq_keras.config import GPQConfig
+
+    sync = replicas > 1 if args.sync_batch_norm is None else args.sync_batch_norm
+    base = {
+        "num_classes": split.num_classes,
+        "image_shape": tuple(split.x_query.shape[1:]),
+        "sync_batch_norm": sync,
+    }
+    if args.filters:
+        base["filters"] = tuple(int(v) for v in args.filters.split(","))
+    if args.learning_rate is not None:
+        base["learning_rate"] = args.learning_rate
+    if args.retrieval_mode:
+        base["retrieval_mode"] = args.retrieval_mode
+    if args.num_subspaces is not None or args.num_codewords is not None:
+        return GPQConfig(
+            num_subspaces=args.num_subspaces or 12, num_codewords=args.num_codewords or 16, **base
+        )
+    return GPQConfig.from_bits(args.bits or 48, **base)
+
+
+def _settings(args, config, per_class):
+    """What a resumed run must share with the interrupted one (`_resume_check`)."""
+    settings = {
+        "data": args.data,
+        "config": config.to_dict(),
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "val_per_class": per_class,
+        "precision": args.precision,
+    }
+    if args.init_model:
+        settings["init_model"] = os.path.abspath(args.init_model)
+    if args.pipeline != "auto":
+        settings["pipeline"] = args.pipeline
+    return settings
+
+
+def _prepare_run(args, run, state, settings):
+    """Clear the run folder for --overwrite/--restart, or check an interrupted run's settings;
+    the interrupted run's record (empty otherwise)."""
+    record = {}
+    if state != "new" and (args.overwrite or args.restart):
+        run.clear()
+        print(f"removed the previous run in {args.output}")
+    elif state == "interrupted":
+        record = _resume_check(run, settings)
+    stale = run.prepare()
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) an interrupted write left in {args.output}")
+    return record
+
+
+def _resume_check(run, settings):
+    """Refuse to resume an interrupted run with other settings than it was started with."""
+    record = run.read_record() or {}
+    started = record.get("settings")
+    if started is not None and started != settings:
+        changed = sorted(
+            k for k in set(started) | set(settings) if started.get(k) != settings.get(k)
+        )
+        raise CLIError(
+            f"{run.path} holds an interrupted run with other settings ({', '.join(changed)}); "
+            "rerun it with its own arguments to resume, or pass --restart to start over"
+        )
+    return record
+
+
+def _build_model(args, config, strategy, run):
+    """(the compiled model, whether a backup will be resumed), seeded, initialised from
+    --init-model or --imagenet-mat unless resuming."""
+    import keras
+
+    from gpq_keras.model import GPQ
+    from gpq_keras.training import TrainingBackup
+
+    keras.utils.set_random_seed(args.seed)
+    if args.deterministic and keras.config.backend() == "tensorflow":
+        import tensorflow as tf  # XLA on CPU is deterministic as it is
+
+        tf.config.experimental.enable_op_determinism()
+    with strategy.scope():
+        model = GPQ(config, dtype=args.precision)
+        resuming = TrainingBackup.has_backup(run.backup)
+        if args.init_model and not resuming:
+            _init_from_model(model, args.init_model)
+            print(f"weights initialised from {args.init_model}")
+        if args.imagenet_mat and not resuming:
+            from gpq_keras.convert import load_imagenet_mat
+
+            load_imagenet_mat(model, args.imagenet_mat)
+            print(f"backbone initialised from {args.imagenet_mat}")
+        model.compile(jit_compile=_jit_compile(args.jit_compile))
+    return model, resuming
+
+
+def _init_from_model(model, path):
+    """Give `model` the weights of the GPQ saved at `path`, which must have the same
+    configuration."""
+    from gpq_keras.model import load_gpq
+
+    source = load_gpq(path)
+    if source.gpq_config != model.gpq_config:
+        mine, theirs = model.gpq_config.to_dict(), source.gpq_config.to_dict()
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise CLIError(
+            f"--init-model {path} has another configuration than this run ({', '.join(changed)})"
+        )
+    model.set_weights(source.get_weights())
+
+
+def _jit_compile(choice):
+    """--jit-compile: on, off, or auto (TensorFlow: XLA where a GPU is visible, on CPU it is slower,
+    see README; JAX: always, as Keras compiles JAX steps)."""
+    if choice == "auto":
+        import keras
+
+        if keras.config.backend() != "tensorflow":
+            return True
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return choice == "on"
+
+
+def _fit(args, model, split, run, validation, record):
+    """`fit_run` outside the strategy's scope (it restores the backup on the chief alone); Ctrl-C
+    records the run as interrupted."""
+    from gpq_keras.training import fit_run
+
+    try:
+        return fit_run(
+            model,
+            split,
+            run,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            validation=validation,
+            eval_every=args.eval_every,
+            backup_every_steps=args.backup_every_steps,
+            save_every=args.save_every,
+            keep_checkpoints=args.keep_checkpoints,
+            record=record,
+            pipeline=args.pipeline,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except KeyboardInterrupt:
+        record = run.read_record() or record
+        record["status"] = "interrupted"
+        run.write_record(record)
+        raise Interrupted(
+            f"interrupted; rerun the same command to resume from the last backup in {run.backup}"
+        ) from None

@@ -1,0 +1,69 @@
+"""The pixel contract of a GPQ model: what its images are and how its first layer normalises them.
+
+A `GPQ` takes pixels (B, H, W, 3), uint8 or float in 0..255, and normalises them itself with the
+original's per-channel statistics, `(x - CHANNEL_MEAN) / CHANNEL_STD`, in its first layer
+(`pixel_normalization`). The input pipelines depend on this module, not the reverse: they pad pixels
+with `PADDING_FILL` (the channel mean, which the normalisation makes 0, the original's padding) and
+give normalised images with `normalize_array` for models saved before the model normalised.
+
+```python
+layer = pixel_normalization((32, 32, 3))  # keras.layers.Normalization, built for (None, 32, 32, 3)
+check_image_batch(images, (32, 32, 3))  # ValueError unless images are (N, 32, 32, 3)
+shown = denormalize(normalize_array(images))  # [0, 1] floats for display
+```
+
+Only NumPy is imported here; Keras only by `pixel_normalization`.
+"""
+
+import numpy as np
+
+# Per-channel statistics the original normalises CIFAR-10 with (RGB, pixels in 0..255).
+CHANNEL_MEAN = (125.642, 123.738, 114.46)
+CHANNEL_STD = (63.01, 62.157, 66.94)
+PADDING = 4  # pixels of border the augmentation pads before its random crop
+PADDING_FILL = CHANNEL_MEAN  # the border's value in pixels: normalised, the original's 0
+
+
+def padding_fill(normalized=False):
+    """The augmentation's border value: `PADDING_FILL` (3 channel means) for pixels, 0.0 for
+    normalised images (`normalized=True`)."""
+    return 0.0 if normalized else PADDING_FILL
+
+
+def normalize_array(images):
+    """uint8 or float pixels (..., H, W, 3) -> float32 (x - mean) / std, the original's colour
+    pre-processing (NumPy)."""
+    return (
+        (np.asarray(images, np.float32) - np.float32(CHANNEL_MEAN)) / np.float32(CHANNEL_STD)
+    ).astype(np.float32)
+
+
+def denormalize(images):
+    """Inverse of `normalize_array`: normalised images (..., H, W, 3) -> floats in [0, 1] for
+    display (NumPy)."""
+    return np.clip((np.asarray(images, np.float32) * CHANNEL_STD + CHANNEL_MEAN) / 255.0, 0.0, 1.0)
+
+
+def check_image_batch(images, image_shape):
+    """Raise a ValueError unless `images` (N, H, W, C) have the model's `image_shape` (H, W, C)."""
+    shape = tuple(np.shape(images)[1:])
+    if shape != tuple(image_shape):
+        raise ValueError(
+            f"images of shape {shape} given, but the model expects {tuple(image_shape)}"
+        )
+
+
+def pixel_normalization(image_shape):
+    """The model's first layer: `keras.layers.Normalization` of pixels with the channel statistics,
+    (x - mean) / std per channel in float32 whatever the dtype policy, built for
+    (None, *image_shape)."""
+    import keras
+
+    layer = keras.layers.Normalization(
+        mean=list(CHANNEL_MEAN),
+        variance=[s * s for s in CHANNEL_STD],
+        name="pixel_normalization",
+        dtype="float32",
+    )
+    layer.build((None, *image_shape))
+    return layer

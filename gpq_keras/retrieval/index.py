@@ -1,0 +1,398 @@
+"""`PQIndex`, a database of GPQ codes searched by asymmetric distance: the index type that composes
+the quantiser, the item store, the ranking of the codes, faiss and the file; `open_index`."""
+
+import os
+import warnings
+
+import numpy as np
+
+from gpq_keras.config import check_positive_int
+from gpq_keras.retrieval import faiss_bridge, io
+from gpq_keras.retrieval.quantizer import ProductQuantizer, as_matrix
+from gpq_keras.retrieval.ranking import CodeRanking
+from gpq_keras.retrieval.store import ItemStore, read_only
+
+SEARCH_BACKENDS = ("auto", "numpy", "faiss")
+MAX_ITEMS = 2**30  # positions must fit the low 32 bits of a sort key
+FAST_SCAN_MAX_K = 1 / 32  # fast-scan candidates pay for k <= this fraction of ntotal (measured)
+
+
+class PQIndex:
+    """A database of GPQ codes searched by asymmetric distance, with faiss' `add`/`search` feel.
+
+    ```python
+    index = PQIndex.from_model(model)          # codebook and mode from the trained model
+    index.add(model.encode(db_images), labels=db_labels)
+    distances, ids = index.search(model.encode(query_images), k=100)
+    ```
+
+    Distances are sums of per-query look-up tables (`ProductQuantizer.lookup_tables`) over each
+    item's code, computed in chunks of queries; results are ascending in distance, ties in insertion
+    order.
+
+    Args:
+        codebook: float (K, M*d), the retrieval codebook: raw Z for `original`, Z' for `consistent`.
+        num_subspaces: int, M.
+        mode: `"original"` (default) or `"consistent"` (see `gpq_keras.retrieval`).
+        class_names: optional names of the label classes (see `class_names`).
+
+    Attributes:
+        pq: the `ProductQuantizer`; `mode`, `num_subspaces`, `num_codewords`, `dim` (M*d) and
+            `nbits` (log2 K) are its values.
+    """
+
+    def __init__(self, codebook, num_subspaces, mode="original", class_names=None):
+        pq = self.pq = ProductQuantizer(codebook, num_subspaces, mode)
+        self.mode, self.num_subspaces, self.dim = pq.mode, pq.num_subspaces, pq.dim
+        self.num_codewords, self.nbits = pq.num_codewords, pq.nbits
+        self.model_fingerprint = None  # `GPQ.fingerprint` of the model that made the codebook
+        self._model = None
+        self._store = ItemStore(class_names)
+        self._codes = np.zeros((0, self.num_subspaces), np.uint8)
+        self._ranking = CodeRanking(self.pq, self._codes)
+
+    @classmethod
+    def from_model(cls, model, mode=None, class_names=None):
+        """An empty index with a GPQ model's codebook: Z for `original`, Z' for `consistent`; mode
+        None takes `model.gpq_config.retrieval_mode`. The model is kept for `add_images` and
+        `add_files`."""
+        pq = ProductQuantizer.from_model(model, mode)
+        index = cls(pq.codebook, pq.num_subspaces, pq.mode, class_names=class_names)
+        index._model = model
+        index.model_fingerprint = model.fingerprint
+        return index
+
+    def check_model(self, model):
+        """Raise a ValueError unless `model` is the one this index was built with (its
+        `fingerprint`): searching with another model's features gives meaningless distances."""
+        if self.model_fingerprint is not None and model.fingerprint != self.model_fingerprint:
+            raise ValueError(
+                f"the index was built with another model (fingerprint {self.model_fingerprint}; "
+                f"this model's is {model.fingerprint}): rebuild the index with this model"
+            )
+
+    # --- contents ---------------------------------------------------------------------------------
+    def reset(self):
+        """Remove all items (`class_names` stay)."""
+        self._codes = np.zeros((0, self.num_subspaces), np.uint8)
+        self._store.reset()
+        self._ranking = CodeRanking(self.pq, self._codes)
+
+    @property
+    def codebook(self):
+        """The codebook the index was made with, float32 (K, M*d)."""
+        return self.pq.codebook
+
+    @property
+    def ntotal(self):
+        """Number of items in the index."""
+        return int(self._codes.shape[0])
+
+    @property
+    def code_size(self):
+        """Bytes per packed code, ceil(M * log2(K) / 8)."""
+        return self.pq.code_size
+
+    @property
+    def codes(self):
+        """The items' codes, uint8 (ntotal, M) (read-only)."""
+        return read_only(self._codes)
+
+    @property
+    def ids(self):
+        """The items' ids, int64 (ntotal,) (read-only); 0..ntotal-1 unless given to `add`."""
+        return self._store.ids
+
+    @property
+    def labels(self):
+        """The items' labels, (ntotal,) or (ntotal, classes), or None when none were added."""
+        return self._store.labels
+
+    @property
+    def sources(self):
+        """The items' sources (file paths or names), unicode (ntotal,) (read-only), or None when
+        none were added."""
+        return self._store.sources
+
+    @property
+    def class_names(self):
+        """Names of the label classes, a list of str, or None: class id i (labels (ntotal,)) or
+        multi-hot column i (labels (ntotal, classes)) is named class_names[i].
+
+        Settable: unique non-empty strings; int labels must be in [0, len(class_names)), multi-hot
+        labels must have len(class_names) columns (checked here and by every `add`).
+        """
+        return self._store.class_names
+
+    @class_names.setter
+    def class_names(self, names):
+        self._store.class_names = names
+
+    def __len__(self):
+        return self.ntotal
+
+    def __repr__(self):
+        return (
+            f"PQIndex(M={self.num_subspaces}, K={self.num_codewords}, d={self.pq.subspace_dim}, "
+            f"mode={self.mode!r}, ntotal={self.ntotal})"
+        )
+
+    def add(self, x, ids=None, labels=None, sources=None):
+        """Add items: uint8 codes (N, M), or float features (N, M*d) that are encoded first.
+
+        Args:
+            x: uint8 codes or float features.
+            ids: optional int64 ids (N,) that `search` returns; default ntotal, ntotal+1, ...
+                Either every `add` gives ids or none does.
+            labels: optional labels (N,) int or (N, classes) multi-hot, kept for evaluation; either
+                every `add` gives labels or none does. With `class_names`, they must fit them.
+            sources: optional N strings (N,), each item's file path or name (`sources_for`); either
+                every `add` gives sources or none does.
+        """
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise ValueError(
+                f"`x` must be codes (N, {self.num_subspaces}) or features (N, {self.dim}). "
+                f"Received shape: {x.shape}"
+            )
+        if x.dtype == np.uint8:
+            codes = self.pq.check_codes(x, "x")
+        elif np.issubdtype(x.dtype, np.floating):
+            codes = self.pq.encode(x)
+        else:
+            raise ValueError(
+                f"`x` must be uint8 codes or float features. Received dtype: {x.dtype}"
+            )
+        staged = self._store.stage(codes.shape[0], ids, labels, sources)
+        if self.ntotal + codes.shape[0] >= MAX_ITEMS:
+            raise ValueError(
+                f"PQIndex holds fewer than {MAX_ITEMS} items; use `to_faiss()` for more"
+            )
+        self._codes = np.concatenate([self._codes, codes])
+        self._store.commit(staged)
+        self._ranking = CodeRanking(self.pq, self._codes)
+        return self
+
+    def add_images(self, images, ids=None, labels=None, batch_size=500, sources=None):
+        """Encode images (pixels (N, H, W, C), uint8 or float in 0..255) with the model of
+        `from_model` and add them."""
+        model = self._needs_model("add_images")
+        features = model.encode(np.asarray(images), batch_size=batch_size)
+        return self.add(features, ids=ids, labels=labels, sources=sources)
+
+    def add_files(self, paths, labels=None, chunk_size=1024, verbose=0, model=None):
+        """Decode image files at the model's image size, encode them with the model and add them,
+        `chunk_size` files at a time (bounded memory), each with its path as its source.
+
+        Args:
+            paths: N image file paths (str).
+            labels: optional labels (N,) or (N, classes), as `add` takes them.
+            chunk_size: files decoded and encoded at a time.
+            verbose: a `keras.utils.Progbar` of the files (its `verbose`) when non-zero.
+            model: the GPQ that encodes them (for a loaded index: refused unless it built the
+                index, `check_model`); default the model of `from_model`.
+        """
+        if model is None:
+            model = self._needs_model("add_files")
+        else:
+            self.check_model(model)
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+        import keras
+
+        from gpq_keras.data.images import decode_images
+
+        paths = list(paths)
+        size = model.gpq_config.image_shape[:2]
+        bar = (
+            keras.utils.Progbar(len(paths), verbose=verbose, unit_name="image") if verbose else None
+        )
+        for start in range(0, len(paths), chunk_size):
+            chunk = paths[start : start + chunk_size]
+            self.add(
+                model.encode(decode_images(chunk, size)),
+                sources=chunk,
+                labels=None if labels is None else labels[start : start + chunk_size],
+            )
+            if bar is not None:
+                bar.update(start + len(chunk))
+        return self
+
+    def _needs_model(self, method):
+        if self._model is None:
+            raise ValueError(f"{method} needs an index made by PQIndex.from_model(model)")
+        return self._model
+
+    def sources_for(self, ids):
+        """The sources of `ids` as `search` returns them (int64, any shape) -> unicode array of the
+        same shape, "" where the id is -1 (no result)."""
+        return self._store.sources_for(ids)
+
+    def class_names_for(self, ids):
+        """The class names of the (int) labels of `ids` as `search` returns them (int64, any shape)
+        -> unicode array of the same shape, "" where the id is -1 (no result)."""
+        return self._store.class_names_for(ids)
+
+    # --- distances and ranking ------------------------------------------------------------------
+    def distances(self, queries):
+        """All distances sum_m (1 - q_m . z_m[code_m]) of queries (Q, M*d) to the items -> float32
+        (Q, ntotal).
+
+        `original` mode uses raw queries and the raw codebook Z, as the original's `pqDist`;
+        `consistent` intra-normalises both. For large databases prefer `search` or `rank`, which
+        bound memory.
+        """
+        queries = as_matrix("queries", queries, self.dim)
+        out = np.empty((queries.shape[0], self.ntotal), np.float32)
+        for start, dist in self._ranking.iter_distances(queries):
+            out[start : start + dist.shape[0]] = dist
+        return out
+
+    def rank(self, queries, k=None, chunk_size=None, with_distances=True):
+        """Yield the top-k of each query chunk by chunk, so memory stays bounded -> `RankedChunk`s.
+
+        Each chunk holds database positions (insertion order: rows of `codes` and `labels`), best
+        first, ties by position, and with `with_distances` their distances. Its arrays may be
+        buffers that the next chunk reuses: copy them to keep them.
+
+        ```python
+        result = metrics.evaluate_ranking(index.rank(queries, with_distances=False), query_labels,
+                                          index.labels)
+        ```
+
+        Args:
+            queries: float (Q, M*d).
+            k: int in [1, ntotal]; None ranks the whole database.
+            chunk_size: queries per chunk; default about 8M distances (155 queries at 54,000
+                items), or 4,096 for a top-k (k < ntotal / 4) of more than 65,536 items, which
+                passes over the database block by block (`search`'s NumPy path), so time stays
+                linear in ntotal.
+            with_distances: also decode the distances (evaluation does not need them).
+        """
+        if not self.ntotal:
+            raise ValueError("the index is empty")
+        k = self.ntotal if k is None else check_positive_int("k", k)
+        if k > self.ntotal:
+            raise ValueError(f"k={k} exceeds the {self.ntotal} items in the index")
+        yield from self._ranking.rank(queries, k, chunk_size, with_distances)
+
+    def search(self, queries, k, exact=True, backend="auto", chunk_size=None):
+        """The k nearest items of each query (Q, M*d) -> (distances float32 (Q, k), ids int64
+        (Q, k)).
+
+        Ascending distance, ties by insertion order; k > ntotal pads with inf and -1, as faiss does.
+        Time is linear in ntotal and memory bounded by a block of 65,536 items.
+
+        Args:
+            queries: float (Q, M*d).
+            k: int, results per query.
+            exact: True (default): the results equal brute-force asymmetric search. False with the
+                faiss backend: faiss' fast-scan results as they are, with distances from 8-bit
+                look-up tables (off by up to `fast_scan_error_bound`) and a warning that says so.
+            backend: `"numpy"`, brute force over blocks of codes; `"faiss"`, faiss' 4-bit fast-scan
+                (`IndexPQFastScan`, K=16 only) for candidates, re-ranked exactly; `"auto"`
+                (default): `"faiss"` when faiss is installed and K=16, else `"numpy"`. An exact
+                search for k above ntotal / 32 ranks with NumPy on either backend: fast-scan
+                candidates would cost more than the full ranking.
+            chunk_size: queries per chunk of the NumPy path's full ranking (small databases).
+        """
+        queries = as_matrix("queries", queries, self.dim)
+        k = check_positive_int("k", k)
+        dist = np.full((queries.shape[0], k), np.inf, np.float32)
+        ids = np.full((queries.shape[0], k), -1, np.int64)
+        kk = min(k, self.ntotal)
+        if not kk:
+            return dist, ids
+        if self._backend(backend) == "faiss" and (not exact or self.fast_scan_pays(kk)):
+            if not exact:
+                warnings.warn(
+                    "PQIndex.search(exact=False): fast-scan results, not re-ranked; distances come "
+                    "from 8-bit look-up tables",
+                    stacklevel=2,
+                )
+            dist[:, :kk], positions = self._ranking.fast_scan(queries, kk, exact)
+            ids[:, :kk] = np.where(positions >= 0, self._store.ids[positions], -1)
+        else:
+            for chunk in self._ranking.rank(queries, kk, chunk_size):
+                rows = slice(chunk.start, chunk.start + len(chunk.positions))
+                dist[rows, :kk] = chunk.distances
+                ids[rows, :kk] = self._store.ids[chunk.positions]
+        return dist, ids
+
+    def fast_scan_pays(self, k):
+        """Whether an exact top-k by fast-scan candidates beats the NumPy ranking: k at most
+        ntotal / 32 (`FAST_SCAN_MAX_K`; at 54,000 items fast-scan re-ranking took as long as the
+        full ranking near k = 2,000 and twice as long at k = 3,375: `benchmarks/bench_search.py
+        --dispatch`)."""
+        return k <= FAST_SCAN_MAX_K * self.ntotal
+
+    def _backend(self, backend):
+        if backend not in SEARCH_BACKENDS:
+            raise ValueError(f"`backend` must be one of {SEARCH_BACKENDS}. Received: {backend!r}")
+        if backend == "auto":
+            try:
+                faiss_bridge.import_faiss()
+            except ImportError:
+                return "numpy"
+            return "faiss" if self.nbits == 4 else "numpy"
+        if backend == "faiss":
+            faiss_bridge.check_fast_scan(self.pq)
+        return backend
+
+    # --- faiss and files --------------------------------------------------------------------------
+    def to_faiss(self, fast_scan=False, nlist=None, nprobe=1, train=None, seed=0):
+        """The same codes in a faiss index (inner product, this index's codebook as the PQ
+        centroids).
+
+        faiss returns similarities s = sum_m q_m . z_m[code_m]; this index's distance is M - s, so
+        the rankings agree (faiss orders equal distances its own way, not by id). Search it with
+        `index.pq.prepare_queries(q)` (identity in `original` mode); write it with
+        `write_faiss_index`. Needs the `[faiss]` extra.
+
+        - default: `IndexPQ`, exact distances (custom ids come wrapped in a `faiss.IndexIDMap`).
+        - `fast_scan=True` (K=16): `IndexPQFastScan`, distances from 8-bit look-up tables
+          (approximate, see `fast_scan_error_bound`), many times faster.
+        - `nlist=n` (K=16): `IndexIVFPQFastScan` for millions of items: a coarse quantiser of n
+          centroids (spherical k-means, inner product) trained on `train` (features (N', M*d), e.g.
+          a sample of the database's; default 64 * nlist items' reconstructions), not by residual:
+          every list holds the GPQ codes unchanged, with fast-scan lists. Each item goes to the list
+          whose centroid has the largest inner product with its reconstruction, which is what its
+          distance is computed to; a search scans the `nprobe` best lists (`index.nprobe`,
+          settable).
+
+        Sharding: `faiss.IndexShards` searches several such indexes (one per machine or GPU, each
+        with its own ids) as one and merges their results.
+        """
+        return faiss_bridge.to_faiss(
+            self.pq, self._codes, self._store.ids, fast_scan, nlist, nprobe, train, seed
+        )
+
+    def save(self, path):
+        """Write the index to an `.npz` file (format version 3), atomically (temporary file +
+        rename), every key covered by a checksum that `load` verifies (`gpq_keras.retrieval.io`).
+        No object arrays: `np.load(path, allow_pickle=False)` reads it."""
+        io.write_index(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """Read an index written by `save` (format 1, 2 or 3): every key, the checksum, the
+        codebook's size, the ids, sources and class names are checked; `FileFormatError` naming the
+        file and the key for anything wrong."""
+        return io.read_index(cls, path)
+
+
+def open_index(path, model=None, mode=None):
+    """The index file at `path`: a `PQIndex` `.npz` (`check_model(model)` when a model is given), or
+    the faiss file of `to_faiss` as a `FaissFileIndex` of the model's codebook in `mode` (None: the
+    model's `retrieval_mode`), refused unless built with it; None for a faiss file without a model.
+
+    FileNotFoundError ("index not found: PATH") when there is no file.
+    """
+    path = os.fspath(path)
+    if io.is_pqindex_file(path):
+        index = PQIndex.load(path)
+        if model is not None:
+            index.check_model(model)
+        return index
+    if model is None:
+        return None
+    return faiss_bridge.read_faiss_index(path, ProductQuantizer.from_model(model, mode))
