@@ -83,8 +83,8 @@ class GPQConfig:
         reg_lambda: float, N-pair regulariser on feature norms. Default 0.002.
         num_classes: int, number of label classes. Default 10.
         image_shape: (height, width, channels) of the input images. Default (32, 32, 3).
-        filters: widths of the four VGG conv stages. Default (64, 128, 256, 512).
-        learning_rate: float, initial Adam learning rate. Default 2e-4.
+        filters: widths of the four VGG conv stages, positive ints. Default (64, 128, 256, 512).
+        learning_rate: float, initial Adam learning rate, finite and > 0. Default 2e-4.
         decay_steps: int, staircase decay period in steps. Default 100.
         decay_rate: float, learning-rate factor per period. Default 0.95.
         beta_1: float, Adam beta_1. Default 0.5.
@@ -119,7 +119,6 @@ class GPQConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "image_shape", tuple(self.image_shape))
-        object.__setattr__(self, "filters", tuple(self.filters))
 
         def field_error(name, what):
             return ValueError(
@@ -143,28 +142,32 @@ class GPQConfig:
             raise field_error(
                 "num_codewords", "a power of two in [2, 256] (K; codes are uint8)"
             ) from None
-        for name in (
-            "alpha",
-            "beta",
-            "lambda1",
-            "lambda2",
-            "reg_lambda",
-            "learning_rate",
-            "decay_rate",
-            "epsilon",
-        ):
+        for name in ("alpha", "beta", "lambda1", "lambda2", "reg_lambda", "decay_rate", "epsilon"):
             try:
-                check_non_negative(name, getattr(self, name))
+                value = check_non_negative(name, getattr(self, name))
             except ValueError:
-                raise field_error(name, "a non-negative number") from None
+                value = None
+            if value is None or not math.isfinite(value):
+                raise field_error(name, "a finite non-negative number")
+        try:
+            learning_rate = check_non_negative("learning_rate", self.learning_rate)
+        except ValueError:
+            learning_rate = None
+        if learning_rate is None or not 0 < learning_rate < math.inf:  # 0 trains nothing, inf NaNs
+            raise field_error("learning_rate", "a finite number > 0")
         if not 0 <= self.beta_1 < 1:
             raise field_error("beta_1", "in [0, 1)")
         if len(self.image_shape) != 3 or not all(
             isinstance(v, int) and v > 0 for v in self.image_shape
         ):
             raise field_error("image_shape", "three positive ints (height, width, channels)")
-        if len(self.filters) != 4 or not all(isinstance(v, int) and v > 0 for v in self.filters):
-            raise field_error("filters", "four positive ints")
+        try:
+            filters = tuple(check_positive_int("filters", v) for v in self.filters)
+        except (TypeError, ValueError):  # not a sequence of positive ints
+            filters = ()
+        if len(filters) != 4:
+            raise field_error("filters", "four positive ints (the widths of the VGG stages)")
+        object.__setattr__(self, "filters", filters)
         if not isinstance(self.sync_batch_norm, bool):
             raise field_error("sync_batch_norm", "True or False")
         if self.retrieval_mode not in RETRIEVAL_MODES:

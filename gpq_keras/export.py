@@ -2,13 +2,11 @@
 out."""
 
 import os
-import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
 
-from gpq_keras.files import TEMPORARY_PREFIX, current_umask
+from gpq_keras.files import atomic_dir, check_output_path, display_path
 from gpq_keras.retrieval import ProductQuantizer
 
 
@@ -22,8 +20,10 @@ def export_saved_model(model, path, mode=None):
     the intra-normalised codebook (`ProductQuantizer.assignment_codebook`), lowest index among equal
     ones. Loading needs TensorFlow only, not gpq_keras.
 
-    The directory is written beside `path` (`.tmp-*`) and renamed into place; an existing `path` is
-    a ValueError, never overwritten. Returns the absolute path.
+    The directory is written beside `path` (a temporary `.tmp-<pid>-...` folder, renamed into
+    place; one that a killed export left there is swept by the next writer in that folder) and
+    missing parent folders are made; an existing `path`, or an ancestor that is a file, is a
+    ValueError, never overwritten. Returns the absolute path.
 
     ```python
     export_saved_model(model, "served")
@@ -44,6 +44,7 @@ def export_saved_model(model, path, mode=None):
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path):
         raise _exists(path)
+    check_output_path(path, "export", kind="dir", make_parents=True)
     cfg = model.gpq_config
     pq = ProductQuantizer.from_model(model, mode)
     m, d, k = pq.num_subspaces, pq.subspace_dim, pq.num_codewords
@@ -70,24 +71,16 @@ def export_saved_model(model, path, mode=None):
         fn=serve,
         input_signature=[tf.TensorSpec([None, *cfg.image_shape], tf.uint8, name="images")],
     )
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=folder)
     try:
-        os.chmod(
-            tmp, 0o777 & ~current_umask()
-        )  # mkdtemp's 0700 would hide the model from a server's user
-        archive.write_out(tmp, verbose=False)
-        if os.path.lexists(path):  # appeared meanwhile (a rename would replace an empty directory)
-            raise _exists(path)
-        os.rename(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(path) as tmp:  # 0777 less the umask: a server's user can read it
+            archive.write_out(tmp, verbose=False)
+    except FileExistsError:  # appeared meanwhile (a rename would replace an empty directory)
+        raise _exists(path) from None
     return path
 
 
 def _exists(path):
     return ValueError(
-        f"Cannot export the model: {path} already exists (remove it or choose another path)"
+        f"Cannot export the model: {display_path(path)} already exists (remove it or choose "
+        "another path)"
     )

@@ -1,18 +1,33 @@
-"""Safe file I/O: atomic writes (a temporary file in the same folder, renamed, so that a reader
-never sees half of one) and readers that check untrusted files before trusting them: `.npz`
-without pickle (`read_npz`), plain-data pickles (`restricted_load`) and MAT 5 files (`check_mat5`).
+"""Safe file I/O: what gpq reads of a user's files and how it writes its outputs.
+
+- Reading: `open_regular` opens only regular files, without ever blocking on a FIFO or a device;
+  `display_path` shows any file name (control characters, bytes that are not UTF-8) on one line.
+- Writing: `atomic_path` / `atomic_dir` (a temporary in the same folder, renamed, so that a reader
+  never sees half of one; temporaries a killed writer left are swept by the next writer there),
+  `check_output_path` (an output refused before any work) and `file_lock` (one writer at a time).
+- Untrusted files checked before they are trusted: `.npz` without pickle (`read_npz`), plain-data
+  pickles (`restricted_load`) and MAT 5 files (`check_mat5`).
+
+The rules are written out for users in the docs page "Files: what gpq reads and writes"
+(docs/reliability.md).
 """
 
 import contextlib
+import errno
 import functools
-import glob
+import hashlib
 import io
 import json
 import math
 import os
 import pickle
+import re
+import shutil
+import socket
+import stat
 import struct
 import tempfile
+import unicodedata
 import warnings
 import zipfile
 import zlib
@@ -29,11 +44,267 @@ class FileFormatError(ValueError):
     """
 
 
+class UnreadableFile(FileFormatError):
+    """A path that is not a readable regular (image) file: a FIFO, a socket, a device, a directory,
+    a broken link, a link loop, an image over the pixel limit or one that does not decode. The
+    message names the path (escaped by `display_path`) and why, on one line."""
+
+
+class LockTimeout(OSError):
+    """Another process held a `file_lock` longer than the caller would wait."""
+
+
+# --- file names in text output --------------------------------------------------------------------
+
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# characters that reorder or hide the text around them (bidirectional controls)
+_BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def display_path(path):
+    """`path` (str, bytes or path-like) as one line of text output.
+
+    Printable text is unchanged; newlines, tabs and other control characters, line separators and
+    bidirectional controls become backslash escapes (`\\n`, `\\t`, `\\x1b`, `\\u202e`), and the
+    bytes of a name that are not UTF-8 (which Python's `os.listdir` gives as surrogate escapes)
+    `\\xe9`. Only for display: open the file with the path itself.
+    """
+    path = os.fspath(path)
+    text = os.fsdecode(path) if isinstance(path, bytes) else path
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as surrogateescape keeps it
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+# --- reading only regular files -------------------------------------------------------------------
+
+
+def file_kind(mode):
+    """What an `st_mode` is, in words: "a regular file", "a directory", "a FIFO (named pipe)",
+    "a socket", "a character device", "a block device" or "a special file"."""
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)  # a FIFO opens at once instead of waiting for a writer
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
+def _not_regular(path, shown):
+    """UnreadableFile for a path that exists but cannot be opened as a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return UnreadableFile(f"{shown}: a link loop")
+        return UnreadableFile(f"{shown}: cannot be read ({exc.strerror})")
+    return UnreadableFile(f"{shown}: {file_kind(mode)}, not a regular file")
+
+
+def open_regular(path, what="file"):
+    """Open a regular file for reading (binary) -> a file object; never blocks.
+
+    The file is opened non-blocking (a FIFO opens at once instead of waiting for a writer) and its
+    kind checked on the open descriptor, so nothing can be swapped in between: anything but a
+    regular file (a FIFO, a socket, a device, a directory; also a link that resolves to one) raises
+    `UnreadableFile` naming the path and its kind, as does a broken link, a link loop or a file
+    that cannot be read (permissions). A missing path raises FileNotFoundError
+    ("{what} not found: PATH"). `path` is a str (undecodable bytes of a name as surrogate escapes,
+    as `os.listdir` gives them), bytes or path-like.
+    """
+    path = os.fspath(path)
+    shown = display_path(path)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise UnreadableFile(
+                f"{shown}: a broken link (to {display_path(os.readlink(path))})"
+            ) from None
+        raise FileNotFoundError(f"{what} not found: {shown}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableFile(f"{shown}: a link loop") from None
+        if os.path.exists(path):  # a socket (ENXIO), a directory on Windows (EACCES)...
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise UnreadableFile(f"{shown}: {file_kind(mode)}, not a regular file") from None
+        raise UnreadableFile(f"{shown}: cannot be read ({exc.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableFile(f"{shown}: {file_kind(mode)}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def is_regular(path):
+    """Whether `path` is a regular file or a link resolving to one (stat without opening)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+# --- outputs --------------------------------------------------------------------------------------
+
+
+def check_output_path(path, flag, kind="file", make_parents=False):
+    """Refuse at once, in plain words, an output gpq could not write -> `path` (as given).
+
+    Raises ValueError(f"{flag} {path}: ...") when the output is a directory where a file is wanted
+    (or its name ends with a slash), a file where a directory is wanted (`kind="dir"`), an existing
+    FIFO, device or socket, or when its folder is missing (unless `make_parents`: then only an
+    existing ancestor that is a file is refused) or is a file. Call it before any work, for every
+    output.
+    """
+    shown = f"{flag} {display_path(path)}"
+    path = os.fspath(path)
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir'; received kind={kind!r}")
+    if not path:
+        raise ValueError(f"{flag}: an empty path")
+    if os.path.isdir(path):
+        if kind == "file":
+            raise ValueError(f"{shown}: is a directory; give the path of a file")
+    elif os.path.lexists(path):
+        if not os.path.exists(path):
+            pass  # a broken link: the rename replaces the link itself
+        elif kind == "dir":
+            raise ValueError(f"{shown}: is a file, not a directory")
+        elif not is_regular(path):
+            raise ValueError(
+                f"{shown}: is {file_kind(os.stat(path).st_mode)}; an output must be a regular file"
+            )
+    elif kind == "file" and path.endswith(("/", os.sep)):
+        raise ValueError(f"{shown}: names a directory (ends with '/'); give the path of a file")
+    parent = os.path.dirname(path.rstrip("/" + os.sep) or path) or os.curdir
+    folder = parent
+    while not os.path.exists(folder):
+        if os.path.lexists(folder):
+            raise ValueError(f"{shown}: its folder {display_path(folder)} is a broken link")
+        folder = os.path.dirname(folder) or os.curdir
+    if not os.path.isdir(folder):
+        raise ValueError(f"{shown}: {display_path(folder)} is a file, not a folder")
+    if folder != parent and not make_parents:
+        raise ValueError(f"{shown}: its folder {display_path(parent)} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{shown}: cannot write in the folder {display_path(folder)}")
+    return path
+
+
 def current_umask():
     """The process' file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --- temporaries ----------------------------------------------------------------------------------
+# A temporary is named `.tmp-<pid>-<host>-<random><suffix>`: the writer's process id and 8 hex
+# digits of its host name's SHA-1, so that a later writer on the same host can tell a temporary
+# whose writer is gone (swept) from one still being written (kept).
+
+
+@functools.cache
+def _host_id():
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+_TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r"(\d{1,10})-([0-9a-f]{8})-")
+
+
+def temporary_prefix():
+    """The name prefix of this process' temporaries: `.tmp-<pid>-<host>-`."""
+    return f"{TEMPORARY_PREFIX}{os.getpid()}-{_host_id()}-"
+
+
+def _process_alive(pid):
+    """Whether process `pid` of this host runs (True where that cannot be known)."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there; keep its temporaries
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, OSError):
+        return True  # another user's process (or a pid the system cannot look up): kept
+    return True
+
+
+def _writer_gone(name):
+    """Whether `name` is a temporary of ours whose writer, a process of this host, is gone."""
+    match = _TEMPORARY_NAME.match(name)
+    return bool(match) and match[2] == _host_id() and not _process_alive(int(match[1]))
+
+
+def sweep_temporaries(folder, legacy=True):
+    """Remove the temporaries killed writers left in `folder` -> their paths.
+
+    A temporary is a name `.tmp-<pid>-<host>-...` (a regular file, or a folder of `temporary_dir`)
+    whose writer, a process of this host, is no longer running; a running writer's temporaries,
+    another host's and anything else are kept. Links are never followed or removed.
+
+    With `legacy=True` (for a caller that holds the folder's lock, as `gpq train` its run folder)
+    every other regular file named `.tmp-*` goes as well (those of gpq versions that did not name
+    the writer), but still not those of running processes of this host. `atomic_path` and
+    `temporary_dir` sweep their folder with `legacy=False` before each write.
+    """
+    folder = os.fspath(folder)
+    stale = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return stale
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(TEMPORARY_PREFIX):
+            continue
+        gone = _writer_gone(name)
+        try:
+            if entry.is_symlink():
+                continue
+            if entry.is_file():
+                if gone or (legacy and not _TEMPORARY_NAME.match(name)):
+                    os.remove(entry.path)
+                    stale.append(entry.path)
+            elif entry.is_dir() and gone:
+                shutil.rmtree(entry.path)
+                stale.append(entry.path)
+        except FileNotFoundError:
+            continue  # swept by another writer meanwhile
+        except OSError:
+            continue  # not ours to remove (permissions): left in place
+    return sorted(stale)
 
 
 @contextlib.contextmanager
@@ -44,6 +315,8 @@ def atomic_path(path, suffix=None):
     `suffix` (default: `path`'s extension) is the temporary name's ending, for writers that pick the
     format from it (Keras' `.keras`, matplotlib, `np.savez` adding `.npz`). The folder is created.
     The file gets the usual permissions (0666 less the umask), not the 0600 of a temporary file.
+    The temporary is named after this process (`.tmp-<pid>-<host>-...`), and the temporaries of
+    killed writers in the folder are swept first (`sweep_temporaries(folder, legacy=False)`).
 
     ```python
     with atomic_path("out/codes.npz") as tmp:
@@ -53,8 +326,9 @@ def atomic_path(path, suffix=None):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    sweep_temporaries(folder, legacy=False)
     handle, tmp = tempfile.mkstemp(
-        prefix=TEMPORARY_PREFIX,
+        prefix=temporary_prefix(),
         suffix=os.path.splitext(path)[1] if suffix is None else suffix,
         dir=folder,
     )
@@ -64,8 +338,40 @@ def atomic_path(path, suffix=None):
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def temporary_dir(folder):
+    """Make an empty temporary directory in `folder` (created) -> its path.
+
+    Named as `atomic_path` names its temporaries (`.tmp-<pid>-<host>-...`), so one a killed writer
+    left is swept by the next writer in `folder`; swept first, here too. Its permissions are the
+    usual ones (0777 less the umask), not `mkdtemp`'s 0700. The caller renames or removes it.
+    """
+    folder = os.fspath(folder) or "."
+    os.makedirs(folder, exist_ok=True)
+    sweep_temporaries(folder, legacy=False)
+    tmp = tempfile.mkdtemp(prefix=temporary_prefix(), dir=folder)
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary directory beside `path` (`temporary_dir`); rename it to `path` when the
+    block succeeds, else remove it. Raises FileExistsError (and removes the temporary) when `path`
+    exists by then: a directory is never replaced."""
+    path = os.fspath(path)
+    tmp = temporary_dir(os.path.dirname(os.path.abspath(path)))
+    try:
+        yield tmp
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "already exists", path)
+        os.rename(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path, data):
@@ -75,16 +381,33 @@ def write_json(path, data):
         fh.write("\n")
 
 
-def sweep_temporaries(folder):
-    """Remove the temporary files a killed writer left in `folder` -> their paths."""
-    stale = [
-        p
-        for p in glob.glob(os.path.join(glob.escape(os.fspath(folder)), TEMPORARY_PREFIX + "*"))
-        if os.path.isfile(p) and not os.path.islink(p)
-    ]
-    for path in stale:
-        os.remove(path)
-    return stale
+# --- one writer at a time -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def file_lock(path, wait=60.0):
+    """Hold an exclusive lock on `path` for the block: a `filelock.FileLock` on `path + ".lock"`.
+
+    Waits at most `wait` seconds (0: one try; None: no bound) for another holder, then raises
+    `LockTimeout` (an OSError) with one line: "PATH is locked by another gpq command; gave up after
+    W s (--wait)". The lock is the operating system's (released when the holder exits, even when
+    killed), so a stale `.lock` file never blocks.
+    """
+    import filelock
+
+    path = os.fspath(path)
+    lock = filelock.FileLock(path + ".lock", timeout=-1 if wait is None else max(float(wait), 0))
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockTimeout(
+            f"{display_path(path)} is locked by another gpq command; gave up after {wait:g} s "
+            "(--wait)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def available_memory():

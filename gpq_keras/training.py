@@ -3,7 +3,8 @@
 A run folder `DIR` holds `model.keras` (the final model), `best.keras` (best validation mAP),
 `log.csv` (one row per epoch), `logs/` (TensorBoard), `run.json` (the run record), `checkpoints/`
 (periodic `.keras` files) and, while a run is unfinished, `backup/` (the training state of
-`TrainingBackup`).
+`TrainingBackup`). `.lock` is held while a run trains there; `.previous-*/` holds the run that
+--overwrite / --restart replaces until the new run has saved its first backup.
 
 ```python
 backup = TrainingBackup(run.backup, steps_per_epoch=steps, save_freq="epoch")
@@ -13,7 +14,8 @@ model.fit(train_dataset(split, seed=0, start_step=step)[0], initial_epoch=step /
 ```
 
 Every file is written atomically (temporary file + rename), so a kill at any moment leaves the
-previous version of each file whole.
+previous version of each file whole. A step whose loss turns NaN or infinite stops the run at once
+(`Diverged`), and no file is ever saved from weights that are not finite.
 """
 
 import contextlib
@@ -24,16 +26,58 @@ import json
 import math
 import os
 import shutil
+import tempfile
 
 import keras
 import numpy as np
 
 from gpq_keras.distribute import num_workers, share_chief_state, strategy_of
-from gpq_keras.files import atomic_path, sweep_temporaries, write_json
+from gpq_keras.files import atomic_path, display_path, open_regular, sweep_temporaries, write_json
 from gpq_keras.metrics import codeword_entropy
 
 RUN_FILES = ("model.keras", "best.keras", "log.csv", "run.json")
 RUN_FOLDERS = ("logs", "checkpoints", "backup")
+PREVIOUS_PREFIX = ".previous-"  # a previous run set aside while a new one starts (`set_aside`)
+
+
+class Diverged(ValueError):
+    """A step's loss, or the weights, became NaN or infinite: the run stopped there, and nothing was
+    saved from those weights.
+
+    Attributes: `what` ("the loss became NaN", ...), `epoch` (1-based) and `step` (the global step,
+    1-based; None where unknown).
+    """
+
+    def __init__(self, what, epoch, step=None, path=None):
+        self.what, self.epoch, self.step, self.path = what, epoch, step, path
+        where = f"epoch {epoch}" + ("" if step is None else f", step {step}")
+        saved = "" if path is None else f"; nothing was saved over {display_path(path)}"
+        super().__init__(f"{what} at {where}{saved}")
+
+
+def global_step(model):
+    """The optimizer's step count (the steps trained, a resumed run's included), or None."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+def check_finite_weights(model, epoch):
+    """Raise `Diverged` (at `epoch`, 1-based) when a weight of `model` holds NaN or inf; call it
+    before saving anything from the model."""
+    bad = [
+        variable.path
+        for variable, value in zip(model.weights, model.get_weights())
+        if not np.isfinite(value).all()
+    ]
+    if bad:
+        raise Diverged(
+            f"the weights became NaN or infinite ({len(bad)} of {len(model.weights)} tensors, "
+            f"{bad[0]} first)",
+            epoch,
+            global_step(model),
+        )
 
 
 class RunDirectory:
@@ -57,16 +101,19 @@ class RunDirectory:
         return "finished" if os.path.exists(self.model) else "new"
 
     def read_record(self):
-        """run.json as a dict, or None when there is none; a ValueError for a damaged one."""
-        if not os.path.exists(self.record):
+        """run.json as a dict, or None when there is none; a ValueError naming it for a damaged one
+        (or one that is not a regular file)."""
+        if not os.path.lexists(self.record):
             return None
+        shown = display_path(self.record)
         try:
-            with open(self.record) as fh:
+            with open_regular(self.record, "run record") as fh:
                 record = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{self.record}: not a readable run record ({exc})") from None
+        except (OSError, ValueError) as exc:  # JSON, UTF-8, a FIFO or a folder in its place...
+            reason = " ".join(str(exc).replace(self.record, shown).split())
+            raise ValueError(f"{shown}: not a readable run record ({reason})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{self.record}: not a run record (expected a JSON object)")
+            raise ValueError(f"{shown}: not a run record (expected a JSON object)")
         return record
 
     def write_record(self, record):
@@ -85,27 +132,72 @@ class RunDirectory:
             elif os.path.isdir(path):
                 shutil.rmtree(path)
 
+    def set_aside(self):
+        """Move the files of the run here (`RUN_FILES`, `RUN_FOLDERS`) into a new sub-folder
+        `DIR/.previous-*` -> its path, None when there is nothing to move.
+
+        For --overwrite / --restart once the new run can start: `restore_previous` puts the old
+        run back if the new one stops before its first backup, `discard_previous` removes it after.
+        Each file moves by a rename, `model.keras` last, so a kill in between leaves every file
+        whole and the folder still holding a finished run until its model moves.
+        """
+        names = [*RUN_FOLDERS, *RUN_FILES[1:], RUN_FILES[0]]
+        names = [name for name in names if os.path.lexists(os.path.join(self.path, name))]
+        if not names:
+            return None
+        folder = tempfile.mkdtemp(prefix=PREVIOUS_PREFIX, dir=self.path)
+        for name in names:
+            os.rename(os.path.join(self.path, name), os.path.join(folder, name))
+        return folder
+
+    def restore_previous(self, folder):
+        """Put the run `set_aside` moved into `folder` back, in place of what a new run wrote."""
+        self.clear()
+        for name in os.listdir(folder):
+            os.rename(os.path.join(folder, name), os.path.join(self.path, name))
+        os.rmdir(folder)
+
+    def discard_previous(self):
+        """Remove the previous runs set aside here (`DIR/.previous-*`) -> their paths."""
+        removed = []
+        for name in sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []:
+            path = os.path.join(self.path, name)
+            if (
+                name.startswith(PREVIOUS_PREFIX)
+                and os.path.isdir(path)
+                and not os.path.islink(path)
+            ):
+                shutil.rmtree(path)
+                removed.append(path)
+        return removed
+
     @contextlib.contextmanager
     def lock(self):
-        """Hold `DIR/.lock` while a run trains here; a ValueError if another process holds it. The
-        operating system releases it when the process ends, however it ends."""
+        """Hold `DIR/.lock` (a `filelock` lock, `gpq_keras.files.file_lock`) while a run trains
+        here; a ValueError at once if another process holds it. The operating system releases it
+        when the process ends, however it ends."""
+        from gpq_keras.files import LockTimeout, file_lock
+
         os.makedirs(self.path, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no lock
-            yield
-            return
-        with open(os.path.join(self.path, ".lock"), "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+        with contextlib.ExitStack() as held:
+            try:  # file_lock(P) locks P + ".lock": DIR/ + .lock
+                held.enter_context(file_lock(os.path.join(self.path, ""), wait=0))
+            except LockTimeout:
                 raise ValueError(
-                    f"{self.path}: another gpq train is running in this folder"
+                    f"{display_path(self.path)}: another gpq train is running in this folder"
                 ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
+
+    def check_folders(self):
+        """Refuse (ValueError) a symbolic link in place of one of the run's sub-folders: a run
+        writes only inside its folder."""
+        for folder in (self.logs, self.checkpoints, self.backup):
+            if os.path.islink(folder):
+                raise ValueError(
+                    f"{display_path(folder)} is a symbolic link (to "
+                    f"{display_path(os.path.realpath(folder))}); gpq train writes only inside "
+                    "the run folder: remove the link"
+                )
 
     def prepare(self):
         """Create the folders and remove temporary files a killed run left behind -> their paths.
@@ -114,13 +206,8 @@ class RunDirectory:
         refused (files are replaced by renames, which replace a link itself and never write through
         it).
         """
+        self.check_folders()
         os.makedirs(self.path, exist_ok=True)
-        for folder in (self.logs, self.checkpoints, self.backup):
-            if os.path.islink(folder):
-                raise ValueError(
-                    f"{folder} is a symbolic link (to {os.path.realpath(folder)}); gpq train "
-                    "writes only inside the run folder: remove the link"
-                )
         stale = []
         for folder in (self.path, self.checkpoints, self.backup):
             if os.path.isdir(folder):
@@ -162,7 +249,7 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
     def _metadata(self):
         path = os.path.join(self.backup_dir, self.METADATA)
         try:
-            with open(path) as fh:
+            with open_regular(path, "training backup") as fh:
                 metadata = json.load(fh)
             step, slot = int(metadata["step"]), metadata["weights"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -211,6 +298,7 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         super().on_epoch_end(epoch, logs)
 
     def _save_model(self):
+        check_finite_weights(self.model, self._epoch + 1)  # the last backup stays a finite one
         os.makedirs(self.backup_dir, exist_ok=True)
         try:
             _, current = self._metadata() if self.has_backup(self.backup_dir) else (None, None)
@@ -235,6 +323,32 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
             shutil.rmtree(self.backup_dir)
 
 
+class StopOnNaN(keras.callbacks.TerminateOnNaN):
+    """Keras' `TerminateOnNaN` that raises `Diverged` (with the epoch and the global step) at the
+    end of the step whose loss is NaN or infinite.
+
+    Put it first among the callbacks: the exception stops `fit` before any other callback of that
+    step runs, so nothing (a backup, a checkpoint, a best model) is saved from its weights.
+    """
+
+    def __init__(self):
+        super().__init__(raise_error=True)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        try:
+            super().on_batch_end(batch, logs)
+        except RuntimeError:
+            loss = float((logs or {}).get("loss"))
+            what = "NaN" if math.isnan(loss) else "infinite"
+            raise Diverged(
+                f"the loss became {what}", self._epoch + 1, global_step(self.model)
+            ) from None
+
+
 class EpochLog(keras.callbacks.Callback):
     """log.csv: one row per epoch (0-based `epoch`, as Keras' CSVLogger), the losses, the learning
     rate and the validation figures of the epochs that have them; rewritten atomically after every
@@ -254,10 +368,15 @@ class EpochLog(keras.callbacks.Callback):
         """The rows of a log.csv as dicts ([] when there is none)."""
         if not os.path.exists(path):
             return []
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        try:
+            with open_regular(path, "log") as raw, io.TextIOWrapper(raw, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"{display_path(path)}: not a gpq log ({exc})") from None
         if any(not str(row.get("epoch", "")).isdigit() for row in rows):
-            raise ValueError(f"{path}: not a gpq log (every row needs an integer 'epoch')")
+            raise ValueError(
+                f"{display_path(path)}: not a gpq log (every row needs an integer 'epoch')"
+            )
         return rows
 
     def on_epoch_end(self, epoch, logs=None):
@@ -296,6 +415,7 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
             return
         from gpq_keras.model import save_atomic
 
+        check_finite_weights(self.model, epoch + 1)
         save_atomic(self.model, os.path.join(self.directory, f"epoch_{epoch + 1:03d}.keras"))
         saved = sorted(
             name
@@ -315,7 +435,7 @@ class RetrievalValidation(keras.callbacks.Callback):
     `val_precision@10` and `val_codeword_entropy` (the mean over codebooks of `codeword_entropy` of
     the database codes, log2 K at best; per-codebook values and usage histograms go to TensorBoard
     under `log_dir`). With `best_path` the model is saved there (atomically) whenever `val_mAP`
-    improves.
+    improves. Weights that are not finite raise `Diverged` instead of being validated or saved.
 
     Args:
         queries, query_labels: held-out labeled images (uint8) and their labels; never the test
@@ -383,6 +503,7 @@ class RetrievalValidation(keras.callbacks.Callback):
         last = self.epochs is not None and epoch + 1 == self.epochs
         if (epoch + 1) % self.every and not last:
             return
+        check_finite_weights(self.model, epoch + 1)  # NaN weights are never validated or saved
         figures, entropy, codes = self.evaluate()
         if logs is not None:
             logs.update(figures)
@@ -475,6 +596,7 @@ def fit_run(
     verbose=2,
     callbacks=(),
     pipeline="auto",
+    previous=None,
 ):
     """Train `model` (compiled) on `split` in the run folder `run`, resuming from its backup if it
     has one.
@@ -485,6 +607,12 @@ def fit_run(
     backup (`share_chief_state`); call it outside the strategy's scope. Writes `log.csv`, `logs/`,
     `checkpoints/`, `best.keras` (with `validation`), updates `record` into `run.json` as it goes,
     saves `model.keras` and removes the backup at the end.
+
+    A step whose loss is NaN or infinite stops the run at once (`StopOnNaN`), as do weights that are
+    not finite when something is about to be saved from them: run.json then says "diverged" (with
+    the epoch and the step), nothing is saved from those weights (`model.keras`, `best.keras`,
+    checkpoints and the backup keep their last finite versions, or stay absent), and `Diverged`
+    is raised naming `model.keras`.
 
     Args:
         model: a compiled `GPQ`.
@@ -501,6 +629,8 @@ def fit_run(
         verbose: `fit`'s verbosity.
         callbacks: more Keras callbacks, run after the run's own.
         pipeline: the training input, "auto", "tf.data" or "numpy" (`gpq_keras.data.train_input`).
+        previous: None, or the folder `run.set_aside()` moved a previous run into: removed
+            (`run.discard_previous`) once this run has saved its first backup, or at its end.
 
     Returns:
         The record dict.
@@ -545,7 +675,7 @@ def fit_run(
     )
     if step:
         record.setdefault("resumed", []).append({"step": step, "epoch": initial_epoch})
-    callbacks = []
+    callbacks = [StopOnNaN()]  # first: a NaN step stops before anything saves its weights
     checker = None
     if validation is not None:
         best = (record.get("validation") or {}).get("best") or {}
@@ -565,6 +695,8 @@ def fit_run(
     callbacks.append(
         backup
     )  # after the log row: a kill in between redoes the epoch, its row written once
+    if previous is not None:
+        callbacks.append(_DropPrevious(run))
     if save_every:
         callbacks.append(PeriodicCheckpoint(run.checkpoints, save_every, keep_checkpoints))
     if has_tensorflow():  # Keras' TensorBoard callback writes with TensorFlow
@@ -586,15 +718,30 @@ def fit_run(
             shuffle=False,
         )
 
-    if done:  # finish the interrupted epoch with its remaining steps
-        fit(initial_epoch, steps - done, step, done, initial_epoch + 1)
-        initial_epoch += 1
-    if initial_epoch < epochs:
-        fit(initial_epoch, steps, initial_epoch * steps, 0, epochs)
+    try:
+        if done:  # finish the interrupted epoch with its remaining steps
+            fit(initial_epoch, steps - done, step, done, initial_epoch + 1)
+            initial_epoch += 1
+        if initial_epoch < epochs:
+            fit(initial_epoch, steps, initial_epoch * steps, 0, epochs)
+        check_finite_weights(model, epochs)
+    except Diverged as exc:
+        for callback in callbacks:  # fit stopped without its on_train_end: close the log writers
+            if isinstance(callback, (keras.callbacks.TensorBoard, RetrievalValidation)):
+                callback.on_train_end()
+        record.update(
+            status="diverged",
+            diverged={"epoch": exc.epoch, "step": exc.step, "what": exc.what},
+            stopped=datetime.datetime.now().isoformat(timespec="seconds"),
+        )
+        run.write_record(record)
+        raise Diverged(exc.what, exc.epoch, exc.step, path=run.model) from None
     save_atomic(model, run.model)
     record.update(status="finished", finished=datetime.datetime.now().isoformat(timespec="seconds"))
     run.write_record(record)
     backup.discard()
+    if previous is not None:
+        run.discard_previous()
     return record
 
 
@@ -602,6 +749,26 @@ def _tf():
     import tensorflow as tf
 
     return tf
+
+
+class _DropPrevious(keras.callbacks.Callback):
+    """Removes the previous run set aside in the run folder (`RunDirectory.discard_previous`) once
+    this run's first backup is written (put it after the `TrainingBackup`)."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run, self.pending = run, True
+
+    def _check(self):
+        if self.pending and TrainingBackup.has_backup(self.run.backup):
+            self.run.discard_previous()
+            self.pending = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
 
 
 class _RecordUpdate(keras.callbacks.Callback):

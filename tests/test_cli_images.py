@@ -58,7 +58,7 @@ def _expected_index(model, folders):
     another."""
     index = PQIndex.from_model(model)
     for folder in folders:
-        paths, labels, _ = list_images(folder)
+        paths, labels, _, _ = list_images(folder)
         index.add(model.encode(decode_images(paths, (16, 16))), sources=paths, labels=labels)
     return index
 

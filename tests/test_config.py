@@ -50,6 +50,19 @@ def test_dict_round_trip():
         ({"image_shape": (32, 32)}, "image_shape"),
         ({"retrieval_mode": "fast"}, "retrieval_mode"),
         ({"sync_batch_norm": 1}, "sync_batch_norm"),
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": "2e-4"}, "learning_rate"),
+        ({"alpha": float("inf")}, "alpha"),
+        ({"epsilon": float("inf")}, "epsilon"),
+        ({"filters": ()}, "filters"),
+        ({"filters": (8, 8, 8, 0)}, "filters"),
+        ({"filters": (8, 8, 8, 8.0)}, "filters"),
+        ({"filters": (8, 8, 8, True)}, "filters"),
+        ({"filters": "1632"}, "filters"),
+        ({"filters": 16}, "filters"),
     ],
 )
 def test_bad_values_name_the_field(kwargs, field):
@@ -72,3 +85,11 @@ def test_the_old_field_names_are_read():
     ) == GPQConfig(num_subspaces=3, num_codewords=4, subspace_dim=5, num_classes=6)
     with pytest.raises(ValueError, match="both 'n_book' and its new name 'num_subspaces'"):
         GPQConfig.from_dict({"n_book": 3, "num_subspaces": 3})
+
+
+def test_numbers_that_cannot_train_are_refused_in_plain_words():
+    with pytest.raises(ValueError, match=r"learning_rate must be a finite number > 0.*inf"):
+        GPQConfig(learning_rate=float("inf"))
+    with pytest.raises(ValueError, match=r"filters must be four positive ints"):
+        GPQConfig(filters=(16, 32))
+    assert GPQConfig(filters=[8, 8, 16, 16]).filters == (8, 8, 16, 16)  # a list is fine

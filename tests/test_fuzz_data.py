@@ -863,3 +863,87 @@ def test_cifar_pickle_with_a_huge_memo_index_is_refused_at_once(tmp_path):
         pytest.raises(cifar10.DataFormatError, match="data_batch_1: not a CIFAR-10 python batch"),
     ):
         cifar10.read_batch(path)
+
+
+# --- image files into the reader (read_images, open_regular) --------------------------------------
+
+
+def _valid_images():
+    """Small valid files of each format tf.io.decode_image reads (Pillow writes them)."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    out = []
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP"):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt)
+        out.append(buffer.getvalue())
+    return out
+
+
+VALID_IMAGES = _valid_images()
+FUZZ_MAX_PIXELS = 4096  # a mutated header may declare any size: nothing large is ever decoded
+
+
+def _read_one_image(path):
+    from gpq_keras.data.images import read_images
+
+    got = read_images([str(path)], 4, max_pixels=FUZZ_MAX_PIXELS)
+    assert got.images.shape == (1, 4, 4, 3) and got.kept.tolist() == [0] and not got.skipped
+    skipping = read_images([str(path)] * 2, 4, max_pixels=FUZZ_MAX_PIXELS, skip_unreadable=True)
+    np.testing.assert_array_equal(skipping.images, np.concatenate([got.images] * 2))
+    return got
+
+
+@pytest.mark.large  # property-based fuzzing: in `make test`, not `make test-fast`
+@settings(FUZZ, max_examples=60, deadline=20000)
+@given(data=st.one_of(st.binary(max_size=400), mutations(VALID_IMAGES)))
+def test_fuzz_image_files_into_read_images(scratch, data):
+    """Random bytes, and PNG / JPEG / GIF / BMP / WebP files truncated or with flipped, inserted
+    or deleted bytes (biased to their headers): decoded, or one line naming the file."""
+    from gpq_keras.data.images import read_images
+
+    path = scratch / "image.png"
+    if load_or_refuse(_read_one_image, path, data) is None:  # refused: skipped and listed too
+        got = read_images([str(path)], 4, max_pixels=FUZZ_MAX_PIXELS, skip_unreadable=True)
+        assert got.images.shape == (0, 4, 4, 3) and [p for p, _ in got.skipped] == [str(path)]
+
+
+@pytest.mark.large  # property-based fuzzing: in `make test`, not `make test-fast`
+@settings(FUZZ, max_examples=60, deadline=5000)
+@given(
+    name=st.binary(min_size=1, max_size=40).filter(
+        lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b"..")
+    ),
+    content=st.binary(max_size=64),
+)
+def test_fuzz_file_names_into_open_regular(scratch, name, content):
+    """Any file name the OS takes (bytes that are not UTF-8, newlines, escapes) is opened as
+    given and shown on one line; the same file behind a FIFO's name is refused without
+    blocking."""
+    folder = os.path.join(os.fsencode(scratch), b"names")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "wb") as fh:
+        fh.write(content)
+    try:
+        listed = [os.path.join(os.fsdecode(folder), n) for n in os.listdir(os.fsdecode(folder))]
+        (text,) = listed  # str, with surrogate escapes for the bytes that are not UTF-8
+        with time_limit(HANG_SECONDS), files.open_regular(text) as fh:
+            assert fh.read() == content
+        shown = files.display_path(text)
+        assert shown == files.display_path(path)
+        assert not any(
+            c in "\n\r\t" or 0xD800 <= ord(c) <= 0xDFFF or ord(c) < 32 or ord(c) == 127
+            for c in shown
+        ), shown
+    finally:
+        os.remove(path)
+    os.mkfifo(path)
+    try:
+        with time_limit(HANG_SECONDS), pytest.raises(files.UnreadableFile) as info:
+            files.open_regular(os.fsdecode(path))
+        assert str(info.value).endswith(": a FIFO (named pipe), not a regular file")
+        assert "\n" not in str(info.value)
+    finally:
+        os.remove(path)

@@ -6,7 +6,7 @@ import original_retrieval as original
 import pytest
 from numpy_reference import intra_norm
 
-from gpq_keras.retrieval import PQIndex, ProductQuantizer
+from gpq_keras.retrieval import AddedFiles, PQIndex, ProductQuantizer
 
 
 def codes_of(features, codebook, num_subspaces):
@@ -210,7 +210,8 @@ def test_add_files_encodes_image_files_chunk_by_chunk(tiny_config, tmp_path, cap
         paths.append(str(tmp_path / f"{i}.png"))
         tf.io.write_file(paths[-1], tf.io.encode_png(pixels))
     labels = np.arange(5) % 2
-    index = PQIndex.from_model(model).add_files(paths, labels=labels, chunk_size=2, verbose=1)
+    index = PQIndex.from_model(model)
+    assert index.add_files(paths, labels=labels, chunk_size=2, verbose=1) == AddedFiles(5, [], [])
     assert "5/5" in capsys.readouterr().out  # the progress bar
     want = PQIndex.from_model(model)
     for start in range(0, 5, 2):
@@ -219,6 +220,6 @@ def test_add_files_encodes_image_files_chunk_by_chunk(tiny_config, tmp_path, cap
     np.testing.assert_array_equal(index.codes, want.codes)
     assert index.sources.tolist() == paths and index.ids.tolist() == list(range(5))
     np.testing.assert_array_equal(index.labels, labels)
-    assert PQIndex.from_model(model).add_files([]).ntotal == 0
+    assert PQIndex.from_model(model).add_files([]) == AddedFiles(0, [], [])
     with pytest.raises(ValueError, match=r"add_files needs an index made by PQIndex.from_model"):
         PQIndex(model.codebook, 3).add_files(paths)

@@ -73,6 +73,7 @@ def add_command(sub, name, help_text, example, func):
 def add_model_and_data(parser, model_help="a GPQ .keras file"):
     parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--data", required=True, help=DATA_HELP)
+    add_reader_flags(parser)
     add_strategy_flag(parser, "encode")
 
 
@@ -85,6 +86,90 @@ def add_strategy_flag(parser, what):
         "(the machines of TF_CONFIG; only the chief writes); auto = mirrored when more than "
         "one GPU is visible (auto)",
     )
+
+
+# Pillow's MAX_IMAGE_PIXELS, `gpq_keras.data.images.DEFAULT_MAX_PIXELS` (a test keeps them equal):
+# written out here so that parsing imports nothing
+MAX_PIXELS = 89_478_485
+
+
+def seconds(text):
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def add_reader_flags(parser):
+    """`--max-pixels N` and `--skip-unreadable`, for a command that decodes image files; their
+    values go to the readers as `reader_options(args)`."""
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help="refuse an image whose header declares more than N pixels (width x height), "
+        f"before decoding it ({MAX_PIXELS:,}: Pillow's bound against decompression bombs)",
+    )
+    parser.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out the image files that cannot be read (not a regular file, over "
+        "--max-pixels, not decodable) and list them on stderr; without it the first one stops "
+        "the command, naming it, and nothing is written",
+    )
+
+
+def reader_options(args):
+    """{max_pixels, skip_unreadable} of `add_reader_flags`, for the readers of image files."""
+    return {"max_pixels": args.max_pixels, "skip_unreadable": args.skip_unreadable}
+
+
+def add_wait_flag(parser):
+    """`--wait SECONDS`, for a command that rewrites an index (which it locks meanwhile)."""
+    parser.add_argument(
+        "--wait",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="another gpq command writing the same index holds its lock: wait at most SECONDS "
+        "for it, then give up (60)",
+    )
+
+
+def report_skipped(skipped):
+    """Print, to stderr, each (path, reason) that `--skip-unreadable` left out (one escaped line
+    each), then their count."""
+    from gpq_keras.files import display_path
+
+    for path, reason in skipped:
+        shown = display_path(path)
+        reason = " ".join(str(reason).split())
+        print(
+            f"skipped {reason if reason.startswith(shown) else f'{shown}: {reason}'}",
+            file=sys.stderr,
+        )
+    if skipped:
+        count = len(skipped)
+        print(
+            f"{count} unreadable file{'' if count == 1 else 's'} skipped (--skip-unreadable)",
+            file=sys.stderr,
+        )
+
+
+def image_listing(args):
+    """The image files of `--images` (`gpq_keras.data.user.list_images`), listed once per
+    command: by the path guard, which checks every output against them, then by the command."""
+    listing = getattr(args, "image_files", None)
+    if listing is None:
+        from gpq_keras.data.user import list_images
+
+        listing = args.image_files = list_images(args.images, skip_unreadable=args.skip_unreadable)
+    return listing
 
 
 # --- loading and writing --------------------------------------------------------------------------
@@ -180,34 +265,80 @@ def load_strategy(args):
     return strategy, is_chief(strategy)
 
 
+def check_finite_model(model, flag, path):
+    """Refuse, naming `flag PATH`, a model with NaN or infinite weights (a run that diverged):
+    its features and codebook would give meaningless codes and distances."""
+    import numpy as np
+    from keras import ops
+
+    from gpq_keras.files import display_path
+
+    bad = [w.path for w in model.weights if not np.isfinite(ops.convert_to_numpy(w)).all()]
+    if bad:
+        raise CLIError(
+            f"{flag} {display_path(path)}: {len(bad)} of its {len(model.weights)} weight tensors "
+            f"hold NaN or infinite values (e.g. {bad[0]}; a training run that diverged); not "
+            "using it"
+        )
+
+
 def load_model(args):
-    """(model, whether this process writes the outputs), the model loaded under `--strategy`."""
+    """(model, whether this process writes the outputs), the model loaded under `--strategy`
+    and refused, naming `--model PATH`, when its weights are not finite."""
     from gpq_keras.model import load_gpq
 
     strategy, chief = load_strategy(args)
     with strategy.scope():
-        return load_gpq(args.model), chief
+        model = load_gpq(args.model)
+    check_finite_model(model, "--model", args.model)
+    return model, chief
+
+
+def load_data(args, image_shape=None):
+    """The `Split` of `--data`, its image files read with `--max-pixels` and `--skip-unreadable`
+    where the command has them (the files skipped are listed on stderr), and those of a folder or
+    list of files resized to a square `image_shape` (a model's input)."""
+    from gpq_keras.data import load_data
+
+    options = reader_options(args) if hasattr(args, "max_pixels") else {}
+    kind = args.data.strip().partition(":")[0].lower()
+    if kind in ("folder", "nuswide") and image_shape is not None:
+        if image_shape[0] == image_shape[1]:
+            options["image_size"] = int(image_shape[0])
+    split = load_data(args.data, **options)
+    report_skipped(getattr(split, "skipped", None) or [])
+    return split
 
 
 def load_model_and_data(args):
     """(model, split, whether this process writes the outputs), the model loaded under
-    `--strategy`."""
-    from gpq_keras.data import load_data
-
+    `--strategy`; image files are decoded at the model's input size."""
     model, chief = load_model(args)
-    split = load_data(args.data)
+    split = load_data(args, model.gpq_config.image_shape)
     model.check_images(split.x_db)
     return model, split, chief
 
 
 def encode_images(model, images, label):
-    """Raw features of uint8 images, with Keras' progress bar on a terminal."""
-    print(f"encoding {len(images)} {label} images", file=sys.stderr)
-    return model.encode(images, verbose=1 if sys.stderr.isatty() else 0)
+    """Raw features of uint8 images, with a line and Keras' progress bar on a terminal (a
+    script's stderr keeps errors alone)."""
+    terminal = sys.stderr.isatty()
+    if terminal:
+        print(f"encoding {len(images)} {label} images", file=sys.stderr)
+    return model.encode(images, verbose=1 if terminal else 0)
 
 
 def not_chief(path):
-    print(f"a non-chief worker: the chief writes {path}")
+    from gpq_keras.files import display_path
+
+    print(f"a non-chief worker: the chief writes {display_path(path)}")
+
+
+def wrote(path, what=""):
+    """Print "wrote PATH[: what]", the path escaped for one line of text."""
+    from gpq_keras.files import display_path
+
+    print(f"wrote {display_path(path)}" + (f": {what}" if what else ""))
 
 
 def write_npz_atomic(path, **arrays):
@@ -231,37 +362,126 @@ _INPUTS = (
     ("--config", "config"),
 )
 _OUTPUTS = (("--output", "output"), ("--json", "json"), ("--figure", "figure"))
+# the data specs whose folders hold image files: (kind, position of the folder in `spec_paths`)
+_IMAGE_FOLDERS = {"folder": 0, "nuswide": 1, "list": -1}
 
 
-def check_paths(args):
-    """Refuse, before any work, an output that is (through links) one of the inputs or another
-    output. A command whose outputs are more than its flags name (a training run folder) gives them
-    as `output_paths(args)` -> [(flag, path)] in its parser's defaults."""
+def _outputs(args):
+    """[(flag, path, kind)] of the command: kind "file", "dir" or None (not checked for shape)."""
+    if getattr(args, "output_paths", None):
+        return [(*out, None) if len(out) == 2 else tuple(out) for out in args.output_paths(args)]
+    kind = getattr(args, "output_kind", "file")  # export's --output is a folder
+    return [
+        (flag, getattr(args, attr), kind if flag == "--output" else "file")
+        for flag, attr in _OUTPUTS
+        if getattr(args, attr, None)
+    ]
+
+
+def _inputs(args):
+    """([(flag, path)] of the files and folders the command reads, [(flag, folder)] of the folders
+    of image files it reads, [(flag, path)] of the image files `--images` lists)."""
     from gpq_keras.data import spec_paths
 
-    def real(path):
-        return os.path.realpath(os.path.expanduser(path))
-
     inputs = [(flag, getattr(args, attr)) for flag, attr in _INPUTS if getattr(args, attr, None)]
+    image_folders = []
     if getattr(args, "data", None):
-        inputs += [("--data", path) for path in spec_paths(args.data)]
+        paths = spec_paths(args.data)
+        inputs += [("--data", path) for path in paths]
+        position = _IMAGE_FOLDERS.get(args.data.strip().partition(":")[0].lower())
+        if position is not None and paths:
+            image_folders.append(("--data", paths[position]))
     inputs += [("--image", path) for path in getattr(args, "image", None) or []]
     if getattr(args, "checkpoint", None):  # a TF1 checkpoint is a prefix of several files
         inputs += [("--checkpoint", args.checkpoint + suffix) for suffix in (".index", ".meta")]
-    if getattr(args, "output_paths", None):
-        outputs = args.output_paths(args)
-    else:
-        outputs = [
-            (flag, getattr(args, attr)) for flag, attr in _OUTPUTS if getattr(args, attr, None)
-        ]
+    listed = []
+    if getattr(args, "images", None):
+        inputs.append(("--images", args.images))
+        if os.path.isdir(args.images):
+            image_folders.append(("--images", args.images))
+        listed = [("--images", path) for path in image_listing(args).paths]
+    return inputs, image_folders, listed
+
+
+def _real(path):
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def _identity(path):
+    """(device, inode) of the file `path` names (through links), or None."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def check_paths(args):
+    """Refuse, before any work and in one line, an output that
+
+    - is (through links) one of the inputs, one of the image files `--images` lists, or another
+      output;
+    - is an image file (by its extension) inside a folder of input images (`--images DIR`,
+      `--data folder:DIR`, ...), where the next run would read it;
+    - is a folder (`kind="dir"`: a run folder, a SavedModel) that holds an input;
+    - cannot be written: its folder missing or a file, a folder where a file is wanted, a file
+      where a folder is wanted (`gpq_keras.files.check_output_path`).
+
+    A command whose outputs are more than its flags name (a training run folder) gives them as
+    `output_paths(args)` -> [(flag, path) or (flag, path, kind)] in its parser's defaults; kind
+    "file" or "dir" is checked for shape, a pair is not.
+    """
+    from gpq_keras.data.user import IMAGE_EXTENSIONS
+    from gpq_keras.files import check_output_path, display_path
+
+    outputs = _outputs(args)
+    if not outputs:
+        return
+    inputs, image_folders, listed = _inputs(args)
+
+    def refuse(flag, path, why):
+        raise CLIError(f"{flag} {display_path(path)} {why}")
+
     seen = {}
-    for flag, path in outputs:
+    for flag, path, kind in outputs:
+        out = _real(path)
         for in_flag, in_path in inputs:
-            if real(path) == real(in_path):
-                raise CLIError(
-                    f"{flag} {path} is the input {in_flag} {in_path}; refusing to overwrite an "
-                    "input"
+            if out == _real(in_path):
+                refuse(
+                    flag,
+                    path,
+                    f"is the input {in_flag} {display_path(in_path)}; refusing to overwrite an "
+                    "input",
                 )
-        if real(path) in seen and seen[real(path)] != flag:
-            raise CLIError(f"{flag} and {seen[real(path)]} are the same file ({path})")
-        seen.setdefault(real(path), flag)
+            if kind == "dir" and _real(in_path).startswith(out.rstrip(os.sep) + os.sep):
+                refuse(
+                    flag,
+                    path,
+                    f"holds the input {in_flag} {display_path(in_path)}; refusing to write over "
+                    "an input",
+                )
+        identity = _identity(path)
+        if identity is not None and listed:
+            for in_flag, in_path in listed:
+                if _identity(in_path) == identity:
+                    refuse(
+                        flag,
+                        path,
+                        f"is the input {in_flag} file {display_path(in_path)}; refusing to "
+                        "overwrite an input",
+                    )
+        if kind != "dir" and out.lower().endswith(IMAGE_EXTENSIONS):
+            for in_flag, folder in image_folders:
+                if out.startswith(_real(folder).rstrip(os.sep) + os.sep):
+                    refuse(
+                        flag,
+                        path,
+                        f"is an image file in the input {in_flag} {display_path(folder)}; "
+                        "refusing to write among the input images",
+                    )
+        if out in seen and seen[out] != flag:
+            raise CLIError(f"{flag} and {seen[out]} are the same file ({display_path(path)})")
+        seen.setdefault(out, flag)
+    for flag, path, kind in outputs:
+        if kind is not None:
+            check_output_path(path, flag, kind, make_parents=getattr(args, "make_parents", False))

@@ -1,8 +1,16 @@
 """`gpq convert` (the original TF1 checkpoint into a Keras model) and `gpq export` (SavedModel)."""
 
 import json
+import os
 
-from gpq_keras.cli.common import CLIError, add_command, add_strategy_flag, load_model, not_chief
+from gpq_keras.cli.common import (
+    CLIError,
+    add_command,
+    add_strategy_flag,
+    load_model,
+    not_chief,
+    wrote,
+)
 from gpq_keras.config import RETRIEVAL_MODES
 
 
@@ -16,7 +24,10 @@ def add_convert(sub):
         run_convert,
     )
     p.add_argument("--checkpoint", required=True, help="TF1 checkpoint prefix (without .index)")
-    p.add_argument("--output", required=True, help="the .keras file to write")
+    p.add_argument(
+        "--output", required=True, help="the .keras file to write (missing folders are created)"
+    )
+    p.set_defaults(make_parents=True)  # checkpoints/converted/, as the example writes
     p.add_argument(
         "--config",
         help='JSON object of GPQConfig fields to set, e.g. {"image_shape": [32, 32, 3]}; '
@@ -32,9 +43,13 @@ def add_export(sub):
         "gpq export --model runs/photos/model.keras --output served/gpq/1",
         run_export,
     )
+    # --output is a folder; its missing parents are created (served/gpq/1, TF Serving's layout)
+    p.set_defaults(output_kind="dir", make_parents=True)
     p.add_argument("--model", required=True, help="a GPQ .keras file")
     p.add_argument(
-        "--output", required=True, help="the SavedModel folder to create (must not exist)"
+        "--output",
+        required=True,
+        help="the SavedModel folder to create (must not exist; missing parent folders are made)",
     )
     p.add_argument(
         "--mode", choices=RETRIEVAL_MODES, help="codebook of the codes (model's default)"
@@ -48,27 +63,39 @@ def run_convert(args):
 
     config = None
     if args.config:  # fields to set; the rest is inferred from the checkpoint
-        with open(args.config) as fh:
-            try:
-                config = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise CLIError(f"{args.config}: not valid JSON ({exc})") from None
+        from gpq_keras.files import display_path, open_regular
+
+        with open_regular(args.config, "--config file") as fh:  # never a FIFO or a device
+            text = fh.read(1 << 20)
+        try:
+            config = json.loads(text)
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise CLIError(f"{display_path(args.config)}: not valid JSON ({exc})") from None
         if not isinstance(config, dict):
-            raise CLIError(f"{args.config}: expected a JSON object of GPQConfig fields")
+            raise CLIError(
+                f"{display_path(args.config)}: expected a JSON object of GPQConfig fields"
+            )
     model, report = convert_tf1_checkpoint(args.checkpoint, config=config, return_report=True)
     print(report.table())
     save_atomic(model, args.output)
-    print(f"wrote {args.output}")
+    wrote(args.output)
 
 
 def run_export(args):
     from gpq_keras.export import export_saved_model
+    from gpq_keras.files import display_path
 
+    if os.path.lexists(args.output):  # before the model loads
+        raise CLIError(
+            f"--output {display_path(args.output)} already exists; a SavedModel is written to a "
+            "new folder (remove it or choose another path)"
+        )
     model, chief = load_model(args)
     if not chief:
         return not_chief(args.output)
     export_saved_model(model, args.output, mode=args.mode)
-    print(
-        f"wrote {args.output}: a SavedModel, serving_default(images uint8 [N, "
-        f"{', '.join(map(str, model.gpq_config.image_shape))}]) -> features, codes"
+    wrote(
+        args.output,
+        "a SavedModel, serving_default(images uint8 [N, "
+        f"{', '.join(map(str, model.gpq_config.image_shape))}]) -> features, codes",
     )

@@ -12,6 +12,7 @@ from gpq_keras.cli.common import (
     not_chief,
     positive_int,
     write_npz_atomic,
+    wrote,
 )
 from gpq_keras.config import RETRIEVAL_MODES
 
@@ -94,7 +95,7 @@ def run_evaluate(args):
         from gpq_keras.files import write_json
 
         write_json(args.json, report)
-        print(f"wrote {args.json}")
+        wrote(args.json)
     if args.figure:
         _write_figure(args, split, index, queries, result["ap"])
 
@@ -134,10 +135,7 @@ def _write_figure(args, split, index, queries, ap):
             )
         )
     viz.plot_ranked_lists(blocks, args.figure)
-    print(
-        f"wrote {args.figure}: "
-        + ", ".join(f"{what} query {q} (AP {ap[q]:.4f})" for what, q in picks.items())
-    )
+    wrote(args.figure, ", ".join(f"{what} query {q} (AP {ap[q]:.4f})" for what, q in picks.items()))
 
 
 def run_encode(args):
@@ -152,4 +150,4 @@ def run_encode(args):
     if not chief:
         return not_chief(args.output)
     write_npz_atomic(args.output, features=features, codes=codes, labels=np.asarray(split.y_db))
-    print(f"wrote {args.output}: {len(codes)} codes of {model.gpq_config.bits} bits ({mode} mode)")
+    wrote(args.output, f"{len(codes)} codes of {model.gpq_config.bits} bits ({mode} mode)")

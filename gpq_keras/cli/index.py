@@ -9,14 +9,19 @@ from gpq_keras.cli.common import (
     CLIError,
     add_command,
     add_model_and_data,
+    add_reader_flags,
     add_strategy_flag,
+    add_wait_flag,
     encode_images,
+    image_listing,
     load_model,
     load_model_and_data,
     non_negative_int,
     not_chief,
     positive_int,
+    report_skipped,
     write_npz_atomic,
+    wrote,
 )
 from gpq_keras.config import RETRIEVAL_MODES
 
@@ -47,10 +52,16 @@ def _add_index_build(index_sub):
     source = b.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help=DATA_HELP + " (its database part)")
     source.add_argument("--images", help=IMAGES_HELP)
+    add_reader_flags(b)
     add_strategy_flag(b, "encode")
     b.add_argument(
-        "--output", required=True, help="index file (.npz PQIndex, or a faiss index with --faiss)"
+        "--output",
+        required=True,
+        help="index file (.npz PQIndex, or a faiss index with --faiss and its checksums in "
+        "OUTPUT.gpq.json), replaced atomically; its folder must exist",
     )
+    add_wait_flag(b)
+    b.set_defaults(output_paths=_build_outputs)
     b.add_argument("--mode", choices=RETRIEVAL_MODES, help="codebook (model's default)")
     b.add_argument(
         "--faiss",
@@ -85,9 +96,19 @@ def _add_index_add(index_sub):
         run_index_add,
     )
     a.add_argument("--model", required=True, help="the GPQ .keras file that built the index")
-    a.add_argument("--index", required=True, help="a PQIndex .npz of files; replaced atomically")
-    a.add_argument("--images", required=True, help=IMAGES_HELP)
+    a.add_argument(
+        "--index",
+        required=True,
+        help="a PQIndex .npz of files; replaced atomically, locked meanwhile (other writers wait)",
+    )
+    a.add_argument(
+        "--images",
+        required=True,
+        help=IMAGES_HELP + "; files already in the index (same absolute path) are skipped",
+    )
+    add_reader_flags(a)
     add_strategy_flag(a, "encode")
+    add_wait_flag(a)
 
 
 def _add_index_search(index_sub):
@@ -131,7 +152,8 @@ def add_search(sub):
     p = add_command(
         sub,
         "search",
-        "the most similar indexed images to one or more image files",
+        "the most similar indexed images to one or more image files (printed: rank, distance, "
+        "class, the file's absolute path)",
         "gpq search --model runs/photos/model.keras --index photos.npz --image query.jpg -k 10",
         run_search,
     )
@@ -140,13 +162,20 @@ def add_search(sub):
     p.add_argument(
         "--image", required=True, action="append", help="a query image file (repeat for more)"
     )
+    add_reader_flags(p)
     p.add_argument(
         "-k",
         type=positive_int,
         default=10,
         help="results per query, capped at the index size (10)",
     )
-    p.add_argument("--json", help="write the results here")
+    p.add_argument(
+        "--json",
+        help='write the results here: {"index", "model", "k", "queries": [{"query": FILE as '
+        'given, "results": [{"rank", "id", "distance", "class"?, "source"?}]}]}, each "source" '
+        "the absolute path of the indexed file (a relative one stored by an older index is "
+        "resolved against the index file's folder)",
+    )
     p.add_argument("--figure", help="write the first query and its top 15 results to this PNG")
     add_strategy_flag(p, "encode")
 
@@ -154,34 +183,95 @@ def add_search(sub):
 # --- wiring ---------------------------------------------------------------------------------------
 
 
-def _add_files(index, model, paths, labels):
+def _build_outputs(args):
+    """The files `index build` writes, for the path guard: the index, and a faiss file's
+    sidecar."""
+    outputs = [("--output", args.output, "file")]
+    if args.faiss:
+        outputs.append(("--output", args.output + ".gpq.json", "file"))
+    return outputs
+
+
+def _progress(message):
+    """A line of progress on stderr, on a terminal only (a script's stderr keeps errors alone)."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr)
+
+
+def _add_files(index, model, paths, labels, args):
     """Encode image files into `index` (chunk by chunk, a progress bar on a terminal), each with its
-    path as its source."""
-    print(f"encoding {len(paths)} images", file=sys.stderr)
-    index.add_files(paths, labels=labels, verbose=1 if sys.stdout.isatty() else 0, model=model)
+    absolute path as its source -> `AddedFiles(added, already_indexed, skipped)`."""
+    _progress(f"encoding {len(paths)} images")
+    return index.add_files(
+        paths,
+        labels=labels,
+        verbose=1 if sys.stdout.isatty() else 0,
+        model=model,
+        max_pixels=args.max_pixels,
+        skip_unreadable=args.skip_unreadable,
+    )
 
 
-def _decode_files(model, paths):
-    """uint8 pixels (N, H, W, 3) of image files at the model's input size, decoded and resized as
-    training data is."""
-    from gpq_keras.data.images import decode_images
+def _decode_files(model, paths, args):
+    """`DecodedImages(images, kept, skipped)` of image files at the model's input size, decoded
+    and resized as training data is (uint8 (n, H, W, 3)), read with `--max-pixels` and
+    `--skip-unreadable`."""
+    from gpq_keras.data.images import read_images
 
-    return decode_images(paths, model.gpq_config.image_shape[:2])
+    return read_images(
+        paths,
+        model.gpq_config.image_shape[:2],
+        max_pixels=args.max_pixels,
+        skip_unreadable=args.skip_unreadable,
+    )
+
+
+def _labels_for(index, listing, shown):
+    """The labels of `listing`'s files in `index`'s classes (a class new to the index gets the
+    next id: `index.class_names` grows), or None for an index without classes; a CLIError when
+    they do not fit together."""
+    import numpy as np
+
+    if index.ntotal and index.sources is None:
+        raise CLIError(
+            f"{shown} was built from a data set (no file names); build a new index of files"
+        )
+    if index.labels is None and not (index.ntotal == 0 and index.class_names is not None):
+        return None
+    if listing.labels is None or index.class_names is None:
+        raise CLIError(f"{shown} has classes; add a folder of class sub-folders")
+    names = list(index.class_names)
+    names += [name for name in listing.class_names if name not in names]
+    index.class_names = names
+    return np.array([names.index(name) for name in listing.class_names], np.int64)[listing.labels]
 
 
 # --- the commands ---------------------------------------------------------------------------------
 
 
 def run_index_build(args):
+    from gpq_keras.files import display_path
     from gpq_keras.retrieval import PQIndex
 
-    if args.images:  # image files: every one indexed, with its path (and class from its sub-folder)
-        from gpq_keras.data.user import list_images
+    if (args.fast_scan or args.nlist) and not args.faiss:  # before any work
+        raise CLIError("--fast-scan and --nlist build faiss indexes: add --faiss")
+    if args.faiss:
+        from gpq_keras.retrieval import import_faiss
 
+        import_faiss()  # "faiss is not installed" before any other complaint
+    skipped = []
+    if args.images:  # image files: every one indexed, with its path (and class from its sub-folder)
+        listing = image_listing(args)  # listed by the path guard
+        skipped += listing.skipped
         model, chief = load_model(args)
-        paths, labels, class_names = list_images(args.images)
-        index = PQIndex.from_model(model, mode=args.mode, class_names=class_names)
-        _add_files(index, model, paths, labels)
+        index = PQIndex.from_model(model, mode=args.mode, class_names=listing.class_names)
+        skipped += _add_files(index, model, listing.paths, listing.labels, args).skipped
+        if not index.ntotal:
+            report_skipped(skipped)
+            raise CLIError(
+                f"--images {display_path(args.images)}: none of its {len(skipped)} image files "
+                "could be read; nothing written"
+            )
     else:
         model, split, chief = load_model_and_data(args)
         index = PQIndex.from_model(model, mode=args.mode)
@@ -189,61 +279,64 @@ def run_index_build(args):
     if not chief:
         return not_chief(args.output)
     if args.faiss:
-        from gpq_keras.retrieval import import_faiss, write_faiss_index
+        from gpq_keras.files import file_lock
+        from gpq_keras.retrieval import write_faiss_index
 
-        import_faiss()  # "faiss is not installed" before any other complaint
         try:
             built = index.to_faiss(fast_scan=args.fast_scan, nlist=args.nlist, nprobe=args.nprobe)
         except ValueError as exc:
             raise CLIError(f"--faiss: {exc}") from None
-        write_faiss_index(built, args.output)
-    elif args.fast_scan or args.nlist:
-        raise CLIError("--fast-scan and --nlist build faiss indexes: add --faiss")
+        with file_lock(args.output, args.wait):  # one writer at a time; readers check the sidecar
+            write_faiss_index(built, args.output, index.pq, index.model_fingerprint)
     else:
-        index.save(args.output)
-    print(
-        f"wrote {args.output}: {index.ntotal} items, {model.gpq_config.bits} bits "
-        f"({index.mode} mode)"
+        from gpq_keras.retrieval import index_writer
+
+        with index_writer(args.output, wait=args.wait, create=lambda: index):
+            pass  # a build replaces the file, locked, atomically
+    report_skipped(skipped)
+    wrote(
+        args.output,
+        f"{index.ntotal} items, {model.gpq_config.bits} bits ({index.mode} mode)",
     )
 
 
 def run_index_add(args):
-    import numpy as np
+    from gpq_keras.files import display_path
+    from gpq_keras.retrieval import PQIndex, index_writer
 
-    from gpq_keras.data.user import list_images
-    from gpq_keras.retrieval import PQIndex
-
-    index = PQIndex.load(args.index)
+    shown = display_path(args.index)
+    listing = image_listing(args)
+    # what can be refused before the model loads: the index (damaged, not a PQIndex), its classes
+    _labels_for(PQIndex.load(args.index), listing, shown)
     model, chief = load_model(args)
-    index.check_model(model)
-    paths, labels, class_names = list_images(args.images)
-    if index.ntotal and index.sources is None:
-        raise CLIError(
-            f"{args.index} was built from a data set (no file names); build a new index of files"
-        )
-    if index.labels is not None or (index.ntotal == 0 and index.class_names is not None):
-        if labels is None or index.class_names is None:
-            raise CLIError(f"{args.index} has classes; add a folder of class sub-folders")
-        names = list(index.class_names)  # a class new to the index gets the next id
-        names += [name for name in class_names if name not in names]
-        index.class_names = names
-        labels = np.array([names.index(name) for name in class_names], np.int64)[labels]
-    else:
-        labels = None
-    before = index.ntotal
-    _add_files(index, model, paths, labels)
-    if not chief:
+    if not chief:  # encodes with the chief (a collective), writes nothing
+        index = PQIndex.load(args.index)
+        index.check_model(model)
+        _add_files(index, model, listing.paths, _labels_for(index, listing, shown), args)
         return not_chief(args.index)
-    index.save(args.index)  # replaced atomically
-    print(f"wrote {args.index}: {index.ntotal} items ({index.ntotal - before} added)")
+    with index_writer(args.index, wait=args.wait) as index:  # re-read inside the lock
+        index.check_model(model)
+        before = index.ntotal
+        added = _add_files(index, model, listing.paths, _labels_for(index, listing, shown), args)
+    report_skipped(listing.skipped + added.skipped)
+    already = len(added.already_indexed)
+    wrote(
+        args.index,
+        f"{index.ntotal} items ({index.ntotal - before} added"
+        + (f", {already} already indexed, skipped" if already else "")
+        + ")",
+    )
 
 
 def run_index_search(args):
+    from gpq_keras.files import display_path
     from gpq_keras.retrieval import FaissFileIndex, open_index
+
+    shown = display_path(args.index)
 
     def check_k(index):
         if args.k > index.ntotal:
-            raise CLIError(f"-k {args.k} exceeds the {index.ntotal} items in {args.index}")
+            raise CLIError(f"-k {args.k} exceeds the {index.ntotal} items in {shown}")
 
     index = open_index(args.index)  # a PQIndex, or None for a faiss file: it needs the model
     if index is not None:  # before any model is loaded
@@ -257,8 +350,7 @@ def run_index_search(args):
     queries = encode_images(model, split.x_query, "query")
     if args.nprobe is not None and not getattr(index, "inverted", False):
         raise CLIError(
-            f"--nprobe: {args.index} is not an inverted-file faiss index (index build --faiss "
-            "--nlist)"
+            f"--nprobe: {shown} is not an inverted-file faiss index (index build --faiss --nlist)"
         )
     if isinstance(index, FaissFileIndex):
         if args.approximate:
@@ -280,23 +372,30 @@ def run_index_search(args):
         not_chief(args.output)
     elif args.output:
         write_npz_atomic(args.output, distances=distances, ids=ids)
-        print(f"wrote {args.output}: top {args.k} of {len(ids)} queries")
+        wrote(args.output, f"top {args.k} of {len(ids)} queries")
     for q in range(min(len(ids), args.show)):
         print(f"query {q}: " + " ".join(f"{i}({d:.3f})" for i, d in zip(ids[q], distances[q])))
 
 
 def run_search(args):
-    from gpq_keras.files import write_json
+    from gpq_keras.files import display_path, write_json
     from gpq_keras.retrieval import open_index
 
     model, chief = load_model(args)
     index = open_index(args.index, model)
+    decoded = _decode_files(model, args.image, args)
+    report_skipped(decoded.skipped)
+    query_paths = [args.image[i] for i in decoded.kept]
+    if not query_paths:
+        raise CLIError(f"none of the {len(args.image)} --image files could be read")
     k = min(args.k, index.ntotal)
     if k < args.k:
-        print(f"-k {args.k} capped at the {index.ntotal} items of {args.index}", file=sys.stderr)
-    queries = _decode_files(model, args.image)
-    distances, ids = index.search(model.encode(queries), k)
-    report = _print_hits(args.image, index, distances, ids)
+        print(
+            f"-k {args.k} capped at the {index.ntotal} items of {display_path(args.index)}",
+            file=sys.stderr,
+        )
+    distances, ids = index.search(model.encode(decoded.images), k)
+    report = _print_hits(query_paths, index, distances, ids)
     if not chief:
         for path in filter(None, (args.json, args.figure)):
             not_chief(path)
@@ -311,19 +410,22 @@ def run_search(args):
                 "queries": report,
             },
         )
-        print(f"wrote {args.json}")
+        wrote(args.json)
     if args.figure:
-        _write_figure(args, model, index, queries[0], report[0]["results"])
+        _write_figure(args, model, index, query_paths[0], decoded.images[0], report[0]["results"])
 
 
 def _print_hits(query_paths, index, distances, ids):
-    """Print each query's hits (rank, distance, class, source) -> the report of `--json`."""
-    sources = index.sources_for(ids) if index.sources is not None else None
+    """Print each query's hits (rank, distance, class, source: the absolute path of the file, on
+    one line whatever its name) -> the report of `--json`."""
+    from gpq_keras.files import display_path
+
+    sources = index.source_paths(ids) if index.sources is not None else None
     int_labels = index.labels is not None and index.labels.ndim == 1
     classes = index.class_names_for(ids) if index.class_names and int_labels else None
     report = []
     for q, path in enumerate(query_paths):
-        print(f"query {path}")
+        print(f"query {display_path(path)}")
         hits = []
         for rank, (i, d) in enumerate(zip(ids[q], distances[q]), start=1):
             hit = {"rank": rank, "id": int(i), "distance": float(d)}
@@ -332,21 +434,28 @@ def _print_hits(query_paths, index, distances, ids):
             if sources is not None:
                 hit["source"] = str(sources[q, rank - 1])
             hits.append(hit)
-            print(f"{rank:>4}  {d:8.4f}  {hit.get('class', '-')}  {hit.get('source', i)}")
+            print(
+                f"{rank:>4}  {d:8.4f}  {display_path(hit.get('class', '-'))}  "
+                f"{display_path(hit['source']) if 'source' in hit else i}"
+            )
         report.append({"query": path, "results": hits})
     return report
 
 
-def _write_figure(args, model, index, query, hits):
+def _write_figure(args, model, index, query_path, query, hits):
     """The first query image and its top results (their files decoded again) in one PNG."""
     from gpq_keras import viz
+    from gpq_keras.files import display_path
 
     shown = hits[: viz.MAX_RESULTS]
     if index.sources is None:
-        raise CLIError(f"{args.index} holds no file names to show in --figure")
-    images = _decode_files(model, [hit["source"] for hit in shown])
+        raise CLIError(f"{display_path(args.index)} holds no file names to show in --figure")
+    decoded = _decode_files(model, [hit["source"] for hit in shown], args)
+    report_skipped(decoded.skipped)  # results whose files cannot be read now: not shown
+    shown, images = [shown[i] for i in decoded.kept], decoded.images
     captions = [
-        os.path.basename(hit["source"]) + (f" ({hit['class']})" if "class" in hit else "")
+        display_path(os.path.basename(hit["source"]))
+        + (f" ({display_path(hit['class'])})" if "class" in hit else "")
         for hit in shown
     ]
     viz.plot_ranked_list(
@@ -354,6 +463,6 @@ def _write_figure(args, model, index, query, hits):
         images,
         path=args.figure,
         captions=captions,
-        title=f"{os.path.basename(args.image[0])}: top {len(shown)} of {index.ntotal}",
+        title=f"{display_path(os.path.basename(query_path))}: top {len(shown)} of {index.ntotal}",
     )
-    print(f"wrote {args.figure}")
+    wrote(args.figure)

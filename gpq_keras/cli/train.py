@@ -1,6 +1,7 @@
 """`gpq train`: its flags, and the wiring of data, config, model and `fit_run` into a run folder."""
 
 import argparse
+import math
 import os
 import sys
 
@@ -9,6 +10,7 @@ from gpq_keras.cli.common import (
     CLIError,
     Interrupted,
     add_command,
+    add_reader_flags,
     add_strategy_flag,
     load_strategy,
     non_negative_int,
@@ -17,6 +19,31 @@ from gpq_keras.cli.common import (
 from gpq_keras.config import RETRIEVAL_MODES
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def finite_positive(text):
+    """An argparse type: a finite number > 0 (a learning rate of 0 trains nothing, inf or NaN
+    gives NaN weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def filter_widths(text):
+    """An argparse type: the four VGG stage widths, "16,32,64,64" -> (16, 32, 64, 64)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected 4 comma-separated positive integers such as 16,32,64,64, got {text!r}"
+        )
+    return values
 
 
 def add_train(sub):
@@ -29,8 +56,10 @@ def add_train(sub):
         "--imagenet-mat checkpoints/original/ImageNet_pretrained.mat",
         run_train,
     )
-    p.set_defaults(output_paths=_run_files)
+    # the run folder's parents are created (`mkdir -p`), as `--output runs/demo` in a fresh clone
+    p.set_defaults(output_paths=_run_files, make_parents=True)
     p.add_argument("--data", required=True, help=DATA_HELP)
+    add_reader_flags(p)
     p.add_argument(
         "--output",
         required=True,
@@ -74,9 +103,15 @@ def _add_model_flags(p):
         help="K, codewords per codebook, a power of two (sets GPQConfig.num_codewords)",
     )
     p.add_argument(
-        "--filters", help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)"
+        "--filters",
+        type=filter_widths,
+        help="widths of the four VGG stages, e.g. 16,32,64,64 (64,128,256,512)",
     )
-    p.add_argument("--learning-rate", type=float, help="initial Adam learning rate (2e-4)")
+    p.add_argument(
+        "--learning-rate",
+        type=finite_positive,
+        help="initial Adam learning rate, a finite number > 0 (2e-4)",
+    )
     p.add_argument(
         "--retrieval-mode",
         choices=RETRIEVAL_MODES,
@@ -109,12 +144,15 @@ def _add_model_flags(p):
 def _add_long_run_flags(run):
     start = run.add_mutually_exclusive_group()
     start.add_argument(
-        "--overwrite", action="store_true", help="replace a finished run in --output"
+        "--overwrite",
+        action="store_true",
+        help="replace a finished run in --output (kept until the new run has saved its first "
+        "backup)",
     )
     start.add_argument(
         "--restart",
         action="store_true",
-        help="throw away an interrupted run's backup and start over",
+        help="throw away an interrupted run's backup (or a damaged run.json) and start over",
     )
     run.add_argument(
         "--backup-every-steps",
@@ -171,12 +209,13 @@ def _add_scale_flags(scale):
 
 
 def _run_files(args):
-    """The files of the run folder `--output`, for the path guard (`common.check_paths`)."""
+    """The run folder `--output` (a folder, which holds no input) and its files, for the path
+    guard (`common.check_paths`)."""
     from gpq_keras.training import RunDirectory
 
     run = RunDirectory(args.output)
-    files = (run.path, run.model, run.best, run.log, run.record, run.logs, run.checkpoints)
-    return [("--output", path) for path in (*files, run.backup)]
+    files = (run.model, run.best, run.log, run.record, run.logs, run.checkpoints, run.backup)
+    return [("--output", run.path, "dir")] + [("--output", path) for path in files]
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -204,21 +243,29 @@ def run_train(args):
 
 
 def _train(args, run, strategy):
+    """Every input is read and checked (data, config, model, --init-model, --imagenet-mat) before
+    anything in the run folder changes; only then does --overwrite / --restart move the previous
+    run aside, and it is put back if the new run stops before its first backup."""
     from gpq_keras.distribute import num_workers
+    from gpq_keras.files import display_path
     from gpq_keras.training import new_record
 
-    state = run.state()
+    output = display_path(args.output)
+    state = _run_state(args, run)
     if state == "finished" and not args.overwrite:
         raise CLIError(
-            f"{args.output} holds a finished run ({run.model}); pass --overwrite to train a new "
-            "one there"
+            f"{output} holds a finished run ({display_path(run.model)}); pass --overwrite to "
+            "train a new one there"
         )
+    start_over = state != "new" and (args.overwrite or args.restart)
+    if not start_over:
+        run.check_folders()
     split, validation, per_class = _training_split(args, strategy)
     replicas = strategy.num_replicas_in_sync
     config = _config_from_args(args, split, replicas)
     settings = _settings(args, config, per_class)
-    record = _prepare_run(args, run, state, settings)
-    model, resuming = _build_model(args, config, strategy, run)
+    record = _resume_check(run, settings) if state == "interrupted" and not start_over else {}
+    model, resuming = _build_model(args, config, strategy, run, resume=not start_over)
     record = record or new_record(["gpq"] + args.argv, settings)
     record.update(
         jit_compile=bool(model.jit_compile), strategy=type(strategy).__name__, replicas=replicas
@@ -237,23 +284,56 @@ def _train(args, run, strategy):
             if replicas > 1
             else ""
         )
-        + ("; resuming from the backup in " + run.backup if resuming else "")
+        + ("; resuming from the backup in " + display_path(run.backup) if resuming else "")
     )
-    record = _fit(args, model, split, run, validation, record)
+    previous = None
+    try:
+        previous = run.set_aside() if start_over else None
+        if previous is not None:
+            print(
+                f"set the previous run in {output} aside: it is removed once this run has saved "
+                "its first backup, and put back if this run stops before"
+            )
+        stale = run.prepare()
+        if stale:
+            print(f"removed {len(stale)} temporary file(s) an interrupted write left in {output}")
+        record = _fit(args, model, split, run, validation, record, previous)
+    except BaseException:
+        if previous is not None and os.path.isdir(previous):
+            run.restore_previous(previous)
+            print(
+                f"put the previous run in {output} back: this one stopped before its first backup"
+            )
+        raise
+    if previous is not None:
+        print(f"removed the previous run in {output}")
     best = (record.get("validation") or {}).get("best")
     if best:
-        print(f"best val_mAP {best['val_mAP']:.4f} at epoch {best['epoch']}: {run.best}")
-    print(f"saved {run.model}")
+        shown = display_path(run.best)
+        print(f"best val_mAP {best['val_mAP']:.4f} at epoch {best['epoch']}: {shown}")
+    print(f"saved {display_path(run.model)}")
+
+
+def _run_state(args, run):
+    """`run.state()`; "damaged" for a run.json that cannot be read, when --overwrite or --restart
+    starts over (refused, naming the file, without them)."""
+    try:
+        return run.state()
+    except ValueError as exc:
+        if not (args.overwrite or args.restart):
+            raise CLIError(f"{exc}; pass --restart to start over") from None
+        print(f"{exc}: starting over")
+        return "damaged"
 
 
 def _training_split(args, strategy):
     """(split without its validation images, (x_val, y_val) or None, validation images per class);
     the batch checked against the strategy's replicas."""
-    from gpq_keras.data import load_data
+    from gpq_keras.cli.common import load_data
     from gpq_keras.data.split import default_validation_per_class, hold_out_validation
     from gpq_keras.distribute import check_global_batch
 
-    split = load_data(args.data)
+    split = load_data(args)  # --max-pixels, --skip-unreadable (skipped files listed on stderr)
     if not split.has_training_data:
         raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
     per_class = (
@@ -274,7 +354,7 @@ def _config_from_args(args, split, replicas=1):
         "sync_batch_norm": sync,
     }
     if args.filters:
-        base["filters"] = tuple(int(v) for v in args.filters.split(","))
+        base["filters"] = args.filters
     if args.learning_rate is not None:
         base["learning_rate"] = args.learning_rate
     if args.retrieval_mode:
@@ -303,39 +383,29 @@ def _settings(args, config, per_class):
     return settings
 
 
-def _prepare_run(args, run, state, settings):
-    """Clear the run folder for --overwrite/--restart, or check an interrupted run's settings;
-    the interrupted run's record (empty otherwise)."""
-    record = {}
-    if state != "new" and (args.overwrite or args.restart):
-        run.clear()
-        print(f"removed the previous run in {args.output}")
-    elif state == "interrupted":
-        record = _resume_check(run, settings)
-    stale = run.prepare()
-    if stale:
-        print(f"removed {len(stale)} temporary file(s) an interrupted write left in {args.output}")
-    return record
-
-
 def _resume_check(run, settings):
-    """Refuse to resume an interrupted run with other settings than it was started with."""
+    """Refuse to resume an interrupted run with other settings than it was started with -> its
+    record."""
     record = run.read_record() or {}
     started = record.get("settings")
     if started is not None and started != settings:
         changed = sorted(
             k for k in set(started) | set(settings) if started.get(k) != settings.get(k)
         )
+        from gpq_keras.files import display_path
+
         raise CLIError(
-            f"{run.path} holds an interrupted run with other settings ({', '.join(changed)}); "
-            "rerun it with its own arguments to resume, or pass --restart to start over"
+            f"{display_path(run.path)} holds an interrupted run with other settings "
+            f"({', '.join(changed)}); rerun it with its own arguments to resume, or pass "
+            "--restart to start over"
         )
     return record
 
 
-def _build_model(args, config, strategy, run):
+def _build_model(args, config, strategy, run, resume=True):
     """(the compiled model, whether a backup will be resumed), seeded, initialised from
-    --init-model or --imagenet-mat unless resuming."""
+    --init-model or --imagenet-mat unless resuming (`resume` False: the backup is about to be set
+    aside)."""
     import keras
 
     from gpq_keras.model import GPQ
@@ -348,7 +418,7 @@ def _build_model(args, config, strategy, run):
         tf.config.experimental.enable_op_determinism()
     with strategy.scope():
         model = GPQ(config, dtype=args.precision)
-        resuming = TrainingBackup.has_backup(run.backup)
+        resuming = resume and TrainingBackup.has_backup(run.backup)
         if args.init_model and not resuming:
             _init_from_model(model, args.init_model)
             print(f"weights initialised from {args.init_model}")
@@ -364,9 +434,11 @@ def _build_model(args, config, strategy, run):
 def _init_from_model(model, path):
     """Give `model` the weights of the GPQ saved at `path`, which must have the same
     configuration."""
+    from gpq_keras.cli.common import check_finite_model
     from gpq_keras.model import load_gpq
 
     source = load_gpq(path)
+    check_finite_model(source, "--init-model", path)
     if source.gpq_config != model.gpq_config:
         mine, theirs = model.gpq_config.to_dict(), source.gpq_config.to_dict()
         changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -390,10 +462,11 @@ def _jit_compile(choice):
     return choice == "on"
 
 
-def _fit(args, model, split, run, validation, record):
+def _fit(args, model, split, run, validation, record, previous):
     """`fit_run` outside the strategy's scope (it restores the backup on the chief alone); Ctrl-C
-    records the run as interrupted."""
-    from gpq_keras.training import fit_run
+    records the run as interrupted, a diverging loss stops it with one line."""
+    from gpq_keras.files import display_path
+    from gpq_keras.training import Diverged, fit_run
 
     try:
         return fit_run(
@@ -411,11 +484,20 @@ def _fit(args, model, split, run, validation, record):
             record=record,
             pipeline=args.pipeline,
             verbose=1 if sys.stdout.isatty() else 2,
+            previous=previous,
         )
+    except Diverged as exc:
+        raise CLIError(f"{exc}; lower --learning-rate") from None
     except KeyboardInterrupt:
+        if previous is not None and os.path.isdir(previous):  # put back by `_train`
+            raise Interrupted(
+                f"interrupted before the first backup; the previous run in "
+                f"{display_path(run.path)} stays as it was"
+            ) from None
         record = run.read_record() or record
         record["status"] = "interrupted"
         run.write_record(record)
         raise Interrupted(
-            f"interrupted; rerun the same command to resume from the last backup in {run.backup}"
+            "interrupted; rerun the same command to resume from the last backup in "
+            f"{display_path(run.backup)}"
         ) from None

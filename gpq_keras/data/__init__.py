@@ -38,6 +38,7 @@ _LAZY = {
     "denormalize": "gpq_keras.image_converter",
 }
 __all__ = [
+    "FILE_OPTIONS",
     "PIPELINES",
     "SPEC_FORMS",
     "Split",
@@ -56,6 +57,9 @@ PIPELINES = ("auto", "tf.data", "numpy")
 
 __getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
+
+# options of the sources that decode image files (`gpq_keras.data.images.read_images`)
+FILE_OPTIONS = ("max_pixels", "skip_unreadable")
 
 SPEC_FORMS = (
     "digits",
@@ -123,9 +127,11 @@ def _bad_spec(spec, why):
 
 
 def _existing(path, what):
+    from gpq_keras.files import display_path
+
     path = os.path.expanduser(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {display_path(path)}")
     return path
 
 
@@ -135,7 +141,9 @@ def load_data(spec, **options):
     Options by source: cifar10 `similarity`, `query_every`, `labeled_per_class`; tfds `manual_dir`,
     `download` (default False: offline), `similarity`, `query_every`, `labeled_per_class`; nuswide
     `image_size`; npz `name`; folder `image_size`, `query_every`, `labeled_per_class`; digits
-    `query_every`, `labeled_per_class`.
+    `query_every`, `labeled_per_class`. The image file options `max_pixels` (default 89,478,485)
+    and `skip_unreadable` (default False) go to the sources that decode image files (folder,
+    nuswide: their split's `skipped` lists what was left out) and are ignored by the others.
 
     Raises ValueError naming the spec and the accepted forms for a malformed spec, FileNotFoundError
     naming the path for missing files, `gpq_keras.files.FileFormatError` (a ValueError) naming the
@@ -143,6 +151,9 @@ def load_data(spec, **options):
     line) for data the protocol cannot use (too few images, bad labels).
     """
     kind, paths = _parse_spec(spec)
+    file_options = {k: options.pop(k) for k in FILE_OPTIONS if k in options}
+    if kind in ("nuswide", "folder"):
+        options.update(file_options)
     if kind == "digits":
         from gpq_keras.data import digits
 

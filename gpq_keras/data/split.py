@@ -82,7 +82,8 @@ class Split:
 
     Labels are int class ids (N,) or multi-hot (N, classes). `x_unlabeled` defaults to the database,
     as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database).
-    `class_names`, when the source has them, names the classes in label order.
+    `class_names`, when the source has them, names the classes in label order. `skipped` lists
+    the (path, reason) of the image files a loader left out (`skip_unreadable`); empty otherwise.
 
     Raises ValueError (one line naming the array) for an empty set, images that are not uint8 RGB,
     labels that are not int ids in [0, 65536) (`MAX_CLASSES`) or multi-hot 0/1 of one kind
@@ -100,6 +101,7 @@ class Split:
     num_classes: int = None
     name: str = "data"
     class_names: tuple = None
+    skipped: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if self.x_unlabeled is None:

@@ -7,13 +7,26 @@ split = user.load_folder("photos/")  # photos/cat/*.jpg, photos/dog/*.png ... sp
 ```
 """
 
+import collections
+import errno
+import fnmatch
+import functools
+import glob
 import os
+import stat
 
 import numpy as np
 
-from gpq_keras.data.images import decode_images
+from gpq_keras.data.images import DEFAULT_MAX_PIXELS, read_images
 from gpq_keras.data.split import Split, check_images, check_labels, protocol_split
-from gpq_keras.files import FileFormatError, atomic_path, read_npz
+from gpq_keras.files import (
+    FileFormatError,
+    UnreadableFile,
+    atomic_path,
+    display_path,
+    file_kind,
+    read_npz,
+)
 
 REQUIRED_KEYS = ("x_query", "y_query", "x_db", "y_db")
 OPTIONAL_KEYS = ("x_labeled", "y_labeled", "x_unlabeled")
@@ -100,94 +113,378 @@ IMAGE_EXTENSIONS = (
     ".png",
 )  # keras' image_dataset_from_directory's
 
+ImageListing = collections.namedtuple("ImageListing", ["paths", "labels", "class_names", "skipped"])
+ImageListing.__doc__ = """What `list_images` and `list_folder` found: `paths` (list of str, names
+as the operating system gives them), `labels` (int64 (N,) class ids, or None), `class_names`
+(tuple, or None) and `skipped`, the (path, reason) of every path left out (empty without
+`skip_unreadable`: then the first one is refused)."""
 
-def list_folder(directory):
+
+def _is_image_name(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class _Walk:
+    """One listing's walk of folders by `LINK_RULE`: the real folders walked (device, inode) ->
+    their first path, and the problems found as (path, why), in the order found."""
+
+    def __init__(self):
+        self.walked = {}
+        self.problems = []
+
+    def problem(self, path, why):
+        self.problems.append((path, f"{display_path(path)}: {why}"))
+
+    def enter(self, path, st, is_link, ancestors):
+        """Whether to walk the folder `path` (its stat `st`) reached under `ancestors` (the keys
+        of the folders above it on this walk); a loop or a repeated link is a problem."""
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            self.problem(
+                path,
+                f"a link loop (back to {display_path(self.walked.get(key, path))}); not walked",
+            )
+            return False
+        if key in self.walked:
+            if is_link:
+                self.problem(
+                    path,
+                    f"a link to {display_path(self.walked[key])}, which is listed already; "
+                    "not walked again",
+                )
+            return False
+        self.walked[key] = path
+        return True
+
+    def tree(self, top, ancestors=()):
+        """(folder, [image file paths sorted]) of `top` (already entered) and every folder below
+        it, following links; as `os.walk` lists them: sorted by folder path."""
+        found = []
+        stack = [(top, (*ancestors, _key(top)))]
+        while stack:
+            folder, chain = stack.pop()
+            files, folders = self.entries(folder)
+            found.append((folder, files))
+            entered = [
+                (path, (*chain, (st.st_dev, st.st_ino)))
+                for path, st, is_link in folders
+                if self.enter(path, st, is_link, chain)
+            ]
+            stack.extend(reversed(entered))  # walked in sorted order
+        return sorted(found, key=lambda item: item[0])
+
+    def entries(self, folder):
+        """([regular image files], [(sub-folder, its stat, whether a link)]) of one folder, sorted
+        by name; anything else with an image file name is a problem, and so is a broken link that
+        is not hidden."""
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as exc:
+            self.problem(folder, f"cannot be listed ({exc.strerror})")
+            return [], []
+        files, folders = [], []
+        for entry in entries:
+            path = os.path.join(folder, entry.name)
+            image = _is_image_name(entry.name)
+            try:
+                is_link = entry.is_symlink()
+                st = os.stat(path)
+            except OSError as exc:
+                if image or not entry.name.startswith("."):
+                    self.problem(path, _stat_failure(path, exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                folders.append((path, st, is_link))
+            elif not image:
+                continue
+            elif stat.S_ISREG(st.st_mode):
+                files.append(path)
+            else:
+                self.problem(path, f"{file_kind(st.st_mode)}, not a regular file")
+        return files, folders
+
+
+def _key(path):
+    """The real folder (device, inode) `path` is."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def _stat_failure(path, exc):
+    """Why `os.stat(path)` failed, in words."""
+    if exc.errno == errno.ELOOP:
+        return "a link loop"
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return f"a broken link (to {display_path(os.readlink(path))})"
+    return f"cannot be read ({exc.strerror})"
+
+
+def _report(problems, skip_unreadable):
+    """The `skipped` list of a listing; without `skip_unreadable` the first problem raises
+    UnreadableFile."""
+    seen = set()
+    problems = [p for p in problems if not (p[0] in seen or seen.add(p[0]))]  # each path once
+    if problems and not skip_unreadable:
+        raise UnreadableFile(problems[0][1])
+    return problems
+
+
+def _classes(walk, directory):
+    """Walk the class folders of `directory` -> (class names, [(label, folder, files)]): the
+    sorted sub-folders that are not hidden, links included; a class folder that is the same real
+    folder as one walked before is a problem (it keeps its name, with no images)."""
+    top = os.stat(directory)
+    ancestors = ((top.st_dev, top.st_ino),)
+    walk.walked.setdefault(ancestors[0], directory)
+    names, walked = [], []
+    try:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+    except OSError as exc:
+        raise UnreadableFile(
+            f"{display_path(directory)}: cannot be listed ({exc.strerror})"
+        ) from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = os.path.join(directory, entry.name)
+        try:
+            is_link = entry.is_symlink()
+            st = os.stat(path)
+        except OSError as exc:
+            if is_link or _is_image_name(entry.name):
+                walk.problem(path, _stat_failure(path, exc))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        label = len(names)
+        names.append(entry.name)
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            walk.problem(path, f"a link loop (back to {display_path(directory)}); not walked")
+        elif key in walk.walked:
+            walk.problem(
+                path,
+                f"the same folder as {display_path(walk.walked[key])}, listed already; class "
+                f"'{display_path(entry.name)}' gets no images",
+            )
+        else:
+            walk.walked[key] = path
+            for folder, files in walk.tree(path, ancestors):
+                walked.append((label, folder, files))
+    return tuple(names), walked
+
+
+def list_folder(directory, skip_unreadable=False):
     """Image files of a folder of class sub-folders, as `keras.utils.image_dataset_from_directory`
-    lists them -> (paths, int64 labels, class names).
+    lists them -> `ImageListing(paths, int64 labels, class names, skipped)`.
 
-    Classes are the sorted sub-folders (not hidden); in each, its files of any depth with an image
-    extension (case-insensitive), folders in sorted order, files sorted within a folder. Links to
-    folders are not followed.
+    Classes are the sorted sub-folders (not hidden), links to folders included; in each, its
+    regular files of any depth with an image extension (case-insensitive), folders in sorted
+    order, files sorted within a folder. Files directly in `directory` are not listed.
+
+    Links to files and folders are followed, wherever they point. Each real folder (device
+    and inode) is walked once: a link back into a folder on its own path (a loop) or to a folder
+    already walked is not walked again, and it is reported, as is a class folder that is the same
+    real folder as one listed before (it keeps its class id, with no images). A real (not linked)
+    folder that a link reached first is not walked again either, in silence: its files are listed
+    once, under the link's path. A file with an image name that is not a regular file (a FIFO, a
+    socket, a device, a broken link, a link loop) is reported too.
+
+    Reported means: refused (`gpq_keras.files.UnreadableFile` naming the path and why), or with
+    `skip_unreadable` left out and listed in `skipped` as (path, reason). A class folder is never
+    dropped in silence.
     """
     directory = os.fspath(directory)
-    class_names = [
-        d
-        for d in sorted(os.listdir(directory))
-        if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")
-    ]
-    paths, labels = [], []
-    for label, class_name in enumerate(class_names):
-        for root, _, files in sorted(
-            os.walk(os.path.join(directory, class_name)), key=lambda x: x[0]
+    walk = _Walk()
+    class_names, walked = _classes(walk, directory)
+    skipped = _report(walk.problems, skip_unreadable)
+    paths = [path for _, _, files in walked for path in files]
+    labels = [label for label, _, files in walked for _ in files]
+    return ImageListing(paths, np.asarray(labels, np.int64), class_names, skipped)
+
+
+def _loose(walk, directory):
+    """The image files of `directory` outside its class folders: its own files and those of its
+    hidden sub-folders (walked by the same rule)."""
+    found = []
+    files, folders = walk.entries(directory)
+    found.extend(files)
+    top = os.stat(directory)
+    ancestors = ((top.st_dev, top.st_ino),)
+    for path, st, is_link in folders:
+        if os.path.basename(path).startswith(".") and walk.enter(path, st, is_link, ancestors):
+            found.extend(p for _, paths in walk.tree(path, ancestors) for p in paths)
+    return found
+
+
+def _glob_parts_match(parts, pattern):
+    """Whether path components `parts` match glob components `pattern` (`**` any number of
+    components; wildcards do not match a hidden name unless the pattern's component starts with a
+    dot, as `glob` does)."""
+
+    @functools.cache
+    def match(i, j):
+        if j == len(pattern):
+            return i == len(parts)
+        if pattern[j] == "**":
+            return match(i, j + 1) or (
+                i < len(parts) and not parts[i].startswith(".") and match(i + 1, j)
+            )
+        if i == len(parts):
+            return False
+        if (
+            parts[i].startswith(".")
+            and glob.has_magic(pattern[j])
+            and not pattern[j].startswith(".")
         ):
-            for file in sorted(files):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(root, file))
-                    labels.append(label)
-    return paths, np.asarray(labels, np.int64), tuple(class_names)
+            return False
+        return fnmatch.fnmatchcase(parts[i], pattern[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
 
 
-def list_images(spec):
-    """Image files to index: a folder (any depth) or a glob pattern -> (paths, int64 labels or None,
-    class names or None), in a stable order.
+def _recursive_glob(walk, spec):
+    """Files matching a pattern with `**`, found by walking its fixed leading folder by the link
+    rule (Python's glob follows a link loop 40 levels deep, and two loops exponentially) ->
+    (sorted image paths, the problems that match the pattern)."""
+    parts = spec.split(os.sep) if os.sep in spec else spec.split("/")
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    base = os.sep.join(fixed) if fixed else os.curdir
+    if fixed == [""]:
+        base = os.sep
+    pattern = parts[len(fixed) :]
+    if not os.path.isdir(base):
+        return [], []
+    walk.walked[_key(base)] = base
+    found = [p for _, paths in walk.tree(base) for p in paths]
+    if not fixed:  # "**/*.jpg": paths as glob gives them, without "./"
+        found = [os.path.relpath(p) if p.startswith(os.curdir + os.sep) else p for p in found]
+        walk.problems = [(os.path.normpath(p), why) for p, why in walk.problems]
+
+    def matches(path):
+        rel = os.path.relpath(path, base) if fixed else os.path.normpath(path)
+        return _glob_parts_match(tuple(rel.split(os.sep)), tuple(pattern))
+
+    problems = [(p, why) for p, why in walk.problems if matches(p) or not _is_image_name(p)]
+    return sorted(p for p in found if matches(p)), problems
+
+
+def list_images(spec, skip_unreadable=False):
+    """Image files to index: a folder (any depth) or a glob pattern -> `ImageListing(paths, int64
+    labels or None, class names or None, skipped)`, in a stable order.
 
     A folder whose images all lie in class sub-folders gives their classes as `list_folder` does
-    (the sub-folder names); otherwise, and for a glob, the images have no labels. Raises
+    (the sub-folder names, links included); otherwise (images directly in the folder or in its
+    hidden sub-folders too), and for a glob, the images have no labels and are sorted by path.
+
+    Links to files and folders are followed, wherever they point. Each real folder (device
+    and inode) is walked once: a link back into a folder on its own path (a loop) or to a folder
+    already walked is not walked again, and it is reported, as is a class folder that is the same
+    real folder as one listed before. A real (not linked) folder that a link reached first is not
+    walked again either, in silence: its files are listed once, under the link's path. Only
+    regular files are listed: another file with an image name (a FIFO, a socket, a device, a
+    broken link, a link loop) is reported. A pattern with `**` is matched by the same walk.
+
+    Reported means: refused (`gpq_keras.files.UnreadableFile` naming the path and why), or with
+    `skip_unreadable` left out and listed in `skipped` as (path, reason). Raises
     FileNotFoundError when nothing matches and ValueError when no image file is found.
     """
-    import glob
-
     spec = os.fspath(spec)
+    walk = _Walk()
     if os.path.isdir(spec):
-        paths, labels, class_names = list_folder(spec)
-        everything = sorted(
-            os.path.join(root, f)
-            for root, _, files in os.walk(spec)
-            for f in files
-            if f.lower().endswith(IMAGE_EXTENSIONS)
-        )
-        if not paths or len(paths) != len(everything):  # loose images too: no classes
-            paths, labels, class_names = everything, None, None
+        class_names, walked = _classes(walk, spec)
+        paths = [path for _, _, files in walked for path in files]
+        labels = [label for label, _, files in walked for _ in files]
+        loose = _loose(walk, spec)
+        skipped = _report(walk.problems, skip_unreadable)
+        if loose or not paths:  # loose images too: no classes
+            paths, labels, class_names = sorted(paths + loose), None, None
+        else:
+            labels = np.asarray(labels, np.int64)
     else:
-        matches = sorted(glob.glob(spec, recursive=True))
-        if not matches:
-            raise FileNotFoundError(f"no file or folder matches {spec}")
-        paths = [p for p in matches if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)]
+        if "**" in spec:
+            paths, problems = _recursive_glob(walk, spec)
+            matched = bool(paths or problems)
+        else:
+            matches = sorted(glob.glob(spec, recursive=True))
+            matched = bool(matches)
+            paths, problems = [], []
+            for path in matches:
+                if not _is_image_name(path):
+                    continue
+                try:
+                    st = os.stat(path)
+                except OSError as exc:
+                    problems.append((path, f"{display_path(path)}: {_stat_failure(path, exc)}"))
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    paths.append(path)
+                elif not stat.S_ISDIR(st.st_mode):
+                    why = f"{file_kind(st.st_mode)}, not a regular file"
+                    problems.append((path, f"{display_path(path)}: {why}"))
+        if not matched:
+            raise FileNotFoundError(f"no file or folder matches {display_path(spec)}")
+        skipped = _report(problems, skip_unreadable)
         labels = class_names = None
-    if not paths:
-        raise ValueError(f"{spec}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return paths, labels, class_names
+    if not paths and not skipped:
+        raise ValueError(f"{display_path(spec)}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return ImageListing(paths, labels, class_names, skipped)
 
 
-def load_folder(directory, image_size=32, query_every=10, labeled_per_class=None, batch_size=256):
+def load_folder(
+    directory,
+    image_size=32,
+    query_every=10,
+    labeled_per_class=None,
+    batch_size=256,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    skip_unreadable=False,
+):
     """A folder of class sub-folders -> `protocol_split` of all its images, resized to image_size.
 
-    Files and class ids as `keras.utils.image_dataset_from_directory` gives them (`list_folder`):
-    class ids follow the sorted sub-folder names. Every `query_every`-th image of the label-sorted
-    set is a query; of the rest, `labeled_per_class` per class are labeled (default: a tenth of the
-    smallest class, at least 1, close to the paper's 500 of 5,900) and the others the unlabeled
-    set = database.
+    Files and class ids as `keras.utils.image_dataset_from_directory` gives them (`list_folder`,
+    whose docstring has the rule for links): class ids follow the sorted sub-folder names. Every
+    `query_every`-th image of the label-sorted set is a query; of the rest, `labeled_per_class`
+    per class are labeled (default: a tenth of the smallest class, at least 1, close to the
+    paper's 500 of 5,900) and the others the unlabeled set = database. Images are read by
+    `gpq_keras.data.images.read_images` (regular files only, none over `max_pixels`).
 
-    Raises FileNotFoundError for a missing folder, FileFormatError naming the image for a file that
+    Raises FileNotFoundError for a missing folder, `gpq_keras.files.UnreadableFile` (a
+    FileFormatError) naming the file for one that is not a regular file, is over `max_pixels` or
     does not decode, ValueError (one line) for a folder without images or too small for the
-    protocol.
+    protocol. With `skip_unreadable` such files are left out instead, and listed as (path,
+    reason) in the split's `skipped`.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"image folder not found: {directory}")
+        raise FileNotFoundError(f"image folder not found: {display_path(directory)}")
     if (
         isinstance(image_size, bool)
         or not isinstance(image_size, (int, np.integer))
         or image_size < 1
     ):
         raise ValueError(f"image_size must be an int >= 1; received image_size={image_size!r}")
-    paths, labels, class_names = list_folder(directory)
+    paths, labels, class_names, skipped = list_folder(directory, skip_unreadable)
     if not paths:
         raise ValueError(
-            f"{directory}: no images in class sub-folders (image files: "
+            f"{display_path(directory)}: no images in class sub-folders (image files: "
             f"{', '.join(IMAGE_EXTENSIONS)}; found classes {list(class_names)})"
         )
-    images = decode_images(paths, image_size, batch_size)
+    decoded = read_images(
+        paths, image_size, batch_size, max_pixels=max_pixels, skip_unreadable=skip_unreadable
+    )
+    images, labels = decoded.images, labels[decoded.kept]
+    skipped = skipped + decoded.skipped
+    if not len(images):
+        raise ValueError(
+            f"{display_path(directory)}: none of its {len(paths)} image files could be read"
+        )
     if labeled_per_class is None and isinstance(query_every, int) and query_every >= 1:
         counts = np.bincount(labels, minlength=len(class_names))
         rest = counts[counts > 0] * (1 - 1 / query_every)
@@ -198,4 +495,5 @@ def load_folder(directory, image_size=32, query_every=10, labeled_per_class=None
     split.name = os.path.basename(os.path.normpath(directory))
     split.num_classes = len(class_names)
     split.class_names = class_names
+    split.skipped = skipped
     return split

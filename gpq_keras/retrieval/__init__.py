@@ -35,8 +35,16 @@ Modules, along faiss' seams:
   derives from them kept between searches.
 - `store`: ids, labels, sources and class names of the items.
 - `index`: `PQIndex`, the database of codes that ranks items for queries (`search`, or `rank` chunk
-  by chunk for evaluation with `gpq_keras.metrics.evaluate_ranking`); `open_index`.
+  by chunk for evaluation with `gpq_keras.metrics.evaluate_ranking`); `open_index`; `index_writer`,
+  the locked read-modify-write of an index file that concurrent writers share.
 - `io`: the `.npz` index file (format versions 1 to 3, checksum).
+
+Files: an index file is replaced atomically (temporary file + rename), so a reader never sees half
+of one; every writer goes through `index_writer` (a lock on `PATH.lock`, the index re-read inside
+it). Sources of image files are absolute paths; `PQIndex.resolve_sources` / `source_paths` resolve
+a relative one (older files) against the index file's folder. A faiss file written by
+`write_faiss_index` has a sidecar `PATH.gpq.json` with its checksums, which `read_faiss_index`
+verifies.
 
 Importing this package imports NumPy only; faiss, Keras and TensorFlow load when first needed.
 """
@@ -49,7 +57,13 @@ from gpq_keras.retrieval.faiss_bridge import (
     write_faiss_index,
 )
 from gpq_keras.retrieval.fast_scan import fast_scan_error_bound
-from gpq_keras.retrieval.index import SEARCH_BACKENDS, PQIndex, open_index
+from gpq_keras.retrieval.index import (
+    SEARCH_BACKENDS,
+    AddedFiles,
+    PQIndex,
+    index_writer,
+    open_index,
+)
 from gpq_keras.retrieval.io import FORMAT_VERSION, checksum, is_pqindex_file
 from gpq_keras.retrieval.kernels import smallest_k, sort_keys
 from gpq_keras.retrieval.quantizer import ProductQuantizer, intra_normalize_np
@@ -57,6 +71,7 @@ from gpq_keras.retrieval.ranking import RankedChunk
 
 __all__ = [
     "FORMAT_VERSION",
+    "AddedFiles",
     "SEARCH_BACKENDS",
     "FaissFileIndex",
     "PQIndex",
@@ -66,6 +81,7 @@ __all__ = [
     "code_size",
     "fast_scan_error_bound",
     "import_faiss",
+    "index_writer",
     "intra_normalize_np",
     "is_pqindex_file",
     "open_index",

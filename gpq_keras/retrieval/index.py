@@ -1,12 +1,17 @@
 """`PQIndex`, a database of GPQ codes searched by asymmetric distance: the index type that composes
-the quantiser, the item store, the ranking of the codes, faiss and the file; `open_index`."""
+the quantiser, the item store, the ranking of the codes, faiss and the file; `open_index`, and
+`index_writer` for every command that rewrites an index file."""
 
+import collections
+import contextlib
 import os
 import warnings
 
 import numpy as np
 
 from gpq_keras.config import check_positive_int
+from gpq_keras.data.images import DEFAULT_MAX_PIXELS
+from gpq_keras.files import file_lock
 from gpq_keras.retrieval import faiss_bridge, io
 from gpq_keras.retrieval.quantizer import ProductQuantizer, as_matrix
 from gpq_keras.retrieval.ranking import CodeRanking
@@ -15,6 +20,12 @@ from gpq_keras.retrieval.store import ItemStore, read_only
 SEARCH_BACKENDS = ("auto", "numpy", "faiss")
 MAX_ITEMS = 2**30  # positions must fit the low 32 bits of a sort key
 FAST_SCAN_MAX_K = 1 / 32  # fast-scan candidates pay for k <= this fraction of ntotal (measured)
+
+AddedFiles = collections.namedtuple("AddedFiles", ["added", "already_indexed", "skipped"])
+AddedFiles.__doc__ = """What `PQIndex.add_files` did: `added` (int) files added; `already_indexed`,
+the paths (as given) not added because their absolute path already is a source of the index (or
+came earlier in the same call); `skipped`, (path, reason) of the unreadable files left out with
+`skip_unreadable`."""
 
 
 class PQIndex:
@@ -39,6 +50,9 @@ class PQIndex:
     Attributes:
         pq: the `ProductQuantizer`; `mode`, `num_subspaces`, `num_codewords`, `dim` (M*d) and
             `nbits` (log2 K) are its values.
+        folder: the absolute folder of the file the index was loaded from (`load`), else None: a
+            relative source (files written before sources were absolute) is resolved against it
+            (`resolve_sources`).
     """
 
     def __init__(self, codebook, num_subspaces, mode="original", class_names=None):
@@ -46,6 +60,7 @@ class PQIndex:
         self.mode, self.num_subspaces, self.dim = pq.mode, pq.num_subspaces, pq.dim
         self.num_codewords, self.nbits = pq.num_codewords, pq.nbits
         self.model_fingerprint = None  # `GPQ.fingerprint` of the model that made the codebook
+        self.folder = None  # where the file `load` read lies: relative sources resolve against it
         self._model = None
         self._store = ItemStore(class_names)
         self._codes = np.zeros((0, self.num_subspaces), np.uint8)
@@ -180,17 +195,41 @@ class PQIndex:
         features = model.encode(np.asarray(images), batch_size=batch_size)
         return self.add(features, ids=ids, labels=labels, sources=sources)
 
-    def add_files(self, paths, labels=None, chunk_size=1024, verbose=0, model=None):
+    def add_files(
+        self,
+        paths,
+        labels=None,
+        chunk_size=1024,
+        verbose=0,
+        model=None,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        skip_unreadable=False,
+        skip_indexed=True,
+    ):
         """Decode image files at the model's image size, encode them with the model and add them,
-        `chunk_size` files at a time (bounded memory), each with its path as its source.
+        `chunk_size` files at a time (bounded memory), each with its absolute path as its source
+        -> `AddedFiles(added, already_indexed, skipped)`.
+
+        Files are read by `gpq_keras.data.images.read_images` (regular files only, each image's
+        size checked against `max_pixels` before it is decoded). A source is `os.path.abspath` of
+        the name as given (a name that is not UTF-8 keeps its surrogate escapes), so results open
+        from any folder. A file whose absolute path already is a source (`resolve_sources`), or
+        that came earlier in `paths`, is not added again (`already_indexed`).
 
         Args:
-            paths: N image file paths (str).
-            labels: optional labels (N,) or (N, classes), as `add` takes them.
+            paths: N image file paths (str, or bytes as the OS gives them).
+            labels: optional labels (N,) or (N, classes), as `add` takes them; only the added
+                files' are added.
             chunk_size: files decoded and encoded at a time.
             verbose: a `keras.utils.Progbar` of the files (its `verbose`) when non-zero.
             model: the GPQ that encodes them (for a loaded index: refused unless it built the
                 index, `check_model`); default the model of `from_model`.
+            max_pixels: the most pixels (width x height) an image may declare.
+            skip_unreadable: leave out (and list in `skipped`) the files that cannot be read or
+                decoded; by default the first such file raises (`FileFormatError` or
+                FileNotFoundError naming it), the chunks before it staying added (`index_writer`
+                then saves nothing).
+            skip_indexed: False adds every file, already indexed or not.
         """
         if model is None:
             model = self._needs_model("add_files")
@@ -199,23 +238,56 @@ class PQIndex:
         chunk_size = check_positive_int("chunk_size", chunk_size)
         import keras
 
-        from gpq_keras.data.images import decode_images
+        from gpq_keras.data.images import read_images
 
-        paths = list(paths)
-        size = model.gpq_config.image_shape[:2]
-        bar = (
-            keras.utils.Progbar(len(paths), verbose=verbose, unit_name="image") if verbose else None
-        )
-        for start in range(0, len(paths), chunk_size):
-            chunk = paths[start : start + chunk_size]
-            self.add(
-                model.encode(decode_images(chunk, size)),
-                sources=chunk,
-                labels=None if labels is None else labels[start : start + chunk_size],
+        paths = [os.fsdecode(path) for path in paths]
+        labels = None if labels is None else np.asarray(labels)
+        if labels is not None and (labels.ndim not in (1, 2) or labels.shape[0] != len(paths)):
+            raise ValueError(
+                f"`labels` must have shape ({len(paths)},) or ({len(paths)}, classes). "
+                f"Received shape: {labels.shape}"
             )
+        absolute = [os.path.abspath(path) for path in paths]
+        wanted = np.arange(len(paths))
+        already = []
+        if skip_indexed:
+            seen = set() if self.sources is None else set(self.resolve_sources().tolist())
+            keep = []
+            for position, source in enumerate(absolute):
+                if source in seen:
+                    already.append(paths[position])
+                else:
+                    seen.add(source)
+                    keep.append(position)
+            wanted = np.array(keep, np.intp)
+        if len(wanted):  # what `add` would refuse (sources, custom ids, labels), before decoding
+            some = None if labels is None else labels[wanted]
+            self._store.stage(len(wanted), None, some, np.zeros(len(wanted), "U1"))
+        size = model.gpq_config.image_shape[:2]
+        bar = None
+        if verbose:
+            bar = keras.utils.Progbar(len(wanted), verbose=verbose, unit_name="image")
+        added, skipped = 0, []
+        for start in range(0, len(wanted), chunk_size):
+            chunk = wanted[start : start + chunk_size]
+            decoded = read_images(
+                [paths[i] for i in chunk],
+                size,
+                max_pixels=max_pixels,
+                skip_unreadable=skip_unreadable,
+            )
+            skipped.extend(decoded.skipped)
+            kept = chunk[np.asarray(decoded.kept, np.intp)]
+            if len(kept):
+                self.add(
+                    model.encode(decoded.images),
+                    sources=[absolute[i] for i in kept],
+                    labels=None if labels is None else labels[kept],
+                )
+                added += len(kept)
             if bar is not None:
                 bar.update(start + len(chunk))
-        return self
+        return AddedFiles(added, already, skipped)
 
     def _needs_model(self, method):
         if self._model is None:
@@ -226,6 +298,37 @@ class PQIndex:
         """The sources of `ids` as `search` returns them (int64, any shape) -> unicode array of the
         same shape, "" where the id is -1 (no result)."""
         return self._store.sources_for(ids)
+
+    def resolve_sources(self, sources=None):
+        """Absolute paths of sources -> unicode array of the same shape ("" stays ""): each
+        stored string as `os.path.abspath` gives it, a relative one (files written before sources
+        were absolute) joined to `folder`, the folder of the file the index was loaded from (the
+        current folder for an index not loaded from a file). The one rule every reader of an
+        index's files follows (search output, figures, the server).
+
+        Args:
+            sources: strings as `sources_for` returns them (any shape); default all the index's
+                `sources`.
+        """
+        if sources is None:
+            if self.sources is None:
+                raise ValueError("this index has no sources; give `sources` to `add`")
+            sources = self.sources
+        sources = np.asarray(sources)
+        if sources.dtype.kind not in "UT" and sources.size:
+            raise ValueError(f"`sources` must be strings. Received dtype: {sources.dtype}")
+        folder = self.folder or os.getcwd()
+        resolved = [
+            os.path.abspath(os.path.join(folder, source)) if source else ""
+            for source in sources.ravel().tolist()
+        ]
+        return np.array(resolved, dtype=str).reshape(sources.shape)
+
+    def source_paths(self, ids):
+        """The absolute paths of the sources of `ids` as `search` returns them (int64, any
+        shape) -> unicode array of the same shape, "" where the id is -1 (no result):
+        `resolve_sources(sources_for(ids))`."""
+        return self.resolve_sources(self.sources_for(ids))
 
     def class_names_for(self, ids):
         """The class names of the (int) labels of `ids` as `search` returns them (int64, any shape)
@@ -395,4 +498,38 @@ def open_index(path, model=None, mode=None):
         return index
     if model is None:
         return None
-    return faiss_bridge.read_faiss_index(path, ProductQuantizer.from_model(model, mode))
+    pq = ProductQuantizer.from_model(model, mode)
+    return faiss_bridge.read_faiss_index(path, pq, fingerprint=model.fingerprint)
+
+
+@contextlib.contextmanager
+def index_writer(path, wait=60.0, create=None):
+    """The index file at `path` for a command that rewrites it, locked: concurrent writers take
+    turns, and none loses another's items.
+
+    ```python
+    with index_writer("db.npz", wait=60) as index:  # waits for another writer, then re-reads
+        index.add_files(paths, model=model)
+    # saved atomically here, still inside the lock
+    ```
+
+    Takes `gpq_keras.files.file_lock(path, wait)` (the lock file `path + ".lock"`), then, inside
+    the lock, reads the index (`PQIndex.load`: what the last writer saved) or, with `create`, makes
+    a new one (`create()` -> PQIndex: a build, which replaces whatever the file held). On a clean
+    exit of the block the index is saved (`save`: temporary file + rename, so a reader never sees
+    half of one) before the lock is released; on an exception nothing is saved.
+
+    Args:
+        path: the `.npz` index file.
+        wait: seconds to wait for another writer's lock, then `LockTimeout` (an OSError) whose one
+            line names the file.
+        create: None (the file must exist: FileNotFoundError otherwise), or a callable that returns
+            the new `PQIndex` to write.
+    """
+    path = os.fspath(path)
+    with file_lock(path, wait):
+        index = PQIndex.load(path) if create is None else create()
+        if not isinstance(index, PQIndex):
+            raise TypeError(f"`create` must return a PQIndex. Received: {type(index).__name__}")
+        yield index
+        index.save(path)

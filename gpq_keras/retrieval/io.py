@@ -5,15 +5,20 @@ Keys: format, format_version, mode, num_subspaces, nbits, codebook float32 (2**n
 uint8 packed (N, ceil(M*nbits / 8)), ids int64 (N,), labels when present, sources unicode (N,) and
 class_names unicode (classes,) when present, model_fingerprint (or ""), and checksum. Version 2
 added nbits, the model fingerprint and the checksum; version 3 sources and class names.
+
+Sources are whatever `add` was given: `add_files` stores absolute paths (since issue 22); files
+written before hold paths relative to where they were built, which `PQIndex.resolve_sources`
+resolves against the index file's folder (`PQIndex.folder`, recorded by `read_index`).
 """
 
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 
 from gpq_keras.config import RETRIEVAL_MODES
-from gpq_keras.files import FileFormatError, atomic_path, read_npz
+from gpq_keras.files import FileFormatError, atomic_path, display_path, read_npz
 from gpq_keras.retrieval.codes import pack_codes, unpack_codes
 
 FORMAT_VERSION = 3
@@ -33,14 +38,36 @@ def checksum(arrays):
     return digest.hexdigest()
 
 
+KERAS_MEMBERS = ("config.json", "metadata.json", "model.weights.h5")  # a Keras 3 `.keras` zip
+
+
 def is_pqindex_file(path):
     """Whether the file at `path` is a zip file (a PQIndex `.npz`) rather than a faiss index;
-    FileNotFoundError ("index not found: PATH") when there is no such file."""
+    FileNotFoundError ("index not found: PATH") when there is no such file, `FileFormatError` for a
+    Keras model file (`check_not_keras`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"index not found: {path}")
+        raise FileNotFoundError(f"index not found: {display_path(path)}")
     with open(path, "rb") as fh:
-        return fh.read(2) == b"PK"
+        if fh.read(2) != b"PK":
+            return False
+    check_not_keras(path)
+    return True
+
+
+def check_not_keras(path):
+    """Raise `FileFormatError` ("PATH: a Keras model file, not a PQIndex (give it as --model)")
+    when the zip file at `path` is a Keras archive: Keras' members and no `.npy` array. A zip that
+    cannot be read is left to `read_npz` to name."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except Exception:  # a damaged zip: `read_npz` names what is wrong with it
+        return
+    if names & set(KERAS_MEMBERS) and not any(name.endswith(".npy") for name in names):
+        raise FileFormatError(
+            f"{display_path(path)}: a Keras model file, not a PQIndex (give it as --model)"
+        )
 
 
 def write_index(index, path):
@@ -73,7 +100,7 @@ def read_index(cls, path):
     path = os.fspath(path)
 
     def bad(why):
-        return FileFormatError(f"{path}: not a valid PQIndex file: {why}")
+        return FileFormatError(f"{display_path(path)}: not a valid PQIndex file: {why}")
 
     def scalar(key, kind):
         value = arrays[key]
@@ -81,6 +108,8 @@ def read_index(cls, path):
             raise bad(f"key {key!r} must be a scalar, got {value.dtype} {value.shape}")
         return value.item()
 
+    if os.path.isfile(path):
+        check_not_keras(path)
     arrays = read_npz(path, "index file")
     for key in ("format", "format_version", "mode", "num_subspaces", "codebook", "codes", "ids"):
         if key not in arrays:
@@ -162,4 +191,5 @@ def read_index(cls, path):
             raise bad(f"key 'class_names': {exc}") from None
     if version >= 2:
         index.model_fingerprint = scalar("model_fingerprint", "U") or None
+    index.folder = os.path.dirname(os.path.abspath(path))
     return index
