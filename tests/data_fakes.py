@@ -120,3 +120,19 @@ def write_cifar_binary_archive(path, images, labels):
             add(name, records.tobytes())
         add("batches.meta.txt", ("\n".join(CLASS_NAMES) + "\n\n").encode())
     return path
+
+
+def save_split(path, images, labels, num_query, num_db):
+    """Write the `npz:` data spec's arrays: the first `num_query` images are queries, the next
+    `num_db` the database, the rest labeled -> the path."""
+    db = num_query + num_db
+    np.savez(
+        path,
+        x_query=images[:num_query],
+        y_query=labels[:num_query],
+        x_db=images[num_query:db],
+        y_db=labels[num_query:db],
+        x_labeled=images[db:],
+        y_labeled=labels[db:],
+    )
+    return path

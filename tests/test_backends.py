@@ -10,6 +10,7 @@ import sys
 import backend_worker
 import numpy as np
 import pytest
+from data_fakes import save_split
 
 from gpq_keras import GPQ, GPQConfig, cli
 from gpq_keras.data import digits
@@ -75,15 +76,7 @@ def tiny_npz(tmp_path_factory):
     pick = np.random.default_rng(0).permutation(len(images))[:140]
     x, y = images[pick], labels[pick]
     path = tmp_path_factory.mktemp("backends") / "tiny.npz"
-    np.savez(
-        path,
-        x_query=x[:20],
-        y_query=y[:20],
-        x_db=x[20:80],
-        y_db=y[20:80],
-        x_labeled=x[80:],
-        y_labeled=y[80:],
-    )
+    save_split(path, x, y, 20, 60)
     return path
 
 

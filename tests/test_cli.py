@@ -9,6 +9,7 @@ import numpy as np
 import original_retrieval as original
 import pytest
 import tensorflow as tf
+from data_fakes import save_split
 from numpy_reference import intra_norm
 
 from gpq_keras import cli
@@ -25,15 +26,7 @@ def workspace(tmp_path_factory):
     small = tf.image.resize(images[pick], (16, 16)).numpy().round().astype(np.uint8)
     y = labels[pick]
     data = root / "tiny.npz"
-    np.savez(
-        data,
-        x_query=small[:20],
-        y_query=y[:20],
-        x_db=small[20:80],
-        y_db=y[20:80],
-        x_labeled=small[80:],
-        y_labeled=y[80:],
-    )
+    save_split(data, small, y, 20, 60)
     out = root / "run"
     rc = cli.main(
         [

@@ -11,6 +11,7 @@ import stat
 
 import numpy as np
 import pytest
+from data_fakes import save_split
 
 from gpq_keras import GPQ, cli
 from gpq_keras.config import GPQConfig
@@ -35,15 +36,7 @@ def files(tmp_path_factory):
     images = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
     labels = np.arange(60) % 5
     data = root / "data.npz"
-    np.savez(
-        data,
-        x_query=images[:10],
-        y_query=labels[:10],
-        x_db=images[10:40],
-        y_db=labels[10:40],
-        x_labeled=images[40:],
-        y_labeled=labels[40:],
-    )
+    save_split(data, images, labels, 10, 30)
     for name, seed in (("a", 0), ("b", 1)):
         import keras
 

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fakes import save_split
 
 from gpq_keras import GPQ, cli
 from gpq_keras.config import GPQConfig
@@ -164,15 +165,7 @@ def _write_data(path, count=200):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8)
     labels = np.arange(count) % 5
-    np.savez(
-        path,
-        x_query=images[:10],
-        y_query=labels[:10],
-        x_db=images[10:100],
-        y_db=labels[10:100],
-        x_labeled=images[100:],
-        y_labeled=labels[100:],
-    )
+    save_split(path, images, labels, 10, 90)
     return f"npz:{path}"
 
 

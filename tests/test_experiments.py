@@ -9,6 +9,7 @@ import sys
 import matplotlib.image
 import numpy as np
 import pytest
+from data_fakes import save_split
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -88,15 +89,7 @@ def test_deterministic_training_gives_the_same_model_twice(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (120, 16, 16, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(3), 40)
-    np.savez(
-        data,
-        x_query=images[:12],
-        y_query=labels[:12],
-        x_db=images[12:72],
-        y_db=labels[12:72],
-        x_labeled=images[72:],
-        y_labeled=labels[72:],
-    )
+    save_split(data, images, labels, 12, 60)
     weights = []
     for run in ("a", "b"):
         _run(

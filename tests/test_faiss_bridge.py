@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from retrieval_fakes import dyadic_problem
 
 from gpq_keras.files import FileFormatError
 from gpq_keras.retrieval import (
@@ -17,19 +18,6 @@ from gpq_keras.retrieval import (
     write_faiss_index,
 )
 from gpq_keras.retrieval.faiss_bridge import faiss_centroids, to_distances
-
-DYADIC = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
-
-
-def dyadic_problem(rng, m, k, d, n, q):
-    """Codebook and queries in multiples of 1/2, so every dot product and distance is exact in
-    float32 and many distances tie (equal codes and different codes with equal sums)."""
-    z = rng.choice(DYADIC, size=(k, m * d)).astype(np.float32)
-    codes = rng.integers(0, k, size=(n, m)).astype(np.uint8)
-    dup = min(10, n // 2)
-    codes[n // 2 : n // 2 + dup] = codes[:dup]  # duplicated codes
-    queries = rng.choice(DYADIC, size=(q, m * d)).astype(np.float32)
-    return z, codes, queries
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import numpy as np
 import original_retrieval as original
 import pytest
 from numpy_reference import intra_norm
+from retrieval_fakes import dyadic_problem
 
 from gpq_keras.retrieval import AddedFiles, PQIndex, ProductQuantizer
 
@@ -15,20 +16,6 @@ def codes_of(features, codebook, num_subspaces):
 
 def distances_of(queries, codes, codebook, num_subspaces, mode="original"):
     return PQIndex(codebook, num_subspaces, mode).add(codes).distances(queries)
-
-
-DYADIC = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
-
-
-def dyadic_problem(rng, m, k, d, n, q):
-    """Codebook and queries in multiples of 1/2, so every dot product and distance is exact in
-    float32 and many distances tie (equal codes and different codes with equal sums)."""
-    z = rng.choice(DYADIC, size=(k, m * d)).astype(np.float32)
-    codes = rng.integers(0, k, size=(n, m)).astype(np.uint8)
-    dup = min(10, n // 2)
-    codes[n // 2 : n // 2 + dup] = codes[:dup]  # duplicated codes
-    queries = rng.choice(DYADIC, size=(q, m * d)).astype(np.float32)
-    return z, codes, queries
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from retrieval_fakes import named_index
 
 from gpq_keras.files import FileFormatError
 from gpq_keras.retrieval import PQIndex, checksum, pack_codes
@@ -204,29 +205,8 @@ def test_a_version_2_file_still_loads(rng, tmp_path):
 # --- sources and class names ----------------------------------------------------------------------
 
 
-def _named_index(rng, ids=None):
-    """Three adds of 4 + 3 + 5 items with int labels, sources and class names (optionally custom
-    ids)."""
-    index = PQIndex(
-        rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=("cat", "dog", "bird")
-    )
-    sizes, start = (4, 3, 5), 0
-    for size in sizes:
-        rows = slice(start, start + size)
-        index.add(
-            rng.standard_normal((size, 12)).astype(np.float32),
-            ids=None if ids is None else ids[rows],
-            labels=np.arange(start, start + size) % 3,
-            sources=[f"images/{i:03d}.png" for i in range(start, start + size)]
-            if start
-            else np.array([f"images/{i:03d}.png" for i in range(size)]),
-        )
-        start += size
-    return index
-
-
 def test_sources_and_class_names_round_trip_without_pickle(rng, tmp_path):
-    index = _named_index(rng)
+    index = named_index(rng)
     want = np.array([f"images/{i:03d}.png" for i in range(12)])
     assert index.sources.dtype.kind == "U" and index.sources.shape == (12,)
     np.testing.assert_array_equal(index.sources, want)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from retrieval_fakes import named_index
 
 from gpq_keras.retrieval import PQIndex
 
@@ -11,31 +12,10 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def _named_index(rng, ids=None):
-    """Three adds of 4 + 3 + 5 items with int labels, sources and class names (optionally custom
-    ids)."""
-    index = PQIndex(
-        rng.standard_normal((16, 12)).astype(np.float32), 4, class_names=("cat", "dog", "bird")
-    )
-    sizes, start = (4, 3, 5), 0
-    for size in sizes:
-        rows = slice(start, start + size)
-        index.add(
-            rng.standard_normal((size, 12)).astype(np.float32),
-            ids=None if ids is None else ids[rows],
-            labels=np.arange(start, start + size) % 3,
-            sources=[f"images/{i:03d}.png" for i in range(start, start + size)]
-            if start
-            else np.array([f"images/{i:03d}.png" for i in range(size)]),
-        )
-        start += size
-    return index
-
-
 @pytest.mark.parametrize("custom_ids", [False, True])
 def test_sources_for_and_class_names_for_map_search_ids(rng, custom_ids):
     ids = np.array([90, 3, 41, 7, 1000, 12, 5, 66, 8, 30, 2, 77]) if custom_ids else None
-    index = _named_index(rng, ids)
+    index = named_index(rng, ids)
     queries = rng.standard_normal((3, 12)).astype(np.float32)
     _, found = index.search(queries, 15)  # 12 items: the last 3 columns are -1
     assert np.all(found[:, 12:] == -1)

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import original_retrieval as original
 import pytest
+from data_fakes import save_split
 from numpy_reference import intra_norm
 
 from gpq_keras import GPQ, cli
@@ -42,15 +43,7 @@ def tiny_npz(tmp_path_factory):
     small = tf.image.resize(images[pick], (16, 16)).numpy().round().astype(np.uint8)
     y = labels[pick]
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(
-        path,
-        x_query=small[:20],
-        y_query=y[:20],
-        x_db=small[20:80],
-        y_db=y[20:80],
-        x_labeled=small[80:],
-        y_labeled=y[80:],
-    )
+    save_split(path, small, y, 20, 60)
     return path
 
 

@@ -14,6 +14,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from data_fakes import save_split
 
 from gpq_keras import cli
 from gpq_keras.model import load_gpq
@@ -28,15 +29,7 @@ def data(tmp_path_factory):
     x = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
     y = np.arange(60) % 5
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(
-        path,
-        x_query=x[:10],
-        y_query=y[:10],
-        x_db=x[10:30],
-        y_db=y[10:30],
-        x_labeled=x[30:],
-        y_labeled=y[30:],
-    )
+    save_split(path, x, y, 10, 20)
     return path
 
 
