@@ -363,7 +363,7 @@ _INPUTS = (
 )
 _OUTPUTS = (("--output", "output"), ("--json", "json"), ("--figure", "figure"))
 # the data specs whose folders hold image files: (kind, position of the folder in `spec_paths`)
-_IMAGE_FOLDERS = {"folder": 0, "nuswide": 1, "list": -1}
+_IMAGE_FOLDERS = {"folder": 0, "nuswide": 1}
 
 
 def _outputs(args):
@@ -442,6 +442,10 @@ def check_paths(args):
     def refuse(flag, path, why):
         raise CLIError(f"{flag} {display_path(path)} {why}")
 
+    listed_by_identity = {}  # (device, inode) -> (flag, path) of the files --images lists: once
+    for in_flag, in_path in listed:
+        listed_by_identity.setdefault(_identity(in_path), (in_flag, in_path))
+    listed_by_identity.pop(None, None)
     seen = {}
     for flag, path, kind in outputs:
         out = _real(path)
@@ -460,16 +464,15 @@ def check_paths(args):
                     f"holds the input {in_flag} {display_path(in_path)}; refusing to write over "
                     "an input",
                 )
-        identity = _identity(path)
-        if identity is not None and listed:
-            for in_flag, in_path in listed:
-                if _identity(in_path) == identity:
-                    refuse(
-                        flag,
-                        path,
-                        f"is the input {in_flag} file {display_path(in_path)}; refusing to "
-                        "overwrite an input",
-                    )
+        same_file = listed_by_identity.get(_identity(path))
+        if same_file is not None:
+            in_flag, in_path = same_file
+            refuse(
+                flag,
+                path,
+                f"is the input {in_flag} file {display_path(in_path)}; refusing to overwrite an "
+                "input",
+            )
         if kind != "dir" and out.lower().endswith(IMAGE_EXTENSIONS):
             for in_flag, folder in image_folders:
                 if out.startswith(_real(folder).rstrip(os.sep) + os.sep):

@@ -36,6 +36,7 @@ import os
 
 import numpy as np
 
+from gpq_keras.data.split import check_count
 from gpq_keras.files import FileFormatError, UnreadableFile, display_path, open_regular
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS: 1 GiB of 32-bit RGB(A) pixels / 3
@@ -70,13 +71,7 @@ def image_hw(image_size):
 
 def check_max_pixels(max_pixels):
     """`max_pixels` as an int >= 1 (None: no limit); a ValueError naming it otherwise."""
-    if max_pixels is None:
-        return None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
-        raise ValueError(f"max_pixels must be an int >= 1; received max_pixels={max_pixels!r}")
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels must be an int >= 1; received max_pixels={max_pixels!r}")
-    return int(max_pixels)
+    return None if max_pixels is None else check_count("max_pixels", max_pixels)
 
 
 def max_file_bytes(max_pixels=DEFAULT_MAX_PIXELS):
@@ -180,14 +175,6 @@ def _read_checked(path, max_pixels):
         return None, UnreadableFile(f"{display_path(path)}: cannot be read ({exc})")
 
 
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise ValueError(f"batch_size must be an int >= 1; received batch_size={batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1; received batch_size={batch_size!r}")
-    return int(batch_size)
-
-
 @functools.cache
 def _chunk_decoder(hw, antialias):
     """A tf.function, traced once per size: a vector of image file bytes -> uint8 (n, h, w, 3),
@@ -275,7 +262,7 @@ def read_images(
     import tensorflow as tf
 
     max_pixels = check_max_pixels(max_pixels)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_count("batch_size", batch_size)
     paths = list(paths)
     hw = image_hw(image_size)
     out = np.empty((len(paths), *hw, 3), np.uint8)
@@ -341,7 +328,7 @@ def image_dataset(
 
     paths = list(paths)
     max_pixels = check_max_pixels(max_pixels)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_count("batch_size", batch_size)
     hw = image_hw(image_size)
 
     def chunks():

@@ -7,6 +7,15 @@ import numpy as np
 MAX_CLASSES = 65536  # class ids must be in [0, MAX_CLASSES): a bound before anything sized by them
 
 
+def check_count(arg, value, where=None):
+    """`value` as an int >= 1 (NumPy ints too, not bool); a ValueError "[where: ]arg must be an int
+    >= 1; received arg=value" otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}{arg} must be an int >= 1; received {arg}={value!r}")
+    return int(value)
+
+
 def check_images(images, where):
     """Raise ValueError unless `images` are uint8 RGB images (N, H, W, 3); return them as an array.
 
@@ -171,8 +180,7 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
     every class must keep at least one labeled and one unlabeled image after the queries.
     """
     for arg, value in (("query_every", query_every), ("labeled_per_class", labeled_per_class)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: {arg} must be an int >= 1; received {arg}={value!r}")
+        check_count(arg, value, where=name)
     labels = check_labels(labels, f"{name}: labels")
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(

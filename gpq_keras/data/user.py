@@ -18,7 +18,7 @@ import stat
 import numpy as np
 
 from gpq_keras.data.images import DEFAULT_MAX_PIXELS, read_images
-from gpq_keras.data.split import Split, check_images, check_labels, protocol_split
+from gpq_keras.data.split import Split, check_count, check_images, check_labels, protocol_split
 from gpq_keras.files import (
     FileFormatError,
     UnreadableFile,
@@ -298,11 +298,18 @@ def list_folder(directory, skip_unreadable=False):
     """
     directory = os.fspath(directory)
     walk = _Walk()
-    class_names, walked = _classes(walk, directory)
+    class_names, paths, labels = _class_files(walk, directory)
     skipped = _report(walk.problems, skip_unreadable)
+    return ImageListing(paths, np.asarray(labels, np.int64), class_names, skipped)
+
+
+def _class_files(walk, directory):
+    """(class names, the image files of the class folders in order, their class ids) of
+    `directory`, walked by `walk` (`_classes`)."""
+    class_names, walked = _classes(walk, directory)
     paths = [path for _, _, files in walked for path in files]
     labels = [label for label, _, files in walked for _ in files]
-    return ImageListing(paths, np.asarray(labels, np.int64), class_names, skipped)
+    return class_names, paths, labels
 
 
 def _loose(walk, directory):
@@ -398,9 +405,7 @@ def list_images(spec, skip_unreadable=False):
     spec = os.fspath(spec)
     walk = _Walk()
     if os.path.isdir(spec):
-        class_names, walked = _classes(walk, spec)
-        paths = [path for _, _, files in walked for path in files]
-        labels = [label for label, _, files in walked for _ in files]
+        class_names, paths, labels = _class_files(walk, spec)
         loose = _loose(walk, spec)
         skipped = _report(walk.problems, skip_unreadable)
         if loose or not paths:  # loose images too: no classes
@@ -464,12 +469,7 @@ def load_folder(
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"image folder not found: {display_path(directory)}")
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, (int, np.integer))
-        or image_size < 1
-    ):
-        raise ValueError(f"image_size must be an int >= 1; received image_size={image_size!r}")
+    check_count("image_size", image_size)
     paths, labels, class_names, skipped = list_folder(directory, skip_unreadable)
     if not paths:
         raise ValueError(
