@@ -1,7 +1,7 @@
 """GPQ's claims measured: ablation, baselines, scarce labels and code length, over several seeds.
 
     .venv/bin/python benchmarks/experiments.py [--quick] [--data digits] [--seeds 0,1,2]
-        [--steps 200] [--groups ablation,baselines,labels,bits] [--labels 5,10,25,50]
+        [--steps 200] [--groups ablation,baselines,labels,bits,unseen] [--labels 5,10,25,50]
         [--bits 12,24,32,48] [--filters 16,32,64,64] [--batch-size 100] [--out benchmarks/results]
 
 Every run trains from scratch on `--data` (default: the embedded digits, split as `make demo` splits
@@ -19,11 +19,19 @@ Groups:
 - `labels`: labeled images per class in `--labels` (the first of each class; the unlabeled images
   and the database stay the same): GPQ, no entropy, two-step PQ and pixel PQ.
 - `bits`: code lengths in `--bits` (K = 16 codewords, M = bits / 4 codebooks): GPQ and two-step PQ.
+- `unseen` (48 bits; Sablayrolles et al. 2017, `load_data(data, protocol="unseen", seed=seed)`):
+  a permutation of the classes drawn from the seed puts 75% of them (8 of 10) in training, with
+  their labeled images; queries and database are the other classes' images (the database is also
+  the unlabeled set). GPQ, no entropy and two-step PQ (faiss trained on the database searched),
+  each scored unseen@unseen (the unseen queries among the unseen database) and unseen@all (among
+  the database of every class). The class split changes with the seed.
 
 Runs shared between groups are trained once. Writes to `--out`: `<group>.json` (every run: method,
-labels per class, bits, seed, mAP, precision@10, seconds; with the command, versions and budget),
-`results.md` (mean +- std over seeds) and `labels.png` (mAP against labels per class, one line per
-method); `--report-only` rewrites those two from the JSON files. `--quick` (one seed, 8 steps, 5 and
+labels per class, bits, seed, mAP, precision@10, seconds; unseen: those of unseen@unseen, the
+unseen@all ones and the unseen classes; with the command, versions and budget), `results.md` (mean
++- std over seeds, a table for every group's JSON in `--out`, this command's and earlier ones) and
+`labels.png` (mAP against labels per class, one line per method); `--report-only` rewrites those
+two from the JSON files. `--quick` (one seed, 8 steps, 5 and
 50 labels, 12 and 48 bits) checks the whole pipeline in a few minutes; its figures mean nothing.
 """
 
@@ -39,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-GROUPS = ("ablation", "baselines", "labels", "bits")
+GROUPS = ("ablation", "baselines", "labels", "bits", "unseen")
 GPQ_METHODS = {  # name -> (lambda1, lambda2)
     "GPQ": (0.1, 0.1),
     "GPQ, no entropy (lambda1=0)": (0.0, 0.1),
@@ -48,6 +56,8 @@ GPQ_METHODS = {  # name -> (lambda1, lambda2)
 }
 TWO_STEP = {"two-step: classifier + PQ": "pq", "two-step: classifier + OPQ": "opq"}
 PIXELS = "PQ on raw pixels"
+UNSEEN_METHODS = ("GPQ", "GPQ, no entropy (lambda1=0)", "two-step: classifier + PQ")
+UNSEEN_ALL = ("unseen@all mAP", "unseen@all precision@10")  # an unseen row's figures besides
 DEFAULT_LABELS, DEFAULT_BITS = 50, 48
 
 
@@ -68,6 +78,8 @@ def plan(groups, labels, bits):
         out["bits"] = [
             (m, DEFAULT_LABELS, b) for b in bits for m in ("GPQ", "two-step: classifier + PQ")
         ]
+    if "unseen" in groups:
+        out["unseen"] = [(m, DEFAULT_LABELS, DEFAULT_BITS) for m in UNSEEN_METHODS]
     return out
 
 
@@ -86,27 +98,43 @@ class Runner:
         self.load_data = load_data
         self.splits, self.results, self.features = {}, {}, {}
 
-    def split(self, labels):
+    def split(self, labels, protocol=None, seed=None):
         """The data with the first `labels` labeled images of each class kept; queries, unlabeled
-        images and database unchanged, so every label budget is scored on the same database."""
-        if labels not in self.splits:
+        images and database unchanged, so every label budget is scored on the same database.
+        `protocol` "unseen": the unseen split of `seed` (its classes depend on it)."""
+        key = (protocol, seed if protocol else None)
+        if key + (labels,) not in self.splits:
             import dataclasses
 
-            full = self.splits.setdefault(None, self.load_data(self.args.data))
+            if key not in self.splits:
+                self.splits[key] = self.load_data(self.args.data, protocol=protocol, seed=seed or 0)
+            full = self.splits[key]
             y = full.y_labeled
             rank = np.empty(len(y), np.int64)
             for c in np.unique(y):
                 rank[y == c] = np.arange(np.sum(y == c))
-            if np.bincount(y).min() < labels:
+            fewest = np.bincount(y)[np.unique(y)].min()  # among the classes it has (unseen: seen)
+            if fewest < labels:
                 raise SystemExit(
-                    f"--labels {labels}: {self.args.data} has only {np.bincount(y).min()} labeled "
-                    "images in some class"
+                    f"--labels {labels}: {self.args.data} has only {fewest} labeled images in "
+                    "some class"
                 )
             keep = rank < labels
-            self.splits[labels] = dataclasses.replace(
+            self.splits[key + (labels,)] = dataclasses.replace(
                 full, x_labeled=full.x_labeled[keep], y_labeled=y[keep]
             )
-        return self.splits[labels]
+        return self.splits[key + (labels,)]
+
+    def part_sizes(self, protocol, seeds):
+        """{seed: images per part} of the splits of `protocol` (labeled, query, database and
+        database_all, the database of every class)."""
+        out = {}
+        for seed in seeds:
+            split = self.splits[(protocol, seed)]
+            sizes = split.part_sizes()
+            out[str(seed)] = {k: sizes[k] for k in ("labeled", "query", "database")}
+            out[str(seed)]["database_all"] = len(split.x_db_all)
+        return out
 
     def config(self, split, bits, lambda1=0.1, lambda2=0.1):
         from gpq_keras.config import GPQConfig
@@ -120,17 +148,20 @@ class Runner:
             lambda2=lambda2,
         )
 
-    def run(self, method, labels, bits, seed):
-        key = (method, labels, bits, seed)
+    def run(self, method, labels, bits, seed, protocol=None):
+        """One setting's row: mAP and precision@10 (unseen: unseen@unseen, and `UNSEEN_ALL`)."""
+        key = (method, labels, bits, seed, protocol)
         if key not in self.results:
             start = time.perf_counter()
-            split = self.split(labels)
+            split = self.split(labels, protocol, seed)
             if method in GPQ_METHODS:
                 score = self._gpq(split, bits, seed, *GPQ_METHODS[method])
             elif method in TWO_STEP:
-                score = self._two_step(split, labels, bits, seed, TWO_STEP[method])
+                score = self._two_step(split, labels, bits, seed, TWO_STEP[method], protocol)
             else:
-                score = _faiss_score(_pixels(split.x_db), _pixels(split.x_query), split, bits, "pq")
+                score = _faiss_score(
+                    _pixels(split.x_db), _pixels(split.x_query), split.y_query, split.y_db, bits
+                )
             score.update(
                 method=method,
                 labels_per_class=labels,
@@ -138,11 +169,14 @@ class Runner:
                 seed=seed,
                 seconds=round(time.perf_counter() - start, 1),
             )
+            if protocol:
+                score.update(protocol=protocol, unseen_classes=list(split.unseen_classes))
             self.results[key] = score
+            also = f" unseen@all mAP {score[UNSEEN_ALL[0]]:.4f}" if protocol else ""
             print(
                 f"  {method:<36} labels {labels:>3}/class {bits:>2} bits seed {seed}: "
                 f"mAP {score['mAP']:.4f} "
-                f"P@10 {score['precision@10']:.4f} ({score['seconds']:.0f} s)",
+                f"P@10 {score['precision@10']:.4f}{also} ({score['seconds']:.0f} s)",
                 flush=True,
             )
         return self.results[key]
@@ -166,20 +200,23 @@ class Runner:
             verbose=0,
             shuffle=False,
         )
-        index = PQIndex.from_model(model).add(model.encode(split.x_db), labels=split.y_db)
-        result = metrics.evaluate_ranking(
-            index.rank(model.encode(split.x_query), with_distances=False),
-            split.y_query,
-            split.y_db,
-            precision_at=(10,),
-        )
-        return {"mAP": result["mAP"], "precision@10": result["precision"][10]}
+        queries = model.encode(split.x_query)
+        databases = [split.x_db] + ([] if split.x_db_all is None else [split.x_db_all])
+        labels = [split.y_db] + ([] if split.y_db_all is None else [split.y_db_all])
+        scores = []
+        for x_db, y_db in zip(databases, labels):
+            index = PQIndex.from_model(model).add(model.encode(x_db), labels=y_db)
+            result = metrics.evaluate_ranking(
+                index.rank(queries, with_distances=False), split.y_query, y_db, precision_at=(10,)
+            )
+            scores.append({"mAP": result["mAP"], "precision@10": result["precision"][10]})
+        return _with_all(*scores)
 
-    def _two_step(self, split, labels, bits, seed, kind):
+    def _two_step(self, split, labels, bits, seed, kind, protocol=None):
         """Step 1: the GPQ backbone F and a softmax layer trained by cross-entropy on the labeled
-        images (same steps, batch, augmentation and optimiser); step 2: faiss PQ / OPQ on F's
-        database features."""
-        key = (labels, bits, seed)
+        images (same steps, batch, augmentation and optimiser); step 2: faiss PQ / OPQ trained on
+        F's features of the database searched (unseen: each of the two)."""
+        key = (labels, bits, seed, protocol)
         if key not in self.features:
             from gpq_keras import GPQ
 
@@ -199,16 +236,32 @@ class Runner:
             classifier.fit(
                 labeled, steps_per_epoch=self.args.steps, epochs=1, verbose=0, shuffle=False
             )
-            self.features[key] = (features.encode(split.x_db), features.encode(split.x_query))
-        db, queries = self.features[key]
-        return _faiss_score(db, queries, split, bits, kind)
+            self.features[key] = (
+                features.encode(split.x_db),
+                features.encode(split.x_query),
+                None if split.x_db_all is None else features.encode(split.x_db_all),
+            )
+        db, queries, db_all = self.features[key]
+        score = _faiss_score(db, queries, split.y_query, split.y_db, bits, kind)
+        if db_all is None:
+            return score
+        score_all = _faiss_score(db_all, queries, split.y_query, split.y_db_all, bits, kind)
+        return _with_all(score, score_all)
+
+
+def _with_all(score, score_all=None):
+    """A row's figures: `score` (unseen: unseen@unseen) and, given, `score_all`'s as
+    `UNSEEN_ALL`."""
+    if score_all is not None:
+        score.update(zip(UNSEEN_ALL, (score_all["mAP"], score_all["precision@10"])))
+    return score
 
 
 def _pixels(images):
     return (np.asarray(images, np.float32) / 255.0).reshape(len(images), -1)
 
 
-def _faiss_score(db, queries, split, bits, kind):
+def _faiss_score(db, queries, y_query, y_db, bits, kind="pq"):
     """faiss PQ (or OPQ + PQ) of bits / 4 codebooks of 16 codewords trained on the database vectors;
     every query ranks the whole database by asymmetric (ADC) L2 distance
     -> {"mAP", "precision@10"}."""
@@ -220,17 +273,22 @@ def _faiss_score(db, queries, split, bits, kind):
     dim = db.shape[1] - db.shape[1] % m  # PQ needs d % M == 0: drop the last few pixels if need be
     db, queries = np.ascontiguousarray(db[:, :dim]), np.ascontiguousarray(queries[:, :dim])
     index = faiss.IndexPQ(dim, m, 4)
+    # fewer than 39 points per codeword (unseen's 221-image database) is only warned about, once
+    # per codebook; the k-means is the same
+    index.pq.cp.min_points_per_centroid = 1
     if kind == "opq":
         index = faiss.IndexPreTransform(faiss.OPQMatrix(dim, m), index)
     index.train(db)
     index.add(db)
     _, ranking = index.search(queries, len(db))
-    result = metrics.evaluate_ranking(ranking, split.y_query, split.y_db, precision_at=(10,))
+    result = metrics.evaluate_ranking(ranking, y_query, y_db, precision_at=(10,))
     return {"mAP": result["mAP"], "precision@10": result["precision"][10]}
 
 
-def summarise(rows):
-    """{(method, labels, bits): (mean mAP, std mAP, mean P@10, std P@10, seeds)} over seeds."""
+def summarise(rows, figures=("mAP", "precision@10")):
+    """{(method, labels, bits): (mean, std of each of `figures`..., seeds)} over seeds: by
+    default (mean mAP, std mAP, mean P@10, std P@10, seeds); std is the sample std (0 for one
+    seed)."""
     groups = {}
     for row in rows:
         groups.setdefault((row["method"], row["labels_per_class"], row["bits"]), []).append(row)
@@ -240,9 +298,11 @@ def summarise(rows):
 
     out = {}
     for key, runs in groups.items():
-        maps = np.array([r["mAP"] for r in runs])
-        p10 = np.array([r["precision@10"] for r in runs])
-        out[key] = (float(maps.mean()), std(maps), float(p10.mean()), std(p10), len(runs))
+        stats = []
+        for figure in figures:
+            values = np.array([r[figure] for r in runs])
+            stats += [float(values.mean()), std(values)]
+        out[key] = (*stats, len(runs))
     return out
 
 
@@ -257,6 +317,46 @@ def markdown(group, rows):
             f"| {method} | {labels} | {bits} | {m:.4f} +- {s:.4f} | {p:.4f} +- {ps:.4f} | {n} |"
         )
     return f"### {group}\n\n" + "\n".join(lines) + "\n"
+
+
+def markdown_unseen(payload):
+    """The unseen group's table: one row per (method, bits), unseen@unseen and unseen@all mAP and
+    precision@10, mean +- std over seeds, with a caption saying how the classes were split."""
+    rows = payload["runs"]
+    lines = [
+        "| method | bits | unseen@unseen mAP | unseen@all mAP | unseen@unseen precision@10 | "
+        "unseen@all precision@10 | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    figures = ("mAP", UNSEEN_ALL[0], "precision@10", UNSEEN_ALL[1])
+    for (method, _, bits), stats in summarise(rows, figures).items():
+        cells = [f"{stats[i]:.4f} +- {stats[i + 1]:.4f}" for i in range(0, 8, 2)]
+        lines.append(f"| {method} | {bits} | " + " | ".join(cells) + f" | {stats[-1]} |")
+    classes = {}
+    for row in rows:
+        classes.setdefault(row["seed"], tuple(row["unseen_classes"]))
+    parts = payload.get("split") or {}
+    sizes = ""
+    if parts:
+        sizes = "; labeled / queries / unseen database / database of every class by seed: " + (
+            ", ".join(
+                f"{seed}: {p['labeled']} / {p['query']} / {p['database']} / {p['database_all']}"
+                for seed, p in sorted(parts.items(), key=lambda kv: int(kv[0]))
+            )
+        )
+    caption = (
+        f"Unseen classes (Sablayrolles et al. 2017) on {payload['data']}: for each seed a "
+        "permutation of the classes drawn from that seed puts 75% of them in training (their "
+        "labeled images only); the queries and the database are the other classes' images, and "
+        "that database is also the unlabeled set (GPQ sees it unlabeled, no entropy does not). "
+        "unseen@unseen: the unseen queries among the unseen database; unseen@all: among the "
+        "database of every class. The class split depends on the seed; unseen classes by seed: "
+        + ", ".join(f"{seed}: {list(c)}" for seed, c in sorted(classes.items()))
+        + f"{sizes}. {payload['steps']} steps of batch {payload['batch_size']}, "
+        f"{DEFAULT_BITS} bits; two-step: faiss PQ trained on the features of the database "
+        "searched."
+    )
+    return "### unseen\n\n" + caption + "\n\n" + "\n".join(lines) + "\n"
 
 
 def plot_labels(rows, path):
@@ -372,22 +472,29 @@ def main(argv=None):
     }
     for group, wanted in settings.items():
         print(f"{group}:", flush=True)
+        protocol = "unseen" if group == "unseen" else None
         rows = [
-            runner.run(method, labels, bits, seed)
+            runner.run(method, labels, bits, seed, protocol)
             for method, labels, bits in wanted
             for seed in seeds
         ]
         meta["minutes"] = round((time.perf_counter() - began) / 60, 1)  # so far
-        _write_json(os.path.join(args.out, f"{group}.json"), {**meta, "group": group, "runs": rows})
-    print(report(args.out, groups))
+        payload = {**meta, "group": group, "runs": rows}
+        if protocol:
+            payload.update(protocol=protocol, split=runner.part_sizes(protocol, seeds))
+        _write_json(os.path.join(args.out, f"{group}.json"), payload)
+    print(report(args.out))  # every group in --out, this command's and earlier ones
+
+
+SETTINGS = ("data", "steps", "batch_size", "filters", "seeds", "mode")  # a group's, in its JSON
 
 
 def report(out, groups=GROUPS):
     """Write results.md (a table per group found) and labels.png from the groups' JSON files in
-    `out`."""
+    `out`. A group run by another command than the first group's says so under its title."""
     from gpq_keras.files import atomic_path
 
-    tables, meta, minutes = [], None, 0.0
+    tables, meta, minutes = [], None, {}
     for group in groups:
         path = os.path.join(out, f"{group}.json")
         if not os.path.exists(path):
@@ -395,8 +502,23 @@ def report(out, groups=GROUPS):
         with open(path) as fh:
             payload = json.load(fh)
         meta = meta or payload
-        minutes = max(minutes, payload.get("minutes", 0.0))  # each group's file: the time so far
-        tables.append(markdown(group, payload["runs"]))
+        # each group's file holds its command's time so far: the longest of each command counts
+        run = (payload["command"], payload["date"])
+        minutes[run] = max(minutes.get(run, 0.0), payload.get("minutes", 0.0))
+        if group == "unseen":
+            table = markdown_unseen(payload)
+        else:
+            table = markdown(group, payload["runs"])
+        if run != (meta["command"], meta["date"]):
+            title, rest = table.split("\n\n", 1)
+            other = [k for k in SETTINGS if payload.get(k) != meta.get(k)]
+            table = (
+                f"{title}\n\nRun by `{payload['command']}` ({payload['date']}, "
+                f"{payload.get('minutes', 0.0):.0f} min)"
+                + "".join(f", {k} {payload.get(k)}" for k in other)
+                + f".\n\n{rest}"
+            )
+        tables.append(table)
         if group == "labels":
             plot_labels(payload["runs"], os.path.join(out, "labels.png"))
     if meta is None:
@@ -405,7 +527,7 @@ def report(out, groups=GROUPS):
         f"Data {meta['data']}, {meta['steps']} steps of batch {meta['batch_size']} "
         f"(+ as many unlabeled), VGG widths {tuple(meta['filters'])}, seeds {meta['seeds']}, "
         f"`{meta['mode']}` mode; mean +- std over seeds. "
-        f"{minutes:.0f} min in all on {meta['machine']} ({meta['date']}).\n"
+        f"{sum(minutes.values()):.0f} min in all on {meta['machine']} ({meta['date']}).\n"
         f"Command: `{meta['command']}`\n\n" + "\n".join(tables)
     )
     with atomic_path(os.path.join(out, "results.md"), suffix=".md") as tmp, open(tmp, "w") as fh:

@@ -547,6 +547,18 @@ def _npy_array(path, archive, info, key):
         raise FileFormatError(f"{path}: '{key}' is damaged ({one_line(exc)})") from None
 
 
+def read_npz_keys(path):
+    """The names of the arrays of an `.npz` (nothing read but its zip directory); FileFormatError
+    naming the file when it is not a readable zip."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except _ZIP_DAMAGE as exc:
+        raise FileFormatError(f"{path}: not a readable .npz ({one_line(exc)})") from None
+    return [name[:-4] if name.endswith(".npy") else name for name in names]
+
+
 def read_npz(path, what="npz file", keys=None, required=()):
     """Arrays of an `.npz`, read without pickle and checked first: {key: array}.
 

@@ -3,7 +3,8 @@
 A `GPQ` takes pixels (B, H, W, 3), uint8 or float in 0..255, and normalises them itself with the
 original's per-channel statistics, `(x - CHANNEL_MEAN) / CHANNEL_STD`, in its first layer
 (`pixel_normalization`). The input pipelines depend on this module, not the reverse: they pad pixels
-with `PADDING_FILL` (the channel mean, which the normalisation makes 0, the original's padding) and
+with `PADDING_FILL` (the channel mean, which the normalisation makes 0, the original's padding) by
+`augmentation_padding` pixels (4 at 32x32, the original's; an eighth of the side at other sizes) and
 give normalised images with `normalize_array` for models saved before the model normalised.
 
 ```python
@@ -20,8 +21,15 @@ import numpy as np
 # Per-channel statistics the original normalises CIFAR-10 with (RGB, pixels in 0..255).
 CHANNEL_MEAN = (125.642, 123.738, 114.46)
 CHANNEL_STD = (63.01, 62.157, 66.94)
-PADDING = 4  # pixels of border the augmentation pads before its random crop
+PADDING = 4  # pixels of border the augmentation pads at 32x32 (`augmentation_padding`)
 PADDING_FILL = CHANNEL_MEAN  # the border's value in pixels: normalised, the original's 0
+
+
+def augmentation_padding(height, width):
+    """Pixels of border the augmentation pads on every side of an image (height, width) before its
+    random crop back: max(1, min(height, width) // 8), the original's 4 at 32x32 (16 at 128, 28 at
+    224), so the shifts are the same share of the image at every size."""
+    return max(1, min(int(height), int(width)) // 8)
 
 
 def padding_fill(normalized=False):

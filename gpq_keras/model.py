@@ -10,6 +10,7 @@ from keras import ops
 from gpq_keras.backbones import VGGBackbone
 from gpq_keras.config import GPQConfig
 from gpq_keras.data import eval_input
+from gpq_keras.data.image_files import ImageFiles, reraise_file_errors
 from gpq_keras.distribute import num_workers, strategy_of
 from gpq_keras.files import FileFormatError, atomic_path
 from gpq_keras.image_converter import check_image_batch, pixel_normalization
@@ -184,16 +185,23 @@ class GPQ(Trainer, keras.Model):
         float in 0..255, batched by the backend's input pipeline (`gpq_keras.data.eval_input`). A
         `tf.data.Dataset` or `keras.utils.PyDataset` of batches is used as it is.
 
+        `images` may be `gpq_keras.data.image_files.ImageFiles` at the model's image size (else
+        the ValueError of `check_images`; `files.with_size(...)` reads them at another): each batch
+        is read when drawn, prefetched, so memory is bounded by the batch. A file that cannot be
+        read raises its own one-line error naming it (FileNotFoundError or `UnreadableFile`:
+        `predict` runs inside `reraise_file_errors`).
+
         (A model with `normalize_pixels=False`, saved by an earlier version, keeps its contract:
         uint8 arrays are normalised here, float arrays taken as normalised.)
         """
-        if isinstance(images, np.ndarray):
+        if isinstance(images, (np.ndarray, ImageFiles)):
             self.check_images(images)
             images = eval_input(
                 images, self.input_pipeline, batch_size, normalized=not self.normalize_pixels
             )
             batch_size = None
-        features = self.predict(images, batch_size=batch_size, verbose=verbose)
+        with reraise_file_errors(), self.weights_kept_on_error():
+            features = self.predict(images, batch_size=batch_size, verbose=verbose)
         return np.asarray(features, dtype=np.float32)
 
     @property

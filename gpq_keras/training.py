@@ -1,7 +1,8 @@
 """Long training runs: a run folder that survives crashes, and the callbacks `gpq train` uses.
 
 A run folder `DIR` holds `model.keras` (the final model), `best.keras` (best validation mAP),
-`log.csv` (one row per epoch), `logs/` (TensorBoard), `run.json` (the run record), `checkpoints/`
+`log.csv` (one row per epoch), `logs/` (TensorBoard), `run.json` (the run record), `split.npz`
+(the images of every part: `gpq_keras.data.split_record`), `checkpoints/`
 (periodic `.keras` files) and, while a run is unfinished, `backup/` (the training state of
 `TrainingBackup`). `.lock` is held while a run trains there; `.previous-*/` holds the run that
 --overwrite / --restart replaces until the new run has saved its first backup.
@@ -31,11 +32,12 @@ import tempfile
 import keras
 import numpy as np
 
+from gpq_keras.data.image_files import reraise_file_errors
 from gpq_keras.distribute import num_workers, share_chief_state, strategy_of
 from gpq_keras.files import atomic_path, display_path, open_regular, sweep_temporaries, write_json
 from gpq_keras.metrics import codeword_entropy
 
-RUN_FILES = ("model.keras", "best.keras", "log.csv", "run.json")
+RUN_FILES = ("model.keras", "best.keras", "log.csv", "run.json", "split.npz")
 RUN_FOLDERS = ("logs", "checkpoints", "backup")
 PREVIOUS_PREFIX = ".previous-"  # a previous run set aside while a new one starts (`set_aside`)
 
@@ -85,7 +87,7 @@ class RunDirectory:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self.model, self.best, self.log, self.record = (
+        self.model, self.best, self.log, self.record, self.split = (
             os.path.join(self.path, f) for f in RUN_FILES
         )
         self.logs, self.checkpoints, self.backup = (os.path.join(self.path, f) for f in RUN_FOLDERS)
@@ -620,7 +622,8 @@ def fit_run(
         run: a `RunDirectory`.
         epochs, batch_size, seed: as for `train_dataset` / `fit`.
         validation: None or (x_val, y_val): held-out labeled images, searched against the database
-            (`split.x_db`, the unlabeled set in the paper's protocol).
+            (`split.validation_database`: `x_db`, the unlabeled set in the paper's protocol; under
+            `unseen` the database of every class).
         eval_every: validate every that many epochs (and after the last).
         backup_every_steps: None (a backup per epoch) or an int: also every that many steps.
         save_every, keep_checkpoints: periodic `checkpoints/epoch_NNN.keras`, the last
@@ -682,8 +685,7 @@ def fit_run(
         checker = RetrievalValidation(
             validation[0],
             validation[1],
-            split.x_db,
-            split.y_db,
+            *split.validation_database,
             every=eval_every,
             epochs=epochs,
             best_path=run.best,
@@ -708,15 +710,16 @@ def fit_run(
     def fit(first_epoch, steps_per_epoch, start_step, offset, last_epoch):
         backup.batch_offset = offset
         dataset, _ = train_input(split, start_step=start_step, **options)
-        model.fit(
-            dataset,
-            initial_epoch=first_epoch,
-            epochs=last_epoch,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
-        )
+        with reraise_file_errors():  # a bad image file met while streaming: named in one line
+            model.fit(
+                dataset,
+                initial_epoch=first_epoch,
+                epochs=last_epoch,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,
+            )
 
     try:
         if done:  # finish the interrupted epoch with its remaining steps

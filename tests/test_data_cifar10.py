@@ -25,6 +25,7 @@ from scipy import sparse
 from gpq_keras.data import cifar10, load_data, protocol_split
 from gpq_keras.data.cifar10 import DataFormatError
 from gpq_keras.data.labels import relevance
+from gpq_keras.data.protocols import apply_protocol
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,65 @@ def test_protocol_counts_at_full_size():
         [image_ids(split.x_query), image_ids(split.x_labeled), image_ids(split.x_db)]
     )
     assert sorted(all_ids.tolist()) == list(range(60000))
+
+
+def test_read_pool_is_the_folder_in_order_with_its_train_count(folder, fake):
+    pool = cifar10.read_pool(folder)
+    np.testing.assert_array_equal(pool.images, fake[0])
+    np.testing.assert_array_equal(pool.labels, fake[1])
+    assert pool.labels.dtype == np.int64 and pool.num_classes == 10
+    assert pool.class_names == tuple(CLASS_NAMES) and pool.name == "cifar10"
+    assert pool.train_count == 100  # the five data_batch files of 20 images; test_batch: 20
+    for options in ({}, {"directory": folder, "from_tfds": True}):
+        with pytest.raises(ValueError, match="^read_pool: pass either a CIFAR-10 folder or"):
+            cifar10.read_pool(**options)
+
+
+@pytest.fixture(scope="module")
+def folder_6000(tmp_path_factory):
+    """A CIFAR-10 folder of 6,000 images (600 per class): data_batch_1..5 then test_batch, each
+    of 1,000 images."""
+    images, labels = fake_cifar_images(6000, seed=3)
+    folder = write_cifar_folder(
+        str(tmp_path_factory.mktemp("cifar6000") / "cifar10"), images, labels
+    )
+    return folder, labels
+
+
+def test_deephash_protocols_on_a_generated_folder(folder_6000):
+    """cifar10-1 and cifar10-2 scaled by 10 (the real sizes: tests/test_protocols.py):
+    cifar10-1 with 10 queries and 50 labeled per class, cifar10-2 on the 5,000 + 1,000 division."""
+    folder, labels = folder_6000
+    pool = cifar10.read_pool(folder)
+    assert (len(pool), pool.train_count) == (6000, 5000)
+    sizes = {}
+    for name in ("cifar10-1", "cifar10-2"):
+        split = apply_protocol(pool, name, seed=0, queries_per_class=10, labeled_per_class=50)
+        sizes[name] = split.part_sizes()
+        assert (split.protocol, split.seed, split.name) == (name, 0, "cifar10")
+        assert split.class_names == tuple(CLASS_NAMES) and split.num_classes == 10
+        for part, x in (
+            ("query", split.x_query),
+            ("labeled", split.x_labeled),
+            ("database", split.x_db),
+        ):
+            np.testing.assert_array_equal(image_ids(x), split.index[part])  # the pool's images
+        np.testing.assert_array_equal(split.y_db, labels[split.index["database"]])
+        assert split.x_unlabeled is split.x_db
+        if name == "cifar10-1":
+            assert np.bincount(split.y_query).tolist() == [10] * 10
+            assert np.bincount(split.y_labeled).tolist() == [50] * 10
+            assert np.isin(split.index["labeled"], split.index["database"]).all()
+            assert not np.isin(split.index["query"], split.index["database"]).any()
+        else:  # the test_batch's images are the queries, the data_batch images the database
+            assert image_ids(split.x_query).tolist() == list(range(5000, 6000))
+            assert image_ids(split.x_db).tolist() == list(range(5000))
+    assert {
+        n: (s["query"], s["labeled"], s["unlabeled"], s["database"]) for n, s in sizes.items()
+    } == {
+        "cifar10-1": (100, 500, 5900, 5900),
+        "cifar10-2": (1000, 5000, 5000, 5000),
+    }
 
 
 class _Evil:
@@ -366,3 +426,7 @@ def test_tfds_prepares_offline_from_a_manual_archive(tmp_path, fake, monkeypatch
         np.testing.assert_array_equal(getattr(split, part), getattr(reference, part))
     assert split.class_names == tuple(CLASS_NAMES)
     assert os.path.isfile(archive)
+    pool = cifar10.read_pool(from_tfds=True, data_dir=str(tmp_path))  # train then test, in order
+    np.testing.assert_array_equal(pool.images, fake[0])
+    np.testing.assert_array_equal(pool.labels, fake[1])
+    assert pool.train_count == 100 and pool.class_names == tuple(CLASS_NAMES)

@@ -17,6 +17,10 @@ MODULES = (
     "gpq_keras.data.nuswide",
     "gpq_keras.data.digits",
     "gpq_keras.data.images",
+    "gpq_keras.data.image_files",
+    "gpq_keras.data.lists",
+    "gpq_keras.data.protocols",
+    "gpq_keras.data.check",
     "gpq_keras.image_converter",
 )
 PIPELINE_NAMES = ("normalize", "denormalize", "train_dataset", "eval_dataset")

@@ -121,13 +121,15 @@ def test_augment_shifts_a_known_pattern():
     assert len(moves) > 20 and {m[0] for m in moves} == {False, True}
 
 
-def split_of_constant_images(num_labeled=40, num_unlabeled=60, size=32):
-    """Image i has value (i % 250) + 1 everywhere (labeled: value = label * 10 + 1)."""
+def split_of_constant_images(num_labeled=40, num_unlabeled=60, size=32, width=None):
+    """Image i has value (i % 250) + 1 everywhere (labeled: value = label * 10 + 1); images are
+    size x size, or size x width."""
     y = np.arange(num_labeled) % 10
     values = (y * 10 + 1).astype(np.uint8)
-    x_l = np.broadcast_to(values[:, None, None, None], (num_labeled, size, size, 3)).copy()
+    hw = (size, width or size)
+    x_l = np.broadcast_to(values[:, None, None, None], (num_labeled, *hw, 3)).copy()
     ids_u = (np.arange(num_unlabeled) % 250 + 1).astype(np.uint8)
-    x_u = np.broadcast_to(ids_u[:, None, None, None], (num_unlabeled, size, size, 3)).copy()
+    x_u = np.broadcast_to(ids_u[:, None, None, None], (num_unlabeled, *hw, 3)).copy()
     return Split(
         x_query=x_l[:5],
         y_query=y[:5],
@@ -185,6 +187,36 @@ def test_padding_is_zero_after_normalisation(normalized, kind):
             assert border.sum() == 32 * (len(rows) + len(cols)) - len(rows) * len(cols)
             padded += border.any()
     assert padded > 80  # 100 images, each padded unless its offset is (4, 4)
+
+
+def test_augmentation_padding_is_an_eighth_of_the_smaller_side():
+    pad = image_converter.augmentation_padding
+    assert [pad(s, s) for s in (4, 8, 16, 32, 64, 128, 224)] == [1, 1, 2, 4, 8, 16, 28]
+    assert pad(24, 48) == pad(48, 24) == 3 and pad(32, 32) == image_converter.PADDING == 4
+
+
+@pytest.mark.parametrize("kind", PIPELINES)
+@pytest.mark.parametrize("hw", [(64, 64), (16, 40)])
+def test_the_training_padding_scales_with_the_image_size(kind, hw):
+    """At 64x64 the border is up to 8 pixels wide, at 16x40 up to 2 (min side // 8), on both axes:
+    whole rows and columns of the channel mean at one edge, every width up to that seen."""
+    height, width = hw
+    padding = image_converter.augmentation_padding(height, width)
+    split = split_of_constant_images(size=height, width=width)
+    images = np.concatenate([x_u for _, x_u, _ in take(kind, split, 5, batch_size=20, seed=6)[0]])
+    widths = set()
+    for image in images:
+        border = np.all(image == np.float32(MEAN), axis=-1)
+        rows, cols = np.flatnonzero(border.all(1)), np.flatnonzero(border.all(0))
+        for edge, side in ((rows, height), (cols, width)):
+            assert len(edge) <= padding
+            assert len(edge) == 0 or edge.tolist() in (
+                list(range(len(edge))),
+                list(range(side - len(edge), side)),
+            )
+            widths.add(len(edge))
+        assert border.sum() == width * len(rows) + height * len(cols) - len(rows) * len(cols)
+    assert widths == set(range(padding + 1))
 
 
 @pytest.mark.parametrize("kind", PIPELINES)

@@ -176,10 +176,13 @@ def test_folder_of_class_subfolders(tmp_path):
         and split.x_db.shape[1:] == (16, 16, 3)
         and split.x_db.dtype == np.uint8
     )
-    # 60 images: every 10th is a query (6); of the 18 per class left, a tenth (1) is labeled.
-    assert (len(split.x_query), len(split.x_labeled), len(split.x_db)) == (6, 3, 51)
+    # the given protocol: a tenth of each class (2) held out as queries, every other image
+    # labeled and in the database, read from the files when drawn
+    assert (len(split.x_query), len(split.x_labeled), len(split.x_db)) == (6, 54, 54)
+    assert split.protocol == "given" and split.streamed
     for x, y in ((split.x_query, split.y_query), (split.x_db, split.y_db)):
-        np.testing.assert_array_equal(x[:, 5, 5], np.array(list(colours.values()), np.uint8)[y])
+        pixels = x.read()[:, 5, 5]
+        np.testing.assert_array_equal(pixels, np.array(list(colours.values()), np.uint8)[y])
     custom = user.load_folder(
         str(tmp_path / "pics"), image_size=8, query_every=5, labeled_per_class=4
     )

@@ -649,17 +649,23 @@ def _write_png(path, colour=(200, 10, 10)):
     tf.io.write_file(str(path), tf.io.encode_png(np.full((6, 5, 3), colour, np.uint8)))
 
 
-@pytest.mark.parametrize("content", [b"not an image at all", None, b""])
+@pytest.mark.parametrize("content", [b"not an image at all", "header", "pixels", b""])
 def test_corrupt_image_in_a_folder_is_named(tmp_path, content):
     for name in ("cat", "dog"):
         for i in range(12):
             _write_png(tmp_path / "pics" / name / f"{i:02d}.png")
     bad = tmp_path / "pics" / "dog" / "07.png"
-    if content is None:  # a truncated PNG
-        content = bad.read_bytes()[:40]
+    at_load = content != "pixels"
+    if isinstance(content, str):  # a PNG truncated in its header, or in its pixel data
+        content = bad.read_bytes()[:40] if content == "header" else bad.read_bytes()[:-20]
     bad.write_bytes(content)
-    with pytest.raises(FileFormatError) as info:
-        user.load_folder(tmp_path / "pics", image_size=8, batch_size=5)
+    if at_load:  # no readable header: named at once, when the folder loads
+        with pytest.raises(FileFormatError) as info:
+            user.load_folder(tmp_path / "pics", image_size=8)
+    else:  # a header and broken pixels: named when a batch reads it (streamed)
+        split = user.load_folder(tmp_path / "pics", image_size=8)
+        with pytest.raises(FileFormatError) as info:
+            split.x_labeled.concatenate(split.x_query).read(batch_size=5)
     assert one_line(info).startswith(f"{bad}: not a decodable image (")
 
 

@@ -412,7 +412,7 @@ def test_load_data_passes_the_file_options_to_image_sources_only(tmp_path):
         f"folder:{root}", image_size=8, query_every=2, skip_unreadable=True, max_pixels=1000
     )
     assert [path for path, _ in split.skipped] == [f"{root}/dogs/pipe.png"]
-    assert len(split.x_query) + len(split.x_labeled) + len(split.x_db) == 8
+    assert len(split.x_query) + len(split.x_labeled) == 8  # given: the database is the labeled
     digits = data_package.load_data("digits", max_pixels=10, skip_unreadable=True)
     assert digits.skipped == []
 

@@ -104,9 +104,13 @@ def test_class_names_are_validated(rng):
     assert index.class_names == ["a", "b", "c"]
     with pytest.raises(ValueError, match=r"`labels`: the labels hold class ids 3..3"):
         index.add(codes[:1], labels=[3])
-    with pytest.raises(ValueError, match=r"`labels`: the labels hold class ids -1..-1"):
-        index.add(codes[:1], labels=[-1])
+    with pytest.raises(ValueError, match=r"`labels`: the labels hold class ids -2..-2"):
+        index.add(codes[:1], labels=[-2])
     assert index.ntotal == 3
+    index.add(codes[:1], labels=[-1])  # NO_CLASS: an item without a class (an unlabeled file)
+    assert index.class_names_for(np.array([[3, 0]])).tolist() == [["", "a"]]
+    index = PQIndex(z, 4).add(codes, labels=np.array([0, 2, 1]))
+    index.class_names = ("a", "b", "c")
     index.class_names = None
     assert index.add(codes[:1], labels=[7]).ntotal == 4  # without class names any label goes
     multi = PQIndex(z, 4).add(codes, labels=np.ones((3, 4), np.uint8))

@@ -378,7 +378,7 @@ def test_a_killed_or_interrupted_train_resumes_when_rerun(tiny_npz, tmp_path, ho
     if how == "SIGKILL":
         assert proc.returncode == -signal.SIGKILL
     else:
-        assert proc.returncode == 130
+        assert proc.returncode == 130, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "rerun the same command to resume" in lines[0], err
         assert json.loads((out / "run.json").read_text())["status"] == "interrupted"

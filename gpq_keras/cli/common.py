@@ -11,11 +11,18 @@ from gpq_keras.config import STRATEGIES  # the standard library only: cheap to i
 
 IMAGES_HELP = (
     "a folder of images (any depth; classes from its sub-folders when every image is in one) or a "
-    "glob such as 'photos/**/*.jpg'"
+    "glob such as 'photos/**/*.jpg'; give it again for more (labeled folders and an unlabeled "
+    "pool: the pool's images get no class)"
 )
 DATA_HELP = (
     "data spec: digits | cifar10:DIR | tfds:cifar10[:DATA_DIR] | nuswide:LIST_DIR:IMAGE_ROOT | "
-    "npz:FILE | folder:DIR"
+    "list:LIST_DIR[:IMAGE_ROOT] | npz:FILE | folder:DIR"
+)
+PROTOCOL_HELP = (
+    "which images are queries, labeled, unlabeled and database: given (the spec's own parts; a "
+    "folder: every labeled image trains), gpq (the paper's split), unseen[:FRACTION] (train on "
+    "FRACTION of the classes, 0.75, retrieve among the others), cifar10-1, cifar10-2 "
+    "(DeepHash's); default gpq for digits, cifar10 and tfds, given for the others"
 )
 
 
@@ -73,8 +80,43 @@ def add_command(sub, name, help_text, example, func):
 def add_model_and_data(parser, model_help="a GPQ .keras file"):
     parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--data", required=True, help=DATA_HELP)
+    add_protocol_flags(parser)
     add_reader_flags(parser)
     add_strategy_flag(parser, "encode")
+
+
+def protocol_name(text):
+    """An argparse type: a protocol of `gpq_keras.data.protocols` (parsing imports NumPy only)."""
+    from gpq_keras.data.protocols import parse_protocol
+
+    try:
+        parse_protocol(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_protocol_flags(parser, seed=True):
+    """`--protocol P` and, unless the command has its own, `--seed` (the protocol's draws)."""
+    parser.add_argument("--protocol", type=protocol_name, metavar="P", help=PROTOCOL_HELP)
+    if seed:
+        parser.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            help="the protocol's seed (unseen's classes, cifar10-1's draws); a run's own: see "
+            "its run.json (0)",
+        )
+
+
+def add_unlabeled_flag(parser):
+    parser.add_argument(
+        "--unlabeled",
+        metavar="DIR_OR_GLOB",
+        help="a folder (any depth) or glob of unlabeled images for the unlabeled stream "
+        "(folder:, list: without unlabeled.txt, nuswide:, npz: without x_unlabeled); without it "
+        "the labeled images feed that stream too",
+    )
 
 
 def add_strategy_flag(parser, what):
@@ -162,14 +204,25 @@ def report_skipped(skipped):
 
 
 def image_listing(args):
-    """The image files of `--images` (`gpq_keras.data.user.list_images`), listed once per
+    """The image files of `--images` (`gpq_keras.data.user.list_images`; given more than once,
+    `merge_listings`: an unlabeled pool beside class folders gets no class), listed once per
     command: by the path guard, which checks every output against them, then by the command."""
     listing = getattr(args, "image_files", None)
     if listing is None:
-        from gpq_keras.data.user import list_images
+        from gpq_keras.data.user import list_images, merge_listings
 
-        listing = args.image_files = list_images(args.images, skip_unreadable=args.skip_unreadable)
+        listing = args.image_files = merge_listings(
+            list_images(spec, skip_unreadable=args.skip_unreadable) for spec in image_specs(args)
+        )
     return listing
+
+
+def image_specs(args):
+    """The folders and globs of `--images` (given once or more) as a list."""
+    images = getattr(args, "images", None)
+    if not images:
+        return []
+    return [images] if isinstance(images, str) else list(images)
 
 
 # --- loading and writing --------------------------------------------------------------------------
@@ -294,25 +347,33 @@ def load_model(args):
     return model, chief
 
 
-def load_data(args, image_shape=None):
-    """The `Split` of `--data`, its image files read with `--max-pixels` and `--skip-unreadable`
-    where the command has them (the files skipped are listed on stderr), and those of a folder or
-    list of files resized to a square `image_shape` (a model's input)."""
-    from gpq_keras.data import load_data
+def load_data(args, image_shape=None, **options):
+    """The `Split` of `--data` with `--protocol`, `--seed` and `--unlabeled` where the command has
+    them, its image files read with `--max-pixels` and `--skip-unreadable` (the files skipped are
+    listed on stderr), and those of a file-based spec read at `image_shape` (a model's input,
+    (H, W, C)); `options` go to the loader."""
+    from gpq_keras.data import FILE_SOURCES, load_data
 
-    options = reader_options(args) if hasattr(args, "max_pixels") else {}
+    if hasattr(args, "max_pixels"):
+        options.update(reader_options(args))
     kind = args.data.strip().partition(":")[0].lower()
-    if kind in ("folder", "nuswide") and image_shape is not None:
-        if image_shape[0] == image_shape[1]:
-            options["image_size"] = int(image_shape[0])
-    split = load_data(args.data, **options)
+    if kind in FILE_SOURCES and image_shape is not None:
+        height, width = (int(v) for v in image_shape[:2])
+        options["image_size"] = height if height == width else (height, width)
+    split = load_data(
+        args.data,
+        protocol=getattr(args, "protocol", None),
+        seed=getattr(args, "seed", 0),
+        unlabeled=getattr(args, "unlabeled", None),
+        **options,
+    )
     report_skipped(getattr(split, "skipped", None) or [])
     return split
 
 
 def load_model_and_data(args):
     """(model, split, whether this process writes the outputs), the model loaded under
-    `--strategy`; image files are decoded at the model's input size."""
+    `--strategy`; image files are read at the model's input size."""
     model, chief = load_model(args)
     split = load_data(args, model.gpq_config.image_shape)
     model.check_images(split.x_db)
@@ -320,8 +381,8 @@ def load_model_and_data(args):
 
 
 def encode_images(model, images, label):
-    """Raw features of uint8 images, with a line and Keras' progress bar on a terminal (a
-    script's stderr keeps errors alone)."""
+    """Raw features of uint8 images or `ImageFiles` (read batch by batch), with a line and Keras'
+    progress bar on a terminal (a script's stderr keeps errors alone)."""
     terminal = sys.stderr.isatty()
     if terminal:
         print(f"encoding {len(images)} {label} images", file=sys.stderr)
@@ -363,7 +424,7 @@ _INPUTS = (
 )
 _OUTPUTS = (("--output", "output"), ("--json", "json"), ("--figure", "figure"))
 # the data specs whose folders hold image files: (kind, position of the folder in `spec_paths`)
-_IMAGE_FOLDERS = {"folder": 0, "nuswide": 1}
+_IMAGE_FOLDERS = {"folder": 0, "nuswide": 1, "list": -1}
 
 
 def _outputs(args):
@@ -391,14 +452,20 @@ def _inputs(args):
         position = _IMAGE_FOLDERS.get(args.data.strip().partition(":")[0].lower())
         if position is not None and paths:
             image_folders.append(("--data", paths[position]))
+    unlabeled = getattr(args, "unlabeled", None)
+    if unlabeled:
+        inputs.append(("--unlabeled", unlabeled))
+        if os.path.isdir(unlabeled):
+            image_folders.append(("--unlabeled", unlabeled))
     inputs += [("--image", path) for path in getattr(args, "image", None) or []]
     if getattr(args, "checkpoint", None):  # a TF1 checkpoint is a prefix of several files
         inputs += [("--checkpoint", args.checkpoint + suffix) for suffix in (".index", ".meta")]
     listed = []
-    if getattr(args, "images", None):
-        inputs.append(("--images", args.images))
-        if os.path.isdir(args.images):
-            image_folders.append(("--images", args.images))
+    if image_specs(args):
+        for spec in image_specs(args):
+            inputs.append(("--images", spec))
+            if os.path.isdir(spec):
+                image_folders.append(("--images", spec))
         listed = [("--images", path) for path in image_listing(args).paths]
     return inputs, image_folders, listed
 

@@ -28,6 +28,12 @@ def add_evaluate(sub):
     )
     add_model_and_data(p)
     p.add_argument(
+        "--split",
+        metavar="RUN_DIR",
+        help="evaluate on the queries and database a training run used: its folder (or its "
+        "split.npz); the protocol and seed come from it, and a change in the data is refused",
+    )
+    p.add_argument(
         "--mode", choices=RETRIEVAL_MODES, help="codebook at retrieval (model's default)"
     )
     p.add_argument(
@@ -57,11 +63,77 @@ def add_encode(sub):
     )
 
 
+def _run_split(args):
+    """The data options of the training run `--split` names (protocol, seed, per-class counts)
+    -> (options for the loader, the arrays of its split.npz)."""
+    import json
+
+    from gpq_keras.files import display_path, read_npz
+
+    path = args.split
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    npz = os.path.join(path, "split.npz") if os.path.isdir(path) else path
+    stored = read_npz(npz, "split file")
+    record_path = os.path.join(folder, "run.json")
+    settings = {}
+    if os.path.exists(record_path):
+        with open(record_path, encoding="utf-8") as fh:
+            settings = (json.load(fh) or {}).get("settings") or {}
+    protocol, seed = str(stored["protocol"]), int(stored["seed"])
+    given = settings.get("protocol")
+    for flag, mine, theirs in (("--protocol", args.protocol, given), ("--seed", args.seed, seed)):
+        if mine not in (None, 0) and theirs is not None and mine != theirs:
+            raise CLIError(
+                f"{flag} {mine}: the run in {display_path(folder)} used {flag} {theirs}; leave it "
+                "out with --split"
+            )
+    args.protocol, args.seed = given or None, seed
+    options = {}
+    if settings.get("labeled_per_class") is not None:
+        options["labeled_per_class"] = settings["labeled_per_class"]
+    kind = args.data.strip().partition(":")[0].lower()
+    if kind == "folder" and (given or "given") == "given" and "labeled_per_class" not in options:
+        options["query_per_class"] = settings.get("val_per_class")
+    if settings.get("unlabeled"):
+        args.unlabeled = settings["unlabeled"]
+    return {k: v for k, v in options.items() if v is not None}, stored, protocol
+
+
+def _evaluation_data(args):
+    """(model, split, chief) of `--data`, or of the run `--split` names, checked against it."""
+    from gpq_keras.cli.common import load_data, load_model
+    from gpq_keras.data.split import compare_split_arrays, split_arrays
+    from gpq_keras.files import display_path
+
+    if not args.split:
+        return load_model_and_data(args)
+    options, stored, protocol = _run_split(args)
+    model, chief = load_model(args)
+    split = load_data(args, model.gpq_config.image_shape, **options)
+    model.check_images(split.x_db)
+    current = split_arrays(split)
+    wanted = ("query_paths", "query_index", "database_paths", "database_index")
+    changed = compare_split_arrays(
+        {k: v for k, v in stored.items() if k in wanted},
+        {k: v for k, v in current.items() if k in wanted},
+        display_path(args.split),
+    )
+    if changed:
+        raise CLIError(changed)
+    print(f"the queries and database of {display_path(args.split)} ({protocol} protocol)")
+    return model, split, chief
+
+
 def run_evaluate(args):
     from gpq_keras import metrics
     from gpq_keras.retrieval import PQIndex
 
-    model, split, chief = load_model_and_data(args)
+    model, split, chief = _evaluation_data(args)
+    if split.x_query is None:
+        raise CLIError(
+            f"data {args.data!r} has no queries under the {split.protocol} protocol; give "
+            "--protocol, or --split RUN_DIR"
+        )
     if args.query is not None and not 0 <= args.query < len(split.x_query):
         raise CLIError(f"--query {args.query} is out of range (0..{len(split.x_query) - 1})")
     top_k = args.top_k or len(split.x_db)
@@ -76,6 +148,16 @@ def run_evaluate(args):
     print(f"mAP: {result['mAP']:.4f}")
     for k, value in sorted(result["precision"].items()):
         print(f"precision@{k}: {value:.4f}")
+    unseen_all = None
+    if split.x_db_all is not None:  # unseen: the unseen queries among every class's database
+        everything = PQIndex.from_model(model, mode=args.mode).add(
+            encode_images(model, split.x_db_all, "database (every class)")
+        )
+        k_all = min(args.top_k or len(split.x_db_all), len(split.x_db_all))
+        unseen_all = metrics.evaluate_ranking(
+            everything.rank(queries, k_all, with_distances=False), split.y_query, split.y_db_all
+        )
+        print(f"mAP unseen@all: {unseen_all['mAP']:.4f} ({len(split.x_db_all)} database images)")
     report = {
         "mAP": result["mAP"],
         "top_k": top_k,
@@ -86,7 +168,15 @@ def run_evaluate(args):
         "precision_at_k": {str(k): v for k, v in result["precision"].items()},
         "data": args.data,
         "model": os.path.abspath(args.model),
+        "protocol": split.protocol,
+        "seed": split.seed,
     }
+    if unseen_all is not None:
+        report["unseen@unseen"] = result["mAP"]
+        report["unseen@all"] = unseen_all["mAP"]
+        report["n_database_all"] = len(split.x_db_all)
+        report["seen_classes"] = [int(c) for c in split.seen_classes]
+        report["unseen_classes"] = [int(c) for c in split.unseen_classes]
     if not chief:
         for path in filter(None, (args.json, args.figure)):
             not_chief(path)
@@ -105,6 +195,7 @@ def _write_figure(args, split, index, queries, ap):
     import numpy as np
 
     from gpq_keras import metrics, viz
+    from gpq_keras.data.image_files import take
 
     if args.query is None:  # a good, a median and a bad query by AP, not only successes
         picks = viz.pick_queries_by_ap(ap)
@@ -124,8 +215,8 @@ def _write_figure(args, split, index, queries, ap):
         query_class = class_of(split.y_query[query : query + 1])
         blocks.append(
             dict(
-                query_image=split.x_query[query],
-                result_images=split.x_db[ids[0]],
+                query_image=take(split.x_query, [query])[0],
+                result_images=take(split.x_db, ids[0]),
                 relevant=relevant,
                 classes=class_of(split.y_db[ids[0]]),
                 distances=distances[0],

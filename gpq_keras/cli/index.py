@@ -9,11 +9,13 @@ from gpq_keras.cli.common import (
     CLIError,
     add_command,
     add_model_and_data,
+    add_protocol_flags,
     add_reader_flags,
     add_strategy_flag,
     add_wait_flag,
     encode_images,
     image_listing,
+    image_specs,
     load_model,
     load_model_and_data,
     non_negative_int,
@@ -51,7 +53,8 @@ def _add_index_build(index_sub):
     b.add_argument("--model", required=True, help="a GPQ .keras file")
     source = b.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help=DATA_HELP + " (its database part)")
-    source.add_argument("--images", help=IMAGES_HELP)
+    source.add_argument("--images", action="append", help=IMAGES_HELP)
+    add_protocol_flags(b)
     add_reader_flags(b)
     add_strategy_flag(b, "encode")
     b.add_argument(
@@ -104,6 +107,7 @@ def _add_index_add(index_sub):
     a.add_argument(
         "--images",
         required=True,
+        action="append",
         help=IMAGES_HELP + "; files already in the index (same absolute path) are skipped",
     )
     add_reader_flags(a)
@@ -238,12 +242,17 @@ def _labels_for(index, listing, shown):
         )
     if index.labels is None and not (index.ntotal == 0 and index.class_names is not None):
         return None
-    if listing.labels is None or index.class_names is None:
-        raise CLIError(f"{shown} has classes; add a folder of class sub-folders")
+    if index.class_names is None:
+        raise CLIError(f"{shown} has labels without class names; build a new index of files")
+    if listing.labels is None:  # an unlabeled pool beside the classes: no class
+        from gpq_keras.data.user import NO_CLASS
+
+        return np.full(len(listing.paths), NO_CLASS, np.int64)
     names = list(index.class_names)
     names += [name for name in listing.class_names if name not in names]
     index.class_names = names
-    return np.array([names.index(name) for name in listing.class_names], np.int64)[listing.labels]
+    ids = np.array([names.index(name) for name in listing.class_names] + [-1], np.int64)
+    return ids[listing.labels]  # NO_CLASS (-1) stays -1
 
 
 # --- the commands ---------------------------------------------------------------------------------
@@ -269,7 +278,8 @@ def run_index_build(args):
         if not index.ntotal:
             report_skipped(skipped)
             raise CLIError(
-                f"--images {display_path(args.images)}: none of its {len(skipped)} image files "
+                f"--images {' '.join(display_path(p) for p in image_specs(args))}: none of its "
+                f"{len(skipped)} image files "
                 "could be read; nothing written"
             )
     else:
@@ -429,7 +439,7 @@ def _print_hits(query_paths, index, distances, ids):
         hits = []
         for rank, (i, d) in enumerate(zip(ids[q], distances[q]), start=1):
             hit = {"rank": rank, "id": int(i), "distance": float(d)}
-            if classes is not None:
+            if classes is not None and classes[q, rank - 1]:  # "": no class (an unlabeled file)
                 hit["class"] = str(classes[q, rank - 1])
             if sources is not None:
                 hit["source"] = str(sources[q, rank - 1])

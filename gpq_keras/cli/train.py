@@ -10,8 +10,10 @@ from gpq_keras.cli.common import (
     CLIError,
     Interrupted,
     add_command,
+    add_protocol_flags,
     add_reader_flags,
     add_strategy_flag,
+    add_unlabeled_flag,
     load_strategy,
     non_negative_int,
     positive_int,
@@ -58,8 +60,7 @@ def add_train(sub):
     )
     # the run folder's parents are created (`mkdir -p`), as `--output runs/demo` in a fresh clone
     p.set_defaults(output_paths=_run_files, make_parents=True)
-    p.add_argument("--data", required=True, help=DATA_HELP)
-    add_reader_flags(p)
+    add_training_data_flags(p)
     p.add_argument(
         "--output",
         required=True,
@@ -83,6 +84,29 @@ def add_train(sub):
     _add_scale_flags(
         p.add_argument_group("training at scale (--batch-size is the global batch of all replicas)")
     )
+
+
+def add_training_data_flags(p):
+    """--data, --unlabeled, --protocol, --labeled-per-class, --image-size and the reader flags:
+    the data of a run (`gpq train`, `gpq data check`); `training_split` reads them."""
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    add_unlabeled_flag(p)
+    add_protocol_flags(p, seed=False)  # --seed (below) seeds the protocol too
+    p.add_argument(
+        "--labeled-per-class",
+        type=positive_int,
+        metavar="N",
+        help="simulate label scarcity: N labeled images per class, the others unlabeled (the "
+        "gpq protocol with N; default: every labeled image trains)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        metavar="N",
+        help="the model's input side: image files are read and resized to N x N as batches are "
+        "drawn (default 32, the paper's; array data keep their own size)",
+    )
+    add_reader_flags(p)
 
 
 def _add_model_flags(p):
@@ -125,7 +149,12 @@ def _add_model_flags(p):
         help="start from the weights of this GPQ .keras file, of the same configuration "
         "(fine-tuning; the same start on every Keras backend)",
     )
-    p.add_argument("--seed", type=int, default=0, help="weights, data order and augmentation (0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="weights, data order, augmentation and the protocol's draws (0)",
+    )
     p.add_argument(
         "--pipeline",
         choices=("auto", "tf.data", "numpy"),
@@ -214,7 +243,16 @@ def _run_files(args):
     from gpq_keras.training import RunDirectory
 
     run = RunDirectory(args.output)
-    files = (run.model, run.best, run.log, run.record, run.logs, run.checkpoints, run.backup)
+    files = (
+        run.model,
+        run.best,
+        run.log,
+        run.record,
+        run.split,
+        run.logs,
+        run.checkpoints,
+        run.backup,
+    )
     return [("--output", run.path, "dir")] + [("--output", path) for path in files]
 
 
@@ -260,11 +298,16 @@ def _train(args, run, strategy):
     start_over = state != "new" and (args.overwrite or args.restart)
     if not start_over:
         run.check_folders()
-    split, validation, per_class = _training_split(args, strategy)
+    from gpq_keras.distribute import check_global_batch
+
+    split, validation, per_class = training_split(args)
+    check_global_batch(min(args.batch_size, len(split.x_labeled), len(split.x_unlabeled)), strategy)
     replicas = strategy.num_replicas_in_sync
     config = _config_from_args(args, split, replicas)
     settings = _settings(args, config, per_class)
-    record = _resume_check(run, settings) if state == "interrupted" and not start_over else {}
+    stored_split = _split_file(split, validation)
+    resuming_run = state == "interrupted" and not start_over
+    record = _resume_check(run, settings, stored_split) if resuming_run else {}
     model, resuming = _build_model(args, config, strategy, run, resume=not start_over)
     record = record or new_record(["gpq"] + args.argv, settings)
     record.update(
@@ -274,10 +317,15 @@ def _train(args, run, strategy):
         resolver = strategy.cluster_resolver
         record["task"] = f"{resolver.task_type} {resolver.task_id}"
     n_val = 0 if validation is None else len(validation[0])
+    parts = split.part_sizes(n_val)
+    record["split"] = {"protocol": split.protocol, "seed": split.seed, "parts": parts}
+    height, width = config.image_shape[:2]
     print(
         f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
-        f"d={config.subspace_dim}) on {split.name}: {len(split.x_labeled)} labeled, "
-        f"{len(split.x_unlabeled)} unlabeled, {n_val} validation images; "
+        f"d={config.subspace_dim}) on {split.name} ({split.protocol} protocol, "
+        f"{height}x{width}{', streamed from files' if split.streamed else ''}): "
+        f"{parts['labeled']} labeled, {parts['unlabeled']} unlabeled, {n_val} validation, "
+        f"{parts['query']} query, {parts['database']} database images; "
         f"{args.precision}, XLA {'on' if model.jit_compile else 'off'}"
         + (
             f"; {replicas} replicas, sync batch norm {'on' if config.sync_batch_norm else 'off'}"
@@ -297,6 +345,10 @@ def _train(args, run, strategy):
         stale = run.prepare()
         if stale:
             print(f"removed {len(stale)} temporary file(s) an interrupted write left in {output}")
+        if not (resuming_run and os.path.exists(run.split)):
+            from gpq_keras.cli.common import write_npz_atomic
+
+            write_npz_atomic(run.split, **stored_split)  # the run keeps its split
         record = _fit(args, model, split, run, validation, record, previous)
     except BaseException:
         if previous is not None and os.path.isdir(previous):
@@ -326,22 +378,59 @@ def _run_state(args, run):
         return "damaged"
 
 
-def _training_split(args, strategy):
-    """(split without its validation images, (x_val, y_val) or None, validation images per class);
-    the batch checked against the strategy's replicas."""
+def training_split(args):
+    """(split without its validation images, (x_val, y_val) or None, validation images per class)
+    of `gpq train`'s (and `gpq data check`'s) data flags.
+
+    A folder's given protocol holds `--val-per-class` images per class out as its queries: they
+    are the validation images too. Other splits hold validation images out of their labeled set.
+    """
+    import numpy as np
+
     from gpq_keras.cli.common import load_data
     from gpq_keras.data.split import default_validation_per_class, hold_out_validation
-    from gpq_keras.distribute import check_global_batch
 
-    split = load_data(args)  # --max-pixels, --skip-unreadable (skipped files listed on stderr)
+    options = {}
+    if args.labeled_per_class is not None:
+        options["labeled_per_class"] = args.labeled_per_class
+    kind = args.data.strip().partition(":")[0].lower()
+    queries_validate = kind == "folder" and (args.protocol or "given") == "given"
+    queries_validate = queries_validate and args.labeled_per_class is None
+    if queries_validate and args.val_per_class is not None:
+        options["query_per_class"] = args.val_per_class
+    image_shape = None
+    if args.image_size is not None:
+        image_shape = (args.image_size, args.image_size, 3)
+    split = load_data(args, image_shape, **options)  # skipped files listed on stderr
     if not split.has_training_data:
         raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
-    per_class = (
-        default_validation_per_class(split) if args.val_per_class is None else args.val_per_class
-    )
-    split, x_val, y_val = hold_out_validation(split, per_class)
-    check_global_batch(min(args.batch_size, len(split.x_labeled), len(split.x_unlabeled)), strategy)
-    return split, None if x_val is None else (x_val, y_val), per_class
+    if args.image_size is not None and tuple(split.x_db.shape[1:3]) != image_shape[:2]:
+        height, width = split.x_db.shape[1:3]
+        raise CLIError(
+            f"--image-size {args.image_size}: the images of {args.data!r} are arrays of "
+            f"{height}x{width}, which are not resized; write them as image files (folder:, list:) "
+            "to train at another size"
+        )
+    if queries_validate:
+        per_class = 0 if split.x_query is None else int(np.bincount(split.y_query).min())
+        validation = None if split.x_query is None else (split.x_query, split.y_query)
+        split.index.setdefault("validation", split.index.get("query"))
+    else:
+        per_class = (
+            default_validation_per_class(split)
+            if args.val_per_class is None
+            else args.val_per_class
+        )
+        split, x_val, y_val = hold_out_validation(split, per_class)
+        validation = None if x_val is None else (x_val, y_val)
+    return split, validation, per_class
+
+
+def _split_file(split, validation):
+    """The arrays of the run's `split.npz` (`gpq_keras.data.split.split_arrays`)."""
+    from gpq_keras.data.split import split_arrays
+
+    return split_arrays(split, None if validation is None else validation[0])
 
 
 def _config_from_args(args, split, replicas=1):
@@ -350,7 +439,7 @@ def _config_from_args(args, split, replicas=1):
     sync = replicas > 1 if args.sync_batch_norm is None else args.sync_batch_norm
     base = {
         "num_classes": split.num_classes,
-        "image_shape": tuple(split.x_query.shape[1:]),
+        "image_shape": tuple(split.x_db.shape[1:]),
         "sync_batch_norm": sync,
     }
     if args.filters:
@@ -380,20 +469,32 @@ def _settings(args, config, per_class):
         settings["init_model"] = os.path.abspath(args.init_model)
     if args.pipeline != "auto":
         settings["pipeline"] = args.pipeline
+    for key in ("protocol", "labeled_per_class"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.unlabeled:
+        settings["unlabeled"] = os.path.abspath(args.unlabeled)
     return settings
 
 
-def _resume_check(run, settings):
-    """Refuse to resume an interrupted run with other settings than it was started with -> its
-    record."""
+def _resume_check(run, settings, stored_split):
+    """Refuse to resume an interrupted run with other settings, or other data (its `split.npz`),
+    than it was started with -> its record."""
+    from gpq_keras.data.split import compare_split_arrays
+    from gpq_keras.files import display_path, read_npz
+
+    if os.path.exists(run.split):
+        changed = compare_split_arrays(
+            read_npz(run.split, "split file"), stored_split, display_path(run.split)
+        )
+        if changed:
+            raise CLIError(f"{changed}; rerun with the same data to resume, or --restart")
     record = run.read_record() or {}
     started = record.get("settings")
     if started is not None and started != settings:
         changed = sorted(
             k for k in set(started) | set(settings) if started.get(k) != settings.get(k)
         )
-        from gpq_keras.files import display_path
-
         raise CLIError(
             f"{display_path(run.path)} holds an interrupted run with other settings "
             f"({', '.join(changed)}); rerun it with its own arguments to resume, or pass "

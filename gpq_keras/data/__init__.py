@@ -8,9 +8,13 @@
 | `cifar10:DIR`                | the original release's folder of python batches                   |
 | `tfds:cifar10[:DATA_DIR]`    | TensorFlow Datasets, offline from a manually placed archive:      |
 |                              | DATA_DIR/downloads/manual/cifar-10-binary.tar.gz                  |
-| `nuswide:LIST_DIR:IMAGE_ROOT`| HashNet list files (database.txt, test.txt, train.txt) + images   |
+| `nuswide:LIST_DIR:IMAGE_ROOT`| `list:` with 21 labels (HashNet's NUS-WIDE lists)                 |
+| `list:LIST_DIR[:IMAGE_ROOT]` | train.txt, database.txt, test.txt (+ unlabeled.txt): path + 0/1s  |
 | `npz:FILE`                   | x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)|
-| `folder:DIR`                 | class sub-folders of images, split like the paper                 |
+| `folder:DIR`                 | class sub-folders of images; every labeled image trains           |
+
+File-based sources (`folder`, `list`, `nuswide`) give `ImageFiles` parts, decoded at the size
+asked when a batch is drawn. `--protocol` (`gpq_keras.data.protocols`) chooses the parts.
 
 The input pipelines load on first use, so importing this package, its specs and the NumPy loaders
 does not import TensorFlow or Keras: tf.data (`tf_pipeline`: `train_dataset`, `eval_dataset`,
@@ -60,12 +64,15 @@ __getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 # options of the sources that decode image files (`gpq_keras.data.images.read_images`)
 FILE_OPTIONS = ("max_pixels", "skip_unreadable")
+FILE_SOURCES = ("folder", "list", "nuswide")  # their parts are `ImageFiles`, streamed
+POOL_SOURCES = ("digits", "cifar10", "tfds")  # one pool of labeled images that protocols split
 
 SPEC_FORMS = (
     "digits",
     "cifar10:DIR",
     "tfds:cifar10[:DATA_DIR]",
     "nuswide:LIST_DIR:IMAGE_ROOT",
+    "list:LIST_DIR[:IMAGE_ROOT]",
     "npz:FILE",
     "folder:DIR",
 )
@@ -135,25 +142,102 @@ def _existing(path, what):
     return path
 
 
-def load_data(spec, **options):
+def load_data(spec, protocol=None, seed=0, unlabeled=None, **options):
     """Load the `Split` a data spec names (see the module docstring); `options` go to the loader.
+
+    `protocol` (`gpq_keras.data.protocols.PROTOCOLS`, e.g. "unseen:0.75"; None: the source's
+    default, "gpq" for digits, cifar10 and tfds, "given" for the others) and its `seed` choose the
+    parts. `unlabeled` (a folder or glob of images) is the unlabeled stream of a `folder:`,
+    `list:` or `nuswide:` spec, or of an `npz:` without `x_unlabeled`; a spec with its own
+    unlabeled set refuses it.
 
     Options by source: cifar10 `similarity`, `query_every`, `labeled_per_class`; tfds `manual_dir`,
     `download` (default False: offline), `similarity`, `query_every`, `labeled_per_class`; nuswide
-    `image_size`; npz `name`; folder `image_size`, `query_every`, `labeled_per_class`; digits
-    `query_every`, `labeled_per_class`. The image file options `max_pixels` (default 89,478,485)
-    and `skip_unreadable` (default False) go to the sources that decode image files (folder,
-    nuswide: their split's `skipped` lists what was left out) and are ignored by the others.
+    and list `image_size`; npz `name`; folder `image_size`, `query_every`, `labeled_per_class`,
+    `query_per_class`; digits `query_every`, `labeled_per_class`. The image file options
+    `max_pixels` (default 89,478,485) and `skip_unreadable` (default False) go to the sources that
+    read image files (folder, list, nuswide: their split's `skipped` lists what was left out) and
+    are ignored by the others. File-based sources give `ImageFiles` parts, decoded when a batch is
+    drawn.
 
     Raises ValueError naming the spec and the accepted forms for a malformed spec, FileNotFoundError
     naming the path for missing files, `gpq_keras.files.FileFormatError` (a ValueError) naming the
     file and the key, line or image at fault for a damaged or malformed one, and ValueError (one
     line) for data the protocol cannot use (too few images, bad labels).
     """
+    from gpq_keras.data.protocols import parse_protocol
+
     kind, paths = _parse_spec(spec)
+    name, fraction = parse_protocol(protocol) if protocol is not None else (None, None)
     file_options = {k: options.pop(k) for k in FILE_OPTIONS if k in options}
-    if kind in ("nuswide", "folder"):
+    if kind in FILE_SOURCES:
         options.update(file_options)
+    if unlabeled is not None:
+        _check_unlabeled_allowed(spec, kind, paths)
+    if kind == "folder":
+        from gpq_keras.data import user
+
+        if fraction is not None:
+            options["fraction"] = fraction
+        split = user.load_folder(
+            _existing(paths[0], "image folder"),
+            protocol=name,
+            seed=seed,
+            unlabeled=unlabeled,
+            **options,
+        )
+        return _named(split, name, fraction, seed)
+    split = _load_source(kind, paths, name, seed, options)
+    if unlabeled is not None:
+        from gpq_keras.data.user import load_unlabeled
+
+        files, skipped = load_unlabeled(unlabeled, split.x_db.shape[1:3], **file_options)
+        split.x_unlabeled = files
+        split.index.pop("unlabeled", None)
+        split.skipped = list(split.skipped) + skipped
+    if name == "unseen":
+        from gpq_keras.data.protocols import unseen_split
+
+        split = unseen_split(
+            split,
+            0.75 if fraction is None else fraction,
+            seed=seed,
+            keep_unlabeled=unlabeled is not None,
+        )
+    return _named(split, name, fraction, seed)
+
+
+def _named(split, name, fraction, seed):
+    """`split` with the protocol it was made by ("unseen:0.5" with its fraction) and its seed."""
+    if name is not None:
+        split.protocol = name if fraction is None else f"{name}:{fraction:g}"
+        split.seed = seed
+    if split.seed is None:
+        split.seed = seed
+    return split
+
+
+def _load_source(kind, paths, protocol, seed, options):
+    """The split of a source that is not a folder, by its protocol: a pool source (digits,
+    cifar10, tfds) is split by `protocol` (gpq by default; unseen is applied later, on the gpq
+    split), the others keep their own parts ("given")."""
+    if protocol not in (None, "given", "gpq", "unseen") or (
+        protocol == "given" and kind in POOL_SOURCES
+    ):
+        if kind not in POOL_SOURCES:
+            raise ValueError(
+                f"--protocol {protocol} splits one pool of labeled images (digits, cifar10:, "
+                f"tfds:, folder:); {kind}: brings its own parts (use given or unseen)"
+            )
+        from gpq_keras.data.protocols import apply_protocol
+
+        pool = _read_pool(kind, paths, options)
+        return apply_protocol(pool, protocol, seed=seed, **options)
+    if protocol == "gpq" and kind not in POOL_SOURCES:
+        raise ValueError(
+            f"--protocol gpq splits one pool of labeled images (digits, cifar10:, tfds:, "
+            f"folder:); {kind}: brings its own parts (use given or unseen)"
+        )
     if kind == "digits":
         from gpq_keras.data import digits
 
@@ -174,11 +258,53 @@ def load_data(spec, **options):
             _existing(paths[1], "NUS-WIDE image folder"),
             **options,
         )
+    if kind == "list":
+        from gpq_keras.data import lists
+
+        list_dir = _existing(paths[0], "list folder")
+        root = _existing(paths[1], "image folder") if len(paths) > 1 else None
+        return lists.load_split(list_dir, root, **options)
     from gpq_keras.data import user
 
-    if kind == "npz":
-        return user.load_npz(_existing(paths[0], "npz file"), **options)
-    return user.load_folder(_existing(paths[0], "image folder"), **options)
+    return user.load_npz(_existing(paths[0], "npz file"), **options)
+
+
+def _read_pool(kind, paths, options):
+    """The `Pool` of a pool source, its reading options taken out of `options`."""
+    if kind == "digits":
+        from gpq_keras.data import digits
+
+        return digits.load_pool()
+    from gpq_keras.data import cifar10
+
+    reading = {k: options.pop(k) for k in ("manual_dir", "download") if k in options}
+    options.pop("similarity", None)
+    if kind == "cifar10":
+        return cifar10.read_pool(_existing(paths[0], "CIFAR-10 folder"))
+    return cifar10.read_pool(from_tfds=True, data_dir=paths[0] if paths else None, **reading)
+
+
+def _check_unlabeled_allowed(spec, kind, paths):
+    """Refuse `unlabeled` for a spec that carries its own unlabeled set."""
+    own = None
+    if kind in POOL_SOURCES:
+        own = "its database"
+    elif kind == "npz":
+        from gpq_keras.files import read_npz_keys
+
+        if "x_unlabeled" in read_npz_keys(_existing(paths[0], "npz file")):
+            own = "'x_unlabeled'"
+    elif kind in ("list", "nuswide"):
+        from gpq_keras.data import lists
+
+        if lists.has_unlabeled_list(_existing(paths[0], "list folder")):
+            own = lists.UNLABELED_FILE
+    if own is not None:
+        raise ValueError(
+            f"--unlabeled: data spec {spec!r} carries its own unlabeled set ({own}); give "
+            "--unlabeled with folder:, list: without unlabeled.txt, nuswide: or an npz: without "
+            "x_unlabeled"
+        )
 
 
 def _parse_spec(spec):
@@ -192,7 +318,7 @@ def _parse_spec(spec):
         if rest:
             raise _bad_spec(spec, "digits takes no path")
         return kind, []
-    if kind not in ("cifar10", "tfds", "nuswide", "npz", "folder"):
+    if kind not in ("cifar10", "tfds", "nuswide", "npz", "folder", "list"):
         raise _bad_spec(spec, f"unknown source {kind!r}")
     if not rest:
         raise _bad_spec(spec, f"{kind} needs a path")
@@ -206,6 +332,11 @@ def _parse_spec(spec):
         if not sep or not list_dir or not image_root:
             raise _bad_spec(spec, "nuswide needs LIST_DIR:IMAGE_ROOT")
         return kind, [os.path.expanduser(list_dir), os.path.expanduser(image_root)]
+    if kind == "list":
+        list_dir, sep, image_root = rest.partition(":")
+        if not list_dir or (sep and not image_root):
+            raise _bad_spec(spec, "list needs LIST_DIR or LIST_DIR:IMAGE_ROOT")
+        return kind, [os.path.expanduser(p) for p in (list_dir, image_root) if p]
     return kind, [os.path.expanduser(rest)]
 
 

@@ -136,6 +136,12 @@ def read_folder(directory):
 
     The order is the original's: data_batch_1..5, then test_batch.
     """
+    images, labels, names, _ = _read_folder(directory)
+    return images, labels, names
+
+
+def _read_folder(directory):
+    """`read_folder` and the number of training images (those of data_batch_1..5)."""
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"CIFAR-10 folder not found: {directory}")
@@ -153,7 +159,7 @@ def read_folder(directory):
         parts.append((images, labels))
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    return images, labels, names
+    return images, labels, names, sum(len(p[1]) for p in parts[:-1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,6 +205,12 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
             download=True when tfds' download fails, with its reason.
         DataFormatError: the archive in `manual_dir` is not the official one (checksum).
     """
+    images, labels, names, _ = _read_tfds(data_dir, manual_dir, download)
+    return images, labels, names
+
+
+def _read_tfds(data_dir=None, manual_dir=None, download=False):
+    """`read_tfds` and the number of training images (tfds' "train" split)."""
     if download not in (True, False):
         raise ValueError(f"download must be True or False; received download={download!r}")
     import tensorflow_datasets as tfds
@@ -242,12 +254,41 @@ def read_tfds(data_dir=None, manual_dir=None, download=False):
         images.append(np.concatenate([b["image"] for b in batches]).astype(np.uint8)[order])
         labels.append(np.concatenate([b["label"] for b in batches]).astype(np.int64)[order])
     names = list(builder.info.features["label"].names)
-    return np.concatenate(images), np.concatenate(labels), names
+    return np.concatenate(images), np.concatenate(labels), names, len(labels[0])
 
 
 # --------------------------------------------------------------------------------------------------
 # The paper's split and cifar10_Similarity.mat
 # --------------------------------------------------------------------------------------------------
+
+
+def _check_source(function, directory, from_tfds):
+    if from_tfds == (directory is not None):
+        raise ValueError(
+            f"{function}: pass either a CIFAR-10 folder or from_tfds=True; received "
+            f"directory={directory!r}, from_tfds={from_tfds!r}"
+        )
+
+
+def read_pool(directory=None, *, from_tfds=False, data_dir=None, manual_dir=None, download=False):
+    """All of CIFAR-10 as one `gpq_keras.data.protocols.Pool`: images uint8 (60000, 32, 32, 3),
+    int64 labels, the 10 class names, in the original's order (data_batch_1..5, test_batch; tfds:
+    train, test), `train_count` 50,000 (the training images come first; the rest are the test
+    images; None when either is empty), named "cifar10". The protocols (`apply_protocol`) split it.
+
+    Args as in `load_split`: the python batches' `directory`, or `from_tfds=True` (`data_dir`,
+    `manual_dir`, `download` as in `read_tfds`).
+    """
+    from gpq_keras.data.protocols import Pool
+
+    _check_source("read_pool", directory, from_tfds)
+    if from_tfds:
+        images, labels, names, train_count = _read_tfds(data_dir, manual_dir, download)
+    else:
+        images, labels, names, train_count = _read_folder(directory)
+    if not 0 < train_count < len(labels):
+        train_count = None  # no train/test division to speak of
+    return Pool(images, labels, len(names), tuple(names), "cifar10", train_count)
 
 
 def load_split(
@@ -270,26 +311,24 @@ def load_split(
         similarity: optional path of `cifar10_Similarity.mat`; checked against the split's labels
             (`check_similarity`), a ValueError if it does not match.
         query_every, labeled_per_class: the protocol (60 and 500 in the paper).
+
+    The split's protocol is "gpq"; other protocols: `read_pool` and
+    `gpq_keras.data.protocols.apply_protocol`.
     """
-    if from_tfds == (directory is not None):
-        raise ValueError(
-            "load_split: pass either a CIFAR-10 folder or from_tfds=True; received "
-            f"directory={directory!r}, from_tfds={from_tfds!r}"
-        )
-    if from_tfds:
-        images, labels, names = read_tfds(data_dir, manual_dir, download)
-    else:
-        images, labels, names = read_folder(directory)
+    _check_source("load_split", directory, from_tfds)
+    pool = read_pool(
+        directory, from_tfds=from_tfds, data_dir=data_dir, manual_dir=manual_dir, download=download
+    )
     split = protocol_split(
-        images,
-        labels,
+        pool.images,
+        pool.labels,
         query_every=query_every,
         labeled_per_class=labeled_per_class,
         name="tfds:cifar10" if from_tfds else os.fspath(directory),
     )  # named in errors
     split.name = "cifar10"
-    split.num_classes = len(names)
-    split.class_names = tuple(names)
+    split.num_classes = pool.num_classes
+    split.class_names = pool.class_names
     if similarity is not None:
         check_similarity(load_similarity(similarity), split.y_query, split.y_db, source=similarity)
     return split

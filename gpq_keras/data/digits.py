@@ -59,11 +59,23 @@ def load_images(image_size=32):
     return images, labels.astype(np.int64)
 
 
+CLASS_NAMES = tuple(str(d) for d in range(10))
+
+
+def load_pool(image_size=32):
+    """All 1,797 digits as one `gpq_keras.data.protocols.Pool` (`load_images` order, 10 classes
+    named "0".."9", no train/test division: `train_count` None), named "digits"."""
+    from gpq_keras.data.protocols import Pool
+
+    images, labels = load_images(image_size)
+    return Pool(images, labels, len(CLASS_NAMES), CLASS_NAMES, "digits")
+
+
 def load_split(query_every=10, labeled_per_class=50):
     """The paper's protocol scaled down: 180 queries, 500 labeled, 1,117 unlabeled = database."""
     images, labels = load_images()
     split = protocol_split(
         images, labels, query_every=query_every, labeled_per_class=labeled_per_class, name="digits"
     )
-    split.class_names = tuple(str(d) for d in range(10))
+    split.class_names = CLASS_NAMES
     return split

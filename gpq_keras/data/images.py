@@ -127,23 +127,60 @@ def image_header(path, fh):
     return size
 
 
+def _check_open(path, fh, max_pixels, limit):
+    """Steps 1-2 of the module's rule on an open file -> its size in bytes."""
+    size = os.fstat(fh.fileno()).st_size
+    if limit is not None and size > limit:
+        raise UnreadableFile(
+            f"{display_path(path)}: {size} bytes, larger than any image of --max-pixels "
+            f"{max_pixels} could be ({limit} bytes)"
+        )
+    width, height = image_header(path, fh)
+    if max_pixels is not None and width * height > max_pixels:
+        raise UnreadableFile(
+            f"{display_path(path)}: {width} x {height} pixels exceed --max-pixels {max_pixels}"
+        )
+    return size
+
+
+def check_image_files(paths, max_pixels=DEFAULT_MAX_PIXELS, skip_unreadable=False):
+    """Check image files as `read_image_file` does (a regular file, its size, its header against
+    `max_pixels`), reading headers only, nothing decoded -> (kept: int64 positions of the good
+    files, skipped: [(path, reason)]).
+
+    What a streamed source (`gpq_keras.data.image_files.ImageFiles`) does at load: a file that is
+    missing, not an image or too large is named before training starts; one whose pixels do not
+    decode is named when a batch reads it (`gpq data check` decodes every file). Without
+    `skip_unreadable` the first bad file raises."""
+    max_pixels = check_max_pixels(max_pixels)
+    limit = max_file_bytes(max_pixels)
+    kept, skipped = [], []
+    for position, path in enumerate(paths):
+        try:
+            with open_regular(path, "image") as fh:
+                _check_open(path, fh, max_pixels, limit)
+        except (FileNotFoundError, FileFormatError) as exc:
+            if not skip_unreadable:
+                raise
+            skipped.append((path, str(exc)))
+            continue
+        except OSError as exc:
+            error = UnreadableFile(f"{display_path(path)}: cannot be read ({exc})")
+            if not skip_unreadable:
+                raise error from None
+            skipped.append((path, str(error)))
+            continue
+        kept.append(position)
+    return np.asarray(kept, np.int64), skipped
+
+
 def read_image_file(path, max_pixels=DEFAULT_MAX_PIXELS):
     """The bytes of one image file, checked before anything is decoded (`open_regular`, its size
     on disk, its header's pixel count against `max_pixels`, None for no limit); raises as the
     module says."""
     limit = max_file_bytes(max_pixels)
     with open_regular(path, "image") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if limit is not None and size > limit:
-            raise UnreadableFile(
-                f"{display_path(path)}: {size} bytes, larger than any image of --max-pixels "
-                f"{max_pixels} could be ({limit} bytes)"
-            )
-        width, height = image_header(path, fh)
-        if max_pixels is not None and width * height > max_pixels:
-            raise UnreadableFile(
-                f"{display_path(path)}: {width} x {height} pixels exceed --max-pixels {max_pixels}"
-            )
+        size = _check_open(path, fh, max_pixels, limit)
         data = fh.read(size + 1)  # not read(limit): that would allocate the limit each time
         if len(data) > size:  # it grew since: read on, bounded
             data += fh.read(limit + 1 - len(data)) if limit is not None else fh.read()

@@ -17,12 +17,16 @@ def check_count(arg, value, where=None):
 
 
 def check_images(images, where):
-    """Raise ValueError unless `images` are uint8 RGB images (N, H, W, 3); return them as an array.
+    """Raise ValueError unless `images` are uint8 RGB images (N, H, W, 3) or an `ImageFiles`;
+    return them (an array, or the `ImageFiles`).
 
     `where` names the array in the message, e.g. "mydata.npz: 'x_db'" or "cifar10: x_query":
     `mydata.npz: 'x_db' must be uint8 images (N, H, W, 3); got float32 (10, 32, 32)`.
     """
-    images = np.asarray(images)
+    from gpq_keras.data.image_files import ImageFiles
+
+    if not isinstance(images, ImageFiles):
+        images = np.asarray(images)
     if (
         images.dtype != np.uint8
         or images.ndim != 4
@@ -83,16 +87,26 @@ def _infer_num_classes(labels):
 
 
 _PARTS = {"query": "query set", "db": "retrieval database", "labeled": "labeled training set"}
+# the parts of a split by their names in `gpq data check`, run.json and split.npz
+PART_NAMES = {"query": "query", "labeled": "labeled", "unlabeled": "unlabeled", "database": "db"}
+PROTOCOL_DEFAULT = "given"  # the source's own parts (a folder: every labeled image trains)
 
 
 @dataclasses.dataclass
 class Split:
-    """One data set split as the paper uses it. Images are uint8 (N, H, W, 3) (`check_images`).
+    """One data set split as the paper uses it. Images are uint8 (N, H, W, 3) (`check_images`) or,
+    for file-based sources, `gpq_keras.data.image_files.ImageFiles` read when a batch is drawn.
 
     Labels are int class ids (N,) or multi-hot (N, classes). `x_unlabeled` defaults to the database,
     as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database).
     `class_names`, when the source has them, names the classes in label order. `skipped` lists
     the (path, reason) of the image files a loader left out (`skip_unreadable`); empty otherwise.
+    The queries may be None (a split for training only).
+
+    Where the parts came from: `protocol` (`gpq_keras.data.protocols`) and its `seed`, `index`
+    {part: int64 positions in the source's pool} for the parts of array sources (file parts carry
+    their paths), and for `unseen` the `seen_classes`, `unseen_classes` and the database of every
+    class, `x_db_all`, `y_db_all` (unseen@all).
 
     Raises ValueError (one line naming the array) for an empty set, images that are not uint8 RGB,
     labels that are not int ids in [0, 65536) (`MAX_CLASSES`) or multi-hot 0/1 of one kind
@@ -111,6 +125,13 @@ class Split:
     name: str = "data"
     class_names: tuple = None
     skipped: list = dataclasses.field(default_factory=list)
+    protocol: str = PROTOCOL_DEFAULT
+    seed: int = None
+    index: dict = dataclasses.field(default_factory=dict)
+    seen_classes: tuple = None
+    unseen_classes: tuple = None
+    x_db_all: np.ndarray = None
+    y_db_all: np.ndarray = None
 
     def __post_init__(self):
         if self.x_unlabeled is None:
@@ -125,7 +146,7 @@ class Split:
                     f"(got {None if x is None else np.shape(x)} and "
                     f"{None if y is None else np.shape(y)})"
                 )
-            check_images(x, f"{self.name}: x_{prefix}")
+            setattr(self, f"x_{prefix}", check_images(x, f"{self.name}: x_{prefix}"))
             setattr(self, f"y_{prefix}", check_labels(y, f"{self.name}: y_{prefix}"))
             if not len(x):
                 raise ValueError(
@@ -133,7 +154,7 @@ class Split:
                     f"least one"
                 )
         if self.x_unlabeled is not self.x_db:
-            check_images(self.x_unlabeled, f"{self.name}: x_unlabeled")
+            self.x_unlabeled = check_images(self.x_unlabeled, f"{self.name}: x_unlabeled")
             if not len(self.x_unlabeled):
                 raise ValueError(
                     f"{self.name}: x_unlabeled holds no images; the unlabeled training set "
@@ -167,6 +188,35 @@ class Split:
     @property
     def has_training_data(self):
         return self.x_labeled is not None and self.x_unlabeled is not None
+
+    @property
+    def streamed(self):
+        """Whether any part is read from image files when drawn (`ImageFiles`)."""
+        from gpq_keras.data.image_files import ImageFiles
+
+        return any(
+            isinstance(x, ImageFiles)
+            for x in (self.x_query, self.x_db, self.x_labeled, self.x_unlabeled)
+        )
+
+    @property
+    def validation_database(self):
+        """(x, y) the validation images are searched among: the database, or under `unseen` the
+        database of every class (its validation images are of the seen classes, its database of the
+        unseen ones)."""
+        if self.x_db_all is not None:
+            return self.x_db_all, self.y_db_all
+        return self.x_db, self.y_db
+
+    def part_sizes(self, validation=0):
+        """{"query", "labeled", "unlabeled", "database", "validation"} -> images in each part."""
+        return {
+            "query": 0 if self.x_query is None else len(self.x_query),
+            "labeled": 0 if self.x_labeled is None else len(self.x_labeled),
+            "unlabeled": 0 if self.x_unlabeled is None else len(self.x_unlabeled),
+            "database": len(self.x_db),
+            "validation": int(validation),
+        }
 
 
 def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="data"):
@@ -222,6 +272,13 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
         y_labeled=labels[labeled],
         num_classes=int(labels.max()) + 1,
         name=name,
+        protocol="gpq",
+        index={
+            "query": order[is_query],
+            "labeled": order[labeled],
+            "unlabeled": order[unlabeled],
+            "database": order[unlabeled],
+        },
     )
 
 
@@ -236,7 +293,8 @@ def default_validation_per_class(split):
 def hold_out_validation(split, per_class):
     """Hold labeled images out of training for validation -> (training split, x_val, y_val).
 
-    The first `per_class` labeled images of each class (in order) are held out; with multi-hot
+    The first `per_class` labeled images of each class (in order) are held out (their pool
+    positions go to the training split's `index["validation"]`); with multi-hot
     labels an image counts for each of its classes and is held out while one of them still needs
     images. The test queries are never touched. `per_class=0` holds nothing out (x_val and y_val are
     None).
@@ -269,7 +327,13 @@ def hold_out_validation(split, per_class):
             f"{split.name}: holding out {per_class} labeled images per class leaves none for "
             f"training ({len(y)} labeled images); use a smaller --val-per-class"
         )
-    train = dataclasses.replace(split, x_labeled=split.x_labeled[~held], y_labeled=y[~held])
+    index = dict(split.index)
+    if "labeled" in index:
+        index["validation"] = index["labeled"][held]
+        index["labeled"] = index["labeled"][~held]
+    train = dataclasses.replace(
+        split, x_labeled=split.x_labeled[~held], y_labeled=y[~held], index=index
+    )
     return train, split.x_labeled[held], y[held]
 
 
@@ -347,3 +411,55 @@ def steps_per_epoch(split, batch_size):
     streams are drawn at -> int >= 1 (what the pipelines return beside their dataset), after
     `check_training_input`."""
     return max(1, len(split.x_labeled) // check_training_input(split, batch_size, 0))
+
+
+RECORD_PARTS = ("query", "labeled", "unlabeled", "database", "validation")
+
+
+def split_arrays(split, x_validation=None):
+    """What `split.npz` keeps of a split: for each part (`RECORD_PARTS`) its image files'
+    paths (`{part}_paths`, str) or its positions in the source's pool (`{part}_index`, int64;
+    `Split.index`), and the `protocol` and `seed` -> {name: array}.
+
+    `x_validation` are the validation images held out of training (`hold_out_validation`), whose
+    positions are `split.index["validation"]`."""
+    from gpq_keras.data.image_files import ImageFiles
+
+    parts = {
+        "query": split.x_query,
+        "labeled": split.x_labeled,
+        "unlabeled": split.x_unlabeled,
+        "database": split.x_db,
+        "validation": x_validation,
+    }
+    out = {
+        "protocol": np.array(str(split.protocol)),
+        "seed": np.array(-1 if split.seed is None else int(split.seed), np.int64),
+    }
+    for part, images in parts.items():
+        if images is None:
+            continue
+        if isinstance(images, ImageFiles):
+            out[f"{part}_paths"] = np.array(list(images.paths), dtype=str).reshape(-1)
+        elif part in split.index:
+            out[f"{part}_index"] = np.asarray(split.index[part], np.int64)
+        else:
+            out[f"{part}_index"] = np.arange(len(images), dtype=np.int64)
+    return out
+
+
+def compare_split_arrays(stored, current, where):
+    """None when the arrays of two `split_arrays` name the same images, else one line saying which
+    part differs first (for a resumed run or `evaluate --split`: the data changed)."""
+    for key in sorted(set(stored) | set(current)):
+        if key in ("protocol", "seed"):
+            continue
+        a, b = stored.get(key), current.get(key)
+        if a is None or b is None or a.shape != b.shape or not np.array_equal(a, b):
+            part = key.rsplit("_", 1)[0]
+            sizes = [None if x is None else len(x) for x in (a, b)]
+            return (
+                f"{where}: the {part} images differ from those the run was trained with "
+                f"({sizes[0]} then, {sizes[1]} now); the data changed since"
+            )
+    return None

@@ -9,21 +9,39 @@ features = model.predict(eval_dataset(split.x_db))
 
 Both give pixels, float32 in 0..255: a `GPQ` normalises them itself with the original's channel
 statistics (its first layer). Images stay uint8 until a batch is gathered; then each batch is
-augmented as the original does (random left-right flip, pad 4, random crop back to the image size),
-all as batched TF ops. The original pads after normalising, with 0: here the padded border is the
-channel mean in pixels, which the model's normalisation makes that same 0. `normalized=True` gives
-the normalised images instead, for models saved before the model normalised
-(`GPQ(normalize_pixels=False)`).
+augmented as the original does (random left-right flip, pad, random crop back to the image size),
+all as batched TF ops. The padding is `image_converter.augmentation_padding` of the image size (the
+original's 4 at 32x32, an eighth of the side otherwise). The original pads after normalising, with
+0: here the padded border is the channel mean in pixels, which the model's normalisation makes that
+same 0. `normalized=True` gives the normalised images instead, for models saved before the model
+normalised (`GPQ(normalize_pixels=False)`).
+
+Images may be arrays (held in the graph, gathered by index) or `ImageFiles`
+(`gpq_keras.data.image_files`), read when a batch is drawn: `ImageFiles.read` in a `tf.py_function`
+inside the same index-batch pipeline, so batch g is still a function of (seed, g), with
+`STREAM_PARALLEL_BATCHES` batches read at a time and `STREAM_PREFETCH` ahead. Memory is bounded by
+the batch and the prefetch, not by the collection. A bad file ends the stream with tf.data's error:
+run the consumer (`fit`, `predict`) inside `image_files.reraise_file_errors()` to get the one-line
+error naming the file (`GPQ.encode` does).
 """
 
 import numpy as np
 import tensorflow as tf
 
+from gpq_keras.data.image_files import ImageFiles
 from gpq_keras.data.split import check_training_input
-from gpq_keras.image_converter import CHANNEL_MEAN, CHANNEL_STD, PADDING, padding_fill
+from gpq_keras.image_converter import (
+    CHANNEL_MEAN,
+    CHANNEL_STD,
+    PADDING,
+    augmentation_padding,
+    padding_fill,
+)
 
 __all__ = ["augment", "augment_batch", "eval_dataset", "normalize", "train_dataset"]
 _ENDLESS = 2**62  # "for ever" for Dataset.range
+STREAM_PARALLEL_BATCHES = 2  # batches of image files read at once (each decodes on every core)
+STREAM_PREFETCH = 2  # batches of image files ready ahead of the consumer
 
 
 def normalize(images):
@@ -35,7 +53,8 @@ def normalize(images):
 def augment_batch(images, seed, padding=PADDING, fill=0.0):
     """The original's augmentation of a batch (B, H, W, C), each image on its own draw.
 
-    Flip left-right with probability 1/2, pad `padding` pixels of value `fill` (a scalar or one
+    Flip left-right with probability 1/2, pad `padding` pixels (the original's 4; the pipelines
+    pass `augmentation_padding(H, W)`) of value `fill` (a scalar or one
     value per channel; `gpq_keras.image_converter.padding_fill`) on every side, crop an (H, W)
     window at a uniform offset in [0, 2 * padding] per axis. `seed` is a stateless seed
     (shape (2,) int), so the same seed gives the same batch.
@@ -100,6 +119,9 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
     `start_step=g` starts the stream there, which is how an interrupted run resumes with the data it
     would have seen.
 
+    Either stream may be `ImageFiles`, read a batch at a time as it is drawn (see the module
+    docstring); augmentation pads `augmentation_padding(H, W)` pixels (4 at 32x32).
+
     Returns (dataset, steps_per_epoch) with steps_per_epoch = len(labeled) // batch_size
     (at least 1), the original's epoch: one pass over the labeled images.
 
@@ -109,7 +131,9 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
     batch_size = check_training_input(split, batch_size, start_step)
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31 - 1))
-    x_l, y_l, x_u = (tf.constant(a) for a in (split.x_labeled, split.y_labeled, split.x_unlabeled))
+    gather_l, gather_u = (_gatherer(x) for x in (split.x_labeled, split.x_unlabeled))
+    y_l = tf.constant(split.y_labeled)
+    paddings = [augmentation_padding(*x.shape[1:3]) for x in (split.x_labeled, split.x_unlabeled)]
     streams = (
         tf.data.Dataset.range(start_step, _ENDLESS),  # the global step: the augmentation's seed
         _pass_batches(len(split.x_labeled), batch_size, seed, start_step),
@@ -119,18 +143,44 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
     to_input, fill = (normalize if normalized else _pixels), padding_fill(normalized)
 
     def prepare(step, labeled, unlabeled):
-        images = [to_input(tf.gather(x, index)) for x, index in ((x_l, labeled), (x_u, unlabeled))]
+        images = [
+            to_input(gather(index))
+            for gather, index in ((gather_l, labeled), (gather_u, unlabeled))
+        ]
         if augmented:
             seeds = tf.random.experimental.stateless_split(
                 tf.stack([tf.cast(seed, tf.int64) + 2, step]), 2
             )
-            images = [augment_batch(x, s, fill=fill) for x, s in zip(images, tf.unstack(seeds))]
+            images = [
+                augment_batch(x, s, padding, fill=fill)
+                for x, s, padding in zip(images, tf.unstack(seeds), paddings)
+            ]
         return {"labeled": images[0], "unlabeled": images[1]}, tf.gather(y_l, labeled)
 
-    ds = tf.data.Dataset.zip(streams).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    streamed = any(isinstance(x, ImageFiles) for x in (split.x_labeled, split.x_unlabeled))
+    parallel, prefetch = (
+        (STREAM_PARALLEL_BATCHES, STREAM_PREFETCH) if streamed else (tf.data.AUTOTUNE,) * 2
+    )
+    ds = tf.data.Dataset.zip(streams).map(prepare, num_parallel_calls=parallel)
     # Under a multi-worker strategy each worker takes its replicas' slices of every global batch.
     ds = ds.with_options(_auto_shard(tf.data.experimental.AutoShardPolicy.DATA))
-    return ds.prefetch(tf.data.AUTOTUNE), max(1, len(split.x_labeled) // batch_size)
+    return ds.prefetch(prefetch), max(1, len(split.x_labeled) // batch_size)
+
+
+def _gatherer(images):
+    """A function of an index batch (B,) int64 -> uint8 images (B, H, W, 3) of `images`: an array
+    held as a constant and gathered, or `ImageFiles` read then (`tf.py_function`, shape set)."""
+    if not isinstance(images, ImageFiles):
+        held = tf.constant(images)
+        return lambda index: tf.gather(held, index)
+    shape = images.shape[1:]
+
+    def gather(index):
+        batch = tf.py_function(lambda i: images.read(i.numpy()), [index], tf.uint8)
+        batch.set_shape(index.shape.concatenate(shape))
+        return batch
+
+    return gather
 
 
 def _auto_shard(policy):
@@ -146,13 +196,40 @@ def _pixels(images):
 def eval_dataset(images, batch_size=500, normalized=False):
     """Un-augmented batches of images (N, H, W, C) for `predict`, in order, as float32 pixels.
 
+    `images` may be `ImageFiles`: each batch is read when drawn (`STREAM_PARALLEL_BATCHES` at once,
+    `STREAM_PREFETCH` ahead), so memory is bounded by the batch; a bad file ends the stream (run
+    `predict` inside `image_files.reraise_file_errors()` for the error naming it).
+
     `normalized=True` is the contract of models saved before the model normalised
     (`GPQ(normalize_pixels=False)`): uint8 images are normalised (`normalize`), float images are
     taken as normalised already. Under a multi-worker strategy each worker encodes its replicas'
     slices of every batch and `predict` gathers the features of all, in order."""
-    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    legacy_uint8 = normalized and np.asarray(images).dtype == np.uint8
+    if isinstance(images, ImageFiles):
+        ds = _file_batches(images, batch_size)
+        legacy_uint8, prefetch = normalized, STREAM_PREFETCH
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        legacy_uint8 = normalized and np.asarray(images).dtype == np.uint8
+        prefetch = tf.data.AUTOTUNE
     ds = ds.map(normalize if legacy_uint8 else _pixels, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.with_options(_auto_shard(tf.data.experimental.AutoShardPolicy.DATA)).prefetch(
-        tf.data.AUTOTUNE
+        prefetch
+    )
+
+
+def _file_batches(files, batch_size):
+    """uint8 batches (B, H, W, 3) of `ImageFiles`, in order, each read when drawn."""
+    count, shape = len(files), files.shape[1:]
+
+    def read(start):
+        start = int(start)
+        return files.read(np.arange(start, min(start + batch_size, count)))
+
+    def batch(start):
+        images = tf.py_function(read, [start], tf.uint8)
+        images.set_shape([None, *shape])
+        return images
+
+    return tf.data.Dataset.range(0, count, batch_size).map(
+        batch, num_parallel_calls=STREAM_PARALLEL_BATCHES
     )

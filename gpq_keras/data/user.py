@@ -1,9 +1,12 @@
-"""The user's own data: an `.npz` of ready splits, or a folder of class sub-folders.
+"""The user's own data: an `.npz` of ready splits, or a folder of class sub-folders with an
+optional unlabeled pool.
 
 ```python
 # x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)
 split = user.load_npz("mydata.npz")
-split = user.load_folder("photos/")  # photos/cat/*.jpg, photos/dog/*.png ... split like the paper
+# photos/cat/*.jpg, photos/dog/*.png ...: every labeled image trains, pool/ feeds the unlabeled
+# stream; the parts are ImageFiles, read at 128x128 when a batch is drawn
+split = user.load_folder("photos/", image_size=128, unlabeled="pool/")
 ```
 """
 
@@ -17,8 +20,8 @@ import stat
 
 import numpy as np
 
-from gpq_keras.data.images import DEFAULT_MAX_PIXELS, read_images
-from gpq_keras.data.split import Split, check_count, check_images, check_labels, protocol_split
+from gpq_keras.data.images import DEFAULT_MAX_PIXELS, image_hw
+from gpq_keras.data.split import Split, check_count, check_images, check_labels
 from gpq_keras.files import (
     FileFormatError,
     UnreadableFile,
@@ -442,58 +445,144 @@ def list_images(spec, skip_unreadable=False):
     return ImageListing(paths, labels, class_names, skipped)
 
 
+NO_CLASS = -1  # the label of an image without a class beside images with classes
+
+
+def merge_listings(listings):
+    """One `ImageListing` of several (`--images A --images B`), in order: classes by name across
+    them (ids in order of first appearance); the images of a listing without classes (an unlabeled
+    pool) get `NO_CLASS` (-1) beside those with classes, and when no listing has classes there are
+    no labels."""
+    listings = list(listings)
+    if len(listings) == 1:
+        return listings[0]
+    paths = [path for listing in listings for path in listing.paths]
+    skipped = [item for listing in listings for item in listing.skipped]
+    if all(listing.labels is None for listing in listings):
+        return ImageListing(paths, None, None, skipped)
+    names = []
+    for listing in listings:
+        names += [name for name in listing.class_names or () if name not in names]
+    labels = []
+    for listing in listings:
+        if listing.labels is None:
+            labels.append(np.full(len(listing.paths), NO_CLASS, np.int64))
+        else:
+            ids = np.array([names.index(n) for n in listing.class_names], np.int64)
+            labels.append(ids[np.asarray(listing.labels, np.intp)])
+    return ImageListing(paths, np.concatenate(labels), tuple(names), skipped)
+
+
 def load_folder(
     directory,
     image_size=32,
+    protocol=None,
+    seed=0,
     query_every=10,
     labeled_per_class=None,
-    batch_size=256,
+    query_per_class=None,
+    unlabeled=None,
+    fraction=0.75,
     max_pixels=DEFAULT_MAX_PIXELS,
     skip_unreadable=False,
 ):
-    """A folder of class sub-folders -> `protocol_split` of all its images, resized to image_size.
+    """A folder of class sub-folders (and optionally an unlabeled pool) -> a `Split` of
+    `ImageFiles`, read at `image_size` when a batch is drawn: nothing is decoded here.
 
     Files and class ids as `keras.utils.image_dataset_from_directory` gives them (`list_folder`,
-    whose docstring has the rule for links): class ids follow the sorted sub-folder names. Every
-    `query_every`-th image of the label-sorted set is a query; of the rest, `labeled_per_class`
-    per class are labeled (default: a tenth of the smallest class, at least 1, close to the
-    paper's 500 of 5,900) and the others the unlabeled set = database. Images are read by
-    `gpq_keras.data.images.read_images` (regular files only, none over `max_pixels`).
+    whose docstring has the rule for links): class ids follow the sorted sub-folder names. Each
+    file's header is checked (`gpq_keras.data.images.check_image_files`: a regular file, an image,
+    not over `max_pixels`).
+
+    The protocol (`gpq_keras.data.protocols`): by default "given", every labeled image trains
+    as labeled except `query_per_class` per class held out as queries (and validation); "gpq"
+    (or any `labeled_per_class`) the paper's scarcity: every `query_every`-th image is a query
+    and `labeled_per_class` per class (default a tenth of the smallest class) are labeled, the
+    rest unlabeled; "unseen" (the given parts, then `fraction` of the classes seen in training,
+    the others searched) trains on some classes and retrieves the others.
+
+    `unlabeled`: a folder (any depth) or a glob of images for the unlabeled stream (their
+    sub-folders are not classes); without it the labeled images feed that stream too.
 
     Raises FileNotFoundError for a missing folder, `gpq_keras.files.UnreadableFile` (a
     FileFormatError) naming the file for one that is not a regular file, is over `max_pixels` or
-    does not decode, ValueError (one line) for a folder without images or too small for the
+    is not an image, ValueError (one line) for a folder without images or too small for the
     protocol. With `skip_unreadable` such files are left out instead, and listed as (path,
     reason) in the split's `skipped`.
     """
+    from gpq_keras.data.image_files import ImageFiles
+    from gpq_keras.data.images import check_image_files
+    from gpq_keras.data.protocols import Pool, apply_protocol, unseen_split
+
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"image folder not found: {display_path(directory)}")
-    check_count("image_size", image_size)
+    for side in image_hw(image_size):
+        check_count("image_size", side)
     paths, labels, class_names, skipped = list_folder(directory, skip_unreadable)
     if not paths:
         raise ValueError(
             f"{display_path(directory)}: no images in class sub-folders (image files: "
             f"{', '.join(IMAGE_EXTENSIONS)}; found classes {list(class_names)})"
         )
-    decoded = read_images(
-        paths, image_size, batch_size, max_pixels=max_pixels, skip_unreadable=skip_unreadable
-    )
-    images, labels = decoded.images, labels[decoded.kept]
-    skipped = skipped + decoded.skipped
-    if not len(images):
+    kept, bad = check_image_files(paths, max_pixels, skip_unreadable)
+    skipped = skipped + bad
+    if not len(kept):
         raise ValueError(
             f"{display_path(directory)}: none of its {len(paths)} image files could be read"
         )
-    if labeled_per_class is None and isinstance(query_every, int) and query_every >= 1:
-        counts = np.bincount(labels, minlength=len(class_names))
-        rest = counts[counts > 0] * (1 - 1 / query_every)
+    name = os.path.basename(os.path.normpath(directory))
+    files = ImageFiles([paths[i] for i in kept], image_size, max_pixels=max_pixels)
+    pool = Pool(files, labels[kept], len(class_names), class_names, name)
+    if protocol is None:
+        protocol = "gpq" if labeled_per_class is not None else "given"
+    if protocol == "gpq" and labeled_per_class is None:
+        counts = np.bincount(pool.labels, minlength=len(class_names))
+        rest = counts[counts > 0] * (1 - 1 / check_count("query_every", query_every, name))
         labeled_per_class = max(1, int(rest.min() // 10))
-    split = protocol_split(
-        images, labels, query_every=query_every, labeled_per_class=labeled_per_class, name=directory
-    )
-    split.name = os.path.basename(os.path.normpath(directory))
+    options = {"query_every": query_every, "labeled_per_class": labeled_per_class}
+    if query_per_class is not None:
+        options["query_per_class"] = query_per_class
+    # unseen: the given parts, then only the seen classes train and the unseen are searched
+    split = apply_protocol(pool, "given" if protocol == "unseen" else protocol, seed, **options)
+    if unlabeled is not None:
+        pool_files, pool_skipped = load_unlabeled(
+            unlabeled, image_size, max_pixels, skip_unreadable
+        )
+        split.x_unlabeled = pool_files
+        split.index.pop("unlabeled", None)
+        skipped += pool_skipped
+    if protocol == "unseen":
+        split.num_classes = len(class_names)
+        split = unseen_split(split, fraction, seed, keep_unlabeled=unlabeled is not None)
+    split.name = name
     split.num_classes = len(class_names)
     split.class_names = class_names
     split.skipped = skipped
     return split
+
+
+def load_unlabeled(spec, image_size=32, max_pixels=DEFAULT_MAX_PIXELS, skip_unreadable=False):
+    """The unlabeled pool `--unlabeled` names: a folder (any depth; sub-folders are not classes)
+    or a glob -> (`ImageFiles`, skipped). Headers checked as `load_folder` checks them.
+
+    Raises FileNotFoundError when nothing matches, ValueError "--unlabeled SPEC: no images" for a
+    pool without images (none left with `skip_unreadable`)."""
+    from gpq_keras.data.image_files import ImageFiles
+    from gpq_keras.data.images import check_image_files
+
+    spec = os.fspath(spec)
+    try:
+        listing = list_images(spec, skip_unreadable)
+    except ValueError as exc:
+        if isinstance(exc, FileFormatError):
+            raise
+        raise ValueError(f"--unlabeled {display_path(spec)}: no images ({exc})") from None
+    kept, bad = check_image_files(listing.paths, max_pixels, skip_unreadable)
+    if not len(kept):
+        raise ValueError(
+            f"--unlabeled {display_path(spec)}: no images could be read "
+            f"({len(listing.paths)} image files, {len(listing.skipped) + len(bad)} unreadable)"
+        )
+    files = ImageFiles([listing.paths[i] for i in kept], image_size, max_pixels=max_pixels)
+    return files, list(listing.skipped) + bad

@@ -189,10 +189,12 @@ class PQIndex:
         return self
 
     def add_images(self, images, ids=None, labels=None, batch_size=500, sources=None):
-        """Encode images (pixels (N, H, W, C), uint8 or float in 0..255) with the model of
-        `from_model` and add them."""
+        """Encode images (pixels (N, H, W, C), uint8 or float in 0..255, or an `ImageFiles`) with
+        the model of `from_model` and add them."""
         model = self._needs_model("add_images")
-        features = model.encode(np.asarray(images), batch_size=batch_size)
+        if not hasattr(images, "read"):  # an `ImageFiles` is read batch by batch by `encode`
+            images = np.asarray(images)
+        features = model.encode(images, batch_size=batch_size)
         return self.add(features, ids=ids, labels=labels, sources=sources)
 
     def add_files(

@@ -44,9 +44,13 @@ def check_class_names(names):
     return names
 
 
+NO_CLASS = -1  # an item without a class among items with classes
+
+
 def check_labels_fit(labels, names, name):
     """A ValueError naming `name` unless `labels` (N,) are class ids in [0, len(names)) or
-    (N, classes) multi-hot with len(names) columns."""
+    `NO_CLASS` (-1: an item without a class, e.g. from an unlabeled pool), or (N, classes)
+    multi-hot with len(names) columns."""
     if labels.ndim == 2:
         if labels.shape[1] != len(names):
             raise ValueError(
@@ -59,10 +63,11 @@ def check_labels_fit(labels, names, name):
             f"`{name}`: `class_names` need integer class ids as labels. Received labels of "
             f"dtype {labels.dtype}"
         )
-    if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+    if labels.size and (labels.min() < NO_CLASS or labels.max() >= len(names)):
         raise ValueError(
             f"`{name}`: the labels hold class ids {labels.min()}..{labels.max()} but "
-            f"`class_names` names {len(names)} classes (ids 0..{len(names) - 1})"
+            f"`class_names` names {len(names)} classes (ids 0..{len(names) - 1}, or -1: no "
+            "class)"
         )
 
 
@@ -262,7 +267,8 @@ class ItemStore:
 
     def class_names_for(self, ids):
         """The class names of the (int) labels of `ids` as `search` returns them (int64, any shape)
-        -> unicode array of the same shape, "" where the id is -1 (no result)."""
+        -> unicode array of the same shape, "" where the id is -1 (no result) or the item has no
+        class (label `NO_CLASS`)."""
         if self._class_names is None:
             raise ValueError("this index has no class names; set `class_names`")
         if self._labels is None:
@@ -276,5 +282,6 @@ class ItemStore:
         names = np.array(self._class_names, dtype=str)
         out = np.full(positions.shape, "", names.dtype)
         found = positions >= 0
-        out[found] = names[self._labels[positions[found]].astype(np.intp)]
+        labels = self._labels[positions[found]].astype(np.intp)
+        out[found] = np.where(labels >= 0, names[np.maximum(labels, 0)], "")
         return out

@@ -9,8 +9,9 @@ trainer.
 | jax        | `gpq_keras.trainers.jax`        | `jax.value_and_grad` in Keras' stateless step |
 
 Every trainer gives `train_step`, `test_step`, `gather_global_batch`, `gradients_of_batch` (the
-losses and gradients of one batch, for `GPQ.loss_and_gradients`), `checked_batch` and
-`input_pipeline` (the input pipeline `GPQ.encode` batches arrays with).
+losses and gradients of one batch, for `GPQ.loss_and_gradients`), `checked_batch`,
+`input_pipeline` (the input pipeline `GPQ.encode` batches arrays with) and `weights_kept_on_error`
+(around `predict`: a stream that fails leaves the weights in place).
 """
 
 import keras

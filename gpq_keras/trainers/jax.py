@@ -7,6 +7,8 @@ optimizer, metrics variables' values) and expects (logs, new state). `compute_lo
 non-trainable values.
 """
 
+import contextlib
+
 import jax
 import keras
 
@@ -15,6 +17,22 @@ class JAXTrainer:
     """`GPQ`'s training plumbing on JAX (a mixin; see `gpq_keras.trainers`)."""
 
     input_pipeline = "numpy"
+
+    @contextlib.contextmanager
+    def weights_kept_on_error(self):
+        """Put the weights back when `predict` fails mid-stream (a bad image file): Keras' JAX
+        trainer takes them out of the variables while it predicts (and donates them to each step),
+        and an error there would leave the model without them."""
+        variables = self.trainable_variables + self.non_trainable_variables
+        values = [v.value for v in variables]  # references: JAX arrays are immutable
+        try:
+            yield
+        except BaseException:
+            self.jax_state_sync()  # the state after the last batch predicted, if one was
+            if not any(value.is_deleted() for value in values):  # it failed before a step ran
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
+            raise
 
     def train_step(self, state, data):
         """One optimizer step on a `fit` batch -> (the running losses, the new state)."""

@@ -6,6 +6,8 @@ the replicas' gradients: scaling each replica's loss by 1 / N makes that sum the
 whole batch's loss on one device.
 """
 
+import contextlib
+
 import tensorflow as tf
 from keras import ops
 
@@ -37,6 +39,10 @@ class TensorFlowTrainer:
     """`GPQ`'s training plumbing on TensorFlow (a mixin; see `gpq_keras.trainers`)."""
 
     input_pipeline = "tf.data"
+
+    def weights_kept_on_error(self):
+        """`predict` keeps the weights in the variables on this backend: nothing to put back."""
+        return contextlib.nullcontext()
 
     def train_step(self, data):
         """One optimizer step on a `fit` batch -> the running losses."""

@@ -1,5 +1,7 @@
 """The trainer of a Keras backend GPQ has no gradient step for: inference only."""
 
+import contextlib
+
 import keras
 
 
@@ -8,6 +10,10 @@ class UnsupportedTrainer:
     train."""
 
     input_pipeline = "numpy"
+
+    def weights_kept_on_error(self):
+        """`predict` keeps the weights in the variables on this backend: nothing to put back."""
+        return contextlib.nullcontext()
 
     def _refuse(self, *args, **kwargs):
         raise NotImplementedError(
