@@ -50,6 +50,16 @@ def save_atomic(model, path):
         model.save(tmp)
 
 
+ENCODE_PIXELS = 500 * 32 * 32  # images x pixels of one encoding batch: 500 at 32x32
+
+
+def encode_batch_size(image_shape):
+    """`GPQ.encode`'s default batch for images of `image_shape` (H, W, C): ENCODE_PIXELS pixels,
+    between 8 and 500 images (500 at 32x32, 31 at 128x128, 10 at 224x224)."""
+    height, width = image_shape[:2]
+    return int(min(500, max(8, ENCODE_PIXELS // (int(height) * int(width)))))
+
+
 def load_gpq(path):
     """Load a `GPQ` from a `.keras` file in Keras' safe mode (no code in the file is run).
 
@@ -180,10 +190,13 @@ class GPQ(Trainer, keras.Model):
         """Raise a ValueError unless `images` (N, H, W, C) have the model's `image_shape`."""
         check_image_batch(images, self.gpq_config.image_shape)
 
-    def encode(self, images, batch_size=500, verbose=0):
+    def encode(self, images, batch_size=None, verbose=0):
         """Raw features F(x) as a float32 NumPy array (N, M*d) of pixels (N, H, W, C), uint8 or
         float in 0..255, batched by the backend's input pipeline (`gpq_keras.data.eval_input`). A
         `tf.data.Dataset` or `keras.utils.PyDataset` of batches is used as it is.
+
+        `batch_size` defaults to `encode_batch_size(image_shape)`: 500 at 32x32, fewer for larger
+        images (31 at 128x128), so the backbone's activations, not the image size, bound memory.
 
         `images` may be `gpq_keras.data.image_files.ImageFiles` at the model's image size (else
         the ValueError of `check_images`; `files.with_size(...)` reads them at another): each batch
@@ -194,6 +207,8 @@ class GPQ(Trainer, keras.Model):
         (A model with `normalize_pixels=False`, saved by an earlier version, keeps its contract:
         uint8 arrays are normalised here, float arrays taken as normalised.)
         """
+        if batch_size is None:
+            batch_size = encode_batch_size(self.gpq_config.image_shape)
         if isinstance(images, (np.ndarray, ImageFiles)):
             self.check_images(images)
             images = eval_input(

@@ -462,7 +462,7 @@ class RetrievalValidation(keras.callbacks.Callback):
         best_path=None,
         log_dir=None,
         best=None,
-        batch_size=500,
+        batch_size=None,
     ):
         super().__init__()
         self.queries, self.query_labels = queries, np.asarray(query_labels)

@@ -8,15 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
+from run_helpers import wait_for_backup
 
 from gpq_keras import cli
 from gpq_keras.data import load_data, train_input
+from gpq_keras.model import load_gpq  # safe mode
 
 pytestmark = pytest.mark.large  # end to end through the CLI (TensorFlow models): in `make test`
 
@@ -75,7 +75,7 @@ def test_every_labeled_image_trains_and_the_pool_feeds_the_unlabeled_stream(
     assert len(labeled) == 21 and not labeled & pool
     assert not labeled & set(stored["query_paths"])
     assert set(stored["validation_paths"]) == set(stored["query_paths"])
-    model = keras.models.load_model(out / "model.keras", safe_mode=True)
+    model = load_gpq(out / "model.keras")
     assert model.gpq_config.image_shape == (16, 16, 3)
 
 
@@ -229,21 +229,6 @@ def test_evaluate_reuses_the_runs_split_and_refuses_changed_data(collection, tmp
     assert len(err) == 1 and "the data changed" in err[0], err
 
 
-def _wait_for_backup(out, epoch, proc, timeout=240):
-    metadata = out / "backup" / "training_metadata.json"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.returncode} {proc.stderr.read()}")
-        try:
-            if json.loads(metadata.read_text())["epoch"] >= epoch:
-                return
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"no backup of epoch {epoch} in time")
-
-
 def test_a_killed_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(collection, tmp_path):
     code = "import sys\nfrom gpq_keras import cli\nsys.exit(cli.main(sys.argv[1:]))"
 
@@ -257,14 +242,14 @@ def test_a_killed_streamed_run_resumes_to_the_weights_of_an_uninterrupted_one(co
     assert whole.returncode == 0, whole.stderr
     killed = tmp_path / "killed"
     proc = subprocess.Popen(argv(killed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_backup(killed, 2, proc)
+    wait_for_backup(killed, 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=120)
     again = subprocess.run(argv(killed), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "resuming from the backup" in again.stdout
-    a = keras.models.load_model(tmp_path / "whole" / "model.keras", safe_mode=True)
-    b = keras.models.load_model(killed / "model.keras", safe_mode=True)
+    a = load_gpq(tmp_path / "whole" / "model.keras")
+    b = load_gpq(killed / "model.keras")
     for x, y in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 

@@ -264,7 +264,7 @@ MEMORY_CHILD = textwrap.dedent(
     from gpq_keras.data import Split, train_input
     from gpq_keras.data.image_files import ImageFiles, reraise_file_errors
 
-    folder, count = sys.argv[1], int(sys.argv[2])
+    folder, count, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     names = sorted(os.listdir(folder))[:count]
     files = ImageFiles([os.path.join(folder, n) for n in names], 128)
     y = np.arange(count) % 4
@@ -273,6 +273,13 @@ MEMORY_CHILD = textwrap.dedent(
                        image_shape=(128, 128, 3), filters=(4, 4, 4, 4))
     model = GPQ(config)
     model.compile()
+    if what == "index":  # what `gpq index build --images` does
+        from gpq_keras.retrieval import PQIndex
+        index = PQIndex.from_model(model)
+        index.add_files(list(files.paths))
+        assert index.ntotal == count
+        print("encoded", index.ntotal)
+        sys.exit(0)
     dataset, steps = train_input(split, batch_size=16, seed=0)
     with reraise_file_errors():
         model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
@@ -296,14 +303,15 @@ def jpeg_folder(tmp_path_factory):
     return str(folder)
 
 
-def peak_rss_mib(folder, count, tmp_path):
+def peak_rss_mib(folder, count, tmp_path, what="train"):
     """Peak resident memory (MiB) of a child that trains an epoch on `count` files and encodes them
-    all (os.wait4's rusage: ru_maxrss, KiB on Linux)."""
-    log = tmp_path / f"child_{count}.log"
+    all, or (`what="index"`) indexes them (`PQIndex.add_files`) (os.wait4's rusage: ru_maxrss, KiB
+    on Linux)."""
+    log = tmp_path / f"child_{what}_{count}.log"
     env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
     with open(log, "wb") as out:
         child = subprocess.Popen(
-            [sys.executable, "-c", MEMORY_CHILD, folder, str(count)],
+            [sys.executable, "-c", MEMORY_CHILD, folder, str(count), what],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -319,7 +327,9 @@ def peak_rss_mib(folder, count, tmp_path):
 def test_peak_memory_does_not_grow_with_the_number_of_files(jpeg_folder, tmp_path):
     """400 and 4,000 files at 128x128: holding 4,000 decoded would take 196 MB (uint8) more than
     400; streamed, the peaks differ by far less."""
-    small = peak_rss_mib(jpeg_folder, 400, tmp_path)
-    large = peak_rss_mib(jpeg_folder, 4000, tmp_path)
     decoded = 3600 * 128 * 128 * 3 / 2**20  # 169 MiB (196 MB) more as one uint8 array
-    assert large - small < 150 * 1e6 / 2**20 < decoded, (small, large)
+    for what in ("train", "index"):
+        small = peak_rss_mib(jpeg_folder, 400, tmp_path, what)
+        large = peak_rss_mib(jpeg_folder, 4000, tmp_path, what)
+        print(f"peak RSS, {what}: {small:.0f} MiB over 400 files, {large:.0f} MiB over 4,000")
+        assert large - small < 150 * 1e6 / 2**20 < decoded, (what, small, large)

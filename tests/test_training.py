@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -15,6 +14,7 @@ import original_retrieval as original
 import pytest
 from data_fakes import save_split
 from numpy_reference import intra_norm
+from run_helpers import wait_for_backup
 
 from gpq_keras import GPQ, cli
 from gpq_keras.data import digits
@@ -349,21 +349,6 @@ def _train_process(out, data, epochs=6):
     return [sys.executable, "-c", code] + argv
 
 
-def _wait_for_epoch(out, epoch, proc, timeout=240):
-    metadata = out / "backup" / TrainingBackup.METADATA
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.returncode} {proc.stderr.read()}")
-        try:
-            if json.loads(metadata.read_text())["epoch"] >= epoch:
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    raise AssertionError("no backup of epoch 2 in time")
-
-
 @pytest.mark.large
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_a_killed_or_interrupted_train_resumes_when_rerun(tiny_npz, tmp_path, how):
@@ -372,7 +357,7 @@ def test_a_killed_or_interrupted_train_resumes_when_rerun(tiny_npz, tmp_path, ho
     epochs = 16
     argv = _train_process(out, tiny_npz, epochs)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_epoch(out, 2, proc)
+    wait_for_backup(out, 2, proc)
     proc.send_signal(getattr(signal, how))
     _, err = proc.communicate(timeout=120)
     if how == "SIGKILL":

@@ -70,7 +70,7 @@ def _print_report(split, report):
         print(f"  {part:<10} {size:>8} images")
     counts = report["per_class"]
     parts = [p for p in ("labeled", "validation", "query", "database") if p in counts]
-    print("  per class: " + "  ".join(f"{p:>10}" for p in parts))
+    print(f"  {'images per class':<20} " + "  ".join(f"{p:>10}" for p in parts))
     for c, name in enumerate(names):
         print(f"  {display_path(name)[:20]:<20} " + "  ".join(f"{counts[p][c]:>10}" for p in parts))
     zero = {p: n for p, n in report["zero_label_rows"].items() if n}

@@ -212,7 +212,7 @@ class PQIndex:
         `chunk_size` files at a time (bounded memory), each with its absolute path as its source
         -> `AddedFiles(added, already_indexed, skipped)`.
 
-        Files are read by `gpq_keras.data.images.read_images` (regular files only, each image's
+        Files are read by `gpq_keras.data.images` (regular files only, each image's
         size checked against `max_pixels` before it is decoded). A source is `os.path.abspath` of
         the name as given (a name that is not UTF-8 keeps its surrogate escapes), so results open
         from any folder. A file whose absolute path already is a source (`resolve_sources`), or
@@ -239,8 +239,6 @@ class PQIndex:
             self.check_model(model)
         chunk_size = check_positive_int("chunk_size", chunk_size)
         import keras
-
-        from gpq_keras.data.images import read_images
 
         paths = [os.fsdecode(path) for path in paths]
         labels = None if labels is None else np.asarray(labels)
@@ -272,17 +270,14 @@ class PQIndex:
         added, skipped = 0, []
         for start in range(0, len(wanted), chunk_size):
             chunk = wanted[start : start + chunk_size]
-            decoded = read_images(
-                [paths[i] for i in chunk],
-                size,
-                max_pixels=max_pixels,
-                skip_unreadable=skip_unreadable,
+            features, kept, bad = _encode_files(
+                model, [paths[i] for i in chunk], size, max_pixels, skip_unreadable
             )
-            skipped.extend(decoded.skipped)
-            kept = chunk[np.asarray(decoded.kept, np.intp)]
+            skipped.extend(bad)
+            kept = chunk[kept]
             if len(kept):
                 self.add(
-                    model.encode(decoded.images),
+                    features,
                     sources=[absolute[i] for i in kept],
                     labels=None if labels is None else labels[kept],
                 )
@@ -483,6 +478,31 @@ class PQIndex:
         codebook's size, the ids, sources and class names are checked; `FileFormatError` naming the
         file and the key for anything wrong."""
         return io.read_index(cls, path)
+
+
+def _encode_files(model, paths, size, max_pixels, skip_unreadable):
+    """Features of image files, streamed (`ImageFiles`: each batch read while the last one
+    encodes, memory bounded by the batch) -> (features, positions of the files encoded, skipped).
+
+    Headers are checked first (`check_image_files`); a file whose pixels do not decode raises,
+    or with `skip_unreadable` the files are decoded again, one batch at a time, to leave it out."""
+    from gpq_keras.data.image_files import ImageFiles
+    from gpq_keras.data.images import check_image_files, read_images
+    from gpq_keras.files import FileFormatError
+
+    kept, skipped = check_image_files(paths, max_pixels, skip_unreadable)
+    if not len(kept):
+        return None, kept, skipped
+    files = ImageFiles([paths[i] for i in kept], size, max_pixels=max_pixels)
+    try:
+        return model.encode(files), kept, skipped
+    except (FileFormatError, FileNotFoundError):
+        if not skip_unreadable:
+            raise
+    decoded = read_images(files.paths, size, max_pixels=max_pixels, skip_unreadable=True)
+    kept = kept[decoded.kept]
+    features = model.encode(decoded.images) if len(kept) else None
+    return features, kept, skipped + decoded.skipped
 
 
 def open_index(path, model=None, mode=None):
