@@ -325,3 +325,60 @@ def test_a_list_data_set_checks_trains_and_evaluates(tmp_path, capsys):
     code = _train(tmp_path / "run2", f"list:{root}", "--unlabeled", str(root / "images"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unlabeled.txt" in err[0], err
+
+
+def test_review_cases_small_classes_odd_flags_and_undecodable_files(collection, tmp_path, capsys):
+    from gpq_keras.data.image_files import ImageFiles
+    from gpq_keras.data.split import hold_out_validation
+
+    labeled = tmp_path / "labeled"
+    for name in CLASSES:
+        os.makedirs(labeled / name)
+        for path in sorted((collection / "labeled" / name).iterdir()):
+            (labeled / name / path.name).write_bytes(path.read_bytes())
+    os.makedirs(labeled / "zebra")  # a class of one image keeps it labeled: no query from it
+    _write(str(labeled / "zebra" / "z.png"), (10, 10, 10), np.random.default_rng(3))
+    bad = labeled / "red" / "red_7.png"  # its header reads, its pixels do not
+    bad.write_bytes(bad.read_bytes()[:-30])
+    out = tmp_path / "run"
+    assert _train(out, f"folder:{labeled}") == 2  # the bad file stops the streamed run, named
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "red_7.png: not a decodable image" in err[0], err
+    assert "function_node" not in err[0]
+    assert _train(out, f"folder:{labeled}", "--skip-unreadable", "--restart") == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "red_7.png" in err
+    parts = json.loads((out / "run.json").read_text())["split"]["parts"]
+    assert parts["labeled"] == 3 * 7 + 1 - 1 and parts["query"] == 3  # zebra: 1 labeled, no query
+    stored = np.load(out / "split.npz")
+    assert str(bad) not in set(stored["labeled_paths"]) | set(stored["query_paths"])
+    # the run's split from another spelling of the same folder (relative, from its parent)
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        argv = ["evaluate", "--model", "run/model.keras", "--data", "folder:labeled"]
+        assert cli.main(argv + ["--split", "run", "--skip-unreadable"]) == 0
+    finally:
+        os.chdir(here)
+    capsys.readouterr()
+    # flags that do not fit the data: one line each
+    lists = tmp_path / "lists"
+    _write_lists(lists, 5, np.random.default_rng(4))
+    assert _train(tmp_path / "r2", f"list:{lists}", "--labeled-per-class", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--labeled-per-class" in err[0], err
+    check = ["data", "check", "--data", f"folder:{collection / 'labeled'}", "--val-per-class", "0"]
+    assert cli.main(check) == 0
+    # unseen on a folder: the validation images held out of the seen classes are not searched
+    # among a database that holds them
+    eight = tmp_path / "eight"
+    for c in range(8):
+        for i in range(4):
+            _write(str(eight / f"c{c}" / f"{i}.png"), (c * 30, 90, 90), np.random.default_rng(c))
+    split = load_data(f"folder:{eight}", protocol="unseen", image_size=16)
+    train, x_val, _ = hold_out_validation(split, 1)
+    assert len(x_val) == 6 and len(train.x_db_all) == 8 * 3  # the given database: 3 per class
+    x_search, _ = train.validation_database
+    assert not set(x_val.paths) & set(x_search.paths)
+    with pytest.raises(TypeError, match="read"):
+        np.asarray(ImageFiles(list(x_val.paths)))

@@ -37,6 +37,7 @@ from hypothesis.extra import numpy as hnp
 
 from gpq_keras import files
 from gpq_keras.data import Split, cifar10, load_data, nuswide, protocol_split, train_dataset, user
+from gpq_keras.data.split import check_training_labels
 from gpq_keras.files import FileFormatError
 
 FUZZ = settings(
@@ -676,10 +677,14 @@ def test_folder_without_images_or_too_small_is_one_clear_line(tmp_path):
     ):
         user.load_folder(tmp_path / "pics")
     _write_png(tmp_path / "pics" / "cat" / "a.png")
+    split = user.load_folder(tmp_path / "pics")  # a class of one image keeps it: no query
+    assert split.x_query is None and len(split.x_labeled) == 1
+    with pytest.raises(ValueError, match=r"GPQ needs labeled images of at least 2 classes"):
+        check_training_labels(split)
     with pytest.raises(
         ValueError, match=r"pics: too few images for the protocol .* class 0 has 1 images"
     ):
-        user.load_folder(tmp_path / "pics")
+        user.load_folder(tmp_path / "pics", protocol="gpq")
 
 
 def _training_split(y_labeled, num_classes=None):

@@ -143,15 +143,12 @@ def test_given_holds_out_the_first_images_of_each_class_as_queries(pool):
     assert len(none.x_labeled) == 600
 
 
-def test_given_refuses_a_class_left_without_labeled_images():
-    small = tiny_pool([0] * 5 + [1] * 2)
-    with pytest.raises(ValueError) as info:
-        given_split(small, query_per_class=2)
-    assert str(info.value) == (
-        "tiny: too few images for the protocol (given, query_per_class=2): class 1 has 2 images, "
-        "all of them queries, which leaves no labeled (database) image; every class needs more "
-        "than 2 images (7 images in all)"
-    )
+def test_given_keeps_a_labeled_image_in_every_class():
+    small = tiny_pool([0] * 5 + [1] * 2 + [2])
+    split = given_split(small, query_per_class=2)
+    # class 0 gives 2 queries, class 1 (2 images) gives 1, class 2 (1 image) none
+    np.testing.assert_array_equal(split.index["query"], [0, 1, 5])
+    np.testing.assert_array_equal(split.y_labeled, [0, 0, 0, 1, 2])
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="query_per_class must be an int >= 1"):
             given_split(small, query_per_class=bad)

@@ -347,11 +347,15 @@ def load_model(args):
     return model, chief
 
 
-def load_data(args, image_shape=None, **options):
+def load_data(args, image_shape=None, drop_undecodable=True, **options):
     """The `Split` of `--data` with `--protocol`, `--seed` and `--unlabeled` where the command has
     them, its image files read with `--max-pixels` and `--skip-unreadable` (the files skipped are
     listed on stderr), and those of a file-based spec read at `image_shape` (a model's input,
-    (H, W, C)); `options` go to the loader."""
+    (H, W, C)); `options` go to the loader.
+
+    With `--skip-unreadable` (and `drop_undecodable`) the files of a streamed spec are also decoded
+    once, and those whose pixels do not decode are left out, as those with a bad header are when
+    the data loads: a stream then never meets one, and every command sees the same parts."""
     from gpq_keras.data import FILE_SOURCES, load_data
 
     if hasattr(args, "max_pixels"):
@@ -367,7 +371,16 @@ def load_data(args, image_shape=None, **options):
         unlabeled=getattr(args, "unlabeled", None),
         **options,
     )
-    report_skipped(getattr(split, "skipped", None) or [])
+    skipped = list(getattr(split, "skipped", None) or [])
+    if drop_undecodable and getattr(args, "skip_unreadable", False) and split.streamed:
+        from gpq_keras.data.check import undecodable_files, without_files
+
+        bad = undecodable_files(split)
+        if bad:
+            split = without_files(split, [path for path, _ in bad])
+            skipped += bad
+    if getattr(args, "report_skipped", True):  # `gpq data check` reports them itself
+        report_skipped(skipped)
     return split
 
 

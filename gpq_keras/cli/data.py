@@ -37,7 +37,8 @@ def run_data_check(args):
 
     skip = args.skip_unreadable
     args.skip_unreadable = True  # every unreadable file listed, not the first alone
-    split, validation, _ = training_split(args)
+    args.report_skipped = False  # listed below, with the files that do not decode
+    split, validation, _ = training_split(args, drop_undecodable=False)
     report = check_split(split)
     report["parts"]["validation"] = 0 if validation is None else len(validation[0])
     if validation is not None:

@@ -94,8 +94,6 @@ def _run_split(args):
     kind = args.data.strip().partition(":")[0].lower()
     if kind == "folder" and (given or "given") == "given" and "labeled_per_class" not in options:
         options["query_per_class"] = settings.get("val_per_class")
-    if settings.get("unlabeled"):
-        args.unlabeled = settings["unlabeled"]
     return {k: v for k, v in options.items() if v is not None}, stored, protocol
 
 

@@ -378,9 +378,12 @@ def _run_state(args, run):
         return "damaged"
 
 
-def training_split(args):
+def training_split(args, drop_undecodable=True):
     """(split without its validation images, (x_val, y_val) or None, validation images per class)
     of `gpq train`'s (and `gpq data check`'s) data flags.
+
+    `drop_undecodable`: as `common.load_data` (False for `gpq data check`, which decodes every
+    file itself).
 
     A folder's given protocol holds `--val-per-class` images per class out as its queries: they
     are the validation images too. Other splits hold validation images out of their labeled set.
@@ -401,7 +404,8 @@ def training_split(args):
     image_shape = None
     if args.image_size is not None:
         image_shape = (args.image_size, args.image_size, 3)
-    split = load_data(args, image_shape, **options)  # skipped files listed on stderr
+    # skipped files listed on stderr; with --skip-unreadable those that do not decode left out
+    split = load_data(args, image_shape, drop_undecodable=drop_undecodable, **options)
     if not split.has_training_data:
         raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
     if args.image_size is not None and tuple(split.x_db.shape[1:3]) != image_shape[:2]:
@@ -412,9 +416,11 @@ def training_split(args):
             "to train at another size"
         )
     if queries_validate:
-        per_class = 0 if split.x_query is None else int(np.bincount(split.y_query).min())
+        # the queries per class asked for (a small class gives fewer: protocols.given_split)
+        per_class = 0 if split.x_query is None else int(np.bincount(split.y_query).max())
         validation = None if split.x_query is None else (split.x_query, split.y_query)
-        split.index.setdefault("validation", split.index.get("query"))
+        if split.x_query is not None and "query" in split.index:
+            split.index.setdefault("validation", split.index["query"])
     else:
         per_class = (
             default_validation_per_class(split)

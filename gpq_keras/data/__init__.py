@@ -174,6 +174,11 @@ def load_data(spec, protocol=None, seed=0, unlabeled=None, **options):
         options.update(file_options)
     if unlabeled is not None:
         _check_unlabeled_allowed(spec, kind, paths)
+    if options.get("labeled_per_class") is not None and kind not in (*POOL_SOURCES, "folder"):
+        raise ValueError(
+            f"--labeled-per-class: {kind}: brings its own labeled set ({spec!r}); it simulates "
+            "label scarcity on one pool of labeled images (digits, cifar10:, tfds:, folder:)"
+        )
     if kind == "folder":
         from gpq_keras.data import user
 
@@ -188,6 +193,7 @@ def load_data(spec, protocol=None, seed=0, unlabeled=None, **options):
         )
         return _named(split, name, fraction, seed)
     split = _load_source(kind, paths, name, seed, options)
+    own_unlabeled = split.x_unlabeled is not split.x_db  # unlabeled.txt, x_unlabeled
     if unlabeled is not None:
         from gpq_keras.data.user import load_unlabeled
 
@@ -202,7 +208,7 @@ def load_data(spec, protocol=None, seed=0, unlabeled=None, **options):
             split,
             0.75 if fraction is None else fraction,
             seed=seed,
-            keep_unlabeled=unlabeled is not None,
+            keep_unlabeled=unlabeled is not None or own_unlabeled,
         )
     return _named(split, name, fraction, seed)
 

@@ -11,6 +11,7 @@ The keys are those of `../shared/CLI.md` (`gpq data check --json`): `parts`, `nu
 `unseen_classes`.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -18,7 +19,13 @@ import numpy as np
 from gpq_keras.data.image_files import ImageFiles
 from gpq_keras.data.split import check_training_labels
 
-__all__ = ["check_split", "per_class_counts", "training_problems"]
+__all__ = [
+    "check_split",
+    "per_class_counts",
+    "training_problems",
+    "undecodable_files",
+    "without_files",
+]
 
 _PARTS = {
     "query": "x_query",
@@ -75,7 +82,7 @@ def _overlap(split, a, b):
     return sum(1 for i in ids_a if i in other)
 
 
-def _unreadable(split, batch_size):
+def undecodable_files(split, batch_size=256):
     """[(path, reason)] of the files of every part that do not decode (each file read once, a
     batch at a time: memory bounded by the batch)."""
     from gpq_keras.data.images import read_images
@@ -113,7 +120,7 @@ def check_split(split, decode=True, batch_size=256):
     sizes = split.part_sizes(len(split.index.get("validation", ())))
     unreadable = [(path, str(why)) for path, why in split.skipped]
     if decode:
-        unreadable += _unreadable(split, batch_size)
+        unreadable += undecodable_files(split, batch_size)
 
     def classes(values):
         return None if values is None else [int(c) for c in values]
@@ -168,3 +175,38 @@ def training_problems(split, report):
             "training images"
         )
     return problems
+
+
+_PART_ARRAYS = {  # part name in `Split.index` -> (images, labels) attributes
+    "query": ("x_query", "y_query"),
+    "labeled": ("x_labeled", "y_labeled"),
+    "database": ("x_db", "y_db"),
+    "unlabeled": ("x_unlabeled", None),
+    "database_all": ("x_db_all", "y_db_all"),
+}
+
+
+def without_files(split, paths):
+    """`split` without the image files `paths` in any of its `ImageFiles` parts (with their
+    labels and `index` positions): what `--skip-unreadable` leaves out of a streamed run."""
+    bad = np.asarray([os.fsdecode(p) for p in paths], dtype=str)
+    changes, index = {}, dict(split.index)
+    for part, (x_attr, y_attr) in _PART_ARRAYS.items():
+        images = getattr(split, x_attr)
+        if not isinstance(images, ImageFiles):
+            continue
+        keep = ~np.isin(images.paths.astype(str), bad)
+        if keep.all():
+            continue
+        changes[x_attr] = images[keep]
+        if y_attr is not None and getattr(split, y_attr) is not None:
+            changes[y_attr] = np.asarray(getattr(split, y_attr))[keep]
+        if part in index and len(index[part]) == len(keep):
+            index[part] = np.asarray(index[part])[keep]
+    if not changes:
+        return split
+    if "x_unlabeled" not in changes and split.x_unlabeled is split.x_db:
+        changes["x_unlabeled"] = changes.get("x_db", split.x_db)
+    out = dataclasses.replace(split, index=index, **changes)
+    out.skipped = list(split.skipped)
+    return out

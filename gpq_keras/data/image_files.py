@@ -38,7 +38,7 @@ class ImageFiles:
     Array-like where a `Split` and the pipelines need it: `len`, `shape` (N, H, W, 3), `dtype`
     uint8, `ndim` 4; indexing with a slice, an int array or a bool mask gives the `ImageFiles` of
     those paths (nothing read), an int gives that one image decoded (H, W, 3). `read(indices)`
-    decodes a batch. There is no `__array__`: turning a collection into one array is a choice
+    decodes a batch. `np.asarray(files)` raises: turning a collection into one array is a choice
     (`read()`), never an accident.
 
     Attributes: `paths` (object array of str, names as the operating system gives them),
@@ -70,6 +70,12 @@ class ImageFiles:
         if isinstance(key, (int, np.integer)):
             return self.read([int(key)])[0]
         return self._like(self.paths[key])
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(
+            f"{self!r} is read with .read(indices) (a batch) or .read() (every file, decoded "
+            "into memory); np.asarray would decode the whole collection"
+        )
 
     def __repr__(self):
         return (

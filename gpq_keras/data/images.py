@@ -33,6 +33,7 @@ import collections
 import concurrent.futures
 import functools
 import os
+import re
 
 import numpy as np
 
@@ -272,7 +273,8 @@ def _decode_one(path, data, hw, antialias):
     try:
         return decode_image_bytes(tf.constant(data, tf.string), hw, antialias).numpy()
     except tf.errors.OpError as exc:
-        message = " ".join(exc.message.split())
+        # "{{function_node __wrapped__DecodeImage_device_...}} Invalid PNG data" -> the reason
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", " ".join(exc.message.split()))
         raise UnreadableFile(f"{display_path(path)}: not a decodable image ({message})") from None
 
 

@@ -216,6 +216,7 @@ def _split(pool, protocol, seed, query, labeled, database, unlabeled=None):
         protocol=protocol,
         seed=seed,
         index={part: np.asarray(index[part], np.int64) for part in sorted(index)},
+        pooled=True,
     )
 
 
@@ -231,8 +232,9 @@ def given_split(pool, query_per_class=None):
     unlabeled set. Every part keeps the pool's order.
 
     `query_per_class` defaults to a tenth of the smallest class (at least 1); 0: no queries
-    (`x_query` None, a split for training only). Raises ValueError (one line, with the counts)
-    when a class would keep no labeled image.
+    (`x_query` None, a split for training only). A class of at most `query_per_class` images gives
+    all but one of them as queries (a class of one image: none), so that every class keeps a
+    labeled image.
     """
     if query_per_class is None:
         query_per_class = default_query_per_class(pool)
@@ -244,18 +246,11 @@ def given_split(pool, query_per_class=None):
         query_per_class = check_count("query_per_class", query_per_class, pool.name)
     query_per_class = int(query_per_class)
     counts = pool.counts()
-    short = np.flatnonzero((counts > 0) & (counts <= query_per_class))
-    if len(short):
-        c = short[0]
-        raise ValueError(
-            f"{pool.name}: too few images for the protocol (given, query_per_class="
-            f"{query_per_class}): class {c} has {counts[c]} images, all of them queries, which "
-            f"leaves no labeled (database) image; every class needs more than {query_per_class} "
-            f"images ({len(pool)} images in all)"
-        )
-    is_query = _rank_in_class(pool.labels) < query_per_class
+    # a class too small for its queries keeps at least one labeled image: it gives fewer queries
+    quota = np.minimum(query_per_class, np.maximum(counts - 1, 0))
+    is_query = _rank_in_class(pool.labels) < quota[pool.labels]
     rest = np.flatnonzero(~is_query)
-    query = np.flatnonzero(is_query) if query_per_class else None
+    query = np.flatnonzero(is_query) if is_query.any() else None
     return _split(pool, "given", None, query, rest, rest)
 
 

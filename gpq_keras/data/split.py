@@ -1,6 +1,7 @@
 """The paper's retrieval protocol: query / labeled / unlabeled (= database) splits."""
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -105,7 +106,8 @@ class Split:
 
     Where the parts came from: `protocol` (`gpq_keras.data.protocols`) and its `seed`, `index`
     {part: int64 positions in the source's pool} for the parts of array sources (file parts carry
-    their paths), and for `unseen` the `seen_classes`, `unseen_classes` and the database of every
+    their paths; `pooled`: every part's positions are in one pool, else each in its own array),
+    and for `unseen` the `seen_classes`, `unseen_classes` and the database of every
     class, `x_db_all`, `y_db_all` (unseen@all).
 
     Raises ValueError (one line naming the array) for an empty set, images that are not uint8 RGB,
@@ -132,6 +134,7 @@ class Split:
     unseen_classes: tuple = None
     x_db_all: np.ndarray = None
     y_db_all: np.ndarray = None
+    pooled: bool = False
 
     def __post_init__(self):
         if self.x_unlabeled is None:
@@ -203,10 +206,25 @@ class Split:
     def validation_database(self):
         """(x, y) the validation images are searched among: the database, or under `unseen` the
         database of every class (its validation images are of the seen classes, its database of the
-        unseen ones)."""
+        unseen ones), without the validation images themselves (where the database holds the
+        labeled images: a folder, cifar10-1)."""
+        from gpq_keras.data.image_files import ImageFiles
+
+        x, y, key = self.x_db, self.y_db, "database"
         if self.x_db_all is not None:
-            return self.x_db_all, self.y_db_all
-        return self.x_db, self.y_db
+            x, y, key = self.x_db_all, self.y_db_all, "database_all"
+        held = self.index.get("validation")
+        if held is None:
+            return x, y
+        paths = getattr(self, "_validation_paths", None)
+        if isinstance(x, ImageFiles) and paths is not None:
+            # the validation images are files the labeled set held out: not searched for themselves
+            keep = ~np.isin(x.paths.astype(str), np.asarray(paths).astype(str))
+        elif self.pooled and key in self.index:
+            keep = ~np.isin(self.index[key], held)
+        else:
+            return x, y
+        return (x, y) if keep.all() else (x[keep], np.asarray(y)[keep])
 
     def part_sizes(self, validation=0):
         """{"query", "labeled", "unlabeled", "database", "validation"} -> images in each part."""
@@ -273,6 +291,7 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
         num_classes=int(labels.max()) + 1,
         name=name,
         protocol="gpq",
+        pooled=True,
         index={
             "query": order[is_query],
             "labeled": order[labeled],
@@ -283,11 +302,14 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
 
 
 def default_validation_per_class(split):
-    """A tenth of the smallest labeled class (at least 1): the default of `hold_out_validation`."""
+    """A tenth of the smallest labeled class (at least 1; 0 when a class has a single labeled
+    image, which must train): the default of `hold_out_validation`."""
     y = np.asarray(split.y_labeled)
     counts = y.sum(0) if y.ndim == 2 else np.bincount(y, minlength=split.num_classes)
     counts = counts[counts > 0]
-    return max(1, int(counts.min()) // 10) if len(counts) else 0
+    if not len(counts) or counts.min() < 2:
+        return 0
+    return max(1, int(counts.min()) // 10)
 
 
 def hold_out_validation(split, per_class):
@@ -331,10 +353,14 @@ def hold_out_validation(split, per_class):
     if "labeled" in index:
         index["validation"] = index["labeled"][held]
         index["labeled"] = index["labeled"][~held]
+    x_val = split.x_labeled[held]
     train = dataclasses.replace(
         split, x_labeled=split.x_labeled[~held], y_labeled=y[~held], index=index
     )
-    return train, split.x_labeled[held], y[held]
+    train._validation_paths = getattr(x_val, "paths", np.array([], object))
+    if "validation" not in index:  # positions of its own array
+        train.index["validation"] = np.flatnonzero(held)
+    return train, x_val, y[held]
 
 
 def check_training_labels(split):
@@ -418,8 +444,8 @@ RECORD_PARTS = ("query", "labeled", "unlabeled", "database", "validation")
 
 def split_arrays(split, x_validation=None):
     """What `split.npz` keeps of a split: for each part (`RECORD_PARTS`) its image files'
-    paths (`{part}_paths`, str) or its positions in the source's pool (`{part}_index`, int64;
-    `Split.index`), and the `protocol` and `seed` -> {name: array}.
+    absolute paths (`{part}_paths`, str) or its positions in the source's pool (`{part}_index`,
+    int64; `Split.index`), and the `protocol` and `seed` -> {name: array}.
 
     `x_validation` are the validation images held out of training (`hold_out_validation`), whose
     positions are `split.index["validation"]`."""
@@ -440,7 +466,8 @@ def split_arrays(split, x_validation=None):
         if images is None:
             continue
         if isinstance(images, ImageFiles):
-            out[f"{part}_paths"] = np.array(list(images.paths), dtype=str).reshape(-1)
+            paths = [os.path.abspath(path) for path in images.paths]  # the same from any folder
+            out[f"{part}_paths"] = np.array(paths, dtype=str).reshape(-1)
         elif part in split.index:
             out[f"{part}_index"] = np.asarray(split.index[part], np.int64)
         else:

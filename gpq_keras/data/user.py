@@ -536,6 +536,13 @@ def load_folder(
     pool = Pool(files, labels[kept], len(class_names), class_names, name)
     if protocol is None:
         protocol = "gpq" if labeled_per_class is not None else "given"
+    if protocol == "given" and labeled_per_class is not None:
+        raise ValueError(
+            "--labeled-per-class simulates label scarcity with the gpq protocol; the given "
+            "protocol trains every labeled image (leave out --protocol given)"
+        )
+    # unseen: the given parts (every labeled image), or with labeled_per_class the gpq ones
+    base = "gpq" if labeled_per_class is not None else "given"
     if protocol == "gpq" and labeled_per_class is None:
         counts = np.bincount(pool.labels, minlength=len(class_names))
         rest = counts[counts > 0] * (1 - 1 / check_count("query_every", query_every, name))
@@ -544,7 +551,7 @@ def load_folder(
     if query_per_class is not None:
         options["query_per_class"] = query_per_class
     # unseen: the given parts, then only the seen classes train and the unseen are searched
-    split = apply_protocol(pool, "given" if protocol == "unseen" else protocol, seed, **options)
+    split = apply_protocol(pool, base if protocol == "unseen" else protocol, seed, **options)
     if unlabeled is not None:
         pool_files, pool_skipped = load_unlabeled(
             unlabeled, image_size, max_pixels, skip_unreadable
@@ -574,6 +581,8 @@ def load_unlabeled(spec, image_size=32, max_pixels=DEFAULT_MAX_PIXELS, skip_unre
     spec = os.fspath(spec)
     try:
         listing = list_images(spec, skip_unreadable)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--unlabeled: {exc}") from None
     except ValueError as exc:
         if isinstance(exc, FileFormatError):
             raise
