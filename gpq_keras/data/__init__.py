@@ -227,23 +227,16 @@ def _load_source(kind, paths, protocol, seed, options):
     """The split of a source that is not a folder, by its protocol: a pool source (digits,
     cifar10, tfds) is split by `protocol` (gpq by default; unseen is applied later, on the gpq
     split), the others keep their own parts ("given")."""
-    if protocol not in (None, "given", "gpq", "unseen") or (
-        protocol == "given" and kind in POOL_SOURCES
-    ):
-        if kind not in POOL_SOURCES:
-            raise ValueError(
-                f"--protocol {protocol} splits one pool of labeled images (digits, cifar10:, "
-                f"tfds:, folder:); {kind}: brings its own parts (use given or unseen)"
-            )
+    if protocol not in (None, "given", "unseen") and kind not in POOL_SOURCES:
+        raise ValueError(
+            f"--protocol {protocol} splits one pool of labeled images (digits, cifar10:, "
+            f"tfds:, folder:); {kind}: brings its own parts (use given or unseen)"
+        )
+    if protocol not in (None, "gpq", "unseen") and kind in POOL_SOURCES:  # given, cifar10-1/2
         from gpq_keras.data.protocols import apply_protocol
 
         pool = _read_pool(kind, paths, options)
         return apply_protocol(pool, protocol, seed=seed, **options)
-    if protocol == "gpq" and kind not in POOL_SOURCES:
-        raise ValueError(
-            f"--protocol gpq splits one pool of labeled images (digits, cifar10:, tfds:, "
-            f"folder:); {kind}: brings its own parts (use given or unseen)"
-        )
     if kind == "digits":
         from gpq_keras.data import digits
 
