@@ -622,8 +622,8 @@ def fit_run(
         run: a `RunDirectory`.
         epochs, batch_size, seed: as for `train_dataset` / `fit`.
         validation: None or (x_val, y_val): held-out labeled images, searched against the database
-            (`split.validation_database`: `x_db`, the unlabeled set in the paper's protocol; under
-            `unseen` the database of every class).
+            (`split.validation_database(x_val)`: `x_db`, the unlabeled set in the paper's
+            protocol; under `unseen` the database of every class).
         eval_every: validate every that many epochs (and after the last).
         backup_every_steps: None (a backup per epoch) or an int: also every that many steps.
         save_every, keep_checkpoints: periodic `checkpoints/epoch_NNN.keras`, the last
@@ -685,7 +685,7 @@ def fit_run(
         checker = RetrievalValidation(
             validation[0],
             validation[1],
-            *split.validation_database,
+            *split.validation_database(validation[0]),
             every=eval_every,
             epochs=epochs,
             best_path=run.best,

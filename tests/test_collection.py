@@ -45,6 +45,16 @@ def collection(tmp_path_factory):
     return root
 
 
+def _copy_labeled(collection, target, per_class=None):
+    """A copy of the collection's labeled folder (the first `per_class` images of each class)
+    that a test may change -> its path."""
+    for name in CLASSES:
+        os.makedirs(target / name)
+        for path in sorted((collection / "labeled" / name).iterdir())[:per_class]:
+            (target / name / path.name).write_bytes(path.read_bytes())
+    return target
+
+
 def _train(out, data, *extra, epochs=1):
     argv = ["train", "--data", data, "--output", str(out), "--epochs", str(epochs)]
     return cli.main(argv + ["--batch-size", "4", *TINY, *extra])
@@ -111,11 +121,7 @@ def test_labeled_per_class_simulates_scarcity(collection, tmp_path):
 
 
 def test_data_check_reports_parts_classes_and_unreadable_files(collection, tmp_path, capsys):
-    labeled = tmp_path / "labeled"
-    for name in CLASSES:
-        os.makedirs(labeled / name)
-        for path in sorted((collection / "labeled" / name).iterdir())[:5]:
-            (labeled / name / path.name).write_bytes(path.read_bytes())
+    labeled = _copy_labeled(collection, tmp_path / "labeled", 5)
     report_path = tmp_path / "check.json"
     argv = ["data", "check", "--data", f"folder:{labeled}", "--json", str(report_path)]
     assert cli.main(argv + ["--unlabeled", str(collection / "pool")]) == 0
@@ -209,11 +215,7 @@ def test_bad_collections_are_one_line_and_write_nothing(collection, tmp_path, ca
 
 
 def test_evaluate_reuses_the_runs_split_and_refuses_changed_data(collection, tmp_path, capsys):
-    labeled = tmp_path / "labeled"
-    for name in CLASSES:
-        os.makedirs(labeled / name)
-        for path in sorted((collection / "labeled" / name).iterdir()):
-            (labeled / name / path.name).write_bytes(path.read_bytes())
+    labeled = _copy_labeled(collection, tmp_path / "labeled")
     out = tmp_path / "run"
     assert _train(out, f"folder:{labeled}", "--val-per-class", "2") == 0
     report = tmp_path / "eval.json"
@@ -331,11 +333,7 @@ def test_review_cases_small_classes_odd_flags_and_undecodable_files(collection, 
     from gpq_keras.data.image_files import ImageFiles
     from gpq_keras.data.split import hold_out_validation
 
-    labeled = tmp_path / "labeled"
-    for name in CLASSES:
-        os.makedirs(labeled / name)
-        for path in sorted((collection / "labeled" / name).iterdir()):
-            (labeled / name / path.name).write_bytes(path.read_bytes())
+    labeled = _copy_labeled(collection, tmp_path / "labeled")
     os.makedirs(labeled / "zebra")  # a class of one image keeps it labeled: no query from it
     _write(str(labeled / "zebra" / "z.png"), (10, 10, 10), np.random.default_rng(3))
     bad = labeled / "red" / "red_7.png"  # its header reads, its pixels do not
@@ -378,7 +376,7 @@ def test_review_cases_small_classes_odd_flags_and_undecodable_files(collection, 
     split = load_data(f"folder:{eight}", protocol="unseen", image_size=16)
     train, x_val, _ = hold_out_validation(split, 1)
     assert len(x_val) == 6 and len(train.x_db_all) == 8 * 3  # the given database: 3 per class
-    x_search, _ = train.validation_database
+    x_search, _ = train.validation_database(x_val)
     assert not set(x_val.paths) & set(x_search.paths)
     with pytest.raises(TypeError, match="read"):
         np.asarray(ImageFiles(list(x_val.paths)))

@@ -356,12 +356,11 @@ def load_data(args, image_shape=None, drop_undecodable=True, **options):
     With `--skip-unreadable` (and `drop_undecodable`) the files of a streamed spec are also decoded
     once, and those whose pixels do not decode are left out, as those with a bad header are when
     the data loads: a stream then never meets one, and every command sees the same parts."""
-    from gpq_keras.data import FILE_SOURCES, load_data
+    from gpq_keras.data import FILE_SOURCES, load_data, spec_kind
 
     if hasattr(args, "max_pixels"):
         options.update(reader_options(args))
-    kind = args.data.strip().partition(":")[0].lower()
-    if kind in FILE_SOURCES and image_shape is not None:
+    if spec_kind(args.data) in FILE_SOURCES and image_shape is not None:
         height, width = (int(v) for v in image_shape[:2])
         options["image_size"] = height if height == width else (height, width)
     split = load_data(
@@ -455,14 +454,14 @@ def _outputs(args):
 def _inputs(args):
     """([(flag, path)] of the files and folders the command reads, [(flag, folder)] of the folders
     of image files it reads, [(flag, path)] of the image files `--images` lists)."""
-    from gpq_keras.data import spec_paths
+    from gpq_keras.data import spec_kind, spec_paths
 
     inputs = [(flag, getattr(args, attr)) for flag, attr in _INPUTS if getattr(args, attr, None)]
     image_folders = []
     if getattr(args, "data", None):
         paths = spec_paths(args.data)
         inputs += [("--data", path) for path in paths]
-        position = _IMAGE_FOLDERS.get(args.data.strip().partition(":")[0].lower())
+        position = _IMAGE_FOLDERS.get(spec_kind(args.data))
         if position is not None and paths:
             image_folders.append(("--data", paths[position]))
     unlabeled = getattr(args, "unlabeled", None)

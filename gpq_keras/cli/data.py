@@ -44,9 +44,7 @@ def run_data_check(args):
     if validation is not None:
         report["per_class"]["validation"] = per_class_counts(validation[1], split.num_classes)
     _print_report(split, report)
-    problems = training_problems(split, report)
-    if skip and report["unreadable"]:  # left out by the training too
-        problems = problems[1:]
+    problems = training_problems(split, report, skip_unreadable=skip)
     report["problems"] = problems
     report["can_train"] = not problems
     if args.json:

@@ -66,33 +66,31 @@ def add_encode(sub):
 def _run_split(args):
     """The data options of the training run `--split` names (protocol, seed, per-class counts)
     -> (options for the loader, the arrays of its split.npz)."""
-    import json
-
+    from gpq_keras.data import spec_kind
     from gpq_keras.files import display_path, read_npz
+    from gpq_keras.training import RunDirectory
 
     path = args.split
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    npz = os.path.join(path, "split.npz") if os.path.isdir(path) else path
-    stored = read_npz(npz, "split file")
-    record_path = os.path.join(folder, "run.json")
-    settings = {}
-    if os.path.exists(record_path):
-        with open(record_path, encoding="utf-8") as fh:
-            settings = (json.load(fh) or {}).get("settings") or {}
+    run = RunDirectory(path if os.path.isdir(path) else os.path.dirname(path))
+    stored = read_npz(run.split if os.path.isdir(path) else path, "split file")
+    settings = (run.read_record() or {}).get("settings") or {}
     protocol, seed = str(stored["protocol"]), int(stored["seed"])
     given = settings.get("protocol")
     for flag, mine, theirs in (("--protocol", args.protocol, given), ("--seed", args.seed, seed)):
         if mine not in (None, 0) and theirs is not None and mine != theirs:
             raise CLIError(
-                f"{flag} {mine}: the run in {display_path(folder)} used {flag} {theirs}; leave it "
-                "out with --split"
+                f"{flag} {mine}: the run in {display_path(run.path)} used {flag} {theirs}; leave "
+                "it out with --split"
             )
     args.protocol, args.seed = given or None, seed
     options = {}
     if settings.get("labeled_per_class") is not None:
         options["labeled_per_class"] = settings["labeled_per_class"]
-    kind = args.data.strip().partition(":")[0].lower()
-    if kind == "folder" and (given or "given") == "given" and "labeled_per_class" not in options:
+    if (
+        spec_kind(args.data) == "folder"
+        and (given or "given") == "given"
+        and "labeled_per_class" not in options
+    ):
         options["query_per_class"] = settings.get("val_per_class")
     return {k: v for k, v in options.items() if v is not None}, stored, protocol
 

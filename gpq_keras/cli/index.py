@@ -242,17 +242,17 @@ def _labels_for(index, listing, shown):
         )
     if index.labels is None and not (index.ntotal == 0 and index.class_names is not None):
         return None
+    from gpq_keras.data.user import NO_CLASS
+
     if index.class_names is None:
         raise CLIError(f"{shown} has labels without class names; build a new index of files")
     if listing.labels is None:  # an unlabeled pool beside the classes: no class
-        from gpq_keras.data.user import NO_CLASS
-
         return np.full(len(listing.paths), NO_CLASS, np.int64)
     names = list(index.class_names)
     names += [name for name in listing.class_names if name not in names]
     index.class_names = names
-    ids = np.array([names.index(name) for name in listing.class_names] + [-1], np.int64)
-    return ids[listing.labels]  # NO_CLASS (-1) stays -1
+    ids = np.array([names.index(name) for name in listing.class_names] + [NO_CLASS], np.int64)
+    return ids[listing.labels]  # NO_CLASS (-1, the last entry) stays NO_CLASS
 
 
 # --- the commands ---------------------------------------------------------------------------------

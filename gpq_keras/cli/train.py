@@ -396,8 +396,9 @@ def training_split(args, drop_undecodable=True):
     options = {}
     if args.labeled_per_class is not None:
         options["labeled_per_class"] = args.labeled_per_class
-    kind = args.data.strip().partition(":")[0].lower()
-    queries_validate = kind == "folder" and (args.protocol or "given") == "given"
+    from gpq_keras.data import spec_kind
+
+    queries_validate = spec_kind(args.data) == "folder" and (args.protocol or "given") == "given"
     queries_validate = queries_validate and args.labeled_per_class is None
     if queries_validate and args.val_per_class is not None:
         options["query_per_class"] = args.val_per_class

@@ -52,6 +52,7 @@ __all__ = [
     "load_data",
     "protocol_split",
     "resolve_pipeline",
+    "spec_kind",
     "spec_paths",
     "train_input",
 ]
@@ -337,6 +338,12 @@ def _parse_spec(spec):
             raise _bad_spec(spec, "list needs LIST_DIR or LIST_DIR:IMAGE_ROOT")
         return kind, [os.path.expanduser(p) for p in (list_dir, image_root) if p]
     return kind, [os.path.expanduser(rest)]
+
+
+def spec_kind(spec):
+    """The source a data spec names, e.g. "folder" for "folder:photos" (a ValueError naming the
+    accepted forms for a malformed spec)."""
+    return _parse_spec(spec)[0]
 
 
 def spec_paths(spec):

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from gpq_keras.data.image_files import ImageFiles
-from gpq_keras.data.split import check_training_labels
+from gpq_keras.data.split import PARTS, check_training_labels, class_counts
 
 __all__ = [
     "check_split",
@@ -27,24 +27,15 @@ __all__ = [
     "without_files",
 ]
 
-_PARTS = {
-    "query": "x_query",
-    "labeled": "x_labeled",
-    "unlabeled": "x_unlabeled",
-    "database": "x_db",
-}
-_LABELS = {"query": "y_query", "labeled": "y_labeled", "database": "y_db"}
+_LABELED_PARTS = {part: y for part, (_, y) in PARTS.items() if y is not None}
 
 
 def per_class_counts(labels, num_classes):
-    """Images per class (num_classes,) of int ids or multi-hot rows (an image counts for each of
-    its labels)."""
+    """Images per class [num_classes ints] of int ids or multi-hot rows (an image counts for each
+    of its labels; `gpq_keras.data.split.class_counts`); zeros for no labels."""
     if labels is None:
         return [0] * num_classes
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        return [int(v) for v in (labels != 0).sum(0)]
-    return [int(v) for v in np.bincount(labels, minlength=num_classes)[:num_classes]]
+    return [int(v) for v in class_counts(labels, num_classes)]
 
 
 def _zero_label_rows(labels):
@@ -72,7 +63,7 @@ def _identities(images, part, split):
 
 def _overlap(split, a, b):
     """Images of part `a` that are also in part `b` (the same file, or the same pool position)."""
-    x_a, x_b = getattr(split, _PARTS[a]), getattr(split, _PARTS[b])
+    x_a, x_b = getattr(split, PARTS[a][0]), getattr(split, PARTS[b][0])
     if x_a is None or x_b is None or isinstance(x_a, ImageFiles) != isinstance(x_b, ImageFiles):
         return 0
     ids_a, ids_b = _identities(x_a, a, split), _identities(x_b, b, split)
@@ -88,7 +79,7 @@ def undecodable_files(split, batch_size=256):
     from gpq_keras.data.images import read_images
 
     files, seen = [], set()
-    for attr in _PARTS.values():
+    for attr, _ in PARTS.values():
         images = getattr(split, attr)
         if isinstance(images, ImageFiles):
             for path in images.paths:
@@ -131,10 +122,10 @@ def check_split(split, decode=True, batch_size=256):
         "class_names": None if split.class_names is None else list(split.class_names),
         "per_class": {
             part: per_class_counts(getattr(split, attr), num_classes)
-            for part, attr in _LABELS.items()
+            for part, attr in _LABELED_PARTS.items()
         },
         "zero_label_rows": {
-            part: _zero_label_rows(getattr(split, a)) for part, a in _LABELS.items()
+            part: _zero_label_rows(getattr(split, a)) for part, a in _LABELED_PARTS.items()
         },
         "unreadable": [os.fsdecode(path) for path, _ in unreadable],
         "unreadable_reasons": [why for _, why in unreadable],
@@ -149,12 +140,12 @@ def check_split(split, decode=True, batch_size=256):
     }
 
 
-def training_problems(split, report):
+def training_problems(split, report, skip_unreadable=False):
     """The reasons, one line each and the first first, why `split` cannot train GPQ (empty when it
-    can): unreadable files, labels of fewer than 2 classes, no unlabeled images, queries that are
-    also training images."""
+    can): unreadable files (not with `skip_unreadable`: training leaves them out), labels of fewer
+    than 2 classes, no unlabeled images, queries that are also training images."""
     problems = []
-    if report["unreadable"]:
+    if report["unreadable"] and not skip_unreadable:
         count = len(report["unreadable"])
         problems.append(
             f"{count} image file{'' if count == 1 else 's'} cannot be read, first: "
@@ -177,13 +168,7 @@ def training_problems(split, report):
     return problems
 
 
-_PART_ARRAYS = {  # part name in `Split.index` -> (images, labels) attributes
-    "query": ("x_query", "y_query"),
-    "labeled": ("x_labeled", "y_labeled"),
-    "database": ("x_db", "y_db"),
-    "unlabeled": ("x_unlabeled", None),
-    "database_all": ("x_db_all", "y_db_all"),
-}
+_PART_ARRAYS = {**PARTS, "database_all": ("x_db_all", "y_db_all")}  # unseen's database
 
 
 def without_files(split, paths):

@@ -24,7 +24,7 @@ import numpy as np
 
 from gpq_keras.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, image_hw, read_images
 
-__all__ = ["ImageFiles", "is_image_files", "reraise_file_errors", "take"]
+__all__ = ["ImageFiles", "reraise_file_errors", "take"]
 
 # the last error of a read in any thread (tf.data reads in its own), and how many
 # `reraise_file_errors` are open: only the outermost clears it (`fit` around `encode`)
@@ -123,10 +123,6 @@ class ImageFiles:
         except (OSError, ValueError) as exc:
             _LAST["error"] = exc
             raise
-
-
-def is_image_files(x):
-    return isinstance(x, ImageFiles)
 
 
 def take(images, indices):

@@ -155,23 +155,20 @@ def check_image_files(paths, max_pixels=DEFAULT_MAX_PIXELS, skip_unreadable=Fals
     `skip_unreadable` the first bad file raises."""
     max_pixels = check_max_pixels(max_pixels)
     limit = max_file_bytes(max_pixels)
+
+    def check(path):
+        with open_regular(path, "image") as fh:
+            _check_open(path, fh, max_pixels, limit)
+
     kept, skipped = [], []
     for position, path in enumerate(paths):
-        try:
-            with open_regular(path, "image") as fh:
-                _check_open(path, fh, max_pixels, limit)
-        except (FileNotFoundError, FileFormatError) as exc:
-            if not skip_unreadable:
-                raise
-            skipped.append((path, str(exc)))
-            continue
-        except OSError as exc:
-            error = UnreadableFile(f"{display_path(path)}: cannot be read ({exc})")
-            if not skip_unreadable:
-                raise error from None
+        _, error = _checked(check, path)
+        if error is None:
+            kept.append(position)
+        elif skip_unreadable:
             skipped.append((path, str(error)))
-            continue
-        kept.append(position)
+        else:
+            raise error
     return np.asarray(kept, np.int64), skipped
 
 
@@ -203,14 +200,20 @@ def decode_image_bytes(data, image_size, antialias=False):
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def _read_checked(path, max_pixels):
-    """(bytes, None) of a good file, or (None, the error naming it) of a bad one."""
+def _checked(read, path):
+    """(read(path), None) for a good file, or (None, the error naming it) for a bad one: the
+    module's errors as they are, an I/O error as UnreadableFile "PATH: cannot be read (...)"."""
     try:
-        return read_image_file(path, max_pixels), None
+        return read(path), None
     except (FileNotFoundError, FileFormatError) as exc:
         return None, exc
     except OSError as exc:  # an I/O error while reading it
         return None, UnreadableFile(f"{display_path(path)}: cannot be read ({exc})")
+
+
+def _read_checked(path, max_pixels):
+    """(bytes, None) of a good file, or (None, the error naming it) of a bad one."""
+    return _checked(lambda p: read_image_file(p, max_pixels), path)
 
 
 @functools.cache

@@ -88,8 +88,14 @@ def _infer_num_classes(labels):
 
 
 _PARTS = {"query": "query set", "db": "retrieval database", "labeled": "labeled training set"}
-# the parts of a split by their names in `gpq data check`, run.json and split.npz
-PART_NAMES = {"query": "query", "labeled": "labeled", "unlabeled": "unlabeled", "database": "db"}
+# the parts of a split by their names in `gpq data check`, run.json, split.npz and `Split.index`
+# -> (images, labels) attributes
+PARTS = {
+    "query": ("x_query", "y_query"),
+    "labeled": ("x_labeled", "y_labeled"),
+    "unlabeled": ("x_unlabeled", None),
+    "database": ("x_db", "y_db"),
+}
 PROTOCOL_DEFAULT = "given"  # the source's own parts (a folder: every labeled image trains)
 
 
@@ -202,39 +208,32 @@ class Split:
             for x in (self.x_query, self.x_db, self.x_labeled, self.x_unlabeled)
         )
 
-    @property
-    def validation_database(self):
-        """(x, y) the validation images are searched among: the database, or under `unseen` the
-        database of every class (its validation images are of the seen classes, its database of the
-        unseen ones), without the validation images themselves (where the database holds the
-        labeled images: a folder, cifar10-1)."""
+    def validation_database(self, x_validation):
+        """(x, y) the validation images `x_validation` (`hold_out_validation`'s) are searched
+        among: the database, or under `unseen` the database of every class (its validation images
+        are of the seen classes, its database of the unseen ones), without the validation images
+        themselves (where the database holds the labeled images: a folder, cifar10-1), told apart
+        by their paths (files) or their pool positions (`index["validation"]`)."""
         from gpq_keras.data.image_files import ImageFiles
 
         x, y, key = self.x_db, self.y_db, "database"
         if self.x_db_all is not None:
             x, y, key = self.x_db_all, self.y_db_all, "database_all"
-        held = self.index.get("validation")
-        if held is None:
-            return x, y
-        paths = getattr(self, "_validation_paths", None)
-        if isinstance(x, ImageFiles) and paths is not None:
-            # the validation images are files the labeled set held out: not searched for themselves
-            keep = ~np.isin(x.paths.astype(str), np.asarray(paths).astype(str))
-        elif self.pooled and key in self.index:
-            keep = ~np.isin(self.index[key], held)
+        if isinstance(x, ImageFiles) and isinstance(x_validation, ImageFiles):
+            keep = ~np.isin(x.paths.astype(str), x_validation.paths.astype(str))
+        elif self.pooled and key in self.index and "validation" in self.index:
+            keep = ~np.isin(self.index[key], self.index["validation"])
         else:
             return x, y
         return (x, y) if keep.all() else (x[keep], np.asarray(y)[keep])
 
     def part_sizes(self, validation=0):
         """{"query", "labeled", "unlabeled", "database", "validation"} -> images in each part."""
-        return {
-            "query": 0 if self.x_query is None else len(self.x_query),
-            "labeled": 0 if self.x_labeled is None else len(self.x_labeled),
-            "unlabeled": 0 if self.x_unlabeled is None else len(self.x_unlabeled),
-            "database": len(self.x_db),
-            "validation": int(validation),
-        }
+        sizes = {}
+        for part, (attr, _) in PARTS.items():
+            images = getattr(self, attr)
+            sizes[part] = 0 if images is None else len(images)
+        return {**sizes, "validation": int(validation)}
 
 
 def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="data"):
@@ -301,11 +300,19 @@ def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="
     )
 
 
+def class_counts(labels, num_classes):
+    """Images per class, int64 (num_classes,), of int ids (N,) or multi-hot rows (N, classes):
+    an image counts for each of its labels."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return (labels != 0).sum(0).astype(np.int64)
+    return np.bincount(labels, minlength=num_classes)[:num_classes]
+
+
 def default_validation_per_class(split):
     """A tenth of the smallest labeled class (at least 1; 0 when a class has a single labeled
     image, which must train): the default of `hold_out_validation`."""
-    y = np.asarray(split.y_labeled)
-    counts = y.sum(0) if y.ndim == 2 else np.bincount(y, minlength=split.num_classes)
+    counts = class_counts(split.y_labeled, split.num_classes)
     counts = counts[counts > 0]
     if not len(counts) or counts.min() < 2:
         return 0
@@ -357,7 +364,6 @@ def hold_out_validation(split, per_class):
     train = dataclasses.replace(
         split, x_labeled=split.x_labeled[~held], y_labeled=y[~held], index=index
     )
-    train._validation_paths = getattr(x_val, "paths", np.array([], object))
     if "validation" not in index:  # positions of its own array
         train.index["validation"] = np.flatnonzero(held)
     return train, x_val, y[held]
@@ -439,7 +445,7 @@ def steps_per_epoch(split, batch_size):
     return max(1, len(split.x_labeled) // check_training_input(split, batch_size, 0))
 
 
-RECORD_PARTS = ("query", "labeled", "unlabeled", "database", "validation")
+RECORD_PARTS = (*PARTS, "validation")
 
 
 def split_arrays(split, x_validation=None):
@@ -451,13 +457,8 @@ def split_arrays(split, x_validation=None):
     positions are `split.index["validation"]`."""
     from gpq_keras.data.image_files import ImageFiles
 
-    parts = {
-        "query": split.x_query,
-        "labeled": split.x_labeled,
-        "unlabeled": split.x_unlabeled,
-        "database": split.x_db,
-        "validation": x_validation,
-    }
+    parts = {part: getattr(split, x) for part, (x, _) in PARTS.items()}
+    parts["validation"] = x_validation
     out = {
         "protocol": np.array(str(split.protocol)),
         "seed": np.array(-1 if split.seed is None else int(split.seed), np.int64),
