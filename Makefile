@@ -14,10 +14,11 @@ PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: demo notebook test test-jax test-fast lint docs bench clean
 
-$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-hub.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-hub.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -10,6 +10,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "VGGBackbone": "gpq_keras.backbones",
+    "ApplicationBackbone": "gpq_keras.backbones",
+    "EmbeddingBackbone": "gpq_keras.backbones",
+    "HubBackbone": "gpq_keras.backbones",
+    "build_backbone": "gpq_keras.backbones",
     "GPQConfig": "gpq_keras.config",
     "PRESETS": "gpq_keras.config",
     "get_preset": "gpq_keras.config",
@@ -18,7 +22,8 @@ _EXPORTS = {
     "SoftProductQuantizer": "gpq_keras.layers",
     "SubspaceClassifier": "gpq_keras.layers",
     "GPQ": "gpq_keras.model",
-    "default_optimizer": "gpq_keras.model",
+    "default_optimizer": "gpq_keras.optimizers",
+    "ScaledAdam": "gpq_keras.optimizers",
     "PQIndex": "gpq_keras.retrieval",
 }
 __all__ = sorted(_EXPORTS)

@@ -83,6 +83,8 @@ class GPQConfig:
         reg_lambda: float, N-pair regulariser on feature norms. Default 0.002.
         num_classes: int, number of label classes. Default 10.
         image_shape: (height, width, channels) of the input images. Default (32, 32, 3).
+        input_dim: int, D, for a model that takes embeddings (N, D) instead of images (then
+            `image_shape` is not used). Default None: images.
         filters: widths of the four VGG conv stages, positive ints. Default (64, 128, 256, 512).
         learning_rate: float, initial Adam learning rate, finite and > 0. Default 2e-4.
         decay_steps: int, staircase decay period in steps. Default 100.
@@ -108,6 +110,7 @@ class GPQConfig:
     reg_lambda: float = 0.002
     num_classes: int = 10
     image_shape: tuple = (32, 32, 3)
+    input_dim: int = None
     filters: tuple = (64, 128, 256, 512)
     learning_rate: float = 2e-4
     decay_steps: int = 100
@@ -157,6 +160,15 @@ class GPQConfig:
             raise field_error("learning_rate", "a finite number > 0")
         if not 0 <= self.beta_1 < 1:
             raise field_error("beta_1", "in [0, 1)")
+        if self.input_dim is not None:
+            try:
+                object.__setattr__(
+                    self, "input_dim", check_positive_int("input_dim", self.input_dim)
+                )
+            except ValueError:
+                raise field_error(
+                    "input_dim", "None or a positive int (the embeddings' width)"
+                ) from None
         if len(self.image_shape) != 3 or not all(
             isinstance(v, int) and v > 0 for v in self.image_shape
         ):
@@ -177,6 +189,16 @@ class GPQConfig:
     def feature_dim(self):
         """M * d, the length of a feature vector."""
         return self.num_subspaces * self.subspace_dim
+
+    @property
+    def takes_vectors(self):
+        """Whether the model takes embeddings (N, input_dim) rather than images."""
+        return self.input_dim is not None
+
+    @property
+    def input_shape(self):
+        """The shape of one input: (input_dim,) for embeddings, else `image_shape`."""
+        return (self.input_dim,) if self.takes_vectors else self.image_shape
 
     @property
     def bits(self):
@@ -208,6 +230,8 @@ class GPQConfig:
         out = dataclasses.asdict(self)
         out["image_shape"] = list(self.image_shape)
         out["filters"] = list(self.filters)
+        if out["input_dim"] is None:  # an image model's dict stays as earlier versions wrote it
+            del out["input_dim"]
         return out
 
     @classmethod

@@ -12,7 +12,8 @@ from gpq_keras.retrieval import ProductQuantizer
 
 def export_saved_model(model, path, mode=None):
     """Write a SavedModel directory at `path` whose `serving_default` signature maps uint8 pixels
-    `images` (N, H, W, C) to `{"features": float32 (N, M*d), "codes": uint8 (N, M)}`.
+    `images` (N, H, W, C) to `{"features": float32 (N, M*d), "codes": uint8 (N, M)}` (a model
+    on embeddings: float32 `embeddings` (N, D)).
 
     `features` are the raw features F(x) (`model.encode`); `codes` are those of
     `ProductQuantizer.from_model(model, mode).encode(features)` (mode None: the config's
@@ -51,7 +52,7 @@ def export_saved_model(model, path, mode=None):
     assign = tf.constant(pq.assignment_codebook)  # (M, d, K), what `ProductQuantizer.encode` uses
 
     def serve(images):
-        if model.preprocessor is None:  # a model saved before it normalised its pixels itself
+        if not model.normalize_pixels:  # a model saved before it normalised its pixels itself
             from gpq_keras.data.tf_pipeline import normalize
 
             images = normalize(images)
@@ -64,13 +65,13 @@ def export_saved_model(model, path, mode=None):
         )  # lowest index of the max
         return {"features": features, "codes": tf.cast(codes, tf.uint8)}
 
+    if model.takes_vectors:  # a model on embeddings takes float32 (N, D) `embeddings`
+        spec = tf.TensorSpec([None, cfg.input_dim], tf.float32, name="embeddings")
+    else:
+        spec = tf.TensorSpec([None, *cfg.image_shape], tf.uint8, name="images")
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        name="serving_default",
-        fn=serve,
-        input_signature=[tf.TensorSpec([None, *cfg.image_shape], tf.uint8, name="images")],
-    )
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=[spec])
     try:
         with atomic_dir(path) as tmp:  # 0777 less the umask: a server's user can read it
             archive.write_out(tmp, verbose=False)

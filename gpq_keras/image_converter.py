@@ -75,3 +75,17 @@ def pixel_normalization(image_shape):
     )
     layer.build((None, *image_shape))
     return layer
+
+
+# keras.applications' "caffe" preprocessing (ResNet50's): BGR channel means of ImageNet, 0..255.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def caffe_preprocess(images):
+    """RGB pixels 0..255 (..., 3) -> float32 BGR minus ImageNet's BGR means, as
+    `keras.applications.resnet50.preprocess_input` (mode "caffe"), in `keras.ops`: it takes NumPy
+    arrays, backend tensors and symbolic `keras.KerasTensor`s (a functional model's graph)."""
+    from keras import ops
+
+    bgr = ops.flip(ops.cast(images, "float32"), axis=-1)
+    return ops.subtract(bgr, np.asarray(CAFFE_MEAN_BGR, np.float32))

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from gpq_keras.backbones import VGGBackbone
+from gpq_keras.backbones import FEATURE_LAYER, build_backbone
 from gpq_keras.config import GPQConfig
 from gpq_keras.data import eval_input
 from gpq_keras.data.image_files import ImageFiles, reraise_file_errors
@@ -21,23 +21,10 @@ from gpq_keras.layers import (
     SubspaceClassifier,
 )
 from gpq_keras.losses import classification_loss, n_pair_pq_loss, subspace_entropy_loss
+from gpq_keras.optimizers import ScaledAdam, default_optimizer
 from gpq_keras.trainers import Trainer
 
 LOSS_NAMES = ("loss", "npq_loss", "cls_loss", "entropy_loss")  # what fit/evaluate report
-
-
-def learning_rate_schedule(config):
-    """lr = learning_rate * decay_rate ** floor(step / decay_steps) (the original's staircase)."""
-    return keras.optimizers.schedules.ExponentialDecay(
-        config.learning_rate, config.decay_steps, config.decay_rate, staircase=True
-    )
-
-
-def default_optimizer(config):
-    """Adam(beta_1=0.5, epsilon=1e-8) on the staircase schedule, as the original trains."""
-    return keras.optimizers.Adam(
-        learning_rate_schedule(config), beta_1=config.beta_1, epsilon=config.epsilon
-    )
 
 
 def save_atomic(model, path):
@@ -53,10 +40,16 @@ def save_atomic(model, path):
 ENCODE_PIXELS = 500 * 32 * 32  # images x pixels of one encoding batch: 500 at 32x32
 
 
-def encode_batch_size(image_shape):
-    """`GPQ.encode`'s default batch for images of `image_shape` (H, W, C): ENCODE_PIXELS pixels,
-    between 8 and 500 images (500 at 32x32, 31 at 128x128, 10 at 224x224)."""
-    height, width = image_shape[:2]
+ENCODE_VECTORS = 2048  # embeddings of one encoding batch
+
+
+def encode_batch_size(input_shape):
+    """`GPQ.encode`'s default batch for inputs of `input_shape`: for images (H, W, C)
+    ENCODE_PIXELS pixels, between 8 and 500 images (500 at 32x32, 31 at 128x128, 10 at 224x224);
+    for embeddings (D,) `ENCODE_VECTORS`."""
+    if len(input_shape) == 1:
+        return ENCODE_VECTORS
+    height, width = input_shape[:2]
     return int(min(500, max(8, ENCODE_PIXELS // (int(height) * int(width)))))
 
 
@@ -128,7 +121,16 @@ class GPQ(Trainer, keras.Model):
             images (`gpq_keras.data.normalize`) and `encode` normalises uint8 arrays.
     """
 
-    def __init__(self, config=None, backbone=None, dtype=None, normalize_pixels=True, **kwargs):
+    def __init__(
+        self,
+        config=None,
+        backbone=None,
+        dtype=None,
+        normalize_pixels=True,
+        freeze_backbone=False,
+        backbone_learning_rate_multiplier=1.0,
+        **kwargs,
+    ):
         super().__init__(dtype=dtype, **kwargs)
         if config is None:
             config = GPQConfig()
@@ -136,27 +138,54 @@ class GPQ(Trainer, keras.Model):
             config = GPQConfig.from_dict(config)
         self.gpq_config = config
         if backbone is None:
-            backbone = VGGBackbone(
-                config.feature_dim,
-                filters=config.filters,
-                image_shape=config.image_shape,
-                sync_batch_norm=config.sync_batch_norm,
-                dtype=self.dtype_policy,
-                name="backbone",
-            )
+            backbone = "mlp" if config.takes_vectors else "vgg"
+        if isinstance(backbone, str):
+            backbone = build_backbone(backbone, config, dtype=self.dtype_policy)
         if backbone.output_shape[-1] != config.feature_dim:
             raise ValueError(
                 f"The backbone's output ({backbone.output_shape[-1]}) must equal "
                 f"num_subspaces * subspace_dim = {config.feature_dim}"
             )
+        inputs = tuple(backbone.input_shape[1:])
+        if inputs != tuple(config.input_shape):
+            raise ValueError(
+                f"The backbone takes inputs {inputs}, but the config's are "
+                f"{tuple(config.input_shape)} (GPQConfig.input_dim for embeddings, "
+                f"image_shape for images)"
+            )
         self.backbone = backbone
+        self.pixel_contract = getattr(backbone, "pixel_contract", "gpq")
         self.normalize_pixels = bool(normalize_pixels)
         self.preprocessor = None
-        if self.normalize_pixels:  # (x - mean) / std per channel, in float32 whatever the policy
+        if self.normalize_pixels and self.pixel_contract == "gpq":
+            # (x - mean) / std per channel, in float32 whatever the policy
             self.preprocessor = pixel_normalization(config.image_shape)
+        self.freeze_backbone = bool(freeze_backbone)
+        if self.freeze_backbone:
+            for layer in self.backbone_layers():
+                layer.trainable = False  # batch norm then runs in inference mode
+        multiplier = float(backbone_learning_rate_multiplier)
+        if not 0 <= multiplier < float("inf"):
+            raise ValueError(
+                "backbone_learning_rate_multiplier must be a finite number >= 0; got "
+                f"{backbone_learning_rate_multiplier!r}"
+            )
+        self.backbone_learning_rate_multiplier = multiplier
         self._build_heads(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.built = True  # every weight exists now
+
+    def backbone_layers(self):
+        """The layers of F that `freeze_backbone` freezes and the learning-rate multiplier slows:
+        every layer holding weights but the head (`FEATURE_LAYER`, the dense layer to M*d)."""
+        return [
+            layer for layer in self.backbone.layers if layer.name != FEATURE_LAYER and layer.weights
+        ]
+
+    @property
+    def takes_vectors(self):
+        """Whether the model takes embeddings (N, D) (`GPQConfig.input_dim`) rather than images."""
+        return self.gpq_config.takes_vectors
 
     def _build_heads(self, config):
         """intra_norm, the quantiser (Z), the classifier (C) and gradient reversal, built for (B,
@@ -186,9 +215,30 @@ class GPQ(Trainer, keras.Model):
             images = self.preprocessor(images)
         return self.backbone(images, training=training)
 
-    def check_images(self, images):
-        """Raise a ValueError unless `images` (N, H, W, C) have the model's `image_shape`."""
-        check_image_batch(images, self.gpq_config.image_shape)
+    def check_inputs(self, inputs):
+        """Raise a ValueError unless `inputs` are what the model takes: images (N, H, W, C) of its
+        `image_shape`, or embeddings (N, input_dim) for a model on embeddings."""
+        shape = tuple(np.shape(inputs)[1:])
+        if self.takes_vectors:
+            if shape != (self.gpq_config.input_dim,):
+                got = (
+                    f"images {tuple(np.shape(inputs))}"
+                    if len(shape) == 3
+                    else (f"embeddings {tuple(np.shape(inputs))}")
+                )
+                raise ValueError(
+                    f"the model takes embeddings (N, {self.gpq_config.input_dim}); got {got}"
+                )
+            return
+        if len(shape) == 1:
+            height, width, channels = self.gpq_config.image_shape
+            raise ValueError(
+                f"the model takes images (N, {height}, {width}, {channels}); got embeddings "
+                f"{tuple(np.shape(inputs))}"
+            )
+        check_image_batch(inputs, self.gpq_config.image_shape)
+
+    check_images = check_inputs  # the name of earlier versions
 
     def encode(self, images, batch_size=None, verbose=0):
         """Raw features F(x) as a float32 NumPy array (N, M*d) of pixels (N, H, W, C), uint8 or
@@ -208,9 +258,9 @@ class GPQ(Trainer, keras.Model):
         uint8 arrays are normalised here, float arrays taken as normalised.)
         """
         if batch_size is None:
-            batch_size = encode_batch_size(self.gpq_config.image_shape)
+            batch_size = encode_batch_size(self.gpq_config.input_shape)
         if isinstance(images, (np.ndarray, ImageFiles)):
-            self.check_images(images)
+            self.check_inputs(images)
             images = eval_input(
                 images, self.input_pipeline, batch_size, normalized=not self.normalize_pixels
             )
@@ -253,8 +303,32 @@ class GPQ(Trainer, keras.Model):
     # --- training --------------------------------------------------------------------------------
     def compile(self, optimizer=None, **kwargs):
         """As `keras.Model.compile`; the optimiser defaults to the original's
-        (`default_optimizer`)."""
-        super().compile(optimizer=optimizer or default_optimizer(self.gpq_config), **kwargs)
+        (`default_optimizer`), a `ScaledAdam` with `backbone_learning_rate_multiplier` != 1 (the
+        backbone's layers but the head at that share of the rate). Another optimizer is refused
+        then: Keras' own have one rate for every variable."""
+        multipliers = self.learning_rate_multipliers()
+        if optimizer is None:
+            optimizer = default_optimizer(self.gpq_config, multipliers)
+        elif multipliers and not isinstance(
+            getattr(optimizer, "inner_optimizer", optimizer), ScaledAdam
+        ):
+            raise ValueError(
+                f"backbone_learning_rate_multiplier={self.backbone_learning_rate_multiplier} "
+                f"needs gpq_keras.optimizers.ScaledAdam (or compile() without an optimizer); got "
+                f"{type(optimizer).__name__}"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def learning_rate_multipliers(self):
+        """{variable path: `backbone_learning_rate_multiplier`} of the backbone's trainable
+        variables but the head's; empty at 1."""
+        if self.backbone_learning_rate_multiplier == 1.0:
+            return {}
+        return {
+            v.path: self.backbone_learning_rate_multiplier
+            for layer in self.backbone_layers()
+            for v in layer.trainable_variables
+        }
 
     def get_compile_config(self):
         return (
@@ -355,6 +429,8 @@ class GPQ(Trainer, keras.Model):
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "normalize_pixels": self.normalize_pixels,
+            "freeze_backbone": self.freeze_backbone,
+            "backbone_learning_rate_multiplier": self.backbone_learning_rate_multiplier,
         }
 
     @classmethod

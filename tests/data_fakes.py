@@ -136,3 +136,29 @@ def save_split(path, images, labels, num_query, num_db):
         y_labeled=labels[db:],
     )
     return path
+
+
+def signal_embeddings(
+    seed=0, classes=10, dim=128, signal=8, labeled=50, unlabeled=2000, queries=20, nuisance=3.0
+):
+    """Embeddings where the class lives in `signal` of `dim` dimensions and the others are
+    high-variance nuisance (std `nuisance`), scattered by one permutation, so that unsupervised PQ,
+    which spends its codes on variance, retrieves poorly -> (x_labeled, y_labeled, x_unlabeled,
+    y_unlabeled, x_query, y_query), float32 (N, dim) and int64 (N,).
+
+    `labeled` vectors per class (the labeled set), `unlabeled` vectors of random classes (the
+    unlabeled set and retrieval database), `queries` per class."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, signal))
+    order = rng.permutation(dim)
+
+    def draw(y):
+        x = np.empty((len(y), dim), np.float32)
+        x[:, :signal] = centres[y] + 0.35 * rng.normal(size=(len(y), signal))
+        x[:, signal:] = nuisance * rng.normal(size=(len(y), dim - signal))
+        return x[:, order], y.astype(np.int64)
+
+    x_l, y_l = draw(np.repeat(np.arange(classes), labeled))
+    x_u, y_u = draw(rng.integers(0, classes, unlabeled))
+    x_q, y_q = draw(np.repeat(np.arange(classes), queries))
+    return x_l, y_l, x_u, y_u, x_q, y_q

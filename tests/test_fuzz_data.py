@@ -210,7 +210,9 @@ def npz_of_random_arrays(draw):
 def _check_loaded_split(split):
     for key in ("x_query", "x_db", "x_labeled", "x_unlabeled"):
         x = getattr(split, key)
-        assert x is None or (x.dtype == np.uint8 and x.ndim == 4 and len(x) and x.shape[-1] == 3)
+        images = x is not None and x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] == 3
+        vectors = x is not None and x.dtype == np.float32 and x.ndim == 2 and x.shape[1] >= 1
+        assert x is None or (len(x) and (images or (vectors and np.isfinite(x).all())))
     for key in ("y_query", "y_db", "y_labeled"):
         y = getattr(split, key)
         if y is not None and y.ndim == 1:

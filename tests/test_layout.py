@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "gpq_keras"
 LAYERS = (
     ("base", ("gpq_keras", "config", "files", "parallel", "image_converter", "distribute")),
     ("data", ("data",)),
-    ("model", ("layers", "losses", "backbones", "trainers", "model", "convert")),
+    ("model", ("layers", "losses", "optimizers", "backbones", "trainers", "model", "convert")),
     ("retrieval", ("retrieval", "export")),
     ("metrics/viz", ("metrics", "viz", "training")),
     ("cli", ("cli",)),

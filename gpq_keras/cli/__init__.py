@@ -1,6 +1,6 @@
 """The `gpq` command line: wires data -> model -> codes -> index -> metrics; holds no algorithm.
 
-Each command module holds its commands' parsers and handlers: `train`, `data` (data check),
+Each command module holds its commands' parsers and handlers: `train`, `data` (data check), `embed`,
 `evaluate` (evaluate, encode), `index` (index build/add/search, search) and `convert` (convert,
 export). Parsing imports nothing heavy: `gpq --help` and argument errors answer without loading
 TensorFlow, and TensorFlow's own start-up logging is silenced (`TF_CPP_MIN_LOG_LEVEL`) before it
@@ -11,7 +11,7 @@ import argparse
 import sys
 import textwrap
 
-from gpq_keras.cli import convert, data, evaluate, index, train
+from gpq_keras.cli import convert, data, embed, evaluate, index, train
 from gpq_keras.cli.common import CLIError, Interrupted, Parser, check_paths, quiet_tensorflow
 
 __all__ = ["CLIError", "Interrupted", "build_parser", "main"]
@@ -20,6 +20,7 @@ __all__ = ["CLIError", "Interrupted", "build_parser", "main"]
 _COMMANDS = (
     train.add_train,
     data.add_data,
+    embed.add_embed,
     evaluate.add_evaluate,
     evaluate.add_encode,
     convert.add_convert,

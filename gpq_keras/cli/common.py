@@ -146,6 +146,37 @@ def seconds(text):
     return value
 
 
+# gpq_keras.backbones' names, written out so that parsing imports no Keras (a test keeps them equal)
+APPLICATIONS = ("resnet50", "efficientnetv2_b0", "convnext_tiny", "mobilenet_v3_small")
+HUB_PREFIX = "kerashub:"
+
+
+def add_backbone_flags(parser, names, required=False):
+    """--backbone (of `names`, a help text) and --backbone-weights (`gpq train`, `gpq embed`);
+    `backbone_weights(args)` reads the second."""
+    parser.add_argument("--backbone", metavar="NAME", required=required, help=names)
+    parser.add_argument(
+        "--backbone-weights",
+        metavar="imagenet|none|PATH",
+        help="the backbone's starting weights: imagenet (Keras downloads them once, which needs "
+        "the network), none (random) or a local weights file of the backbone (.h5 of "
+        "keras.applications, or .weights.h5) (default: imagenet for a keras.applications name, "
+        "the preset's own for kerashub:, none for vgg, mlp and identity)",
+    )
+
+
+def backbone_weights(args):
+    """--backbone-weights as `gpq_keras.backbones` takes it: "imagenet", None (random, or a
+    kerashub preset's own weights) or a path. By default "imagenet" for a keras.applications name
+    (pretrained is why one picks them), None for the others."""
+    weights = args.backbone_weights
+    if weights is None:
+        return "imagenet" if args.backbone in APPLICATIONS else None
+    if weights.lower() in ("none", "imagenet"):
+        return None if weights.lower() == "none" else "imagenet"
+    return weights
+
+
 def add_reader_flags(parser):
     """`--max-pixels N` and `--skip-unreadable`, for a command that decodes image files; their
     values go to the readers as `reader_options(args)`."""
@@ -388,7 +419,7 @@ def load_model_and_data(args):
     `--strategy`; image files are read at the model's input size."""
     model, chief = load_model(args)
     split = load_data(args, model.gpq_config.image_shape)
-    model.check_images(split.x_db)
+    model.check_inputs(split.x_db)
     return model, split, chief
 
 
@@ -470,6 +501,7 @@ def _inputs(args):
         if os.path.isdir(unlabeled):
             image_folders.append(("--unlabeled", unlabeled))
     inputs += [("--image", path) for path in getattr(args, "image", None) or []]
+    inputs += _backbone_inputs(args)
     if getattr(args, "checkpoint", None):  # a TF1 checkpoint is a prefix of several files
         inputs += [("--checkpoint", args.checkpoint + suffix) for suffix in (".index", ".meta")]
     listed = []
@@ -480,6 +512,22 @@ def _inputs(args):
                 image_folders.append(("--images", spec))
         listed = [("--images", path) for path in image_listing(args).paths]
     return inputs, image_folders, listed
+
+
+def _backbone_inputs(args):
+    """[(flag, path)] of the backbone files a command reads: a `--backbone-weights` file, and the
+    files of a `--backbone kerashub:FOLDER` preset."""
+    inputs = []
+    weights = getattr(args, "backbone_weights", None)
+    if weights and weights.lower() not in ("imagenet", "none"):
+        inputs.append(("--backbone-weights", weights))
+    backbone = getattr(args, "backbone", None) or ""
+    folder = os.path.expanduser(backbone[len(HUB_PREFIX) :])
+    if backbone.startswith(HUB_PREFIX) and os.path.isdir(folder):
+        inputs += [
+            ("--backbone", os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+        ]
+    return inputs
 
 
 def _real(path):

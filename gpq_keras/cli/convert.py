@@ -94,8 +94,10 @@ def run_export(args):
     if not chief:
         return not_chief(args.output)
     export_saved_model(model, args.output, mode=args.mode)
-    wrote(
-        args.output,
-        "a SavedModel, serving_default(images uint8 [N, "
-        f"{', '.join(map(str, model.gpq_config.image_shape))}]) -> features, codes",
+    cfg = model.gpq_config
+    inputs = (
+        f"embeddings float32 [N, {cfg.input_dim}]"
+        if cfg.takes_vectors
+        else f"images uint8 [N, {', '.join(map(str, cfg.image_shape))}]"
     )
+    wrote(args.output, f"a SavedModel, serving_default({inputs}) -> features, codes")

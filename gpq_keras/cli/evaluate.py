@@ -106,7 +106,7 @@ def _evaluation_data(args):
     options, stored, protocol = _run_split(args)
     model, chief = load_model(args)
     split = load_data(args, model.gpq_config.image_shape, **options)
-    model.check_images(split.x_db)
+    model.check_inputs(split.x_db)
     current = split_arrays(split)
     wanted = ("query_paths", "query_index", "database_paths", "database_index")
     changed = compare_split_arrays(

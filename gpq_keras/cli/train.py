@@ -6,14 +6,17 @@ import os
 import sys
 
 from gpq_keras.cli.common import (
+    APPLICATIONS,
     DATA_HELP,
     CLIError,
     Interrupted,
+    add_backbone_flags,
     add_command,
     add_protocol_flags,
     add_reader_flags,
     add_strategy_flag,
     add_unlabeled_flag,
+    backbone_weights,
     load_strategy,
     non_negative_int,
     positive_int,
@@ -80,6 +83,7 @@ def add_train(sub):
         help="images per stream and step: the global batch, split over the replicas (500)",
     )
     _add_model_flags(p)
+    _add_backbone_flags(p.add_argument_group("backbone (F)"))
     _add_long_run_flags(p.add_argument_group("long runs"))
     _add_scale_flags(
         p.add_argument_group("training at scale (--batch-size is the global batch of all replicas)")
@@ -107,6 +111,45 @@ def add_training_data_flags(p):
         "drawn (default 32, the paper's; array data keep their own size)",
     )
     add_reader_flags(p)
+
+
+def non_negative_float(text):
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _add_backbone_flags(p):
+    add_backbone_flags(
+        p,
+        "F: vgg (the paper's, default for images), mlp (default for embeddings), identity "
+        f"(embeddings of width M*d), {', '.join(APPLICATIONS)} (keras.applications) or "
+        "kerashub:PRESET_OR_PATH (a KerasHub preset or its saved folder; needs gpq-keras[hub])",
+    )
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        help="train only the head (the dense layer to M*d), Z and C; the backbone's batch norm "
+        "runs in inference mode",
+    )
+    p.add_argument(
+        "--backbone-learning-rate-multiplier",
+        type=non_negative_float,
+        default=1.0,
+        metavar="R",
+        help="fine-tune the backbone at R times the head's learning rate (1)",
+    )
+    p.add_argument(
+        "--mlp-width",
+        type=positive_int,
+        metavar="W",
+        help="--backbone mlp: the width of its hidden layer (512)",
+    )
 
 
 def _add_model_flags(p):
@@ -303,6 +346,7 @@ def _train(args, run, strategy):
     split, validation, per_class = training_split(args)
     check_global_batch(min(args.batch_size, len(split.x_labeled), len(split.x_unlabeled)), strategy)
     replicas = strategy.num_replicas_in_sync
+    args.backbone = _backbone_name(args, split)
     config = _config_from_args(args, split, replicas)
     settings = _settings(args, config, per_class)
     stored_split = _split_file(split, validation)
@@ -320,12 +364,15 @@ def _train(args, run, strategy):
     parts = split.part_sizes(n_val)
     record["split"] = {"protocol": split.protocol, "seed": split.seed, "parts": parts}
     height, width = config.image_shape[:2]
+    inputs = f"{config.input_dim}-d embeddings" if config.takes_vectors else f"{height}x{width}"
     print(
         f"GPQ {config.bits} bits (M={config.num_subspaces}, K={config.num_codewords}, "
         f"d={config.subspace_dim}) on {split.name} ({split.protocol} protocol, "
-        f"{height}x{width}{', streamed from files' if split.streamed else ''}): "
+        f"{inputs}{', streamed from files' if split.streamed else ''}; backbone "
+        f"{args.backbone}{', frozen' if args.freeze_backbone else ''}): "
         f"{parts['labeled']} labeled, {parts['unlabeled']} unlabeled, {n_val} validation, "
-        f"{parts['query']} query, {parts['database']} database images; "
+        f"{parts['query']} query, {parts['database']} database "
+        f"{'vectors' if config.takes_vectors else 'images'}; "
         f"{args.precision}, XLA {'on' if model.jit_compile else 'off'}"
         + (
             f"; {replicas} replicas, sync batch norm {'on' if config.sync_batch_norm else 'off'}"
@@ -385,8 +432,9 @@ def training_split(args, drop_undecodable=True):
     `drop_undecodable`: as `common.load_data` (False for `gpq data check`, which decodes every
     file itself).
 
-    A folder's given protocol holds `--val-per-class` images per class out as its queries: they
-    are the validation images too. Other splits hold validation images out of their labeled set.
+    A pool's given protocol (folder:, an npz: without x_query) holds `--val-per-class` images per
+    class out as its queries: they are the validation images too. Other splits hold validation
+    images out of their labeled set.
     """
     import numpy as np
 
@@ -396,9 +444,9 @@ def training_split(args, drop_undecodable=True):
     options = {}
     if args.labeled_per_class is not None:
         options["labeled_per_class"] = args.labeled_per_class
-    from gpq_keras.data import spec_kind
+    from gpq_keras.data import is_pool_spec
 
-    queries_validate = spec_kind(args.data) == "folder" and (args.protocol or "given") == "given"
+    queries_validate = is_pool_spec(args.data) and (args.protocol or "given") == "given"
     queries_validate = queries_validate and args.labeled_per_class is None
     if queries_validate and args.val_per_class is not None:
         options["query_per_class"] = args.val_per_class
@@ -409,6 +457,8 @@ def training_split(args, drop_undecodable=True):
     split = load_data(args, image_shape, drop_undecodable=drop_undecodable, **options)
     if not split.has_training_data:
         raise CLIError(f"data {args.data!r} has no labeled/unlabeled training images")
+    if split.takes_vectors and args.image_size is not None:
+        raise CLIError(f"--image-size: --data {args.data!r} holds embeddings, not images")
     if args.image_size is not None and tuple(split.x_db.shape[1:3]) != image_shape[:2]:
         height, width = split.x_db.shape[1:3]
         raise CLIError(
@@ -433,6 +483,25 @@ def training_split(args, drop_undecodable=True):
     return split, validation, per_class
 
 
+def _backbone_name(args, split):
+    """--backbone, checked against the data and the other model flags: vgg for images and mlp for
+    embeddings by default."""
+    name = args.backbone or ("mlp" if split.takes_vectors else "vgg")
+    vectors = name in ("mlp", "identity")
+    if vectors != split.takes_vectors:
+        what = "embeddings (N, D)" if split.takes_vectors else "images"
+        wanted = "mlp or identity" if split.takes_vectors else "vgg, an application or kerashub:"
+        raise CLIError(f"--backbone {name}: --data {args.data!r} holds {what}; use {wanted}")
+    for flag, given, only in (
+        ("--filters", args.filters, "vgg"),
+        ("--imagenet-mat", args.imagenet_mat, "vgg"),
+        ("--mlp-width", args.mlp_width, "mlp"),
+    ):
+        if given is not None and name != only:
+            raise CLIError(f"{flag} sets the {only} backbone; --backbone is {name}")
+    return name
+
+
 def _split_file(split, validation):
     """The arrays of the run's `split.npz` (`gpq_keras.data.split.split_arrays`)."""
     from gpq_keras.data.split import split_arrays
@@ -444,11 +513,11 @@ def _config_from_args(args, split, replicas=1):
     from gpq_keras.config import GPQConfig
 
     sync = replicas > 1 if args.sync_batch_norm is None else args.sync_batch_norm
-    base = {
-        "num_classes": split.num_classes,
-        "image_shape": tuple(split.x_db.shape[1:]),
-        "sync_batch_norm": sync,
-    }
+    base = {"num_classes": split.num_classes, "sync_batch_norm": sync}
+    if split.takes_vectors:
+        base["input_dim"] = int(split.x_db.shape[1])
+    else:
+        base["image_shape"] = tuple(split.x_db.shape[1:])
     if args.filters:
         base["filters"] = args.filters
     if args.learning_rate is not None:
@@ -481,6 +550,23 @@ def _settings(args, config, per_class):
             settings[key] = getattr(args, key)
     if args.unlabeled:
         settings["unlabeled"] = os.path.abspath(args.unlabeled)
+    backbone = {
+        "backbone": args.backbone,
+        "backbone_weights": backbone_weights(args),
+        "freeze_backbone": args.freeze_backbone,
+        "backbone_learning_rate_multiplier": args.backbone_learning_rate_multiplier,
+        "mlp_width": args.mlp_width,
+    }
+    defaults = {
+        "backbone": "vgg",
+        "backbone_weights": None,
+        "freeze_backbone": False,
+        "backbone_learning_rate_multiplier": 1.0,
+        "mlp_width": None,
+    }  # a run.json of an image run with the paper's backbone stays as earlier versions wrote it
+    settings.update({k: v for k, v in backbone.items() if v != defaults[k]})
+    if settings.get("backbone_weights") not in (None, "imagenet"):
+        settings["backbone_weights"] = os.path.abspath(args.backbone_weights)
     return settings
 
 
@@ -525,7 +611,14 @@ def _build_model(args, config, strategy, run, resume=True):
 
         tf.config.experimental.enable_op_determinism()
     with strategy.scope():
-        model = GPQ(config, dtype=args.precision)
+        backbone = _backbone(args, config)
+        model = GPQ(
+            config,
+            backbone=backbone,
+            dtype=args.precision,
+            freeze_backbone=args.freeze_backbone,
+            backbone_learning_rate_multiplier=args.backbone_learning_rate_multiplier,
+        )
         resuming = resume and TrainingBackup.has_backup(run.backup)
         if args.init_model and not resuming:
             _init_from_model(model, args.init_model)
@@ -537,6 +630,23 @@ def _build_model(args, config, strategy, run, resume=True):
             print(f"backbone initialised from {args.imagenet_mat}")
         model.compile(jit_compile=_jit_compile(args.jit_compile))
     return model, resuming
+
+
+def _backbone(args, config):
+    """F of --backbone, --backbone-weights and --mlp-width, in the policy of --precision; a CLIError
+    (one line) for a name, size or weights file that does not fit."""
+    from gpq_keras.backbones import BackboneError, build_backbone
+
+    try:
+        return build_backbone(
+            args.backbone,
+            config,
+            weights=backbone_weights(args),
+            mlp_width=args.mlp_width or 512,
+            dtype=args.precision,
+        )
+    except (BackboneError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _init_from_model(model, path):

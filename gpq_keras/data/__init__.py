@@ -11,10 +11,14 @@
 | `nuswide:LIST_DIR:IMAGE_ROOT`| `list:` with 21 labels (HashNet's NUS-WIDE lists)                 |
 | `list:LIST_DIR[:IMAGE_ROOT]` | train.txt, database.txt, test.txt (+ unlabeled.txt): path + 0/1s  |
 | `npz:FILE`                   | x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)|
+|                              | or, without x_query, one labeled pool x_db, y_db (`gpq embed`'s)  |
 | `folder:DIR`                 | class sub-folders of images; every labeled image trains           |
 
 File-based sources (`folder`, `list`, `nuswide`) give `ImageFiles` parts, decoded at the size
-asked when a batch is drawn. `--protocol` (`gpq_keras.data.protocols`) chooses the parts.
+asked when a batch is drawn. `--protocol` (`gpq_keras.data.protocols`) chooses the parts. An
+`npz:` may hold embeddings, float (N, D), instead of images: `Split.takes_vectors`; the pipelines
+give them as float32 batches, never augmented. A folder and an npz without x_query are one pool
+of labeled inputs the protocols split (`is_pool_spec`).
 
 The input pipelines load on first use, so importing this package, its specs and the NumPy loaders
 does not import TensorFlow or Keras: tf.data (`tf_pipeline`: `train_dataset`, `eval_dataset`,
@@ -28,7 +32,7 @@ import functools
 import os
 
 from gpq_keras import lazy_exports
-from gpq_keras.data.split import Split, check_images, protocol_split
+from gpq_keras.data.split import Split, check_images, check_inputs, protocol_split
 
 _LAZY = {
     **{
@@ -47,8 +51,10 @@ __all__ = [
     "SPEC_FORMS",
     "Split",
     "check_images",
+    "check_inputs",
     "eval_input",
     "has_tensorflow",
+    "is_pool_spec",
     "load_data",
     "protocol_split",
     "resolve_pipeline",
@@ -116,9 +122,10 @@ def train_input(split, pipeline="auto", **options):
 
 
 def eval_input(images, pipeline="auto", batch_size=500, normalized=False):
-    """`predict`'s input: un-augmented float32 batches (B, H, W, C) of images (N, H, W, C), in
-    order, from `pipeline` "tf.data" (`eval_dataset`), "numpy" (`eval_pydataset`, a
-    `keras.utils.PyDataset`) or "auto" (as `train_input`). Pixels, or with `normalized=True` uint8
+    """`predict`'s input: un-augmented float32 batches (B, H, W, C) of images (N, H, W, C), or
+    (B, D) of embeddings (N, D) (`normalized` ignored), in order, from `pipeline` "tf.data"
+    (`eval_dataset`), "numpy" (`eval_pydataset`, a `keras.utils.PyDataset`) or "auto" (as
+    `train_input`). Pixels, or with `normalized=True` uint8
     images normalised and float images taken as normalised already (models saved with
     `GPQ(normalize_pixels=False)`)."""
     if resolve_pipeline(pipeline) == "tf.data":
@@ -148,13 +155,21 @@ def load_data(spec, protocol=None, seed=0, unlabeled=None, **options):
 
     `protocol` (`gpq_keras.data.protocols.PROTOCOLS`, e.g. "unseen:0.75"; None: the source's
     default, "gpq" for digits, cifar10 and tfds, "given" for the others) and its `seed` choose the
-    parts. `unlabeled` (a folder or glob of images) is the unlabeled stream of a `folder:`,
-    `list:` or `nuswide:` spec, or of an `npz:` without `x_unlabeled`; a spec with its own
-    unlabeled set refuses it.
+    parts. `unlabeled` (a folder or glob of images, or an npz: `FILE.npz` or `npz:FILE`, whose
+    `x_unlabeled` or else `x_db` are the unlabeled inputs, images or embeddings of the data's kind
+    and size) is the unlabeled stream of a `folder:`, `list:` or `nuswide:` spec, or of an `npz:`
+    without `x_unlabeled`; a spec with its own unlabeled set refuses it. Embeddings take only an
+    npz.
+
+    An `npz:` without `x_query` (`x_db`, `y_db` (+ `class_names`), as `gpq embed` writes) is one
+    labeled pool split by the protocols as a folder is (`user.load_npz`; default "given": per class
+    `query_per_class` queries, every other input labeled and the database); one without labels
+    is refused (it goes to `unlabeled`).
 
     Options by source: cifar10 `similarity`, `query_every`, `labeled_per_class`; tfds `manual_dir`,
     `download` (default False: offline), `similarity`, `query_every`, `labeled_per_class`; nuswide
-    and list `image_size`; npz `name`; folder `image_size`, `query_every`, `labeled_per_class`,
+    and list `image_size`; npz `name` (a pool npz also `query_every`, `labeled_per_class`,
+    `query_per_class`); folder `image_size`, `query_every`, `labeled_per_class`,
     `query_per_class`; digits `query_every`, `labeled_per_class`. The image file options
     `max_pixels` (default 89,478,485) and `skip_unreadable` (default False) go to the sources that
     read image files (folder, list, nuswide: their split's `skipped` lists what was left out) and
@@ -173,12 +188,18 @@ def load_data(spec, protocol=None, seed=0, unlabeled=None, **options):
     file_options = {k: options.pop(k) for k in FILE_OPTIONS if k in options}
     if kind in FILE_SOURCES:
         options.update(file_options)
+    pool_npz = kind == "npz" and _npz_layout(paths[0]) == "pool"
     if unlabeled is not None:
         _check_unlabeled_allowed(spec, kind, paths)
-    if options.get("labeled_per_class") is not None and kind not in (*POOL_SOURCES, "folder"):
+    if (
+        options.get("labeled_per_class") is not None
+        and kind not in (*POOL_SOURCES, "folder")
+        and not pool_npz
+    ):
         raise ValueError(
             f"--labeled-per-class: {kind}: brings its own labeled set ({spec!r}); it simulates "
-            "label scarcity on one pool of labeled images (digits, cifar10:, tfds:, folder:)"
+            "label scarcity on one pool of labeled images (digits, cifar10:, tfds:, folder:, npz: "
+            "without x_query)"
         )
     if kind == "folder":
         from gpq_keras.data import user
@@ -193,12 +214,26 @@ def load_data(spec, protocol=None, seed=0, unlabeled=None, **options):
             **options,
         )
         return _named(split, name, fraction, seed)
+    if pool_npz:
+        from gpq_keras.data import user
+
+        if fraction is not None:
+            options["fraction"] = fraction
+        split = user.load_npz(
+            _existing(paths[0], "npz file"),
+            protocol=name,
+            seed=seed,
+            unlabeled=unlabeled,
+            **file_options,
+            **options,
+        )
+        return _named(split, name, fraction, seed)
     split = _load_source(kind, paths, name, seed, options)
     own_unlabeled = split.x_unlabeled is not split.x_db  # unlabeled.txt, x_unlabeled
     if unlabeled is not None:
         from gpq_keras.data.user import load_unlabeled
 
-        files, skipped = load_unlabeled(unlabeled, split.x_db.shape[1:3], **file_options)
+        files, skipped = load_unlabeled(unlabeled, input_shape=split.x_db.shape[1:], **file_options)
         split.x_unlabeled = files
         split.index.pop("unlabeled", None)
         split.skipped = list(split.skipped) + skipped
@@ -212,6 +247,25 @@ def load_data(spec, protocol=None, seed=0, unlabeled=None, **options):
             keep_unlabeled=unlabeled is not None or own_unlabeled,
         )
     return _named(split, name, fraction, seed)
+
+
+def _npz_layout(path):
+    """`user.npz_layout` of an npz spec's file, or None when it is not a file (refused later)."""
+    if not os.path.isfile(os.path.expanduser(path)):
+        return None
+    from gpq_keras.data.user import npz_layout
+
+    return npz_layout(os.path.expanduser(path))
+
+
+def is_pool_spec(spec):
+    """Whether data spec `spec` is one pool of labeled inputs split as a folder is split:
+    `folder:` and an `npz:` without `x_query` (`gpq embed`'s output). Their given protocol holds
+    `query_per_class` inputs per class out as queries, which are the validation inputs of
+    `gpq train`. A malformed spec raises the ValueError of `load_data`; a missing npz is False,
+    an unreadable one FileFormatError."""
+    kind, paths = _parse_spec(spec)
+    return kind == "folder" or (kind == "npz" and _npz_layout(paths[0]) == "pool")
 
 
 def _named(split, name, fraction, seed):
@@ -231,7 +285,8 @@ def _load_source(kind, paths, protocol, seed, options):
     if protocol not in (None, "given", "unseen") and kind not in POOL_SOURCES:
         raise ValueError(
             f"--protocol {protocol} splits one pool of labeled images (digits, cifar10:, "
-            f"tfds:, folder:); {kind}: brings its own parts (use given or unseen)"
+            f"tfds:, folder:, npz: without x_query); {kind}: brings its own parts (use given or "
+            "unseen)"
         )
     if protocol not in (None, "gpq", "unseen") and kind in POOL_SOURCES:  # given, cifar10-1/2
         from gpq_keras.data.protocols import apply_protocol

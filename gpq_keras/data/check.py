@@ -8,7 +8,8 @@ problems = training_problems(split, report)  # [] when the data can train
 
 The keys are those of `../shared/CLI.md` (`gpq data check --json`): `parts`, `num_classes`,
 `per_class`, `zero_label_rows`, `unreadable`, `overlaps`, `protocol`, `seen_classes`,
-`unseen_classes`.
+`unseen_classes`, and `input`: `{"kind": "images" | "image files" | "embeddings", "shape": one
+input's shape}`. A split of embeddings has no files: nothing to decode, the rest the same.
 """
 
 import dataclasses
@@ -17,10 +18,11 @@ import os
 import numpy as np
 
 from gpq_keras.data.image_files import ImageFiles
-from gpq_keras.data.split import PARTS, check_training_labels, class_counts
+from gpq_keras.data.split import PARTS, check_training_labels, class_counts, is_vectors
 
 __all__ = [
     "check_split",
+    "input_kind",
     "per_class_counts",
     "training_problems",
     "undecodable_files",
@@ -102,6 +104,14 @@ def undecodable_files(split, batch_size=256):
     return bad
 
 
+def input_kind(split):
+    """{"kind": "embeddings" | "image files" | "images", "shape": [one input's shape]} of a
+    split's database."""
+    x = split.x_db
+    kind = "embeddings" if is_vectors(x) else "image files" if split.streamed else "images"
+    return {"kind": kind, "shape": [int(v) for v in x.shape[1:]]}
+
+
 def check_split(split, decode=True, batch_size=256):
     """The report of `gpq data check` on `split` (see the module docstring) -> dict.
 
@@ -118,6 +128,7 @@ def check_split(split, decode=True, batch_size=256):
 
     return {
         "parts": sizes,
+        "input": input_kind(split),
         "num_classes": num_classes,
         "class_names": None if split.class_names is None else list(split.class_names),
         "per_class": {

@@ -12,6 +12,8 @@ Images may be arrays or `ImageFiles` (`gpq_keras.data.image_files`), read when a
 (`image_files.take`), so memory is bounded by the batch and Keras' queue of batches, not by the
 collection. Keras' TensorFlow backend runs a `PyDataset` through tf.data, which wraps a bad file's
 error: run `fit`/`predict` inside `image_files.reraise_file_errors()` for the one naming the file.
+Embeddings (a 2-D float array (N, D)) give their rows as float32 (B, D), never augmented or
+normalised.
 
 ```python
 dataset, steps = train_pydataset(split, batch_size=500, seed=0)
@@ -24,7 +26,7 @@ import keras
 import numpy as np
 
 from gpq_keras.data.image_files import ImageFiles, take
-from gpq_keras.data.split import check_training_input
+from gpq_keras.data.split import check_training_input, is_vectors
 from gpq_keras.image_converter import (
     PADDING,
     augmentation_padding,
@@ -68,8 +70,9 @@ def pass_batch(count, batch_size, seed, step):
 
 
 class TwoStreamBatches(keras.utils.PyDataset):
-    """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels (see the module
-    docstring); item i is global step `start_step + i`. Made by `train_pydataset`."""
+    """Endless `({"labeled": x_l, "unlabeled": x_u}, y_l)` batches of float32 pixels, or of
+    embeddings as they are (see the module docstring); item i is global step `start_step + i`.
+    Made by `train_pydataset`."""
 
     def __init__(
         self, split, batch_size, seed, augmented=True, start_step=0, normalized=False, **kwargs
@@ -92,15 +95,17 @@ class TwoStreamBatches(keras.utils.PyDataset):
         labeled = pass_batch(len(split.x_labeled), size, self.seed, step)
         unlabeled = pass_batch(len(split.x_unlabeled), size, self.seed + 1, step)
         images = [take(split.x_labeled, labeled), take(split.x_unlabeled, unlabeled)]
+        vectors = [is_vectors(x) for x in (split.x_labeled, split.x_unlabeled)]
         images = [
-            normalize_array(x) if self.normalized else np.asarray(x, np.float32) for x in images
+            normalize_array(x) if self.normalized and not v else np.asarray(x, np.float32)
+            for x, v in zip(images, vectors)
         ]
-        if self.augmented:
+        if self.augmented and not all(vectors):
             fill = padding_fill(self.normalized)
             rng = np.random.default_rng([self.seed + 2, step])
             images = [
-                augment_batch(x, rng, augmentation_padding(*x.shape[1:3]), fill=fill)
-                for x in images
+                x if v else augment_batch(x, rng, augmentation_padding(*x.shape[1:3]), fill=fill)
+                for x, v in zip(images, vectors)
             ]
         return {"labeled": images[0], "unlabeled": images[1]}, np.asarray(split.y_labeled)[labeled]
 
@@ -119,10 +124,10 @@ def train_pydataset(
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """Un-augmented float32 batches of images (N, H, W, C), in order, for `predict` (the NumPy
-    `eval_dataset`): pixels, or with `normalized=True` uint8 images normalised (`normalize_array`)
-    and float images taken as normalised already. `ImageFiles` are read a batch at a time, as each
-    is drawn."""
+    """Un-augmented float32 batches of images (N, H, W, C) or embeddings (N, D), in order, for
+    `predict` (the NumPy `eval_dataset`): pixels, or with `normalized=True` uint8 images
+    normalised (`normalize_array`) and float images (and embeddings) taken as they are.
+    `ImageFiles` are read a batch at a time, as each is drawn."""
 
     def __init__(self, images, batch_size=500, normalized=False, **kwargs):
         super().__init__(**kwargs)

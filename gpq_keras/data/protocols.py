@@ -23,7 +23,8 @@ A `Pool` is one labeled collection in a fixed order; `Split.index` gives each pa
 it, and every split records its `protocol` and `seed`. Images that are `ImageFiles` stay files:
 a protocol only indexes them, it never decodes one. `unseen` is Sablayrolles et al. 2017 ("How
 should we evaluate supervised hashing?"): retrieval of classes never seen in training; it also
-keeps the database of every class (`x_db_all`, for unseen@all).
+keeps the database of every class (`x_db_all`, for unseen@all). A pool of embeddings (float32
+(N, D): an `npz:` without `x_query`, as `gpq embed` writes) is split the same way.
 """
 
 import dataclasses
@@ -31,7 +32,7 @@ import math
 
 import numpy as np
 
-from gpq_keras.data.split import Split, check_count, check_images, check_labels, protocol_split
+from gpq_keras.data.split import Split, check_count, check_inputs, check_labels, protocol_split
 
 __all__ = [
     "PROTOCOLS",
@@ -113,14 +114,16 @@ def parse_protocol(text):
 class Pool:
     """One labeled collection in a fixed order: `Split.index` values are positions in it.
 
-    `images`: uint8 (N, H, W, 3) or `ImageFiles` (kept unread); `labels`: int class ids (N,)
+    `images`: uint8 (N, H, W, 3), `ImageFiles` (kept unread) or embeddings, float (N, D), kept as
+    float32 (`gpq_keras.data.split.check_inputs`); `labels`: int class ids (N,)
     (int64); `num_classes` (default the largest id + 1); `class_names` in id order, or None;
     `name` (in errors and on the splits); `train_count`: the first `train_count` images are the
     source's own training images (CIFAR-10's 50,000 data_batch images, the other 10,000 its test
     images), None when the source has no such division.
 
-    Raises ValueError (one line naming the pool) for images that are not uint8 RGB, labels that
-    are not one int id per image, ids outside `num_classes`, or a `train_count` outside [1, N).
+    Raises ValueError (one line naming the pool) for images that are not uint8 RGB or embeddings
+    that are not finite float (N, D), labels that are not one int id per image, ids outside
+    `num_classes`, or a `train_count` outside [1, N).
     """
 
     images: object
@@ -131,7 +134,7 @@ class Pool:
     train_count: int = None
 
     def __post_init__(self):
-        self.images = check_images(self.images, f"{self.name}: images")
+        self.images = check_inputs(self.images, f"{self.name}: images")
         labels = check_labels(self.labels, f"{self.name}: labels")
         if labels.ndim != 1 or len(labels) != len(self.images):
             raise ValueError(

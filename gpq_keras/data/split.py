@@ -40,6 +40,88 @@ def check_images(images, where):
     return images
 
 
+EMBEDDING_CHECK_VALUES = 2**24  # values checked for NaN/inf at a time (bounded memory)
+
+
+def is_vectors(inputs):
+    """Whether checked inputs (`check_inputs`) are embeddings: a 2-D array (N, D), not images."""
+    return getattr(inputs, "ndim", None) == 2
+
+
+def check_inputs(inputs, where):
+    """The inputs a `Split` part may hold: uint8 RGB images (N, H, W, 3) or an `ImageFiles`
+    (returned as they are) or embeddings, a 2-D float array (N, D) with D >= 1 (returned as
+    finite float32, C-contiguous: the same array when it is that already).
+
+    Raises ValueError, one line naming `where` (e.g. "mydata.npz: 'x_db'"):
+    `mydata.npz: 'x_db' is 1-D (1000,); embeddings are 2-D float (N, D)`,
+    `mydata.npz: 'x_db' holds NaN at row 17; embeddings must be finite`,
+    `mydata.npz: 'x_db' must be uint8 images (N, H, W, 3) or float embeddings (N, D); got int64
+    (10, 5)`, and `check_images`' line for arrays of 3 or more dimensions.
+    """
+    from gpq_keras.data.image_files import ImageFiles
+
+    if isinstance(inputs, ImageFiles):
+        return inputs
+    array = np.asarray(inputs)
+    if array.ndim == 2 and np.issubdtype(array.dtype, np.floating) and array.shape[1] >= 1:
+        return _check_embeddings(array, where)
+    if array.ndim == 1:
+        raise ValueError(f"{where} is 1-D {array.shape}; embeddings are 2-D float (N, D)")
+    if array.ndim in (0, 2):
+        raise ValueError(
+            f"{where} must be uint8 images (N, H, W, 3) or float embeddings (N, D); got "
+            f"{array.dtype} {array.shape}"
+        )
+    return check_images(array, where)
+
+
+def _check_embeddings(array, where):
+    """Float (N, D) -> finite float32 C-contiguous (N, D); a one-line ValueError naming the first
+    row with NaN or inf (or a value float32 cannot hold)."""
+    with np.errstate(over="ignore"):  # a value beyond float32's range is named below
+        vectors = np.ascontiguousarray(array, dtype=np.float32)
+    rows = max(1, EMBEDDING_CHECK_VALUES // vectors.shape[1])
+    for start in range(0, len(vectors), rows):
+        finite = np.isfinite(vectors[start : start + rows])
+        if finite.all():
+            continue
+        row = start + int(np.flatnonzero(~finite.all(1))[0])
+        column = int(np.flatnonzero(~finite[row - start])[0])
+        value = array[row, column]
+        if np.isfinite(value):
+            raise ValueError(
+                f"{where} holds {float(value):g} at row {row}, beyond float32's range; "
+                "embeddings must be finite float32"
+            )
+        what = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+        raise ValueError(f"{where} holds {what} at row {row}; embeddings must be finite")
+    return vectors
+
+
+def describe_inputs(inputs):
+    """ "embeddings (N, D)" or "images (N, H, W, 3)" of checked inputs, for messages."""
+    return f"{'embeddings' if is_vectors(inputs) else 'images'} {tuple(inputs.shape)}"
+
+
+def check_same_inputs(parts, where):
+    """Raise ValueError (one line naming both parts) unless the checked inputs `parts` {name:
+    inputs} (None skipped) are all of one kind, images or embeddings, of one size or width."""
+    named = [(name, x) for name, x in parts.items() if x is not None]
+    for name, x in named[1:]:
+        first_name, first = named[0]
+        if is_vectors(x) != is_vectors(first):
+            why = "every part must be of one kind"
+        elif tuple(x.shape[1:]) != tuple(first.shape[1:]):
+            why = f"every part must have one {'width' if is_vectors(x) else 'size'}"
+        else:
+            continue
+        raise ValueError(
+            f"{where}: {name} are {describe_inputs(x)} but {first_name} are "
+            f"{describe_inputs(first)}; {why}"
+        )
+
+
 def check_labels(labels, where):
     """Raise ValueError unless `labels` are int class ids (N,) in [0, MAX_CLASSES) or multi-hot 0/1
     (N, classes); return them as an array.
@@ -102,7 +184,9 @@ PROTOCOL_DEFAULT = "given"  # the source's own parts (a folder: every labeled im
 @dataclasses.dataclass
 class Split:
     """One data set split as the paper uses it. Images are uint8 (N, H, W, 3) (`check_images`) or,
-    for file-based sources, `gpq_keras.data.image_files.ImageFiles` read when a batch is drawn.
+    for file-based sources, `gpq_keras.data.image_files.ImageFiles` read when a batch is drawn; or
+    every part holds embeddings, float32 (N, D) (`check_inputs`: a float (N, D) part is converted,
+    NaN and inf refused), which the pipelines give as they are (`takes_vectors`).
 
     Labels are int class ids (N,) or multi-hot (N, classes). `x_unlabeled` defaults to the database,
     as in the paper (the 54,000 unlabeled CIFAR-10 images are the retrieval database).
@@ -116,10 +200,10 @@ class Split:
     and for `unseen` the `seen_classes`, `unseen_classes` and the database of every
     class, `x_db_all`, `y_db_all` (unseen@all).
 
-    Raises ValueError (one line naming the array) for an empty set, images that are not uint8 RGB,
-    labels that are not int ids in [0, 65536) (`MAX_CLASSES`) or multi-hot 0/1 of one kind
-    everywhere, and labels outside an explicit `num_classes`; `num_classes` is inferred without
-    allocating from labels.
+    Raises ValueError (one line naming the array) for an empty set, inputs that are neither uint8
+    RGB images nor finite float embeddings, parts of two kinds or sizes (widths), labels that are
+    not int ids in [0, 65536) (`MAX_CLASSES`) or multi-hot 0/1 of one kind everywhere, and labels
+    outside an explicit `num_classes`; `num_classes` is inferred without allocating from labels.
     """
 
     x_query: np.ndarray
@@ -143,8 +227,10 @@ class Split:
     pooled: bool = False
 
     def __post_init__(self):
+        unlabeled_is_db = self.x_unlabeled is None or self.x_unlabeled is self.x_db
         if self.x_unlabeled is None:
             self.x_unlabeled = self.x_db
+        checked = {}  # id(given) -> (given, checked): a part given twice is converted once
         for prefix in ("query", "db", "labeled"):
             x, y = getattr(self, f"x_{prefix}"), getattr(self, f"y_{prefix}")
             if x is None and y is None:
@@ -155,20 +241,33 @@ class Split:
                     f"(got {None if x is None else np.shape(x)} and "
                     f"{None if y is None else np.shape(y)})"
                 )
-            setattr(self, f"x_{prefix}", check_images(x, f"{self.name}: x_{prefix}"))
+            if id(x) not in checked:
+                checked[id(x)] = (x, check_inputs(x, f"{self.name}: x_{prefix}"))
+            setattr(self, f"x_{prefix}", checked[id(x)][1])
             setattr(self, f"y_{prefix}", check_labels(y, f"{self.name}: y_{prefix}"))
             if not len(x):
                 raise ValueError(
-                    f"{self.name}: x_{prefix} holds no images; the {_PARTS[prefix]} needs at "
-                    f"least one"
+                    f"{self.name}: x_{prefix} holds no {_rows(checked[id(x)][1])}; the "
+                    f"{_PARTS[prefix]} needs at least one"
                 )
-        if self.x_unlabeled is not self.x_db:
-            self.x_unlabeled = check_images(self.x_unlabeled, f"{self.name}: x_unlabeled")
+        if unlabeled_is_db:
+            self.x_unlabeled = self.x_db
+        else:
+            x = self.x_unlabeled
+            self.x_unlabeled = (
+                checked[id(x)][1]
+                if id(x) in checked
+                else check_inputs(x, f"{self.name}: x_unlabeled")
+            )
             if not len(self.x_unlabeled):
                 raise ValueError(
-                    f"{self.name}: x_unlabeled holds no images; the unlabeled training set "
-                    f"needs at least one"
+                    f"{self.name}: x_unlabeled holds no {_rows(self.x_unlabeled)}; the unlabeled "
+                    f"training set needs at least one"
                 )
+        check_same_inputs(
+            {f"x_{p}": getattr(self, f"x_{p}") for p in ("db", "query", "labeled", "unlabeled")},
+            self.name,
+        )
         labels = [y for y in (self.y_query, self.y_db, self.y_labeled) if y is not None]
         if len({y.ndim for y in labels}) != 1 or len({y.shape[1:] for y in labels}) != 1:
             raise ValueError(
@@ -193,6 +292,16 @@ class Split:
                         else f"hold class id {needed - 1}"
                     )
                 )
+
+    @property
+    def takes_vectors(self):
+        """Whether the parts are embeddings (N, D) rather than images."""
+        return is_vectors(self.x_db)
+
+    @property
+    def input_shape(self):
+        """The shape of one input: (D,) for embeddings, (H, W, 3) for images."""
+        return tuple(int(v) for v in self.x_db.shape[1:])
 
     @property
     def has_training_data(self):
@@ -234,6 +343,11 @@ class Split:
             images = getattr(self, attr)
             sizes[part] = 0 if images is None else len(images)
         return {**sizes, "validation": int(validation)}
+
+
+def _rows(inputs):
+    """What the rows of checked inputs are, in messages: "images" or "embeddings"."""
+    return "embeddings" if is_vectors(inputs) else "images"
 
 
 def protocol_split(images, labels, query_every=60, labeled_per_class=500, name="data"):

@@ -23,13 +23,17 @@ inside the same index-batch pipeline, so batch g is still a function of (seed, g
 the batch and the prefetch, not by the collection. A bad file ends the stream with tf.data's error:
 run the consumer (`fit`, `predict`) inside `image_files.reraise_file_errors()` to get the one-line
 error naming the file (`GPQ.encode` does).
+
+Embeddings (a 2-D float array (N, D), `Split.takes_vectors`) are gathered the same way and given
+as they are, float32 (B, D): never augmented, never normalised; the batches' order is the
+images'.
 """
 
 import numpy as np
 import tensorflow as tf
 
 from gpq_keras.data.image_files import ImageFiles
-from gpq_keras.data.split import check_training_input
+from gpq_keras.data.split import check_training_input, is_vectors
 from gpq_keras.image_converter import (
     CHANNEL_MEAN,
     CHANNEL_STD,
@@ -120,7 +124,9 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
     would have seen.
 
     Either stream may be `ImageFiles`, read a batch at a time as it is drawn (see the module
-    docstring); augmentation pads `augmentation_padding(H, W)` pixels (4 at 32x32).
+    docstring); augmentation pads `augmentation_padding(H, W)` pixels (4 at 32x32). A stream of
+    embeddings (N, D) gives float32 (B, D) rows as they are: `augmented` and `normalized` apply to
+    images only.
 
     Returns (dataset, steps_per_epoch) with steps_per_epoch = len(labeled) // batch_size
     (at least 1), the original's epoch: one pass over the labeled images.
@@ -133,7 +139,11 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
         seed = int(np.random.default_rng().integers(2**31 - 1))
     gather_l, gather_u = (_gatherer(x) for x in (split.x_labeled, split.x_unlabeled))
     y_l = tf.constant(split.y_labeled)
-    paddings = [augmentation_padding(*x.shape[1:3]) for x in (split.x_labeled, split.x_unlabeled)]
+    vectors = [is_vectors(x) for x in (split.x_labeled, split.x_unlabeled)]
+    paddings = [
+        None if v else augmentation_padding(*x.shape[1:3])
+        for x, v in zip((split.x_labeled, split.x_unlabeled), vectors)
+    ]
     streams = (
         tf.data.Dataset.range(start_step, _ENDLESS),  # the global step: the augmentation's seed
         _pass_batches(len(split.x_labeled), batch_size, seed, start_step),
@@ -144,15 +154,18 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
 
     def prepare(step, labeled, unlabeled):
         images = [
-            to_input(gather(index))
-            for gather, index in ((gather_l, labeled), (gather_u, unlabeled))
+            _pixels(gather(index)) if v else to_input(gather(index))
+            for gather, index, v in (
+                (gather_l, labeled, vectors[0]),
+                (gather_u, unlabeled, vectors[1]),
+            )
         ]
-        if augmented:
+        if augmented and not all(vectors):
             seeds = tf.random.experimental.stateless_split(
                 tf.stack([tf.cast(seed, tf.int64) + 2, step]), 2
             )
             images = [
-                augment_batch(x, s, padding, fill=fill)
+                x if padding is None else augment_batch(x, s, padding, fill=fill)
                 for x, s, padding in zip(images, tf.unstack(seeds), paddings)
             ]
         return {"labeled": images[0], "unlabeled": images[1]}, tf.gather(y_l, labeled)
@@ -168,8 +181,9 @@ def train_dataset(split, batch_size=500, seed=None, augmented=True, start_step=0
 
 
 def _gatherer(images):
-    """A function of an index batch (B,) int64 -> uint8 images (B, H, W, 3) of `images`: an array
-    held as a constant and gathered, or `ImageFiles` read then (`tf.py_function`, shape set)."""
+    """A function of an index batch (B,) int64 -> uint8 images (B, H, W, 3) (or embeddings
+    (B, D)) of `images`: an array held as a constant and gathered, or `ImageFiles` read then
+    (`tf.py_function`, shape set)."""
     if not isinstance(images, ImageFiles):
         held = tf.constant(images)
         return lambda index: tf.gather(held, index)
@@ -194,7 +208,8 @@ def _pixels(images):
 
 
 def eval_dataset(images, batch_size=500, normalized=False):
-    """Un-augmented batches of images (N, H, W, C) for `predict`, in order, as float32 pixels.
+    """Un-augmented batches of images (N, H, W, C) for `predict`, in order, as float32 pixels;
+    embeddings (N, D) give float32 (B, D) batches as they are (`normalized` ignored).
 
     `images` may be `ImageFiles`: each batch is read when drawn (`STREAM_PARALLEL_BATCHES` at once,
     `STREAM_PREFETCH` ahead), so memory is bounded by the batch; a bad file ends the stream (run

@@ -1,9 +1,12 @@
-"""The user's own data: an `.npz` of ready splits, or a folder of class sub-folders with an
-optional unlabeled pool.
+"""The user's own data: an `.npz` of ready splits or of one labeled pool, or a folder of class
+sub-folders with an optional unlabeled pool.
 
 ```python
-# x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled)
+# x_query, y_query, x_db, y_db (+ x_labeled, y_labeled, x_unlabeled): images or embeddings
 split = user.load_npz("mydata.npz")
+# x_db float32 (N, D), y_db (+ class_names), as `gpq embed` writes it: one labeled pool that the
+# protocols split as they split a folder (given: a tenth of each class held out as queries)
+split = user.load_npz("emb.npz", protocol="gpq")
 # photos/cat/*.jpg, photos/dog/*.png ...: every labeled image trains, pool/ feeds the unlabeled
 # stream; the parts are ImageFiles, read at 128x128 when a batch is drawn
 split = user.load_folder("photos/", image_size=128, unlabeled="pool/")
@@ -21,7 +24,15 @@ import stat
 import numpy as np
 
 from gpq_keras.data.images import DEFAULT_MAX_PIXELS, image_hw
-from gpq_keras.data.split import Split, check_count, check_images, check_labels
+from gpq_keras.data.split import (
+    MAX_CLASSES,
+    Split,
+    check_count,
+    check_inputs,
+    check_labels,
+    describe_inputs,
+    is_vectors,
+)
 from gpq_keras.files import (
     FileFormatError,
     UnreadableFile,
@@ -29,10 +40,14 @@ from gpq_keras.files import (
     display_path,
     file_kind,
     read_npz,
+    read_npz_keys,
 )
 
 REQUIRED_KEYS = ("x_query", "y_query", "x_db", "y_db")
 OPTIONAL_KEYS = ("x_labeled", "y_labeled", "x_unlabeled")
+POOL_KEYS = ("x_db", "y_db")  # an npz without x_query: one labeled pool (+ x_unlabeled)
+NAMES_KEY = "class_names"  # str (num_classes,), read when present
+UNSEEN_FRACTION = 0.75  # `protocols.UNSEEN_FRACTION` (not imported: protocols imports split)
 
 
 def _refuse(check, *args):
@@ -43,31 +58,46 @@ def _refuse(check, *args):
         raise FileFormatError(str(exc)) from None
 
 
-def load_npz(path, name=None):
-    """A `Split` from an `.npz` with `x_query, y_query, x_db, y_db` and optionally training arrays.
+def npz_layout(path):
+    """What an `.npz` holds, told by its array names (only its zip directory is read):
 
-    Images uint8 (N, H, W, 3); labels int class ids in [0, 65536) (N,) or multi-hot 0/1
-    (N, classes), the same kind everywhere; no array empty. Without `x_unlabeled` the database is
-    the unlabeled set, as in the paper. Other members are ignored.
+    - "parts": ready parts (x_query, y_query, x_db, y_db, ...), or arrays missing (`load_npz`
+      names them);
+    - "pool": x_db and y_db without x_query, one labeled pool that the protocols split (what
+      `gpq embed` writes for class sub-folders);
+    - "unlabeled": x_db or x_unlabeled without any labels: an unlabeled set only (`unlabeled=`).
 
-    Every array's .npy header is read first: pickled objects are refused, and so is an array larger
-    than its member of the zip or than the memory available, before anything is allocated. Raises
-    FileNotFoundError for a missing file and FileFormatError (a ValueError), one line naming the
-    file and the array at fault, for anything else.
+    Raises FileNotFoundError for a missing file, FileFormatError for one that is not a zip.
     """
     path = os.fspath(path)
-    arrays = read_npz(path, "npz file", keys=REQUIRED_KEYS + OPTIONAL_KEYS, required=REQUIRED_KEYS)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"npz file not found: {path}")
+    keys = set(read_npz_keys(path))
+    if keys & {"x_query", "y_query"}:
+        return "parts"
+    if set(POOL_KEYS) <= keys:
+        return "pool"
+    if keys & {"x_db", "x_unlabeled"} and not keys & {"y_db", "x_labeled", "y_labeled"}:
+        return "unlabeled"
+    return "parts"
+
+
+def _check_arrays(path, arrays):
+    """The checked `x_*` (images or float32 embeddings) and `y_*` arrays of an npz, in place;
+    FileFormatError naming the file and the array for the first one at fault."""
     if ("x_labeled" in arrays) != ("y_labeled" in arrays):
         raise FileFormatError(f"{path}: x_labeled and y_labeled go together")
     for key, value in arrays.items():
         if key.startswith("x_"):
-            _refuse(check_images, value, f"{path}: '{key}'")
+            value = arrays[key] = _refuse(check_inputs, value, f"{path}: '{key}'")
         else:
             _refuse(check_labels, value, f"{path}: '{key}'")
         if not len(value):
+            what = "label"
+            if key.startswith("x_"):
+                what = "embedding" if is_vectors(value) else "image"
             raise FileFormatError(
-                f"{path}: '{key}' is empty {value.shape}; every array needs at least one "
-                f"{'image' if key.startswith('x_') else 'label'}"
+                f"{path}: '{key}' is empty {value.shape}; every array needs at least one {what}"
             )
     y_keys = [k for k in ("y_query", "y_db", "y_labeled") if k in arrays]
     if (
@@ -81,19 +111,238 @@ def load_npz(path, name=None):
     for part in ("query", "db", "labeled"):
         if f"x_{part}" in arrays and len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]):
             raise FileFormatError(
-                f"{path}: 'x_{part}' holds {len(arrays[f'x_{part}'])} images but 'y_{part}' "
+                f"{path}: 'x_{part}' holds {len(arrays[f'x_{part}'])} "
+                f"{'rows' if is_vectors(arrays[f'x_{part}']) else 'images'} but 'y_{part}' "
                 f"{len(arrays[f'y_{part}'])} labels"
             )
-    if len({v.shape[1:] for k, v in arrays.items() if k.startswith("x_")}) != 1:
+    x_keys = sorted((k for k in arrays if k.startswith("x_")), key=lambda k: k != "x_db")
+    if any(is_vectors(arrays[k]) for k in x_keys):
+        first = x_keys[0]
+        for key in x_keys[1:]:
+            if is_vectors(arrays[key]) != is_vectors(arrays[first]):
+                why = "every array must be of one kind"
+            elif arrays[key].shape[1:] != arrays[first].shape[1:]:
+                why = "all embeddings must have one width"
+            else:
+                continue
+            raise FileFormatError(
+                f"{path}: '{key}' are {describe_inputs(arrays[key])} but '{first}' are "
+                f"{describe_inputs(arrays[first])}; {why}"
+            )
+    elif len({arrays[k].shape[1:] for k in x_keys}) != 1:
         raise FileFormatError(
             f"{path}: all images must have one size; got "
             + ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.startswith("x_"))
         )
+    return arrays
+
+
+def _class_names(path, names, arrays):
+    """An npz's `class_names` array `names` (or None) as a tuple of str, or None; FileFormatError
+    unless it is a 1-D str array naming every class of the checked labels in `arrays`."""
+    if names is None:
+        return None
+    if names.ndim != 1 or names.dtype.kind not in "US" or not 0 < len(names) <= MAX_CLASSES:
+        raise FileFormatError(
+            f"{path}: '{NAMES_KEY}' must be a 1-D str array of 1 to {MAX_CLASSES} names, one "
+            f"per class; got {names.dtype} {names.shape}"
+        )
+    for key in ("y_query", "y_db", "y_labeled"):
+        y = arrays.get(key)
+        if y is None or not y.size:
+            continue
+        if y.ndim == 2 and y.shape[1] != len(names):
+            raise FileFormatError(
+                f"{path}: '{NAMES_KEY}' names {len(names)} classes but '{key}' has "
+                f"{y.shape[1]} per row"
+            )
+        if y.ndim == 1 and int(y.max()) >= len(names):
+            raise FileFormatError(
+                f"{path}: '{NAMES_KEY}' names {len(names)} classes but '{key}' holds class id "
+                f"{int(y.max())}"
+            )
+    return tuple(
+        n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names.tolist()
+    )
+
+
+def load_npz(
+    path,
+    name=None,
+    protocol=None,
+    seed=0,
+    unlabeled=None,
+    query_every=10,
+    labeled_per_class=None,
+    query_per_class=None,
+    fraction=UNSEEN_FRACTION,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    skip_unreadable=False,
+):
+    """A `Split` from an `.npz` (`npz_layout`): ready parts `x_query, y_query, x_db, y_db` (and
+    optionally training arrays), or one labeled pool `x_db, y_db` (+ `x_unlabeled`) without
+    `x_query`, split by the protocols as `load_folder` splits a folder.
+
+    Inputs: uint8 images (N, H, W, 3) or float embeddings (N, D), kept as float32 (`check_inputs`:
+    finite), of one kind and size everywhere; labels int class ids in [0, 65536) (N,) or
+    multi-hot 0/1 (N, classes), the same kind everywhere (a pool: int ids); no array empty.
+    `class_names` (str, one per class) names the classes when present. Without `x_unlabeled` the
+    database is the unlabeled set, as in the paper. Other members (`sources`) are ignored.
+
+    A pool takes the protocol options of `load_folder`: `protocol` (default "given", or "gpq"
+    with `labeled_per_class`), `seed`, `query_every`, `labeled_per_class`, `query_per_class`,
+    `fraction`, and `unlabeled`, the unlabeled stream (`load_unlabeled`: an npz of the same kind
+    and size, or for images a folder or glob read with `max_pixels` and `skip_unreadable`).
+    Ready parts keep theirs (`load_data` applies unseen and `unlabeled` to them). An npz of
+    unlabeled inputs only is refused: it has no labels.
+
+    Every array's .npy header is read first: pickled objects are refused, and so is an array larger
+    than its member of the zip or than the memory available, before anything is allocated. Raises
+    FileNotFoundError for a missing file and FileFormatError (a ValueError), one line naming the
+    file and the array at fault, for anything else.
+    """
+    path = os.fspath(path)
+    layout = npz_layout(path)
     name = name or os.path.splitext(os.path.basename(path))[0]
+    if layout == "unlabeled":
+        raise FileFormatError(
+            f"{path}: holds no labels (no 'y_db'): an npz of unlabeled inputs only goes to "
+            "--unlabeled; as data an npz needs x_db and y_db (one labeled pool) or x_query, "
+            "y_query, x_db, y_db (ready parts)"
+        )
+    if layout == "pool":
+        pool, x_unlabeled = read_npz_pool(path, name)
+        if unlabeled is not None and x_unlabeled is not None:
+            raise ValueError(f"--unlabeled: {path} carries its own unlabeled set ('x_unlabeled')")
+        stream = None
+        if unlabeled is not None:
+            shape = pool.images.shape[1:]
+            stream = functools.partial(
+                load_unlabeled,
+                unlabeled,
+                max_pixels=max_pixels,
+                skip_unreadable=skip_unreadable,
+                input_shape=shape,
+            )
+        elif x_unlabeled is not None:
+            stream = lambda: (x_unlabeled, [])  # noqa: E731
+        split, skipped = split_pool(
+            pool,
+            protocol,
+            seed,
+            query_every=query_every,
+            labeled_per_class=labeled_per_class,
+            query_per_class=query_per_class,
+            fraction=fraction,
+            unlabeled=stream,
+        )
+        split.skipped = skipped
+        return split
+    if protocol not in (None, "given") or unlabeled is not None:
+        raise ValueError(
+            f"{path}: holds ready parts (x_query, ...); protocol= and unlabeled= apply to an npz "
+            "without x_query, one labeled pool (load_data applies unseen and --unlabeled to "
+            "ready parts)"
+        )
+    arrays = read_npz(
+        path,
+        "npz file",
+        keys=REQUIRED_KEYS + OPTIONAL_KEYS + (NAMES_KEY,),
+        required=REQUIRED_KEYS,
+    )
+    names = arrays.pop(NAMES_KEY, None)
+    class_names = _class_names(path, names, _check_arrays(path, arrays))
+    num_classes = None if class_names is None else len(class_names)
     try:
-        return Split(**arrays, name=name)
+        return Split(**arrays, name=name, num_classes=num_classes, class_names=class_names)
     except ValueError as exc:
         raise FileFormatError(f"{path}: {exc}") from None
+
+
+def read_npz_pool(path, name=None):
+    """The labeled pool of an npz without `x_query` -> (`protocols.Pool` of `x_db`, `y_db` (int
+    ids) and `class_names`, its `x_unlabeled` or None), checked as `load_npz` checks."""
+    from gpq_keras.data.protocols import Pool
+
+    path = os.fspath(path)
+    keys = read_npz_keys(path)
+    for key in ("x_labeled", "y_labeled", "y_query"):
+        if key in keys:
+            raise FileFormatError(
+                f"{path}: has '{key}' but no 'x_query'; an npz without x_query is one labeled "
+                "pool (x_db, y_db) that the protocols split; give x_query and y_query too for "
+                "ready parts"
+            )
+    arrays = read_npz(
+        path, "npz file", keys=POOL_KEYS + ("x_unlabeled", NAMES_KEY), required=POOL_KEYS
+    )
+    names = arrays.pop(NAMES_KEY, None)
+    class_names = _class_names(path, names, _check_arrays(path, arrays))
+    if arrays["y_db"].ndim != 1:
+        raise FileFormatError(
+            f"{path}: 'y_db' is multi-hot {arrays['y_db'].shape}; an npz without x_query is one "
+            "pool that the protocols split by class, which needs one int class id per row (N,); "
+            "give ready parts (x_query, y_query, x_db, y_db) for multi-hot labels"
+        )
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    num_classes = None if class_names is None else len(class_names)
+    try:
+        pool = Pool(arrays["x_db"], arrays["y_db"], num_classes, class_names, name)
+    except ValueError as exc:
+        raise FileFormatError(f"{path}: {exc}") from None
+    return pool, arrays.get("x_unlabeled")
+
+
+def split_pool(
+    pool,
+    protocol=None,
+    seed=0,
+    query_every=10,
+    labeled_per_class=None,
+    query_per_class=None,
+    fraction=UNSEEN_FRACTION,
+    unlabeled=None,
+):
+    """The `Split` a protocol makes of one labeled pool (a folder's, an npz's without x_query)
+    -> (split, skipped): the protocols of `load_folder`.
+
+    `protocol` None: "given", or "gpq" with `labeled_per_class` (default for gpq: a tenth of the
+    smallest class after its queries); "unseen": the given parts (the gpq ones with
+    `labeled_per_class`), then `fraction` of the classes seen. `unlabeled`: None (the database
+    feeds the unlabeled stream) or a function () -> (x_unlabeled, skipped), called once the
+    protocol's parts are made; unseen keeps it.
+    """
+    from gpq_keras.data.protocols import apply_protocol, unseen_split
+
+    if protocol is None:
+        protocol = "gpq" if labeled_per_class is not None else "given"
+    if protocol == "given" and labeled_per_class is not None:
+        raise ValueError(
+            "--labeled-per-class simulates label scarcity with the gpq protocol; the given "
+            "protocol trains every labeled image (leave out --protocol given)"
+        )
+    # unseen: the given parts (every labeled image), or with labeled_per_class the gpq ones
+    base = "gpq" if labeled_per_class is not None else "given"
+    if protocol == "gpq" and labeled_per_class is None:
+        counts = np.bincount(pool.labels, minlength=pool.num_classes)
+        rest = counts[counts > 0] * (1 - 1 / check_count("query_every", query_every, pool.name))
+        labeled_per_class = max(1, int(rest.min() // 10))
+    options = {"query_every": query_every, "labeled_per_class": labeled_per_class}
+    if query_per_class is not None:
+        options["query_per_class"] = query_per_class
+    # unseen: the given parts, then only the seen classes train and the unseen are searched
+    split = apply_protocol(pool, base if protocol == "unseen" else protocol, seed, **options)
+    skipped = []
+    if unlabeled is not None:
+        split.x_unlabeled, skipped = unlabeled()
+        split.index.pop("unlabeled", None)
+    if protocol == "unseen":
+        split.num_classes = pool.num_classes
+        split = unseen_split(split, fraction, seed, keep_unlabeled=unlabeled is not None)
+    split.name = pool.name
+    split.num_classes = pool.num_classes
+    split.class_names = pool.class_names
+    return split, list(skipped)
 
 
 def save_npz(path, split):
@@ -502,7 +751,8 @@ def load_folder(
     the others searched) trains on some classes and retrieves the others.
 
     `unlabeled`: a folder (any depth) or a glob of images for the unlabeled stream (their
-    sub-folders are not classes); without it the labeled images feed that stream too.
+    sub-folders are not classes), or an npz of uint8 images of `image_size` (`load_unlabeled`);
+    without it the labeled images feed that stream too.
 
     Raises FileNotFoundError for a missing folder, `gpq_keras.files.UnreadableFile` (a
     FileFormatError) naming the file for one that is not a regular file, is over `max_pixels` or
@@ -512,7 +762,7 @@ def load_folder(
     """
     from gpq_keras.data.image_files import ImageFiles
     from gpq_keras.data.images import check_image_files
-    from gpq_keras.data.protocols import Pool, apply_protocol, unseen_split
+    from gpq_keras.data.protocols import Pool
 
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -534,50 +784,60 @@ def load_folder(
     name = os.path.basename(os.path.normpath(directory))
     files = ImageFiles([paths[i] for i in kept], image_size, max_pixels=max_pixels)
     pool = Pool(files, labels[kept], len(class_names), class_names, name)
-    if protocol is None:
-        protocol = "gpq" if labeled_per_class is not None else "given"
-    if protocol == "given" and labeled_per_class is not None:
-        raise ValueError(
-            "--labeled-per-class simulates label scarcity with the gpq protocol; the given "
-            "protocol trains every labeled image (leave out --protocol given)"
-        )
-    # unseen: the given parts (every labeled image), or with labeled_per_class the gpq ones
-    base = "gpq" if labeled_per_class is not None else "given"
-    if protocol == "gpq" and labeled_per_class is None:
-        counts = np.bincount(pool.labels, minlength=len(class_names))
-        rest = counts[counts > 0] * (1 - 1 / check_count("query_every", query_every, name))
-        labeled_per_class = max(1, int(rest.min() // 10))
-    options = {"query_every": query_every, "labeled_per_class": labeled_per_class}
-    if query_per_class is not None:
-        options["query_per_class"] = query_per_class
-    # unseen: the given parts, then only the seen classes train and the unseen are searched
-    split = apply_protocol(pool, base if protocol == "unseen" else protocol, seed, **options)
+    stream = None
     if unlabeled is not None:
-        pool_files, pool_skipped = load_unlabeled(
-            unlabeled, image_size, max_pixels, skip_unreadable
+        stream = functools.partial(
+            load_unlabeled, unlabeled, image_size, max_pixels, skip_unreadable
         )
-        split.x_unlabeled = pool_files
-        split.index.pop("unlabeled", None)
-        skipped += pool_skipped
-    if protocol == "unseen":
-        split.num_classes = len(class_names)
-        split = unseen_split(split, fraction, seed, keep_unlabeled=unlabeled is not None)
-    split.name = name
-    split.num_classes = len(class_names)
+    split, pool_skipped = split_pool(
+        pool,
+        protocol,
+        seed,
+        query_every=query_every,
+        labeled_per_class=labeled_per_class,
+        query_per_class=query_per_class,
+        fraction=fraction,
+        unlabeled=stream,
+    )
     split.class_names = class_names
-    split.skipped = skipped
+    split.skipped = skipped + pool_skipped
     return split
 
 
-def load_unlabeled(spec, image_size=32, max_pixels=DEFAULT_MAX_PIXELS, skip_unreadable=False):
-    """The unlabeled pool `--unlabeled` names: a folder (any depth; sub-folders are not classes)
-    or a glob -> (`ImageFiles`, skipped). Headers checked as `load_folder` checks them.
+def load_unlabeled(
+    spec,
+    image_size=32,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    skip_unreadable=False,
+    input_shape=None,
+):
+    """The unlabeled pool `--unlabeled` names -> (inputs, skipped): a folder (any depth;
+    sub-folders are not classes) or a glob -> (`ImageFiles` read at `image_size`, skipped), headers
+    checked as `load_folder` checks them; or an `.npz` (`FILE.npz` or `npz:FILE`) -> (its
+    `x_unlabeled`, else its `x_db`, []), images or embeddings (`load_unlabeled_npz`).
 
-    Raises FileNotFoundError when nothing matches, ValueError "--unlabeled SPEC: no images" for a
-    pool without images (none left with `skip_unreadable`)."""
+    `input_shape` is the shape of one input of the labeled data, (D,) for embeddings or (H, W, 3)
+    (default: images of `image_size`); the unlabeled inputs must be of its kind and size. Raises
+    FileNotFoundError when nothing matches, ValueError "--unlabeled SPEC: no images" for a pool
+    without images (none left with `skip_unreadable`), and one line when image files are given
+    for embeddings."""
     from gpq_keras.data.image_files import ImageFiles
     from gpq_keras.data.images import check_image_files
 
+    spec = os.fspath(spec)
+    if input_shape is None:
+        input_shape = (*image_hw(image_size), 3)
+    input_shape = tuple(int(v) for v in input_shape)
+    if len(input_shape) == 3:
+        image_size = input_shape[:2]
+    npz = unlabeled_npz_path(spec)
+    if npz is not None:
+        return load_unlabeled_npz(npz, input_shape), []
+    if len(input_shape) == 1:
+        raise ValueError(
+            f"--unlabeled {display_path(spec)}: the data are embeddings (N, {input_shape[0]}); "
+            "their unlabeled set is an .npz of embeddings (x_unlabeled or x_db), not image files"
+        )
     spec = os.fspath(spec)
     try:
         listing = list_images(spec, skip_unreadable)
@@ -595,3 +855,53 @@ def load_unlabeled(spec, image_size=32, max_pixels=DEFAULT_MAX_PIXELS, skip_unre
         )
     files = ImageFiles([listing.paths[i] for i in kept], image_size, max_pixels=max_pixels)
     return files, list(listing.skipped) + bad
+
+
+def unlabeled_npz_path(spec):
+    """The npz file an `--unlabeled` value names ("npz:FILE", or a path ending in .npz that is no
+    glob or folder), or None for a folder or glob of images."""
+    spec = os.fspath(spec)
+    if spec.startswith("npz:"):
+        return os.path.expanduser(spec[len("npz:") :])
+    if spec.lower().endswith(".npz") and not glob.has_magic(spec) and not os.path.isdir(spec):
+        return spec
+    return None
+
+
+def load_unlabeled_npz(path, input_shape=None):
+    """The unlabeled inputs of an npz: its `x_unlabeled`, else its `x_db` (labels, if any, are
+    ignored) -> images uint8 (N, H, W, 3) or embeddings float32 (N, D) (`check_inputs`), of the
+    kind and size `input_shape` (one input's shape, (D,) or (H, W, 3)) when given.
+
+    Raises FileNotFoundError for a missing file and FileFormatError (one line naming the file and
+    the array) for an npz without those arrays, inputs of another kind or size, or none."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--unlabeled: npz file not found: {display_path(path)}")
+    keys = read_npz_keys(path)
+    key = next((k for k in ("x_unlabeled", "x_db") if k in keys), None)
+    if key is None:
+        raise FileFormatError(
+            f"--unlabeled {display_path(path)}: holds neither 'x_unlabeled' nor 'x_db' (has "
+            f"{sorted(keys)})"
+        )
+    where = f"--unlabeled {display_path(path)}: '{key}'"
+    inputs = _refuse(check_inputs, read_npz(path, "npz file", keys=(key,))[key], where)
+    if not len(inputs):
+        raise FileFormatError(
+            f"{where} is empty {inputs.shape}; the unlabeled set needs at least one row"
+        )
+    if input_shape is not None:
+        input_shape = tuple(int(v) for v in input_shape)
+        vectors = len(input_shape) == 1
+        if is_vectors(inputs) != vectors:
+            why = "they must be of one kind"
+        elif inputs.shape[1:] != input_shape:
+            why = "the widths must match" if vectors else "the sizes must match"
+        else:
+            return inputs
+        wanted = f"{'embeddings' if vectors else 'images'} (N, {', '.join(map(str, input_shape))})"
+        raise FileFormatError(
+            f"{where} are {describe_inputs(inputs)} but the data are {wanted}; {why}"
+        )
+    return inputs

@@ -237,6 +237,11 @@ class PQIndex:
             model = self._needs_model("add_files")
         else:
             self.check_model(model)
+        if getattr(model, "takes_vectors", False):
+            raise ValueError(
+                f"add_files: the model takes embeddings (N, {model.gpq_config.input_dim}), not "
+                "image files; encode the embeddings and `add` their features"
+            )
         chunk_size = check_positive_int("chunk_size", chunk_size)
         import keras
 
