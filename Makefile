@@ -12,7 +12,7 @@ DEMO_SEED ?= 0
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: demo notebook test test-jax test-fast lint docs bench clean
+.PHONY: demo notebook test test-jax test-fast lint docs bench clean browser
 
 $(VENV)/.installed: requirements.txt requirements-hub.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,10 +35,16 @@ notebook: $(VENV)/.installed
 
 # Lint and the docs first (seconds), then the suite on TensorFlow, then the tests marked `backends`
 # (layers, losses, backbone, model) on JAX.
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(MAKE) lint docs
 	$(PYTEST) tests
 	$(MAKE) test-jax
+
+# Debian's chromium and its driver, for the web page's test (tests/test_serve_browser.py), when absent
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 test-jax: $(VENV)/.installed
 	KERAS_BACKEND=jax $(PYTEST) tests

@@ -1,8 +1,10 @@
-"""GPQ's claims measured: ablation, baselines, scarce labels and code length, over several seeds.
+"""GPQ's claims measured: ablation, baselines, scarce labels, code length, unseen classes and GPQ on
+ready embeddings, over several seeds.
 
     .venv/bin/python benchmarks/experiments.py [--quick] [--data digits] [--seeds 0,1,2]
-        [--steps 200] [--groups ablation,baselines,labels,bits,unseen] [--labels 5,10,25,50]
-        [--bits 12,24,32,48] [--filters 16,32,64,64] [--batch-size 100] [--out benchmarks/results]
+        [--steps 200] [--groups ablation,baselines,labels,bits,unseen,embeddings]
+        [--labels 5,10,25,50] [--bits 12,24,32,48] [--filters 16,32,64,64] [--batch-size 100]
+        [--out benchmarks/results]
 
 Every run trains from scratch on `--data` (default: the embedded digits, split as `make demo` splits
 them: 180 queries, 50 labeled images per class, 1,117 unlabeled images that are also the database)
@@ -25,6 +27,14 @@ Groups:
   the unlabeled set). GPQ, no entropy and two-step PQ (faiss trained on the database searched),
   each scored unseen@unseen (the unseen queries among the unseen database) and unseen@all (among
   the database of every class). The class split changes with the seed.
+- `embeddings` (48 bits; labels per class: the `--labels` among 5, 10 and 50, so all three by
+  default and 5 and 50 with `--quick`): GPQ's head on ready embeddings, `GPQ(config,
+  backbone="mlp")` (learning rate 1e-2; an MLP D -> 512 -> M * d, then the quantiser), against
+  faiss PQ and OPQ + PQ trained on the database vectors, all on the same vectors: the image runs'
+  queries, labeled subset and database, each image replaced by a float vector (`embed`: for the
+  embedded digits their own 8x8 pixels / 255, 64-d, of which the 32x32x3 images are the
+  enlargement; other data: the flattened pixels / 255). faiss pads the vectors with zeros to a
+  multiple of M (64 -> 72 at M = 12: every dimension kept, distances unchanged).
 
 Runs shared between groups are trained once. Writes to `--out`: `<group>.json` (every run: method,
 labels per class, bits, seed, mAP, precision@10, seconds; unseen: those of unseen@unseen, the
@@ -47,7 +57,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-GROUPS = ("ablation", "baselines", "labels", "bits", "unseen")
+GROUPS = ("ablation", "baselines", "labels", "bits", "unseen", "embeddings")
 GPQ_METHODS = {  # name -> (lambda1, lambda2)
     "GPQ": (0.1, 0.1),
     "GPQ, no entropy (lambda1=0)": (0.0, 0.1),
@@ -59,6 +69,13 @@ PIXELS = "PQ on raw pixels"
 UNSEEN_METHODS = ("GPQ", "GPQ, no entropy (lambda1=0)", "two-step: classifier + PQ")
 UNSEEN_ALL = ("unseen@all mAP", "unseen@all precision@10")  # an unseen row's figures besides
 DEFAULT_LABELS, DEFAULT_BITS = 50, 48
+EMBEDDINGS = {  # name -> what is trained on the vectors: GPQ's MLP head, or faiss PQ / OPQ + PQ
+    "GPQ on embeddings (mlp)": "gpq",
+    "PQ on the embeddings": "pq",
+    "OPQ on the embeddings": "opq",
+}
+EMBEDDING_LABELS = (5, 10, 50)  # the group `embeddings` runs at the `--labels` among these
+EMBEDDING_LEARNING_RATE = 1e-2  # an MLP head, not a VGG: tests/test_embeddings_vs_pq.py's
 
 
 def plan(groups, labels, bits):
@@ -80,7 +97,17 @@ def plan(groups, labels, bits):
         ]
     if "unseen" in groups:
         out["unseen"] = [(m, DEFAULT_LABELS, DEFAULT_BITS) for m in UNSEEN_METHODS]
+    if "embeddings" in groups:
+        out["embeddings"] = [
+            (m, n, DEFAULT_BITS) for n in embedding_labels(labels) for m in EMBEDDINGS
+        ]
     return out
+
+
+def embedding_labels(labels):
+    """The labels per class of the group `embeddings`: those of `labels` in `EMBEDDING_LABELS`,
+    in `labels`' order."""
+    return [n for n in labels if n in EMBEDDING_LABELS]
 
 
 class Runner:
@@ -120,10 +147,20 @@ class Runner:
                     "some class"
                 )
             keep = rank < labels
+            index = dict(full.index)
+            if "labeled" in index:  # the positions of the labeled images kept
+                index["labeled"] = index["labeled"][keep]
             self.splits[key + (labels,)] = dataclasses.replace(
-                full, x_labeled=full.x_labeled[keep], y_labeled=y[keep]
+                full, x_labeled=full.x_labeled[keep], y_labeled=y[keep], index=index
             )
         return self.splits[key + (labels,)]
+
+    def vectors(self, labels):
+        """`split(labels)` with every image replaced by its vector (`embed`)."""
+        key = ("vectors", labels)
+        if key not in self.splits:
+            self.splits[key] = embed(self.split(labels), self.args.data)
+        return self.splits[key]
 
     def part_sizes(self, protocol, seeds):
         """{seed: images per part} of the splits of `protocol` (labeled, query, database and
@@ -137,8 +174,19 @@ class Runner:
         return out
 
     def config(self, split, bits, lambda1=0.1, lambda2=0.1):
+        """The GPQConfig of `bits` for `split`: the narrow VGG's for images; for vectors
+        (`takes_vectors`) input_dim D and `EMBEDDING_LEARNING_RATE`."""
         from gpq_keras.config import GPQConfig
 
+        if split.takes_vectors:
+            return GPQConfig.from_bits(
+                bits,
+                num_classes=split.num_classes,
+                input_dim=split.x_query.shape[1],
+                lambda1=lambda1,
+                lambda2=lambda2,
+                learning_rate=EMBEDDING_LEARNING_RATE,
+            )
         return GPQConfig.from_bits(
             bits,
             num_classes=split.num_classes,
@@ -158,6 +206,18 @@ class Runner:
                 score = self._gpq(split, bits, seed, *GPQ_METHODS[method])
             elif method in TWO_STEP:
                 score = self._two_step(split, labels, bits, seed, TWO_STEP[method], protocol)
+            elif EMBEDDINGS.get(method) == "gpq":
+                score = self._gpq(self.vectors(labels), bits, seed, *GPQ_METHODS["GPQ"])
+            elif method in EMBEDDINGS:
+                vectors = self.vectors(labels)
+                score = _faiss_score(
+                    vectors.x_db,
+                    vectors.x_query,
+                    vectors.y_query,
+                    vectors.y_db,
+                    bits,
+                    EMBEDDINGS[method],
+                )
             else:
                 score = _faiss_score(
                     _pixels(split.x_db), _pixels(split.x_query), split.y_query, split.y_db, bits
@@ -187,11 +247,13 @@ class Runner:
         return train_dataset(split, batch_size=self.args.batch_size, seed=seed)[0]
 
     def _gpq(self, split, bits, seed, lambda1, lambda2):
+        """GPQ trained on `split` and scored: the narrow VGG on images, the MLP head on vectors."""
         from gpq_keras import GPQ, metrics
         from gpq_keras.retrieval import PQIndex
 
         self.keras.utils.set_random_seed(seed)
-        model = GPQ(self.config(split, bits, lambda1, lambda2))
+        backbone = "mlp" if split.takes_vectors else None  # None: the config's VGG
+        model = GPQ(self.config(split, bits, lambda1, lambda2), backbone=backbone)
         model.compile()
         model.fit(
             self._dataset(split, seed),
@@ -261,17 +323,58 @@ def _pixels(images):
     return (np.asarray(images, np.float32) / 255.0).reshape(len(images), -1)
 
 
+def embed(split, data):
+    """`split` with its images (N, H, W, C) as float32 vectors (N, D) -> a `Split` that
+    `takes_vectors`, of the same rows and labels. `data` "digits": each image's own 8x8 pixels
+    / 255 (D = 64; the split's 32x32x3 images are their enlargement, `digits.load_images`),
+    found by the split's pool positions (`Split.index`); other data: the flattened pixels / 255
+    (`_pixels`)."""
+    from gpq_keras.data import digits
+    from gpq_keras.data.split import Split
+
+    if data == "digits":
+        # (1797, 8, 8, 3): 0..255, three equal channels; one is kept
+        small = digits.load_images(image_size=8)[0][..., 0]
+
+        def vectors(x, part):
+            return _pixels(small[split.index[part]])
+    else:
+
+        def vectors(x, part):
+            return _pixels(x)
+
+    db = vectors(split.x_db, "database")
+    unlabeled = db if split.x_unlabeled is split.x_db else vectors(split.x_unlabeled, "unlabeled")
+    return Split(
+        vectors(split.x_query, "query"),
+        split.y_query,
+        db,
+        split.y_db,
+        x_labeled=vectors(split.x_labeled, "labeled"),
+        y_labeled=split.y_labeled,
+        x_unlabeled=unlabeled,
+        num_classes=split.num_classes,
+        name=f"{split.name} vectors",
+    )
+
+
 def _faiss_score(db, queries, y_query, y_db, bits, kind="pq"):
     """faiss PQ (or OPQ + PQ) of bits / 4 codebooks of 16 codewords trained on the database vectors;
     every query ranks the whole database by asymmetric (ADC) L2 distance
-    -> {"mAP", "precision@10"}."""
+    -> {"mAP", "precision@10"}. Vectors whose width is not a multiple of M are padded with zeros
+    to the next one (PQ needs d % M == 0): every dimension is kept, L2 distances unchanged."""
     from gpq_keras import metrics
     from gpq_keras.retrieval import import_faiss
 
     faiss = import_faiss()
     m = bits // 4
-    dim = db.shape[1] - db.shape[1] % m  # PQ needs d % M == 0: drop the last few pixels if need be
-    db, queries = np.ascontiguousarray(db[:, :dim]), np.ascontiguousarray(queries[:, :dim])
+    dim = -(-db.shape[1] // m) * m
+
+    def padded(x):
+        x = np.asarray(x, np.float32)
+        return np.ascontiguousarray(np.pad(x, ((0, 0), (0, dim - x.shape[1]))))
+
+    db, queries = padded(db), padded(queries)
     index = faiss.IndexPQ(dim, m, 4)
     # fewer than 39 points per codeword (unseen's 221-image database) is only warned about, once
     # per codebook; the k-means is the same
@@ -359,6 +462,25 @@ def markdown_unseen(payload):
     return "### unseen\n\n" + caption + "\n\n" + "\n".join(lines) + "\n"
 
 
+def markdown_embeddings(payload):
+    """The embeddings group's table (`markdown`) with a caption saying what the vectors are and
+    how each method was trained."""
+    vectors = (
+        "the 8x8 pixels of the digits / 255" if payload["data"] == "digits" else "pixels / 255"
+    )
+    caption = (
+        "GPQ's head on ready embeddings: the image groups' queries, labeled images and database, "
+        f"each image as a {payload.get('input_dim')}-d vector ({vectors}). "
+        f'GPQ: `GPQ(config, backbone="mlp")` (MLP D -> 512 -> M * d), learning rate '
+        f"{payload.get('learning_rate')}, {payload['steps']} steps of batch "
+        f"{payload['batch_size']}; PQ and OPQ: faiss trained on the database vectors (padded "
+        "with zeros to a multiple of M), unsupervised, so the same for every label budget and "
+        "seed."
+    )
+    title, table = markdown("embeddings", payload["runs"]).split("\n\n", 1)
+    return f"{title}\n\n{caption}\n\n{table}"
+
+
 def plot_labels(rows, path):
     """mAP (mean, std as error bars) against labels per class, one line per method."""
     from matplotlib.figure import Figure
@@ -415,7 +537,9 @@ def main(argv=None):
     )
     parser.add_argument("--groups", default=",".join(GROUPS))
     parser.add_argument(
-        "--labels", default="5,10,25,50", help="labeled images per class (group `labels`)"
+        "--labels",
+        default="5,10,25,50",
+        help="labeled images per class (group `labels`; group `embeddings`: those among 5, 10, 50)",
     )
     parser.add_argument("--bits", default="12,24,32,48", help="code lengths (group `bits`)")
     parser.add_argument(
@@ -438,9 +562,10 @@ def main(argv=None):
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         parser.error(f"--groups: unknown {unknown}; choose from {GROUPS}")
-    settings = plan(
-        groups, [int(v) for v in args.labels.split(",")], [int(v) for v in args.bits.split(",")]
-    )
+    labels = [int(v) for v in args.labels.split(",")]
+    if "embeddings" in groups and not embedding_labels(labels):
+        parser.error(f"--labels: group embeddings runs at those among {EMBEDDING_LABELS}; got none")
+    settings = plan(groups, labels, [int(v) for v in args.bits.split(",")])
     os.makedirs(args.out, exist_ok=True)
 
     import faiss
@@ -482,6 +607,11 @@ def main(argv=None):
         payload = {**meta, "group": group, "runs": rows}
         if protocol:
             payload.update(protocol=protocol, split=runner.part_sizes(protocol, seeds))
+        if group == "embeddings":
+            vectors = runner.vectors(wanted[0][1])
+            payload.update(
+                input_dim=vectors.x_query.shape[1], learning_rate=EMBEDDING_LEARNING_RATE
+            )
         _write_json(os.path.join(args.out, f"{group}.json"), payload)
     print(report(args.out))  # every group in --out, this command's and earlier ones
 
@@ -507,6 +637,8 @@ def report(out, groups=GROUPS):
         minutes[run] = max(minutes.get(run, 0.0), payload.get("minutes", 0.0))
         if group == "unseen":
             table = markdown_unseen(payload)
+        elif group == "embeddings":
+            table = markdown_embeddings(payload)
         else:
             table = markdown(group, payload["runs"])
         if run != (meta["command"], meta["date"]):

@@ -281,7 +281,7 @@ def test_a_killed_export_leaves_nothing_the_next_one_keeps(files, tmp_path):
     assert [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
     assert not (tmp_path / "served").exists()
     assert cli.main([*map(os.fspath, argv[:-1]), str(tmp_path / "s")]) == 0
-    assert sorted(os.listdir(tmp_path)) == ["s"]
+    assert sorted(os.listdir(tmp_path)) == ["s", "s.codebook.json"]  # and its codebook beside it
 
 
 # --- what is read: only regular files -------------------------------------------------------------

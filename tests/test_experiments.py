@@ -1,18 +1,21 @@
 """`benchmarks/experiments.py --quick`: every group trains, scores and reports, with its provenance
-(unseen: unseen@unseen and unseen@all on the seed's class split); and a deterministic `gpq train`
-gives the same model twice."""
+(unseen: unseen@unseen and unseen@all on the seed's class split; embeddings: GPQ's MLP head and
+faiss PQ / OPQ on the digits' own 8x8 pixels); and a deterministic `gpq train` gives the same model
+twice."""
 
 import json
+import math
 import os
 import subprocess
 import sys
+import types
 
 import matplotlib.image
 import numpy as np
 import pytest
 from data_fakes import save_split
 
-from gpq_keras.data import load_data
+from gpq_keras.data import digits, load_data
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -35,6 +38,7 @@ def test_quick_experiments_write_results_tables_and_plot(tmp_path):
         "ablation.json",
         "baselines.json",
         "bits.json",
+        "embeddings.json",
         "labels.json",
         "labels.png",
         "results.md",
@@ -74,10 +78,14 @@ def test_quick_experiments_write_results_tables_and_plot(tmp_path):
         runs[(experiments.PIXELS, 5, 48, 0, None)]["mAP"]
         == runs[(experiments.PIXELS, 50, 48, 0, None)]["mAP"]
     )
+    # --quick's labels 5 and 50 are both embedding budgets; the vectors are 64-d
+    assert [n for _, n, _ in plan["embeddings"]] == [5, 5, 5, 50, 50, 50]
+    with open(tmp_path / "embeddings.json") as fh:
+        assert json.load(fh)["input_dim"] == 64
     with open(tmp_path / "results.md") as fh:
         table = fh.read()
     assert (
-        table.count("| method | labels / class | bits |") == 4
+        table.count("| method | labels / class | bits |") == 5
         and table.count("| method | bits | unseen@unseen mAP | unseen@all mAP |") == 1
         and "Command: `python benchmarks/experiments.py" in table
     )
@@ -92,6 +100,75 @@ def test_quick_experiments_write_results_tables_and_plot(tmp_path):
     _run(["benchmarks/experiments.py", "--report-only", "--out", str(tmp_path)])
     with open(tmp_path / "results.md") as fh:
         assert fh.read() == table
+
+
+def test_embeddings_group_runs_at_the_labels_among_5_10_and_50():
+    methods = list(experiments.EMBEDDINGS)
+    assert methods == ["GPQ on embeddings (mlp)", "PQ on the embeddings", "OPQ on the embeddings"]
+    plan = experiments.plan(["embeddings"], [5, 10, 25, 50], [12, 48])  # the default --labels
+    assert plan == {"embeddings": [(m, n, 48) for n in (5, 10, 50) for m in methods]}
+    assert experiments.plan(["embeddings"], [50, 7, 5], [48])["embeddings"] == [
+        (m, n, 48) for n in (50, 5) for m in methods
+    ]
+    with pytest.raises(SystemExit) as error:  # none of them: refused before anything trains
+        experiments.main(["--groups", "embeddings", "--labels", "25", "--out", "unused"])
+    assert error.value.code == 2
+
+
+def test_embed_gives_each_digit_its_own_8x8_pixels_in_the_split_order():
+    # Runner.split without a Runner (no TensorFlow set-up): 5 labeled images per class
+    runner = types.SimpleNamespace(splits={}, load_data=load_data)
+    runner.args = types.SimpleNamespace(data="digits")
+    split = experiments.Runner.split(runner, 5)
+    vectors = experiments.embed(split, "digits")
+    assert vectors.takes_vectors and vectors.num_classes == 10
+    for part in ("query", "labeled", "db", "unlabeled"):
+        x, v = getattr(split, f"x_{part}"), getattr(vectors, f"x_{part}")
+        assert v.shape == (len(x), 64) and v.dtype == np.float32
+        assert 0.0 <= v.min() and v.max() <= 1.0
+        # enlarged as `digits.load_images` enlarges the 8x8 originals, they give the images back
+        small = np.round(v.astype(np.float64) * 255.0).reshape(-1, 8, 8, 1)
+        big = np.clip(np.round(digits.resize_bilinear(small, (32, 32))), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(big[..., 0], x[..., 0])
+    for part in ("query", "labeled", "db"):
+        np.testing.assert_array_equal(getattr(vectors, f"y_{part}"), getattr(split, f"y_{part}"))
+    assert len(vectors.x_labeled) == 50 and np.bincount(vectors.y_labeled).tolist() == [5] * 10
+    assert vectors.x_unlabeled is vectors.x_db  # the database is the unlabeled set, as for images
+
+
+@pytest.mark.large  # trains six small MLP heads: in `make test`
+def test_embeddings_group_writes_its_rows_and_table(tmp_path):
+    args = ["--groups", "embeddings", "--seeds", "0,1", "--steps", "4", "--out", str(tmp_path)]
+    out = _run(["benchmarks/experiments.py", *args])
+    assert sorted(os.listdir(tmp_path)) == ["embeddings.json", "results.md"]
+    with open(tmp_path / "embeddings.json") as fh:
+        payload = json.load(fh)
+    assert payload["group"] == "embeddings" and payload["input_dim"] == 64
+    assert payload["learning_rate"] == experiments.EMBEDDING_LEARNING_RATE
+    wanted = experiments.plan(["embeddings"], [5, 10, 25, 50], [48])["embeddings"]
+    rows = {(r["method"], r["labels_per_class"], r["bits"], r["seed"]): r for r in payload["runs"]}
+    assert list(rows) == [(m, n, b, s) for m, n, b in wanted for s in (0, 1)]
+    for row in rows.values():
+        assert math.isfinite(row["mAP"]) and 0.0 < row["mAP"] <= 1.0
+        assert 0.0 <= row["precision@10"] <= 1.0
+    gpq, pq, opq = experiments.EMBEDDINGS
+    # faiss sees neither labels nor seed: one score for every budget and seed; GPQ's differ
+    for method in (pq, opq):
+        assert len({rows[(method, n, 48, s)]["mAP"] for n in (5, 10, 50) for s in (0, 1)}) == 1
+    assert rows[(gpq, 5, 48, 0)]["mAP"] != rows[(gpq, 5, 48, 1)]["mAP"]
+    with open(tmp_path / "results.md") as fh:
+        table = fh.read()
+    assert table in out and table.count("### ") == 1 and "### embeddings\n\nGPQ's head" in table
+    assert "each image as a 64-d vector (the 8x8 pixels of the digits / 255)" in table
+    summary = experiments.summarise(payload["runs"])
+    for method, n, bits in wanted:
+        mean, std, p_mean, p_std, seeds = summary[(method, n, bits)]
+        line = (
+            f"| {method} | {n} | 48 | {mean:.4f} +- {std:.4f} | {p_mean:.4f} +- {p_std:.4f} | 2 |"
+        )
+        assert seeds == 2 and line in table
+    mean = np.mean([rows[(gpq, 50, 48, s)]["mAP"] for s in (0, 1)])
+    assert f"| {gpq} | 50 | 48 | {mean:.4f} +- " in table
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

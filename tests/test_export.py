@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpq_keras import GPQ
-from gpq_keras.export import export_saved_model
+from gpq_keras import GPQ, cli
+from gpq_keras.export import codebook_record, export_model, export_saved_model
 from gpq_keras.files import TEMPORARY_PREFIX, current_umask
 from gpq_keras.retrieval import ProductQuantizer
 
@@ -152,3 +153,26 @@ def test_never_overwrites_and_cleans_up_after_a_failure(tiny_config, tmp_path, m
         "file",
         "served",
     ]  # neither `new` nor a `.tmp-` directory
+
+
+@pytest.mark.large
+def test_gpq_export_writes_the_saved_model_and_its_codebook_json(tiny_config, tmp_path, capsys):
+    model = GPQ(tiny_config)
+    model.save(tmp_path / "model.keras")
+    out = tmp_path / "served" / "gpq" / "1"  # TF Serving's layout: the JSON beside version 1
+    assert cli.main(["export", "--model", str(tmp_path / "model.keras"), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote {out}.codebook.json: the distance codebook, for look-up tables and ADC"
+    )
+    assert sorted(os.listdir(out.parent)) == ["1", "1.codebook.json"]
+    with open(f"{out}.codebook.json", encoding="utf-8") as fh:
+        assert json.load(fh) == codebook_record(model, None, "savedmodel")
+    images = _pixels()
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](images=tf.constant(images))
+    _check_outputs(model, images, served["features"].numpy(), served["codes"].numpy())
+
+    (tmp_path / "2.codebook.json").write_text("{}")  # a JSON without its export: still refused
+    with pytest.raises(ValueError, match=r"2\.codebook\.json already exists"):
+        export_model(model, tmp_path / "2")
+    assert not (tmp_path / "2").exists()
+    assert (tmp_path / "2.codebook.json").read_text() == "{}"

@@ -1,4 +1,4 @@
-"""The `.npz` index file: round trips, the checksum, versions 1 to 3 and every refused key."""
+"""The `.npz` index file: round trips, the checksum, versions 1 to 4 and every refused key."""
 
 import os
 
@@ -64,12 +64,12 @@ def _rewrite(path, reseal=True, **changes):
     "changes, message",
     [
         (
-            {"format_version": np.array(4)},
-            "'format_version' is 4; this gpq_keras reads versions 1 to 3",
+            {"format_version": np.array(5)},
+            "'format_version' is 5; this gpq_keras reads versions 1 to 4",
         ),
         (
             {"format_version": np.array(0)},
-            "'format_version' is 0; this gpq_keras reads versions 1 to 3",
+            "'format_version' is 0; this gpq_keras reads versions 1 to 4",
         ),
         ({"format_version": None}, "missing key 'format_version'"),
         ({"format": np.array("something.else")}, "key 'format'"),

@@ -11,7 +11,7 @@ import argparse
 import sys
 import textwrap
 
-from gpq_keras.cli import convert, data, embed, evaluate, index, train
+from gpq_keras.cli import convert, data, embed, evaluate, index, serve, train
 from gpq_keras.cli.common import CLIError, Interrupted, Parser, check_paths, quiet_tensorflow
 
 __all__ = ["CLIError", "Interrupted", "build_parser", "main"]
@@ -27,6 +27,7 @@ _COMMANDS = (
     index.add_index,
     index.add_search,
     convert.add_export,
+    serve.add_serve,
 )
 
 

@@ -39,22 +39,39 @@ def add_export(sub):
     p = add_command(
         sub,
         "export",
-        "write a TensorFlow SavedModel to serve: uint8 images in, features and codes out",
-        "gpq export --model runs/photos/model.keras --output served/gpq/1",
+        "export the model to serve or ship: a TensorFlow SavedModel, an ONNX or a TFLite file "
+        "(uint8 images in, features and codes out), with OUT.codebook.json beside it",
+        "gpq export --model runs/photos/model.keras --output served/gpq/1\n"
+        "  gpq export --model runs/photos/model.keras --format onnx --output gpq.onnx",
         run_export,
     )
-    # --output is a folder; its missing parents are created (served/gpq/1, TF Serving's layout)
-    p.set_defaults(output_kind="dir", make_parents=True)
+    # a SavedModel folder or a file, and the codebook JSON beside it; missing parents are made
+    # (served/gpq/1, TF Serving's layout)
+    p.set_defaults(output_paths=_export_outputs, make_parents=True)
     p.add_argument("--model", required=True, help="a GPQ .keras file")
     p.add_argument(
         "--output",
         required=True,
-        help="the SavedModel folder to create (must not exist; missing parent folders are made)",
+        help="the SavedModel folder, or the .onnx or .tflite file, to create (must not exist; "
+        "missing parent folders are made); OUTPUT.codebook.json is written beside it",
+    )
+    p.add_argument(
+        "--format",
+        choices=("savedmodel", "onnx", "tflite"),
+        default="savedmodel",
+        help="savedmodel (a folder, for TF Serving), onnx (onnxruntime) or tflite (LiteRT) "
+        "(savedmodel)",
     )
     p.add_argument(
         "--mode", choices=RETRIEVAL_MODES, help="codebook of the codes (model's default)"
     )
     add_strategy_flag(p, "load")
+
+
+def _export_outputs(args):
+    """The export's outputs for the path guard: OUT (a folder for a SavedModel) and its JSON."""
+    kind = "dir" if args.format == "savedmodel" else "file"
+    return [("--output", args.output, kind), ("--output", args.output + ".codebook.json", "file")]
 
 
 def run_convert(args):
@@ -82,22 +99,29 @@ def run_convert(args):
 
 
 def run_export(args):
-    from gpq_keras.export import export_saved_model
+    from gpq_keras.export import check_backend, codebook_path, export_model, suffix_problem
     from gpq_keras.files import display_path
 
-    if os.path.lexists(args.output):  # before the model loads
-        raise CLIError(
-            f"--output {display_path(args.output)} already exists; a SavedModel is written to a "
-            "new folder (remove it or choose another path)"
-        )
+    check_backend(args.format)
+    problem = suffix_problem(args.output, args.format)  # before the model loads
+    if problem:
+        raise CLIError(f"--output {display_path(args.output)} {problem}")
+    for path in (args.output, codebook_path(args.output)):
+        if os.path.lexists(path):
+            raise CLIError(
+                f"--output {display_path(args.output)}: {display_path(path)} already exists; an "
+                "export never replaces a file or folder (remove it or choose another path)"
+            )
     model, chief = load_model(args)
     if not chief:
         return not_chief(args.output)
-    export_saved_model(model, args.output, mode=args.mode)
+    export_model(model, args.output, args.format, mode=args.mode)
     cfg = model.gpq_config
     inputs = (
         f"embeddings float32 [N, {cfg.input_dim}]"
         if cfg.takes_vectors
         else f"images uint8 [N, {', '.join(map(str, cfg.image_shape))}]"
     )
-    wrote(args.output, f"a SavedModel, serving_default({inputs}) -> features, codes")
+    what = {"savedmodel": "a SavedModel, serving_default", "onnx": "ONNX", "tflite": "TFLite"}
+    wrote(args.output, f"{what[args.format]}({inputs}) -> features, codes")
+    wrote(codebook_path(args.output), "the distance codebook, for look-up tables and ADC")

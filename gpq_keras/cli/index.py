@@ -1,5 +1,7 @@
-"""`gpq index build|add|search` (a saved PQIndex or faiss file) and `gpq search` (image files)."""
+"""`gpq index build|add|remove|dedup|search` (a saved PQIndex or faiss file) and `gpq search`
+(image files)."""
 
+import argparse
 import os
 import sys
 
@@ -39,7 +41,42 @@ def add_index(sub):
     index_sub = p.add_subparsers(dest="index_command", required=True)
     _add_index_build(index_sub)
     _add_index_add(index_sub)
+    _add_index_remove(index_sub)
+    _add_index_dedup(index_sub)
     _add_index_search(index_sub)
+
+
+def _id_list(text):
+    """An argparse type: comma-separated ids >= 0 ("3,5,8") -> a list of int."""
+    ids = []
+    for part in text.split(","):
+        try:
+            ids.append(int(part))
+        except ValueError:
+            ids.append(-1)
+        if ids[-1] < 0:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated ids >= 0 such as 3,5,8, got {text!r}"
+            )
+    return ids
+
+
+def _finite_float(text):
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not abs(value) < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+THRESHOLD_HELP = (
+    "also group items whose symmetric distance sum_m (1 - z_m[a] . z_m[b]) is <= T: the ADC "
+    "distance `search` ranks by, with one item's reconstruction as the query; groups chain "
+    "close pairs (single linkage). Default: equal codes only"
+)
 
 
 def _add_index_build(index_sub):
@@ -110,9 +147,66 @@ def _add_index_add(index_sub):
         action="append",
         help=IMAGES_HELP + "; files already in the index (same absolute path) are skipped",
     )
+    a.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the index in step with --images: re-encode in place (same id) the indexed files "
+        "whose size or modification time changed, skip the unchanged ones, and remove the items "
+        "of files under --images that no longer exist; prints added, updated, unchanged and "
+        "removed. A file indexed by an index older than format 4 (no stats) is re-encoded once",
+    )
     add_reader_flags(a)
     add_strategy_flag(a, "encode")
     add_wait_flag(a)
+
+
+def _add_index_remove(index_sub):
+    r = add_command(
+        index_sub,
+        "remove",
+        "remove items from a saved index, by id or by file; the others keep their ids",
+        "gpq index remove --index photos.npz --images 'photos/old/**/*.jpg'",
+        run_index_remove,
+    )
+    r.add_argument(
+        "--index",
+        required=True,
+        help="a PQIndex .npz; replaced atomically, locked meanwhile (other writers wait)",
+    )
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--ids",
+        type=_id_list,
+        help="comma-separated ids, as `gpq search --json` and `gpq index dedup` give them: 3,5,8",
+    )
+    which.add_argument(
+        "--images",
+        dest="patterns",
+        action="append",
+        metavar="DIR_OR_GLOB",
+        help="the items whose stored absolute path lies in this folder (any depth) or matches "
+        "this glob ('**': any folders), whether the files still exist or not; give it again "
+        "for more",
+    )
+    add_wait_flag(r)
+
+
+def _add_index_dedup(index_sub):
+    d = add_command(
+        index_sub,
+        "dedup",
+        "list the groups of near-duplicate items of a saved index (equal codes, or a symmetric "
+        "distance <= --threshold)",
+        "gpq index dedup --index photos.npz --threshold 0.5 --json duplicates.json",
+        run_index_dedup,
+    )
+    d.add_argument("--index", required=True, help="a PQIndex .npz")
+    d.add_argument("--threshold", type=_finite_float, metavar="T", help=THRESHOLD_HELP)
+    d.add_argument(
+        "--json",
+        help='write the groups here: {"index", "threshold", "items", "groups": [[{"id", '
+        '"source"?}, ...], ...]} (threshold null: equal codes)',
+    )
 
 
 def _add_index_search(index_sub):
@@ -181,6 +275,18 @@ def add_search(sub):
         "resolved against the index file's folder)",
     )
     p.add_argument("--figure", help="write the first query and its top 15 results to this PNG")
+    p.add_argument(
+        "--unique",
+        action="store_true",
+        help="collapse near-duplicates (the groups of `gpq index dedup`): keep the best-ranked "
+        "item of each group, filling the k results from further down",
+    )
+    p.add_argument(
+        "--unique-threshold",
+        type=_finite_float,
+        metavar="T",
+        help="with --unique: " + THRESHOLD_HELP,
+    )
     add_strategy_flag(p, "encode")
 
 
@@ -204,7 +310,8 @@ def _progress(message):
 
 def _add_files(index, model, paths, labels, args):
     """Encode image files into `index` (chunk by chunk, a progress bar on a terminal), each with its
-    absolute path as its source -> `AddedFiles(added, already_indexed, skipped)`."""
+    absolute path as its source -> `AddedFiles(added, already_indexed, skipped, updated)`; with
+    `--update`, changed files re-encoded in place."""
     _progress(f"encoding {len(paths)} images")
     return index.add_files(
         paths,
@@ -213,6 +320,7 @@ def _add_files(index, model, paths, labels, args):
         model=model,
         max_pixels=args.max_pixels,
         skip_unreadable=args.skip_unreadable,
+        update=getattr(args, "update", False),
     )
 
 
@@ -326,16 +434,93 @@ def run_index_add(args):
         return not_chief(args.index)
     with index_writer(args.index, wait=args.wait) as index:  # re-read inside the lock
         index.check_model(model)
-        before = index.ntotal
         added = _add_files(index, model, listing.paths, _labels_for(index, listing, shown), args)
+        removed = 0
+        if args.update:  # the items of files under --images that no longer exist
+            removed = index.remove(index.ids_for_files(image_specs(args), missing=True))
     report_skipped(listing.skipped + added.skipped)
     already = len(added.already_indexed)
-    wrote(
-        args.index,
-        f"{index.ntotal} items ({index.ntotal - before} added"
-        + (f", {already} already indexed, skipped" if already else "")
-        + ")",
+    if args.update:
+        counts = (
+            f"{added.added} added, {len(added.updated)} updated, {already} unchanged, "
+            f"{removed} removed"
+        )
+    else:
+        counts = f"{added.added} added" + (
+            f", {already} already indexed, skipped" if already else ""
+        )
+    wrote(args.index, f"{index.ntotal} items ({counts})")
+
+
+def run_index_remove(args):
+    from gpq_keras.files import display_path
+    from gpq_keras.retrieval import index_writer
+
+    shown = display_path(args.index)
+    with index_writer(args.index, wait=args.wait) as index:  # nothing saved on an error
+        if args.ids is not None:
+            unknown = sorted(set(args.ids) - set(index.ids.tolist()))
+            if unknown:
+                raise CLIError(
+                    f"--ids: {shown} holds no item with id {', '.join(map(str, unknown[:10]))}"
+                    f"{' ...' if len(unknown) > 10 else ''}; nothing removed"
+                )
+            ids = args.ids
+        else:
+            patterns = " ".join(display_path(p) for p in args.patterns)
+            if index.sources is None:
+                raise CLIError(
+                    f"--images: {shown} holds no file names (built from a data set); use --ids"
+                )
+            ids = index.ids_for_files(args.patterns)
+            if not len(ids):
+                raise CLIError(f"--images {patterns}: no item of {shown} is there; nothing removed")
+        removed = index.remove(ids)
+    wrote(args.index, f"{index.ntotal} items ({removed} removed)")
+
+
+def _load_pqindex(path, flag="--index"):
+    """The PQIndex `.npz` at `path`; a CLIError for a faiss file."""
+    from gpq_keras.files import display_path
+    from gpq_keras.retrieval import open_index
+
+    index = open_index(path)
+    if index is None:
+        raise CLIError(f"{flag} {display_path(path)} is a faiss file; this needs a PQIndex .npz")
+    return index
+
+
+def run_index_dedup(args):
+    from gpq_keras.files import display_path, write_json
+
+    index = _load_pqindex(args.index)
+    groups = index.duplicate_groups(args.threshold)
+    report = []
+    for number, ids in enumerate(groups, start=1):
+        items = [{"id": int(i)} for i in ids]
+        if index.sources is not None:
+            for item, source in zip(items, index.source_paths(ids).tolist()):
+                item["source"] = source
+        report.append(items)
+        print(f"group {number} ({len(items)} items)")
+        for item in items:
+            print(f"  {item['id']:>6}  {display_path(item.get('source', ''))}")
+    criterion = "equal codes" if args.threshold is None else f"distance <= {args.threshold:g}"
+    print(
+        f"{len(groups)} groups of near-duplicates ({criterion}): "
+        f"{sum(len(g) for g in groups)} of {index.ntotal} items"
     )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "index": os.path.abspath(args.index),
+                "threshold": args.threshold,
+                "items": index.ntotal,
+                "groups": report,
+            },
+        )
+        wrote(args.json)
 
 
 def run_index_search(args):
@@ -391,20 +576,34 @@ def run_search(args):
     from gpq_keras.files import display_path, write_json
     from gpq_keras.retrieval import open_index
 
+    if args.unique_threshold is not None and not args.unique:
+        raise CLIError("--unique-threshold sets the groups of --unique: add --unique")
     model, chief = load_model(args)
     index = open_index(args.index, model)
+    groups = None
+    if args.unique:
+        from gpq_keras.retrieval import PQIndex
+
+        if not isinstance(index, PQIndex):
+            raise CLIError(f"--unique: {display_path(args.index)} is a faiss file, not a PQIndex")
+        groups = index.duplicate_labels(args.unique_threshold)
     decoded = _decode_files(model, args.image, args)
     report_skipped(decoded.skipped)
     query_paths = [args.image[i] for i in decoded.kept]
     if not query_paths:
         raise CLIError(f"none of the {len(args.image)} --image files could be read")
-    k = min(args.k, index.ntotal)
+    available = index.ntotal if groups is None else int(groups.max(initial=-1)) + 1
+    k = min(args.k, available)
     if k < args.k:
+        what = "items" if groups is None else "groups of near-duplicates (--unique)"
         print(
-            f"-k {args.k} capped at the {index.ntotal} items of {display_path(args.index)}",
+            f"-k {args.k} capped at the {available} {what} of {display_path(args.index)}",
             file=sys.stderr,
         )
-    distances, ids = index.search(model.encode(decoded.images), k)
+    if groups is None:
+        distances, ids = index.search(model.encode(decoded.images), k)
+    else:
+        distances, ids = index.search_unique(model.encode(decoded.images), k, labels=groups)
     report = _print_hits(query_paths, index, distances, ids)
     if not chief:
         for path in filter(None, (args.json, args.figure)):
@@ -427,28 +626,18 @@ def run_search(args):
 
 def _print_hits(query_paths, index, distances, ids):
     """Print each query's hits (rank, distance, class, source: the absolute path of the file, on
-    one line whatever its name) -> the report of `--json`."""
+    one line whatever its name) -> the report of `--json` (`lookups`)."""
     from gpq_keras.files import display_path
+    from gpq_keras.retrieval.lookup import lookups
 
-    sources = index.source_paths(ids) if index.sources is not None else None
-    int_labels = index.labels is not None and index.labels.ndim == 1
-    classes = index.class_names_for(ids) if index.class_names and int_labels else None
-    report = []
-    for q, path in enumerate(query_paths):
-        print(f"query {display_path(path)}")
-        hits = []
-        for rank, (i, d) in enumerate(zip(ids[q], distances[q]), start=1):
-            hit = {"rank": rank, "id": int(i), "distance": float(d)}
-            if classes is not None and classes[q, rank - 1]:  # "": no class (an unlabeled file)
-                hit["class"] = str(classes[q, rank - 1])
-            if sources is not None:
-                hit["source"] = str(sources[q, rank - 1])
-            hits.append(hit)
+    report = lookups(index, query_paths, distances, ids)
+    for record in report:
+        print(f"query {display_path(record['query'])}")
+        for hit in record["results"]:
             print(
-                f"{rank:>4}  {d:8.4f}  {display_path(hit.get('class', '-'))}  "
-                f"{display_path(hit['source']) if 'source' in hit else i}"
+                f"{hit['rank']:>4}  {hit['distance']:8.4f}  {display_path(hit.get('class', '-'))}  "
+                f"{display_path(hit['source']) if 'source' in hit else hit['id']}"
             )
-        report.append({"query": path, "results": hits})
     return report
 
 

@@ -37,7 +37,9 @@ Modules, along faiss' seams:
 - `index`: `PQIndex`, the database of codes that ranks items for queries (`search`, or `rank` chunk
   by chunk for evaluation with `gpq_keras.metrics.evaluate_ranking`); `open_index`; `index_writer`,
   the locked read-modify-write of an index file that concurrent writers share.
-- `io`: the `.npz` index file (format versions 1 to 3, checksum).
+- `lookup`: search results as records (rank, id, distance, source, class), the JSON of
+  `gpq search --json` and `gpq serve`.
+- `io`: the `.npz` index file (format versions 1 to 4, checksum).
 
 Files: an index file is replaced atomically (temporary file + rename), so a reader never sees half
 of one; every writer goes through `index_writer` (a lock on `PATH.lock`, the index re-read inside
@@ -66,6 +68,7 @@ from gpq_keras.retrieval.index import (
 )
 from gpq_keras.retrieval.io import FORMAT_VERSION, checksum, is_pqindex_file
 from gpq_keras.retrieval.kernels import smallest_k, sort_keys
+from gpq_keras.retrieval.lookup import lookups
 from gpq_keras.retrieval.quantizer import ProductQuantizer, intra_normalize_np
 from gpq_keras.retrieval.ranking import RankedChunk
 
@@ -84,6 +87,7 @@ __all__ = [
     "index_writer",
     "intra_normalize_np",
     "is_pqindex_file",
+    "lookups",
     "open_index",
     "pack_codes",
     "read_faiss_index",

@@ -5,6 +5,7 @@ the quantiser, the item store, the ranking of the codes, faiss and the file; `op
 import collections
 import contextlib
 import os
+import re
 import warnings
 
 import numpy as np
@@ -13,6 +14,7 @@ from gpq_keras.config import check_positive_int
 from gpq_keras.data.images import DEFAULT_MAX_PIXELS
 from gpq_keras.files import file_lock
 from gpq_keras.retrieval import faiss_bridge, io
+from gpq_keras.retrieval.codes import unique_codes
 from gpq_keras.retrieval.quantizer import ProductQuantizer, as_matrix
 from gpq_keras.retrieval.ranking import CodeRanking
 from gpq_keras.retrieval.store import ItemStore, read_only
@@ -21,11 +23,14 @@ SEARCH_BACKENDS = ("auto", "numpy", "faiss")
 MAX_ITEMS = 2**30  # positions must fit the low 32 bits of a sort key
 FAST_SCAN_MAX_K = 1 / 32  # fast-scan candidates pay for k <= this fraction of ntotal (measured)
 
-AddedFiles = collections.namedtuple("AddedFiles", ["added", "already_indexed", "skipped"])
+AddedFiles = collections.namedtuple(
+    "AddedFiles", ["added", "already_indexed", "skipped", "updated"], defaults=((),)
+)
 AddedFiles.__doc__ = """What `PQIndex.add_files` did: `added` (int) files added; `already_indexed`,
 the paths (as given) not added because their absolute path already is a source of the index (or
-came earlier in the same call); `skipped`, (path, reason) of the unreadable files left out with
-`skip_unreadable`."""
+came earlier in the same call), with `update` only the unchanged ones; `skipped`, (path, reason) of
+the unreadable files left out with `skip_unreadable`; `updated`, with `update`, a tuple of the
+paths of the changed files re-encoded in place (same id)."""
 
 
 class PQIndex:
@@ -115,7 +120,8 @@ class PQIndex:
 
     @property
     def ids(self):
-        """The items' ids, int64 (ntotal,) (read-only); 0..ntotal-1 unless given to `add`."""
+        """The items' ids, int64 (ntotal,) (read-only); 0..ntotal-1 unless given to `add` or
+        items were removed (`remove` keeps the others' ids)."""
         return self._store.ids
 
     @property
@@ -152,18 +158,14 @@ class PQIndex:
             f"mode={self.mode!r}, ntotal={self.ntotal})"
         )
 
-    def add(self, x, ids=None, labels=None, sources=None):
-        """Add items: uint8 codes (N, M), or float features (N, M*d) that are encoded first.
+    @property
+    def file_stats(self):
+        """Each source's file size in bytes and mtime in ns when it was encoded, int64 (ntotal, 2)
+        (read-only; -1 where unknown: items `add` was given, or from a file older than version 4),
+        or None when the index has no sources. `add_files(update=True)` compares them."""
+        return self._store.file_stats
 
-        Args:
-            x: uint8 codes or float features.
-            ids: optional int64 ids (N,) that `search` returns; default ntotal, ntotal+1, ...
-                Either every `add` gives ids or none does.
-            labels: optional labels (N,) int or (N, classes) multi-hot, kept for evaluation; either
-                every `add` gives labels or none does. With `class_names`, they must fit them.
-            sources: optional N strings (N,), each item's file path or name (`sources_for`); either
-                every `add` gives sources or none does.
-        """
+    def _as_codes(self, x):
         x = np.asarray(x)
         if x.ndim != 2:
             raise ValueError(
@@ -171,14 +173,28 @@ class PQIndex:
                 f"Received shape: {x.shape}"
             )
         if x.dtype == np.uint8:
-            codes = self.pq.check_codes(x, "x")
-        elif np.issubdtype(x.dtype, np.floating):
-            codes = self.pq.encode(x)
-        else:
-            raise ValueError(
-                f"`x` must be uint8 codes or float features. Received dtype: {x.dtype}"
-            )
-        staged = self._store.stage(codes.shape[0], ids, labels, sources)
+            return self.pq.check_codes(x, "x")
+        if np.issubdtype(x.dtype, np.floating):
+            return self.pq.encode(x)
+        raise ValueError(f"`x` must be uint8 codes or float features. Received dtype: {x.dtype}")
+
+    def add(self, x, ids=None, labels=None, sources=None, file_stats=None):
+        """Add items: uint8 codes (N, M), or float features (N, M*d) that are encoded first.
+
+        Args:
+            x: uint8 codes or float features.
+            ids: optional int64 ids (N,) that `search` returns; default the next ids, 0, 1, ...
+                past every id the index assigned (removed ones are not reused). Either every
+                `add` gives ids or none does.
+            labels: optional labels (N,) int or (N, classes) multi-hot, kept for evaluation; either
+                every `add` gives labels or none does. With `class_names`, they must fit them.
+            sources: optional N strings (N,), each item's file path or name (`sources_for`); either
+                every `add` gives sources or none does.
+            file_stats: optional int (N, 2), the sources' file sizes and mtimes in ns (-1:
+                unknown, the default); `add_files` records them.
+        """
+        codes = self._as_codes(x)
+        staged = self._store.stage(codes.shape[0], ids, labels, sources, file_stats)
         if self.ntotal + codes.shape[0] >= MAX_ITEMS:
             raise ValueError(
                 f"PQIndex holds fewer than {MAX_ITEMS} items; use `to_faiss()` for more"
@@ -187,6 +203,70 @@ class PQIndex:
         self._store.commit(staged)
         self._ranking = CodeRanking(self.pq, self._codes)
         return self
+
+    def remove(self, ids):
+        """Remove the items of `ids` (int, any shape; repeats allowed) -> the number removed.
+
+        The others keep their ids and order (as faiss' `IndexIDMap.remove_ids`); ids the index
+        assigns later continue past the removed ones. An id not in the index (-1 included) raises
+        a ValueError naming it, and nothing is removed.
+        """
+        ids = np.asarray(ids).reshape(-1)
+        if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() < 0:
+            raise ValueError(f"`ids` holds an id not in the index: {int(ids.min())}")
+        positions = np.unique(self._store.positions(ids))
+        if not len(positions):
+            return 0
+        keep = np.ones(self.ntotal, bool)
+        keep[positions] = False
+        self._codes = self._codes[keep]
+        self._store.remove(positions)
+        self._ranking = CodeRanking(self.pq, self._codes)
+        return len(positions)
+
+    def update(self, ids, x, file_stats=None):
+        """Replace the codes of the items of `ids` (int (N,), distinct) with `x` (uint8 codes
+        (N, M) or features (N, M*d)) in place: same ids, positions, labels and sources; with
+        `file_stats` (N, 2) their files' stats too."""
+        ids = np.asarray(ids)
+        codes = self._as_codes(x)
+        if ids.shape != (codes.shape[0],):
+            raise ValueError(
+                f"`ids` must be {codes.shape[0]} ids, one per row of `x`. Received shape: "
+                f"{ids.shape}"
+            )
+        if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() < 0:
+            raise ValueError(f"`ids` holds an id not in the index: {int(ids.min())}")
+        positions = self._store.positions(ids)
+        if len(np.unique(positions)) != len(positions):
+            raise ValueError("`ids` holds repeated ids")
+        if file_stats is not None:
+            self._store.set_file_stats(positions, file_stats)
+        codes_now = self._codes.copy()
+        codes_now[positions] = codes
+        self._codes = codes_now
+        self._ranking = CodeRanking(self.pq, self._codes)
+        return self
+
+    def ids_for_files(self, patterns, missing=False):
+        """Ids of the items whose source (`resolve_sources`) lies in one of `patterns`, in position
+        order -> int64 (n,).
+
+        A pattern is a folder (its files at any depth) or file path, or a glob with `*`, `?`,
+        `[...]` and `**` (any number of folders); it is made absolute against the current folder
+        and matched against the stored paths, so files that no longer exist match too. With
+        `missing`, only the items whose file is no longer a regular file.
+        """
+        if isinstance(patterns, (str, bytes, os.PathLike)):
+            patterns = [patterns]
+        if self.sources is None:
+            raise ValueError("this index has no sources (it was not built from files)")
+        sources = self.resolve_sources()
+        matchers = [_path_matcher(pattern) for pattern in patterns]
+        hits = [i for i, source in enumerate(sources.tolist()) if any(m(source) for m in matchers)]
+        if missing:
+            hits = [i for i in hits if not os.path.isfile(sources[i])]
+        return self.ids[np.array(hits, np.intp)]
 
     def add_images(self, images, ids=None, labels=None, batch_size=500, sources=None):
         """Encode images (pixels (N, H, W, C), uint8 or float in 0..255, or an `ImageFiles`) with
@@ -207,10 +287,12 @@ class PQIndex:
         max_pixels=DEFAULT_MAX_PIXELS,
         skip_unreadable=False,
         skip_indexed=True,
+        update=False,
     ):
         """Decode image files at the model's image size, encode them with the model and add them,
         `chunk_size` files at a time (bounded memory), each with its absolute path as its source
-        -> `AddedFiles(added, already_indexed, skipped)`.
+        and its file's size and mtime (`file_stats`, taken before it is read)
+        -> `AddedFiles(added, already_indexed, skipped, updated)`.
 
         Files are read by `gpq_keras.data.images` (regular files only, each image's
         size checked against `max_pixels` before it is decoded). A source is `os.path.abspath` of
@@ -232,6 +314,10 @@ class PQIndex:
                 FileNotFoundError naming it), the chunks before it staying added (`index_writer`
                 then saves nothing).
             skip_indexed: False adds every file, already indexed or not.
+            update: re-encode in place (same id, `update`) the indexed files whose size or mtime
+                changed (`updated`); the unchanged ones are `already_indexed`. A file whose
+                stats are unknown (indexed by a file older than version 4) is re-encoded too, and
+                counts as updated only if its code changed; its stats are recorded either way.
         """
         if model is None:
             model = self._needs_model("add_files")
@@ -254,12 +340,25 @@ class PQIndex:
             )
         absolute = [os.path.abspath(path) for path in paths]
         wanted = np.arange(len(paths))
-        already = []
-        if skip_indexed:
-            seen = set() if self.sources is None else set(self.resolve_sources().tolist())
-            keep = []
+        already, changed = [], []  # changed: (position in `paths`, id) of files to re-encode
+        if skip_indexed or update:
+            indexed = {}
+            if self.sources is not None:
+                indexed = {s: i for i, s in enumerate(self.resolve_sources().tolist())}
+            seen, keep = set(), []
             for position, source in enumerate(absolute):
                 if source in seen:
+                    already.append(paths[position])
+                elif source in indexed and update:
+                    seen.add(source)
+                    item = indexed[source]
+                    if (self.file_stats[item] == _file_stat(source)).all() and (
+                        self.file_stats[item] != -1
+                    ).all():
+                        already.append(paths[position])
+                    else:
+                        changed.append((position, item))
+                elif source in indexed:
                     already.append(paths[position])
                 else:
                     seen.add(source)
@@ -271,25 +370,47 @@ class PQIndex:
         size = model.gpq_config.image_shape[:2]
         bar = None
         if verbose:
-            bar = keras.utils.Progbar(len(wanted), verbose=verbose, unit_name="image")
-        added, skipped = 0, []
+            bar = keras.utils.Progbar(
+                len(wanted) + len(changed), verbose=verbose, unit_name="image"
+            )
+        skipped, updated = [], []
+        for start in range(0, len(changed), chunk_size):  # re-encoded in place
+            chunk = changed[start : start + chunk_size]
+            stats = np.array([_file_stat(absolute[i]) for i, _ in chunk], np.int64)
+            features, kept, bad = _encode_files(
+                model, [paths[i] for i, _ in chunk], size, max_pixels, skip_unreadable
+            )
+            skipped.extend(bad)
+            if len(kept):
+                items = np.array([chunk[i][1] for i in kept], np.intp)
+                codes = self.pq.encode(features)
+                known = (self.file_stats[items] != -1).all(1)
+                same = (codes == self._codes[items]).all(1)
+                for row, i in enumerate(kept):
+                    position = chunk[i][0]
+                    (already if same[row] and not known[row] else updated).append(paths[position])
+                self.update(self.ids[items], codes, file_stats=stats[kept])
+            if bar is not None:
+                bar.update(start + len(chunk))
+        added = 0
         for start in range(0, len(wanted), chunk_size):
             chunk = wanted[start : start + chunk_size]
+            stats = np.array([_file_stat(absolute[i]) for i in chunk], np.int64).reshape(-1, 2)
             features, kept, bad = _encode_files(
                 model, [paths[i] for i in chunk], size, max_pixels, skip_unreadable
             )
             skipped.extend(bad)
-            kept = chunk[kept]
             if len(kept):
                 self.add(
                     features,
-                    sources=[absolute[i] for i in kept],
-                    labels=None if labels is None else labels[kept],
+                    sources=[absolute[i] for i in chunk[kept]],
+                    labels=None if labels is None else labels[chunk[kept]],
+                    file_stats=stats[kept],
                 )
                 added += len(kept)
             if bar is not None:
-                bar.update(start + len(chunk))
-        return AddedFiles(added, already, skipped)
+                bar.update(len(changed) + start + len(chunk))
+        return AddedFiles(added, already, skipped, tuple(updated))
 
     def _needs_model(self, method):
         if self._model is None:
@@ -443,6 +564,94 @@ class PQIndex:
             faiss_bridge.check_fast_scan(self.pq)
         return backend
 
+    # --- near-duplicates --------------------------------------------------------------------------
+    def duplicate_labels(self, threshold=None):
+        """The group of near-duplicates of each item -> intp (ntotal,), groups numbered 0, 1, ...
+        in the order of their first item.
+
+        Items with equal codes are always in one group. With `threshold` T, two items are linked
+        when their symmetric distance sum_m (1 - z_m[a] . z_m[b]) (the ADC distance with one
+        item's reconstruction, `pq.decode`, as the query) is <= T, and a group is a connected
+        set of links (single linkage: a chain of close pairs joins). The distinct codes are
+        compared all against all: time quadratic in their number, memory bounded by chunks.
+        """
+        n = self.ntotal
+        if not n:
+            return np.zeros(0, np.intp)
+        distinct = unique_codes(self._codes, self.nbits)
+        unique, inverse = (self._codes, np.arange(n)) if distinct is None else distinct
+        if threshold is None:
+            component = np.arange(len(unique))
+        else:
+            threshold = float(threshold)
+            if not np.isfinite(threshold):
+                raise ValueError(f"`threshold` must be a finite number. Received: {threshold}")
+            from scipy.sparse import coo_matrix
+            from scipy.sparse.csgraph import connected_components
+
+            rows, cols = [], []
+            ranking = CodeRanking(self.pq, unique)
+            for start, dist in ranking.iter_distances(self.pq.decode(unique)):
+                row, col = np.nonzero(dist <= threshold)
+                rows.append(row + start)
+                cols.append(col)
+            rows, cols = np.concatenate(rows), np.concatenate(cols)
+            graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), (len(unique),) * 2)
+            component = connected_components(graph, directed=False)[1]
+        _, first, group = np.unique(component[inverse], return_index=True, return_inverse=True)
+        renumber = np.empty(len(first), np.intp)
+        renumber[np.argsort(first, kind="stable")] = np.arange(len(first))
+        return renumber[group.reshape(-1)]
+
+    def duplicate_groups(self, threshold=None):
+        """Groups of near-duplicates (`duplicate_labels`) of two or more items -> a list of int64
+        id arrays, each in position order, the groups in the order of their first item."""
+        labels = self.duplicate_labels(threshold)
+        order = np.argsort(labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(labels[order])) + 1
+        groups = [g for g in np.split(order, bounds) if len(g) > 1]
+        groups.sort(key=lambda g: g[0])
+        return [self.ids[g] for g in groups]
+
+    def search_unique(self, queries, k, threshold=None, labels=None, **search_options):
+        """`search` with near-duplicates collapsed: of each group (`duplicate_labels`) only its
+        best-ranked member, the list filled to k from further down -> (distances (Q, k), ids
+        (Q, k)), padded with inf and -1 when fewer than k groups exist.
+
+        Args:
+            queries: float (Q, M*d).
+            k: int, results per query.
+            threshold: the groups' `threshold` (None: equal codes).
+            labels: the groups, `duplicate_labels(threshold)`, when already made.
+            **search_options: passed to `search`.
+        """
+        queries = as_matrix("queries", queries, self.dim)
+        k = check_positive_int("k", k)
+        labels = self.duplicate_labels(threshold) if labels is None else np.asarray(labels)
+        if labels.shape != (self.ntotal,):
+            raise ValueError(f"`labels` must have shape ({self.ntotal},). Received {labels.shape}")
+        dist = np.full((len(queries), k), np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        if not self.ntotal:
+            return dist, ids
+        want = min(k, len(np.unique(labels)))
+        pending = np.arange(len(queries))
+        depth = min(self.ntotal, 2 * k)
+        while len(pending):
+            found_dist, found_ids = self.search(queries[pending], depth, **search_options)
+            groups = labels[self._store.positions(found_ids)]
+            done = []
+            for row, q in enumerate(pending):
+                _, first = np.unique(groups[row], return_index=True)
+                first = np.sort(first)[:k]
+                if len(first) == want or depth == self.ntotal:
+                    dist[q, : len(first)] = found_dist[row, first]
+                    ids[q, : len(first)] = found_ids[row, first]
+                    done.append(row)
+            pending = np.delete(pending, done)
+            depth = min(self.ntotal, 2 * depth)
+        return dist, ids
+
     # --- faiss and files --------------------------------------------------------------------------
     def to_faiss(self, fast_scan=False, nlist=None, nprobe=1, train=None, seed=0):
         """The same codes in a faiss index (inner product, this index's codebook as the PQ
@@ -472,17 +681,63 @@ class PQIndex:
         )
 
     def save(self, path):
-        """Write the index to an `.npz` file (format version 3), atomically (temporary file +
-        rename), every key covered by a checksum that `load` verifies (`gpq_keras.retrieval.io`).
-        No object arrays: `np.load(path, allow_pickle=False)` reads it."""
+        """Write the index to an `.npz` file (format version 4, or 3 when it holds nothing that
+        needs 4: file stats or removed items), atomically (temporary file + rename), every key
+        covered by a checksum that `load` verifies (`gpq_keras.retrieval.io`). No object arrays:
+        `np.load(path, allow_pickle=False)` reads it."""
         io.write_index(self, path)
 
     @classmethod
     def load(cls, path):
-        """Read an index written by `save` (format 1, 2 or 3): every key, the checksum, the
-        codebook's size, the ids, sources and class names are checked; `FileFormatError` naming the
-        file and the key for anything wrong."""
+        """Read an index written by `save` (format 1 to 4): every key, the checksum, the
+        codebook's size, the ids, sources, file stats and class names are checked;
+        `FileFormatError` naming the file and the key for anything wrong."""
         return io.read_index(cls, path)
+
+
+def _file_stat(path):
+    """(size, mtime in ns) of the file at `path`, or (-1, -1) when it cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return (-1, -1)
+    return (info.st_size, info.st_mtime_ns)
+
+
+def _path_matcher(pattern):
+    """A test of absolute paths for `ids_for_files`: in the folder or file `pattern` names, or
+    matching it as a glob (`**`: any number of folders)."""
+    pattern = os.path.abspath(os.fsdecode(pattern))
+    if not re.search(r"[*?\[]", pattern):
+        folder = pattern.rstrip(os.sep) + os.sep
+        return lambda path: path == pattern or path.startswith(folder)
+    out, i = [], 0
+    while i < len(pattern):
+        at_start = i == 0 or pattern[i - 1] == os.sep
+        if at_start and pattern.startswith("**" + os.sep, i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if at_start and pattern[i:] == "**":
+            out.append(".*")
+            break
+        c = pattern[i]
+        end = pattern.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif end > 0:
+            body = pattern[i + 1 : end]
+            negate = body.startswith("!")
+            body = re.sub(r"([\\^\]])", r"\\\1", body[1:] if negate else body)
+            out.append(f"[{'^' if negate else ''}{body}]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    regex = re.compile("".join(out) + r"\Z", re.S)
+    return lambda path: regex.match(path) is not None
 
 
 def _encode_files(model, paths, size, max_pixels, skip_unreadable):

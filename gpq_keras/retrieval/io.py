@@ -1,10 +1,17 @@
 """The PQIndex file (faiss' `impl/index_read.cpp`, `index_write.cpp`): an `.npz` of plain arrays
-with a SHA-256 checksum, format versions 1 to 3.
+with a SHA-256 checksum, format versions 1 to 4.
 
 Keys: format, format_version, mode, num_subspaces, nbits, codebook float32 (2**nbits, M*d), codes
 uint8 packed (N, ceil(M*nbits / 8)), ids int64 (N,), labels when present, sources unicode (N,) and
 class_names unicode (classes,) when present, model_fingerprint (or ""), and checksum. Version 2
-added nbits, the model fingerprint and the checksum; version 3 sources and class names.
+added nbits, the model fingerprint and the checksum; version 3 sources and class names; version 4
+file_stats int64 (N, 2) (each source's file size in bytes and mtime in ns when it was encoded, -1
+unknown; with sources only) and next_id int64 (the id the next added item gets, past the removed
+ones; only when the index assigns its ids and they are not 0..N-1).
+
+A file is written in version 4 only when it holds one of those keys, else in version 3, which older
+gpq_keras reads. A file without file_stats (versions 1 to 3) loads with every stat unknown: `gpq
+index add --update` then re-encodes those files once (see `PQIndex.add_files`).
 
 Sources are whatever `add` was given: `add_files` stores absolute paths (since issue 22); files
 written before hold paths relative to where they were built, which `PQIndex.resolve_sources`
@@ -21,7 +28,7 @@ from gpq_keras.config import RETRIEVAL_MODES
 from gpq_keras.files import FileFormatError, atomic_path, display_path, read_npz
 from gpq_keras.retrieval.codes import pack_codes, unpack_codes
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 FORMAT_NAME = "gpq_keras.PQIndex"
 
 
@@ -89,6 +96,14 @@ def write_index(index, path):
         arrays["sources"] = index.sources
     if index.class_names is not None:
         arrays["class_names"] = np.array(index.class_names, dtype=str)
+    stats = index.file_stats
+    if stats is not None and (stats != -1).any():
+        arrays["file_stats"] = np.asarray(stats)
+    store = index._store
+    if store.auto_ids and not (store.default_ids and store.next_id == index.ntotal):
+        arrays["next_id"] = np.array(store.next_id, np.int64)
+    if "file_stats" not in arrays and "next_id" not in arrays:
+        arrays["format_version"] = np.array(3, np.int64)  # readable by gpq_keras before version 4
     arrays["checksum"] = np.array(checksum(arrays))
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
@@ -180,10 +195,28 @@ def read_index(cls, path):
         raise bad(
             f"key 'class_names' must be unicode strings (classes,), got {names.dtype} {names.shape}"
         )
+    stats = arrays.get("file_stats") if version >= 4 else None
+    if stats is not None and (
+        sources is None
+        or stats.dtype != np.int64
+        or stats.shape != (n, 2)
+        or (n and stats.min() < -1)
+    ):
+        raise bad(
+            f"key 'file_stats' must be int64 ({n}, 2) sizes and mtimes >= -1 beside 'sources', "
+            f"got {stats.dtype} {stats.shape}"
+        )
+    next_id = None
+    if version >= 4 and "next_id" in arrays:
+        next_id = scalar("next_id", "i")
+        if next_id < (int(ids.max()) + 1 if n else 0):
+            raise bad(f"key 'next_id' is {next_id}, not past the largest id")
     unpacked = unpack_codes(codes, index.num_subspaces, index.nbits)
     if n and int(unpacked.max()) >= index.num_codewords:
         raise bad(f"key 'codes' holds an index >= K={index.num_codewords}")
-    index.add(unpacked, ids=ids, labels=labels, sources=sources)
+    index.add(unpacked, ids=ids, labels=labels, sources=sources, file_stats=stats)
+    if next_id is not None:
+        index._store.restore_next_id(next_id)
     if names is not None:
         try:
             index.class_names = names

@@ -1,8 +1,9 @@
-"""The items' data beside their codes (TensorFlow Similarity's store): ids, labels, sources and
-class names, their checks, and the id -> database position look-up.
+"""The items' data beside their codes (TensorFlow Similarity's store): ids, labels, sources, the
+files' stats and class names, their checks, and the id -> database position look-up.
 
 A position is an item's row in insertion order (the rows of `PQIndex.codes`); an id is what
-`search` returns, the position itself unless ids were given to `add`.
+`search` returns, the position itself unless ids were given to `add` or items were removed: ids
+are stable (as faiss' `IndexIDMap.remove_ids`), and the ids the store assigns are never reused.
 """
 
 import collections
@@ -71,17 +72,37 @@ def check_labels_fit(labels, names, name):
         )
 
 
-Staged = collections.namedtuple("Staged", ["ids", "labels", "sources"])
-Staged.__doc__ = (
-    """A checked `ItemStore.stage`: the store's ids, labels and sources after the add."""
-)
+UNKNOWN_STAT = -1  # a file stat not recorded (an item added by `add`, or from an older file)
+
+Staged = collections.namedtuple("Staged", ["ids", "labels", "sources", "file_stats", "auto"])
+Staged.__doc__ = """A checked `ItemStore.stage`: the store's ids, labels, sources and file stats
+after the add, and whether the new ids are the ones the store would assign (`auto`)."""
+
+
+def check_file_stats(file_stats, n):
+    """`file_stats` as int64 (n, 2): each file's size in bytes and mtime in ns, -1 where unknown;
+    None gives all unknown. A ValueError naming `file_stats` otherwise."""
+    if file_stats is None:
+        return np.full((n, 2), UNKNOWN_STAT, np.int64)
+    stats = np.asarray(file_stats)
+    if stats.shape != (n, 2) or (stats.size and not np.issubdtype(stats.dtype, np.integer)):
+        raise ValueError(
+            f"`file_stats` must be integers ({n}, 2): size and mtime in ns. "
+            f"Received: {stats.dtype} {stats.shape}"
+        )
+    stats = stats.astype(np.int64)
+    if stats.size and stats.min() < UNKNOWN_STAT:
+        raise ValueError(f"`file_stats` must be >= -1 (unknown). Received: {stats.min()}")
+    return stats
 
 
 class ItemStore:
-    """Ids int64 (N,), optional labels (N,) or (N, classes), optional sources unicode (N,), and
-    optional class names of N items, added together (`stage` checks, `commit` applies).
+    """Ids int64 (N,), optional labels (N,) or (N, classes), optional sources unicode (N,) with
+    their files' stats int64 (N, 2) (size, mtime in ns; -1 unknown), and optional class names of N
+    items, added together (`stage` checks, `commit` applies) and removed together (`remove`).
 
     Either every add gives ids (labels, sources) or none does; labels must fit the class names.
+    Ids the store assigns continue from `next_id`, past every id it held, removed ones included.
     """
 
     def __init__(self, class_names=None):
@@ -93,7 +114,10 @@ class ItemStore:
         self._ids = np.zeros((0,), np.int64)
         self._labels = None
         self._sources = None
+        self._stats = None  # (N, 2) size and mtime_ns of each source's file, kept with sources
         self._default_ids = True  # the ids are 0..N-1, the positions
+        self._auto_ids = True  # the ids were assigned by the store: the next is `_next_id`
+        self._next_id = 0
         self._order = None  # argsort of custom ids, made on first look-up
 
     @property
@@ -106,8 +130,29 @@ class ItemStore:
         return self._default_ids
 
     @property
+    def auto_ids(self):
+        """Whether the store assigns ids (none were given to `add`): the next is `next_id`."""
+        return self._auto_ids
+
+    @property
+    def next_id(self):
+        """The id the next item gets when `auto_ids`: past every id the store assigned."""
+        return self._next_id
+
+    def restore_next_id(self, next_id):
+        """Make the store assign ids from `next_id` on (a file's), >= every id it holds."""
+        next_id = int(next_id)
+        if self.ntotal and next_id <= int(self._ids.max()):
+            raise ValueError(f"next id {next_id} is not past the ids held (max {self._ids.max()})")
+        self._auto_ids, self._next_id = True, next_id
+
+    @property
     def ids(self):
         return read_only(self._ids)
+
+    @property
+    def file_stats(self):
+        return None if self._stats is None else read_only(self._stats)
 
     @property
     def labels(self):
@@ -132,14 +177,24 @@ class ItemStore:
         self._class_names = names
 
     # --- adding -----------------------------------------------------------------------------------
-    def stage(self, n, ids=None, labels=None, sources=None):
-        """The checked ids, labels and sources of the store after adding n items -> `Staged`; the
-        store is unchanged until `commit`."""
-        ids = self._new_ids(ids, n)
+    def stage(self, n, ids=None, labels=None, sources=None, file_stats=None):
+        """The checked ids, labels, sources and file stats of the store after adding n items ->
+        `Staged`; the store is unchanged until `commit`."""
+        new_ids = self._new_ids(ids, n)
+        auto = self._auto_ids and np.array_equal(
+            new_ids, np.arange(self._next_id, self._next_id + n)
+        )
         all_labels = self._new_labels(labels, n)
         if labels is not None and self._class_names is not None:
             check_labels_fit(all_labels[self.ntotal :], self._class_names, "labels")
-        return Staged(ids, all_labels, self._new_sources(sources, n))
+        all_sources = self._new_sources(sources, n)
+        if file_stats is not None and all_sources is None:
+            raise ValueError("`file_stats` are the stats of the sources' files: give `sources`")
+        stats = self._stats
+        if all_sources is not None:
+            stats = np.zeros((0, 2), np.int64) if stats is None else stats
+            stats = np.concatenate([stats, check_file_stats(file_stats, n)])
+        return Staged(new_ids, all_labels, all_sources, stats, auto)
 
     def commit(self, staged):
         """Apply a `stage`."""
@@ -147,16 +202,39 @@ class ItemStore:
         self._default_ids = self._default_ids and np.array_equal(
             staged.ids, np.arange(n, n + len(staged.ids))
         )
+        self._auto_ids = self._auto_ids and staged.auto
+        if self._auto_ids:
+            self._next_id += len(staged.ids)
         self._ids = np.concatenate([self._ids, staged.ids])
         self._labels = staged.labels
         self._sources = staged.sources
+        self._stats = staged.file_stats
         self._order = None
+
+    # --- removing and updating --------------------------------------------------------------------
+    def remove(self, positions):
+        """Remove the items at `positions` (intp): the others keep their ids and order."""
+        keep = np.ones(self.ntotal, bool)
+        keep[positions] = False
+        self._ids = self._ids[keep]
+        if self._labels is not None:
+            self._labels = self._labels[keep]
+        if self._sources is not None:
+            self._sources, self._stats = self._sources[keep], self._stats[keep]
+        self._default_ids = self._default_ids and np.array_equal(self._ids, np.arange(self.ntotal))
+        self._order = None
+
+    def set_file_stats(self, positions, file_stats):
+        """Record the file stats (n, 2) of the items at `positions` (n,)."""
+        if self._sources is None:
+            raise ValueError("this index has no sources; give `sources` to `add`")
+        self._stats[positions] = check_file_stats(file_stats, len(positions))
 
     def _new_ids(self, ids, n):
         if ids is None:
-            if not self._default_ids:
+            if not self._auto_ids:
                 raise ValueError("this index has custom ids; give `ids` to every `add`")
-            return np.arange(self.ntotal, self.ntotal + n, dtype=np.int64)
+            return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         ids = np.asarray(ids)
         if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(
