@@ -551,32 +551,19 @@ def finite_or_none(value):
 
 def new_record(command, settings):
     """The start of a run.json: the command line, its settings (GPQConfig included), the library
-    versions, the devices and the start time."""
-    import importlib
-    import platform
+    versions and the devices (`gpq_keras.environment.describe`, as `gpq doctor` shows them) and the
+    start time."""
+    from gpq_keras.environment import describe
 
-    import gpq_keras
-
-    backend = keras.config.backend()
-    versions = {
-        "gpq_keras": gpq_keras.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        backend: importlib.import_module(backend).__version__,
-    }
-    if backend == "tensorflow":
-        devices = [device.name for device in _tf().config.list_logical_devices()]
-    else:
-        devices = [str(device) for device in keras.distribution.list_devices()]
+    environment = describe(devices=True)
     return {
         "command": list(command),
         "settings": settings,
         "config": settings.get("config"),
         "seed": settings.get("seed"),
-        "backend": backend,
-        "versions": versions,
-        "devices": devices,
+        "backend": environment["backend"],
+        "versions": environment["versions"],
+        "devices": environment["devices"],
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 

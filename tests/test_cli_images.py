@@ -29,7 +29,7 @@ CONFIG = GPQConfig(
 COLOURS = {"blue": (30, 40, 210), "green": (30, 200, 40), "red": (220, 30, 30)}
 
 
-def _write_images(folder, per_class, rng):
+def write_images(folder, per_class, rng):
     for name, colour in COLOURS.items():
         os.makedirs(folder / name, exist_ok=True)
         for i in range(per_class):
@@ -45,8 +45,8 @@ def _write_images(folder, per_class, rng):
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
-    _write_images(root / "photos", 4, rng)
-    _write_images(root / "more", 2, rng)
+    write_images(root / "photos", 4, rng)
+    write_images(root / "more", 2, rng)
     for name, seed in (("a", 0), ("b", 1)):
         keras.utils.set_random_seed(seed)
         GPQ(CONFIG).save(root / f"{name}.keras")

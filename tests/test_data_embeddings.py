@@ -5,7 +5,6 @@ augmentation)."""
 
 import os
 
-import keras
 import numpy as np
 import pytest
 
@@ -398,7 +397,6 @@ def embedding_split(width=4):
     return Split(x_l[:3], y[:3], x_u, np.arange(9) % 3, x_labeled=x_l, y_labeled=y, name="emb")
 
 
-@pytest.mark.skipif(keras.config.backend() != "tensorflow", reason="tf.data runs with TF's")
 def test_tf_data_batches_are_the_rows_of_the_stream_indices():
     import tensorflow as tf
 

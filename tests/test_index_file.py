@@ -45,7 +45,7 @@ def test_save_load_round_trip(rng, tmp_path, labels):
         assert data["codes"].shape == (60, 2)
 
 
-def _rewrite(path, reseal=True, **changes):
+def rewrite(path, reseal=True, **changes):
     """Change keys of an index file; `reseal` recomputes the checksum (a consistent file with a bad
     key)."""
     with np.load(path) as data:
@@ -94,7 +94,7 @@ def test_load_refuses_bad_files(rng, tmp_path, changes, message):
     path = tmp_path / "db.npz"
     index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4)
     index.add(rng.standard_normal((6, 12)).astype(np.float32), labels=np.arange(6)).save(path)
-    _rewrite(path, **changes)
+    rewrite(path, **changes)
     with pytest.raises(ValueError, match=message) as info:
         PQIndex.load(path)
     assert str(path) in str(info.value)
@@ -139,7 +139,7 @@ def test_a_flipped_byte_is_caught_by_the_checksum(rng, tmp_path):
     with np.load(path) as data:
         codes = data["codes"].copy()
     codes[2, 1] ^= 0x10
-    _rewrite(path, reseal=False, codes=codes)
+    rewrite(path, reseal=False, codes=codes)
     with pytest.raises(FileFormatError, match="checksum does not match"):
         PQIndex.load(path)
 
@@ -148,7 +148,7 @@ def test_a_version_1_file_still_loads(rng, tmp_path):
     path = tmp_path / "v1.npz"
     index = PQIndex(rng.standard_normal((16, 12)).astype(np.float32), 4, mode="consistent")
     index.add(rng.standard_normal((6, 12)).astype(np.float32), labels=np.arange(6)).save(path)
-    _rewrite(
+    rewrite(
         path,
         reseal=False,
         format_version=np.array(1),
@@ -274,7 +274,7 @@ def test_load_refuses_bad_sources_and_class_names(rng, tmp_path, changes, messag
         labels=np.arange(6) % 3,
         sources=[f"{i}.png" for i in range(6)],
     ).save(path)
-    _rewrite(path, **changes)  # resealed: only the key's own check can catch it
+    rewrite(path, **changes)  # resealed: only the key's own check can catch it
     with pytest.raises(FileFormatError, match=message) as info:
         PQIndex.load(path)
     assert str(path) in str(info.value)
@@ -287,7 +287,7 @@ def test_load_refuses_class_names_that_do_not_fit_multi_hot_labels(rng, tmp_path
     )
     index.add(np.zeros((4, 4), np.uint8), labels=np.ones((4, 3), np.uint8)).save(path)
     assert PQIndex.load(path).class_names == ["a", "b", "c"]
-    _rewrite(path, class_names=np.array(["a", "b"]))
+    rewrite(path, class_names=np.array(["a", "b"]))
     with pytest.raises(
         FileFormatError, match="key 'class_names': .*multi-hot labels have 3 columns"
     ):

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from test_cli_images import CONFIG, _write_images
-from test_index_file import _rewrite
+from test_cli_images import CONFIG, write_images
+from test_index_file import rewrite
 
 from gpq_keras.files import FileFormatError
 from gpq_keras.retrieval import PQIndex
@@ -85,7 +85,7 @@ def test_removed_ids_are_not_reused_and_survive_a_file(rng, tmp_path):
     np.testing.assert_array_equal(back.ids, index.ids)
     back.add(x[:1], sources=["/new/2.png"])
     assert back.ids[-1] == 8
-    _rewrite(tmp_path / "db.npz", next_id=np.array(7))
+    rewrite(tmp_path / "db.npz", next_id=np.array(7))
     with pytest.raises(FileFormatError, match="key 'next_id' is 7, not past the largest id"):
         PQIndex.load(tmp_path / "db.npz")
 
@@ -235,7 +235,7 @@ def test_file_stats_round_trip_and_older_files(rng, tmp_path):
     np.testing.assert_array_equal(back.file_stats, stats)
     assert (PQIndex.load(plain).file_stats == -1).all()  # a version 3 file: stats unknown
     for bad in (np.zeros((4, 3), np.int64), np.zeros((4, 2), np.float64), np.full((4, 2), -2)):
-        _rewrite(path, file_stats=bad)
+        rewrite(path, file_stats=bad)
         with pytest.raises(FileFormatError, match="key 'file_stats' must be int64"):
             PQIndex.load(path)
 
@@ -306,7 +306,7 @@ def test_update_remove_dedup_and_unique_on_a_changed_folder(tmp_path, capsys):
     model_path, index_path = tmp_path / "m.keras", tmp_path / "db.npz"
     GPQ(CONFIG).save(model_path)
     photos = tmp_path / "photos"
-    _write_images(photos, 3, np.random.default_rng(0))  # 9 files in blue/, green/, red/
+    write_images(photos, 3, np.random.default_rng(0))  # 9 files in blue/, green/, red/
     status, out, _ = _gpq(
         capsys, "index", "build", "--model", model_path, "--images", photos, "--output", index_path
     )
@@ -315,7 +315,7 @@ def test_update_remove_dedup_and_unique_on_a_changed_folder(tmp_path, capsys):
     ids_before = dict(zip(first.sources.tolist(), first.ids.tolist()))
 
     # The second run: two files added, one changed, one deleted.
-    _write_images(tmp_path / "extra", 1, np.random.default_rng(1))
+    write_images(tmp_path / "extra", 1, np.random.default_rng(1))
     for name in ("blue", "red"):
         os.replace(tmp_path / "extra" / name / "extra_0.jpg", photos / name / "new_0.jpg")
     changed = photos / "green" / "photos_1.png"

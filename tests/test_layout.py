@@ -11,7 +11,18 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "gpq_keras"
 # Layer of each module (a dotted prefix of its name); a module may import its own layer and those
 # before it. The base modules come first: every layer uses them.
 LAYERS = (
-    ("base", ("gpq_keras", "config", "files", "parallel", "image_converter", "distribute")),
+    (
+        "base",
+        (
+            "gpq_keras",
+            "config",
+            "files",
+            "parallel",
+            "image_converter",
+            "distribute",
+            "environment",
+        ),
+    ),
     ("data", ("data",)),
     ("model", ("layers", "losses", "optimizers", "backbones", "trainers", "model", "convert")),
     ("retrieval", ("retrieval", "export")),

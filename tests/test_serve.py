@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_cli_images import CONFIG, _write_images  # the tiny model and the folders of photos
+from test_cli_images import CONFIG, write_images  # the tiny model and the folders of photos
 
 from gpq_keras import GPQ, cli
 
@@ -70,8 +70,8 @@ def make_files(root):
     """In `root`: a folder of 12 photos in 3 classes (and one of 6 more), a tiny model, an index
     of the 12 (index.npz) and one of the 6 (more.npz) -> root."""
     rng = np.random.default_rng(0)
-    _write_images(root / "photos", 4, rng)
-    _write_images(root / "more", 2, rng)
+    write_images(root / "photos", 4, rng)
+    write_images(root / "more", 2, rng)
     keras.utils.set_random_seed(0)
     GPQ(CONFIG).save(root / "model.keras")
     for folder, name in (("photos", "index.npz"), ("more", "more.npz")):

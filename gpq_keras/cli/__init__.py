@@ -11,7 +11,7 @@ import argparse
 import sys
 import textwrap
 
-from gpq_keras.cli import convert, data, embed, evaluate, index, serve, train
+from gpq_keras.cli import convert, data, doctor, embed, evaluate, index, serve, train
 from gpq_keras.cli.common import CLIError, Interrupted, Parser, check_paths, quiet_tensorflow
 
 __all__ = ["CLIError", "Interrupted", "build_parser", "main"]
@@ -28,6 +28,7 @@ _COMMANDS = (
     index.add_search,
     convert.add_export,
     serve.add_serve,
+    doctor.add_doctor,
 )
 
 

@@ -673,8 +673,9 @@ class PQIndex:
           distance is computed to; a search scans the `nprobe` best lists (`index.nprobe`,
           settable).
 
-        Sharding: `faiss.IndexShards` searches several such indexes (one per machine or GPU, each
-        with its own ids) as one and merges their results.
+        Sharding: `faiss.IndexShards` searches several such indexes (each with its own ids) in one
+        process, on threads or GPUs, and merges their results; shards on several machines need a
+        scatter-gather in front (docs: "Search at scale").
         """
         return faiss_bridge.to_faiss(
             self.pq, self._codes, self._store.ids, fast_scan, nlist, nprobe, train, seed
