@@ -12,7 +12,7 @@ DEMO_SEED ?= 0
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: demo notebook test test-jax test-fast lint docs bench clean browser
+.PHONY: demo notebook test test-jax test-torch test-fast test-oldest lint docs bench clean browser
 
 $(VENV)/.installed: requirements.txt requirements-hub.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +34,12 @@ notebook: $(VENV)/.installed
 	$(PY) notebooks/execute.py notebooks/demo.ipynb
 
 # Lint and the docs first (seconds), then the suite on TensorFlow, then the tests marked `backends`
-# (layers, losses, backbone, model) on JAX.
+# (layers, losses, backbone, model) on JAX and on PyTorch.
 test: $(VENV)/.installed browser
 	$(MAKE) lint docs
 	$(PYTEST) tests
 	$(MAKE) test-jax
+	$(MAKE) test-torch
 
 # Debian's chromium and its driver, for the web page's test (tests/test_serve_browser.py), when absent
 browser:
@@ -48,6 +49,27 @@ browser:
 
 test-jax: $(VENV)/.installed
 	KERAS_BACKEND=jax $(PYTEST) tests
+
+test-torch: $(VENV)/.installed
+	KERAS_BACKEND=torch $(PYTEST) tests
+
+# The lowest Keras and TensorFlow that setup.cfg admits, in a second venv (tensorflow-metadata
+# 1.17 and later import protobuf 5, which TensorFlow 2.16 does not allow, and break tfds' import):
+# the files of earlier versions (tests/data/) and a quick subset, about 3 minutes from nothing.
+VENV_OLDEST ?= .venv-oldest
+OLDEST := keras==3.15.0 tensorflow-cpu==2.16.1 tensorflow-metadata==1.16.1
+
+$(VENV_OLDEST)/.installed: setup.cfg
+	test -x $(VENV_OLDEST)/bin/python || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install -q --upgrade pip
+	$(VENV_OLDEST)/bin/python -m pip install -q $(OLDEST) pytest==9.2.0 -e .
+	touch $@
+
+test-oldest: $(VENV_OLDEST)/.installed
+	$(VENV_OLDEST)/bin/python -m pytest -q -p no:cacheprovider tests/test_old_versions.py tests/test_model.py
+	$(VENV_OLDEST)/bin/python -m pytest -q -p no:cacheprovider -m "not large" tests/test_layers.py \
+		tests/test_losses.py tests/test_training.py tests/test_cli.py tests/test_index.py \
+		tests/test_data_pipeline.py
 
 # Everything but the slow end-to-end tests (@pytest.mark.large), on TensorFlow: about a minute.
 test-fast: $(VENV)/.installed
@@ -66,4 +88,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_train_step.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) runs .pytest_cache

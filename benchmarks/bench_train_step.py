@@ -1,5 +1,5 @@
 """Train-step time: the original's TF1 training step against ours (float32, mixed bfloat16, XLA;
-Keras on JAX).
+Keras on JAX and on PyTorch).
 
 Every candidate runs GPQ's full training step (two backbone calls with training-mode batch norm,
 soft PQ, the three losses, gradient reversal, Adam) on the same labeled and unlabeled batches of
@@ -15,10 +15,14 @@ all in one process:
   float32);
 - `Keras float32 + XLA`: `compile(jit_compile=True)`;
 - with `--backend jax`: `Keras on JAX float32` and `Keras on JAX mixed_bfloat16`, the same model and
-  `train_on_batch` with `KERAS_BACKEND=jax` (XLA-compiled, as Keras runs JAX). A backend is chosen
-  once per process, so these run in a worker process this one drives step by step over a pipe: the
-  rounds interleave them with the TensorFlow candidates all the same, and only one process computes
-  at a time.
+  `train_on_batch` with `KERAS_BACKEND=jax` (XLA-compiled, as Keras runs JAX);
+- with `--backend torch`: `Keras on torch float32` and `Keras on torch mixed_bfloat16` (eager,
+  Keras' default on torch), and with `--jit-compile` also `Keras on torch float32 + torch.compile`
+  (`compile(jit_compile=True)`: Keras wraps the step in `torch.compile`; its first step is the
+  compilation). `--backend jax,torch` runs both.
+  A backend is chosen once per process, so these run in one worker process per backend that this one
+  drives step by step over a pipe: the rounds interleave them with the TensorFlow candidates all the
+  same, and only one process computes at a time.
 
 One warm-up step each (tracing, XLA compilation: its time is the `first step` column), then
 `--rounds` rounds, each running every candidate once (the order rotates per round) so that load
@@ -26,7 +30,7 @@ changes hit all alike. Prints a Markdown table: best and median seconds per step
 best time (2 x batch per step), and the best time over the TF1 step's best time. Run by hand:
 
     .venv/bin/python benchmarks/bench_train_step.py [--batch-size 500] [--bits 48] [--rounds 3]
-        [--filters 64,128,256,512] [--only tf1,f32,bf16,xla] [--backend jax]
+        [--filters 64,128,256,512] [--only tf1,f32,bf16,xla] [--backend jax,torch] [--jit-compile]
 
 A quick CPU run: `--batch-size 100 --filters 16,32,64,64` (a few minutes on 2 cores).
 """
@@ -56,8 +60,8 @@ def _inputs(batch_size, config):
 
 
 def _worker(settings):
-    """The JAX side: build the candidates of `settings` (JSON), then answer each candidate name read
-    from stdin with one step's loss, until stdin closes."""
+    """The JAX or torch side ($KERAS_BACKEND): build the candidates of `settings` (JSON), then
+    answer each candidate name read from stdin with one step's loss, until stdin closes."""
     import keras
 
     from gpq_keras import GPQ, GPQConfig
@@ -67,8 +71,8 @@ def _worker(settings):
     x_l, x_u, labels = _inputs(settings["batch_size"], config)
     steps = {}
     for name in settings["names"]:
-        model = GPQ(config, dtype="mixed_bfloat16" if name == "jax-bf16" else None)
-        model.compile()
+        model = GPQ(config, dtype="mixed_bfloat16" if name.endswith("-bf16") else None)
+        model.compile(jit_compile=True if name == "torch-compile" else "auto")  # torch: eager
         steps[name] = (
             lambda m: (
                 lambda: m.train_on_batch(
@@ -76,9 +80,8 @@ def _worker(settings):
                 )["loss"]
             )
         )(model)
-    print(
-        json.dumps({"keras": keras.__version__, "jax": __import__("jax").__version__}), flush=True
-    )
+    backend = keras.config.backend()
+    print(json.dumps({backend: __import__(backend).__version__}), flush=True)
     for line in sys.stdin:
         print(float(steps[line.strip()]()), flush=True)
 
@@ -102,21 +105,30 @@ CANDIDATES = {
     "bf16": "Keras mixed_bfloat16",
     "xla": "Keras float32 + XLA",
 }
-JAX_CANDIDATES = {
-    "jax": "Keras on JAX float32",
-    "jax-bf16": "Keras on JAX mixed_bfloat16",
+WORKER_CANDIDATES = {  # {backend: {name: row}}, each backend's run in a `BackendWorker`
+    "jax": {
+        "jax": "Keras on JAX float32",
+        "jax-bf16": "Keras on JAX mixed_bfloat16",
+    },
+    "torch": {
+        "torch": "Keras on torch float32",
+        "torch-bf16": "Keras on torch mixed_bfloat16",
+        "torch-compile": "Keras on torch float32 + torch.compile",
+    },
 }
+JIT_ONLY = ("torch-compile",)  # with --jit-compile
 
 
-class JaxWorker:
-    """This script in a `KERAS_BACKEND=jax` process, driven one step at a time: `step(name)` ->
+class BackendWorker:
+    """This script in a `KERAS_BACKEND=backend` process, driven one step at a time: `step(name)` ->
     loss."""
 
-    def __init__(self, names, batch_size, bits, filters):
+    def __init__(self, backend, names, batch_size, bits, filters):
+        self.backend = backend
         settings = json.dumps(
             {"names": names, "batch_size": batch_size, "bits": bits, "filters": filters}
         )
-        env = dict(os.environ, KERAS_BACKEND="jax")
+        env = dict(os.environ, KERAS_BACKEND=backend)
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", settings],
             env=env,
@@ -129,7 +141,9 @@ class JaxWorker:
     def _read(self):
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"the JAX worker ended (exit status {self.process.wait()})")
+            raise RuntimeError(
+                f"the {self.backend} worker ended (exit status {self.process.wait()})"
+            )
         return line
 
     def step(self, name):
@@ -205,17 +219,31 @@ def main():
     parser.add_argument(
         "--only",
         help="comma-separated subset of "
-        + ", ".join([*CANDIDATES, *JAX_CANDIDATES])
+        + ", ".join([*CANDIDATES, *(n for names in WORKER_CANDIDATES.values() for n in names)])
         + " (default: all of the backends run)",
     )
     parser.add_argument(
         "--backend",
-        choices=("tensorflow", "jax"),
         default="tensorflow",
-        help="jax: also Keras on JAX (in a worker process), beside TensorFlow",
+        help="jax, torch or jax,torch: also Keras on those backends (a worker process each), "
+        "beside TensorFlow",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="with torch: also the torch step under torch.compile",
     )
     args = parser.parse_args()
-    known = {**CANDIDATES, **(JAX_CANDIDATES if args.backend == "jax" else {})}
+    backends = [b.strip() for b in args.backend.split(",") if b.strip() not in ("", "tensorflow")]
+    if set(backends) - set(WORKER_CANDIDATES):
+        parser.error(f"--backend: choose from tensorflow, {', '.join(WORKER_CANDIDATES)}")
+    known = dict(CANDIDATES)
+    for backend in backends:
+        known.update(
+            (name, row)
+            for name, row in WORKER_CANDIDATES[backend].items()
+            if args.jit_compile or name not in JIT_ONLY
+        )
     only = [name.strip() for name in (args.only or ",".join(known)).split(",") if name.strip()]
     unknown = sorted(set(only) - set(known))
     if unknown:
@@ -234,13 +262,17 @@ def main():
         "xla": lambda: _keras_step(config, x_l, x_u, labels, jit_compile=True),
     }
     candidates = {name: builders[name]() for name in CANDIDATES if name in only}
-    worker = None
-    jax_names = [name for name in JAX_CANDIDATES if name in only]
-    if jax_names:
-        worker = JaxWorker(jax_names, args.batch_size, args.bits, list(filters))
-        candidates.update({name: (lambda n: lambda: worker.step(n))(name) for name in jax_names})
+    workers = []
+    for backend in backends:
+        names = [name for name in WORKER_CANDIDATES[backend] if name in only and name in known]
+        if names:
+            worker = BackendWorker(backend, names, args.batch_size, args.bits, list(filters))
+            workers.append(worker)
+            candidates.update(
+                {name: (lambda w, n: lambda: w.step(n))(worker, name) for name in names}
+            )
     results = _time(args.rounds, candidates)
-    if worker is not None:
+    for worker in workers:
         worker.close()
 
     images = 2 * args.batch_size
@@ -253,7 +285,10 @@ def main():
     )
     print(
         f"{_device()}; TensorFlow {tf.__version__}, Keras {keras.__version__}"
-        + (f", JAX {worker.versions['jax']}" if worker is not None else "")
+        + "".join(
+            f", {'JAX' if w.backend == 'jax' else 'PyTorch'} {w.versions[w.backend]}"
+            for w in workers
+        )
     )
     print()
     print(

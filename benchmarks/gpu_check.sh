@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPQ on a GPU machine with JAX and no TensorFlow: trains the full-width model (VGG 64,128,256,512, 48 bits)
 # on synthetic data with Keras on JAX, in float32 and in mixed_bfloat16, and prints images/s, peak GPU memory
-# and the loss curve of each. Run it as is from the repository root:
+# and the loss curve of each. On a machine with several GPUs it adds a float32 row on all of them with
+# `--strategy data-parallel` (keras.distribution.DataParallel, the same global batch split over the GPUs),
+# whose losses must follow the one-GPU float32 row. Run it as is from the repository root:
 #
 #     bash benchmarks/gpu_check.sh
 #
@@ -9,7 +11,10 @@
 # repository is put on PYTHONPATH). Settings by environment variable (defaults in brackets):
 #   GPQ_CHECK_STEPS [300]  GPQ_CHECK_BATCH [500] (per stream)  GPQ_CHECK_FILTERS [64,128,256,512]
 #   GPQ_CHECK_PRECISIONS ["float32 mixed_bfloat16"]  GPQ_CHECK_ALLOW_CPU [0] (1: run without a GPU, slowly)
+#   GPQ_CHECK_DATA_PARALLEL [1] (0: no multi-GPU row; it needs more than one device and a batch they split)
 #   PYTHON [python3]
+# CUDA_VISIBLE_DEVICES chooses the GPUs. (On CPU, XLA_FLAGS=--xla_force_host_platform_device_count=2 with
+# GPQ_CHECK_ALLOW_CPU=1 runs the multi-device row on two host devices.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KERAS_BACKEND=jax
@@ -41,11 +46,15 @@ steps = int(os.environ.get("GPQ_CHECK_STEPS", 300))
 batch = int(os.environ.get("GPQ_CHECK_BATCH", 500))
 filters = tuple(int(v) for v in os.environ.get("GPQ_CHECK_FILTERS", "64,128,256,512").split(","))
 precisions = os.environ.get("GPQ_CHECK_PRECISIONS", "float32 mixed_bfloat16").split()
+data_parallel = os.environ.get("GPQ_CHECK_DATA_PARALLEL", "1") == "1" and jax.device_count() > 1
 device = jax.devices()[0]
 if device.platform != "gpu" and os.environ.get("GPQ_CHECK_ALLOW_CPU") != "1":
     sys.exit(f"gpu_check: JAX sees no GPU (its first device is {device}); set GPQ_CHECK_ALLOW_CPU=1 to run anyway")
-print(f"device: {device.device_kind} ({device.platform}); JAX {jax.__version__}, Keras {keras.__version__} "
-      f"on {keras.config.backend()}; TensorFlow imported: {'tensorflow' in sys.modules}")
+print(f"device: {device.device_kind} ({device.platform}), {jax.device_count()} visible; JAX {jax.__version__}, "
+      f"Keras {keras.__version__} on {keras.config.backend()}; TensorFlow imported: {'tensorflow' in sys.modules}")
+if data_parallel and batch % jax.device_count():
+    sys.exit(f"gpu_check: GPQ_CHECK_BATCH={batch} does not split over {jax.device_count()} devices; use a multiple "
+             "of it, or GPQ_CHECK_DATA_PARALLEL=0")
 
 config = GPQConfig.from_bits(48, filters=filters)
 rng = np.random.default_rng(0)
@@ -62,16 +71,24 @@ batches = [(synthetic(batch), synthetic(batch)[0]) for _ in range(8)]  # ((x_l, 
 warmup = min(5, max(steps - 1, 0))
 
 
-def peak_bytes():
-    stats = device.memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
+def peak_bytes(devices=(device,)):
+    """The largest peak memory of `devices` (per device), None where JAX does not report it."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
+    return None if None in peaks else max(peaks)
 
 
 print(f"GPQ 48 bits (M={config.num_subspaces}, K={config.num_codewords}), VGG {','.join(map(str, filters))}, "
       f"{batch} labeled + {batch} unlabeled images of {'x'.join(map(str, config.image_shape))} per step, "
       f"{steps} steps ({warmup} warm-up steps not timed)")
 rows = []
-for precision in precisions:
+runs = [(precision, precision, None) for precision in precisions]
+if data_parallel:  # last: make_strategy sets Keras' distribution for the rest of the process
+    runs.append((f"float32, data-parallel on {jax.device_count()}", "float32", "data-parallel"))
+for name, precision, strategy in runs:
+    if strategy:
+        from gpq_keras.distribute import make_strategy
+
+        make_strategy(strategy)  # weights replicated on every device, each batch split over them
     keras.utils.set_random_seed(0)
     model = GPQ(config, dtype=precision)
     model.compile()  # Adam on the original's schedule; XLA (Keras compiles JAX steps)
@@ -84,18 +101,26 @@ for precision in precisions:
         logs = model.train_on_batch({"labeled": x_l, "unlabeled": x_u}, y, return_dict=True)  # synchronous
         curve.append(float(logs["loss"]))
         if not np.isfinite(curve[-1]):
-            sys.exit(f"gpu_check: {precision}: non-finite loss {curve[-1]} at step {step}")
+            sys.exit(f"gpu_check: {name}: non-finite loss {curve[-1]} at step {step}")
     seconds = time.perf_counter() - start
     rate = 2 * batch * (steps - warmup) / seconds
-    peak = peak_bytes()
-    rows.append((precision, rate, seconds / (steps - warmup), peak, curve))
+    # per device; the data-parallel row's from the devices the one-device rows left untouched
+    peak = peak_bytes(jax.devices()[1:] if strategy else (device,))
+    rows.append((name, rate, seconds / (steps - warmup), peak, curve))
     every = max(1, steps // 10)
     shown = sorted(set(range(0, steps, every)) | {steps - 1})
-    print(f"\n{precision}: loss at steps " + " ".join(f"{i}:{curve[i]:.3f}" for i in shown))
+    print(f"\n{name}: loss at steps " + " ".join(f"{i}:{curve[i]:.3f}" for i in shown))
 
-print("\n| precision | images/s | s/step | peak memory (GiB) | first loss | last loss (mean of 10) |")
+print("\n| precision | images/s | s/step | peak memory per GPU (GiB) | first loss | last loss (mean of 10) |")
 print("|---|---:|---:|---:|---:|---:|")
-for precision, rate, per_step, peak, curve in rows:
+for name, rate, per_step, peak, curve in rows:
     memory = "n/a" if peak is None else f"{peak / 2**30:.2f}"
-    print(f"| {precision} | {rate:,.0f} | {per_step:.4f} | {memory} | {curve[0]:.4f} | {np.mean(curve[-10:]):.4f} |")
+    print(f"| {name} | {rate:,.0f} | {per_step:.4f} | {memory} | {curve[0]:.4f} | {np.mean(curve[-10:]):.4f} |")
+curves = {name: curve for name, _, _, _, curve in rows}
+if data_parallel and "float32" in curves:
+    one, several = curves["float32"], curves[runs[-1][0]]
+    first = min(10, steps)
+    gap = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(one[:first], several[:first]))
+    print(f"\ndata-parallel vs one device, float32: largest relative loss difference over the first {first} "
+          f"steps {gap:.1e} (the same steps: expect float32 round-off, well under 1e-3)")
 PY

@@ -53,6 +53,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
     ```
     """
 
+    def __init__(self, *args, synchronized=False, **kwargs):
+        # Keras refuses synchronized=True off TensorFlow. A model trained with sync batch norm under
+        # tf.distribute still loads on JAX and torch, whose step sees the whole batch anyway
+        # (`keras.distribution.DataParallel`): the flag is kept in the config, and used on TF only.
+        on_tensorflow = keras.config.backend() == "tensorflow"
+        super().__init__(*args, synchronized=bool(synchronized) and on_tensorflow, **kwargs)
+        self._synchronized_config = bool(synchronized)
+
+    def get_config(self):
+        return {**super().get_config(), "synchronized": self._synchronized_config}
+
     def add_weight(self, *args, **kwargs):
         if not kwargs.get("trainable", True):  # the moving statistics, updated inside each replica
             kwargs.setdefault("aggregation", "only_first_replica" if self.synchronized else "mean")

@@ -8,7 +8,8 @@ import math
 import numbers
 
 RETRIEVAL_MODES = ("original", "consistent")
-STRATEGIES = ("auto", "one", "mirrored", "multi-worker")  # gpq_keras.distribute.make_strategy
+# gpq_keras.distribute.make_strategy: tf.distribute's, and JAX's `keras.distribution.DataParallel`
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker", "data-parallel")
 L2_EPSILON = 1e-12  # the floor tf.nn.l2_normalize puts under a squared norm (intra-normalisation)
 # Keys of GPQConfig before the KerasHub-style names; `.keras` files saved with them still load.
 LEGACY_KEYS = {

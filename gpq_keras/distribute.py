@@ -1,4 +1,5 @@
-"""Training and encoding on several devices or machines with TensorFlow's `tf.distribute`.
+"""Training and encoding on several devices or machines: TensorFlow's `tf.distribute`, and Keras'
+`keras.distribution.DataParallel` on JAX.
 
 `GPQ` itself is strategy-aware (its losses gather the global batch; `GPQConfig.sync_batch_norm`);
 this module chooses the strategy, says which worker writes the run folder, and shares the chief's
@@ -13,7 +14,15 @@ model.fit(dataset, ...)                         # dataset batches are the global
 ```
 
 On other Keras backends than TensorFlow there is no `tf.distribute`: `make_strategy("one" | "auto")`
-gives `LOCAL`, this process's default device, and this module does not import TensorFlow.
+gives `LOCAL`, this process's default device, and this module does not import TensorFlow. On JAX,
+`make_strategy("data-parallel")` gives a `JAXDataParallel` over every visible device:
+
+```python
+strategy = make_strategy("data-parallel")       # Keras' distribution for the rest of the process
+model = GPQ(config)                             # weights replicated on every device
+model.compile()
+model.fit(batches, ...)                         # each batch split over the devices
+```
 """
 
 import contextlib
@@ -27,10 +36,12 @@ import keras
 
 from gpq_keras.config import STRATEGIES
 
+NAMES = STRATEGIES  # the names `make_strategy` takes (`config.STRATEGIES`)
+
 
 class LocalDevice:
-    """The strategy of a backend without `tf.distribute` (JAX): one process on its default
-    device."""
+    """The strategy of a backend without `tf.distribute` (JAX on one device): one process on its
+    default device."""
 
     num_replicas_in_sync = 1
     cluster_resolver = None
@@ -42,9 +53,54 @@ class LocalDevice:
 LOCAL = LocalDevice()
 
 
+class JAXDataParallel:
+    """`--strategy data-parallel` on JAX: a `keras.distribution.DataParallel` as a strategy.
+
+    Variables created under it (or after it is set for the process, as `make_strategy` does) are
+    replicated on every device of its mesh, and each `fit` batch is split over them along its first
+    axis. The step is one program compiled over the global batch, so the N-pair loss and batch norm
+    see the whole batch (as `tf.distribute` with `sync_batch_norm`) and the gradients are those of
+    one device. `predict` and `evaluate` take each batch whole (`JAXTrainer`): their last batch
+    need not split evenly.
+
+    ```python
+    strategy = JAXDataParallel(keras.distribution.DataParallel())  # every visible device
+    with strategy.scope():  # `fit` too: Keras reads the distribution as it runs
+        model = GPQ(config)
+        model.compile()
+        model.fit(batches, ...)
+    ```
+
+    Args:
+        distribution: a `keras.distribution.DataParallel`.
+    """
+
+    cluster_resolver = None
+
+    def __init__(self, distribution):
+        if not isinstance(distribution, keras.distribution.DataParallel):
+            raise ValueError(
+                "expected a keras.distribution.DataParallel. "
+                f"Received: distribution={distribution!r}"
+            )
+        self.distribution = distribution
+        self.num_replicas_in_sync = int(distribution.device_mesh.devices.size)
+
+    def scope(self):
+        return self.distribution.scope()
+
+
 def strategy_of(model):
-    """The `tf.distribute` strategy `model` was built under (TensorFlow), else `LOCAL`."""
-    return model.distribute_strategy if keras.config.backend() == "tensorflow" else LOCAL
+    """The `tf.distribute` strategy `model` was built under (TensorFlow); on JAX a
+    `JAXDataParallel` of Keras' current distribution when it is a `DataParallel`; else `LOCAL`."""
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        return model.distribute_strategy
+    if backend == "jax" and isinstance(
+        keras.distribution.distribution(), keras.distribution.DataParallel
+    ):
+        return JAXDataParallel(keras.distribution.distribution())
+    return LOCAL
 
 
 def read_tf_config():
@@ -75,29 +131,41 @@ def read_tf_config():
 
 @functools.cache
 def make_strategy(name="auto"):
-    """A `tf.distribute.Strategy` by name, one per name and process (two strategies over the same
-    devices in one process would reuse each other's collective keys).
+    """A strategy by name (on TensorFlow a `tf.distribute.Strategy`), one per name and process
+    (two strategies over the same devices in one process would reuse each other's collective keys).
 
     - `"one"`: the default strategy, one device (TensorFlow's placement: the first GPU, else the
-      CPU).
+      CPU; on JAX `LOCAL`).
     - `"mirrored"`: `MirroredStrategy` over this machine's GPUs (its logical CPU devices when there
       is no GPU; one unless they were split with `tf.config.set_logical_device_configuration`).
     - `"multi-worker"`: `MultiWorkerMirroredStrategy` over the machines of `TF_CONFIG`, each with
       its GPUs.
-    - `"auto"`: mirrored when more than one GPU is visible, else one device.
+    - `"data-parallel"` (JAX): `JAXDataParallel` over every device JAX sees, set as Keras'
+      distribution for the rest of the process (`keras.distribution.set_distribution`).
+    - `"auto"`: mirrored (TensorFlow) or data-parallel (JAX) when more than one GPU is visible,
+      else one device (host CPU devices do not count).
 
     Create it before TensorFlow runs anything else (a multi-worker strategy sets up its
-    collectives). On another Keras backend: `LOCAL` for "one" and "auto", a ValueError for the
-    others.
+    collectives), and on JAX before the model (its variables are laid out when created). A name
+    of another backend's: a ValueError naming the one to use.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
-    if keras.config.backend() != "tensorflow":
+    if name not in NAMES:
+        raise ValueError(f"Unknown strategy {name!r}; expected one of {', '.join(NAMES)}")
+    backend = keras.config.backend()
+    if backend == "jax":
+        return _jax_strategy(name)
+    if name == "data-parallel":
+        instead = "on TensorFlow use --strategy mirrored" if backend == "tensorflow" else ""
+        raise ValueError(
+            "--strategy data-parallel is JAX's keras.distribution.DataParallel: it needs "
+            f"KERAS_BACKEND=jax (the backend is {backend}{'; ' + instead if instead else ''})"
+        )
+    if backend != "tensorflow":
         if name in ("one", "auto"):
             return LOCAL
         raise ValueError(
             f"--strategy {name} is a tf.distribute strategy: it needs KERAS_BACKEND=tensorflow "
-            f"(the backend is {keras.config.backend()})"
+            f"(the backend is {backend})"
         )
     import tensorflow as tf
 
@@ -111,6 +179,23 @@ def make_strategy(name="auto"):
     if name == "auto" and len(gpus) > 1:
         return tf.distribute.MirroredStrategy([device.name for device in gpus])
     return tf.distribute.get_strategy()
+
+
+def _jax_strategy(name):
+    """`make_strategy` on JAX."""
+    if name in ("mirrored", "multi-worker"):
+        raise ValueError(
+            f"--strategy {name} is a tf.distribute strategy: it needs KERAS_BACKEND=tensorflow "
+            "(the backend is jax; use --strategy data-parallel for several devices)"
+        )
+    import jax
+
+    several_gpus = jax.default_backend() != "cpu" and jax.device_count() > 1
+    if name == "one" or (name == "auto" and not several_gpus):
+        return LOCAL
+    distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+    keras.distribution.set_distribution(distribution)
+    return JAXDataParallel(distribution)
 
 
 def num_workers(strategy):

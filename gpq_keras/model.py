@@ -105,9 +105,10 @@ class GPQ(Trainer, keras.Model):
     the whole batch: the N-pair loss sees every replica's images (see README, "Training at scale";
     with `GPQConfig.sync_batch_norm` the batch norm too).
 
-    It runs on Keras' TensorFlow and JAX backends (`KERAS_BACKEND`): one objective,
-    `compute_losses`, whose gradient TensorFlow takes with a tape and JAX with `jax.value_and_grad`
-    in Keras' stateless `train_step(state, data)` (see README, "Backends").
+    It runs on Keras' TensorFlow, JAX and PyTorch backends (`KERAS_BACKEND`): one objective,
+    `compute_losses`, whose gradient TensorFlow takes with a tape, JAX with `jax.value_and_grad` in
+    Keras' stateless `train_step(state, data)` and torch with `torch.autograd.grad` (see
+    `gpq_keras.trainers` and docs/backends.md).
 
     Args:
         config: `GPQConfig` (or its dict). Default: the original 48-bit CIFAR-10 setting.

@@ -27,13 +27,14 @@ from gpq_keras.config import GPQConfig  # noqa: E402
 def pytest_report_header(config):
     return (
         f"Keras backend: {BACKEND} "
-        "(KERAS_BACKEND; `make test-jax` runs the tests marked `backends` on JAX)"
+        "(KERAS_BACKEND; `make test-jax` and `make test-torch` run the tests marked `backends` on "
+        "JAX and on torch)"
     )
 
 
 def pytest_collection_modifyitems(config, items):
-    """On another backend than TensorFlow only the tests marked `backends` run (the rest need
-    TensorFlow)."""
+    """On another backend than TensorFlow (jax, torch) only the tests marked `backends` run (the
+    rest need TensorFlow)."""
     if BACKEND == "tensorflow":
         return
     selected = [item for item in items if item.get_closest_marker("backends")]

@@ -224,7 +224,14 @@ def run_model_saving_test(cls, init_kwargs, input_data, tmp_path):
 def gradients(fn, variables):
     """Gradients (NumPy) of the scalar `fn()` in each of `variables` (Keras variables; wrap an input
     array in `keras.Variable`), on the current backend: a tape on TensorFlow, `jax.grad` of `fn`
-    made a pure function of the variables' values (Keras' `StatelessScope`) on JAX."""
+    made a pure function of the variables' values (Keras' `StatelessScope`) on JAX, autograd on
+    torch."""
+    if keras.config.backend() == "torch":
+        import torch
+
+        with torch.enable_grad():
+            grads = torch.autograd.grad(fn(), [v.value for v in variables])
+        return [keras.ops.convert_to_numpy(g) for g in grads]
     if keras.config.backend() == "jax":
         import jax
 

@@ -9,6 +9,9 @@ import sys
 
 from gpq_keras.config import STRATEGIES  # the standard library only: cheap to import
 
+# `gpq_keras.distribute.NAMES` (a test keeps them equal): tf.distribute's and JAX's
+STRATEGY_NAMES = STRATEGIES
+
 IMAGES_HELP = (
     "a folder of images (any depth; classes from its sub-folders when every image is in one) or a "
     "glob such as 'photos/**/*.jpg'; give it again for more (labeled folders and an unlabeled "
@@ -122,11 +125,12 @@ def add_unlabeled_flag(parser):
 def add_strategy_flag(parser, what):
     parser.add_argument(
         "--strategy",
-        choices=STRATEGIES,
+        choices=STRATEGY_NAMES,
         default="auto",
-        help=f"{what} with tf.distribute: one device, mirrored (this machine's GPUs), multi-worker "
-        "(the machines of TF_CONFIG; only the chief writes); auto = mirrored when more than "
-        "one GPU is visible (auto)",
+        help=f"{what} on several devices: one device; TensorFlow's tf.distribute: mirrored (this "
+        "machine's GPUs), multi-worker (the machines of TF_CONFIG; only the chief writes); JAX's "
+        "data-parallel (keras.distribution.DataParallel over every device); auto = mirrored or "
+        "data-parallel when more than one GPU is visible (auto)",
     )
 
 

@@ -374,11 +374,7 @@ def _train(args, run, strategy):
         f"{parts['query']} query, {parts['database']} database "
         f"{'vectors' if config.takes_vectors else 'images'}; "
         f"{args.precision}, XLA {'on' if model.jit_compile else 'off'}"
-        + (
-            f"; {replicas} replicas, sync batch norm {'on' if config.sync_batch_norm else 'off'}"
-            if replicas > 1
-            else ""
-        )
+        + (f"; {replicas} replicas, {_batch_norm_line(config)}" if replicas > 1 else "")
         + ("; resuming from the backup in " + display_path(run.backup) if resuming else "")
     )
     previous = None
@@ -512,7 +508,7 @@ def _split_file(split, validation):
 def _config_from_args(args, split, replicas=1):
     from gpq_keras.config import GPQConfig
 
-    sync = replicas > 1 if args.sync_batch_norm is None else args.sync_batch_norm
+    sync = _sync_batch_norm(args, replicas)
     base = {"num_classes": split.num_classes, "sync_batch_norm": sync}
     if split.takes_vectors:
         base["input_dim"] = int(split.x_db.shape[1])
@@ -529,6 +525,32 @@ def _config_from_args(args, split, replicas=1):
             num_subspaces=args.num_subspaces or 12, num_codewords=args.num_codewords or 16, **base
         )
     return GPQConfig.from_bits(args.bits or 48, **base)
+
+
+def _sync_batch_norm(args, replicas):
+    """GPQConfig.sync_batch_norm of --sync-batch-norm: on TensorFlow on by default with more than
+    one replica. On JAX off, and the flag refused: batch norm sees the global batch as it is (the
+    step is one program over it), and per-replica statistics do not exist."""
+    import keras
+
+    if keras.config.backend() == "tensorflow":
+        return replicas > 1 if args.sync_batch_norm is None else args.sync_batch_norm
+    if args.sync_batch_norm is not None:
+        flag = "--sync-batch-norm" if args.sync_batch_norm else "--no-sync-batch-norm"
+        raise CLIError(
+            f"{flag} is tf.distribute's (KERAS_BACKEND=tensorflow); on {keras.config.backend()} "
+            "batch norm sees the whole batch on any number of devices"
+        )
+    return False
+
+
+def _batch_norm_line(config):
+    """How batch norm treats the global batch of several replicas, for the run's first line."""
+    import keras
+
+    if config.sync_batch_norm or keras.config.backend() != "tensorflow":
+        return "batch norm over the global batch"
+    return "batch norm per replica (--no-sync-batch-norm)"
 
 
 def _settings(args, config, per_class):
@@ -668,12 +690,13 @@ def _init_from_model(model, path):
 
 def _jit_compile(choice):
     """--jit-compile: on, off, or auto (TensorFlow: XLA where a GPU is visible, on CPU it is slower,
-    see README; JAX: always, as Keras compiles JAX steps)."""
+    see README; JAX: always, as Keras compiles JAX steps; torch: off, `torch.compile` costs minutes
+    on the first step and again for an epoch's smaller last batch, docs/backends.md)."""
     if choice == "auto":
         import keras
 
         if keras.config.backend() != "tensorflow":
-            return True
+            return keras.config.backend() == "jax"
         import tensorflow as tf
 
         return bool(tf.config.list_physical_devices("GPU"))

@@ -7,6 +7,7 @@ trainer.
 |------------|---------------------------------|-----------------------------------------------|
 | tensorflow | `gpq_keras.trainers.tensorflow` | a `tf.GradientTape`; `tf.distribute` replicas |
 | jax        | `gpq_keras.trainers.jax`        | `jax.value_and_grad` in Keras' stateless step |
+| torch      | `gpq_keras.trainers.torch`      | `torch.autograd.grad` in Keras' torch step    |
 
 Every trainer gives `train_step`, `test_step`, `gather_global_batch`, `gradients_of_batch` (the
 losses and gradients of one batch, for `GPQ.loss_and_gradients`), `checked_batch`,
@@ -22,6 +23,8 @@ if BACKEND == "jax":
     from gpq_keras.trainers.jax import JAXTrainer as Trainer
 elif BACKEND == "tensorflow":
     from gpq_keras.trainers.tensorflow import TensorFlowTrainer as Trainer
+elif BACKEND == "torch":
+    from gpq_keras.trainers.torch import TorchTrainer as Trainer
 else:
     from gpq_keras.trainers.unsupported import UnsupportedTrainer as Trainer
 

@@ -5,6 +5,11 @@ Keras' JAX trainer calls `train_step(state, data)` with state = (trainable, non-
 optimizer, metrics variables' values) and expects (logs, new state). `compute_losses` runs inside a
 `keras.StatelessScope` over those values; batch norm's moving statistics come back as the new
 non-trainable values.
+
+Under a `keras.distribution.DataParallel` (`--strategy data-parallel`) Keras lays the variables out
+on every device and splits each `fit` batch over them: the step compiled over that global batch is
+the step of one device. `predict` and `evaluate` take each batch whole, replicated on the devices,
+as their last batch need not split evenly.
 """
 
 import contextlib
@@ -13,10 +18,32 @@ import jax
 import keras
 
 
+@contextlib.contextmanager
+def whole_batches():
+    """No Keras distribution inside: batches are not split over the devices (a `DataParallel`
+    would refuse a batch that does not split evenly); the variables stay where they are."""
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
 class JAXTrainer:
     """`GPQ`'s training plumbing on JAX (a mixin; see `gpq_keras.trainers`)."""
 
     input_pipeline = "numpy"
+
+    def predict(self, *args, **kwargs):
+        """Keras' `predict`, each batch whole (`whole_batches`)."""
+        with whole_batches():
+            return super().predict(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """Keras' `evaluate`, each batch whole (`whole_batches`)."""
+        with whole_batches():
+            return super().evaluate(*args, **kwargs)
 
     @contextlib.contextmanager
     def weights_kept_on_error(self):

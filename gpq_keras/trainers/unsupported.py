@@ -17,7 +17,7 @@ class UnsupportedTrainer:
 
     def _refuse(self, *args, **kwargs):
         raise NotImplementedError(
-            "GPQ trains on Keras' tensorflow and jax backends; "
+            "GPQ trains on Keras' tensorflow, jax and torch backends; "
             f"KERAS_BACKEND={keras.config.backend()} has no GPQ training step"
         )
 
