@@ -322,12 +322,23 @@ def _tensorboard_tags(folder):
     return tags
 
 
-def _train_process(out, data, epochs=6):
+def _train_process(out, data, epochs=6, pause=0.0):
     # Ctrl-C raises KeyboardInterrupt even when this test runs where SIGINT is ignored (a background
-    # job, whose children, pytest-xdist's workers and this process, inherit that)
+    # job, whose children, pytest-xdist's workers and this process, inherit that). `pause`: seconds
+    # the run sleeps after each epoch's backup, so a signal sent on seeing a backup lands mid-run
+    # however loaded the machine (a tiny epoch is milliseconds)
     code = (
-        "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "from gpq_keras import cli\nsys.exit(cli.main(sys.argv[1:]))"
+        "import signal, sys, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from gpq_keras import cli\n"
+        "cli.quiet_tensorflow()  # before TensorFlow is imported, as `cli.main` does\n"
+        "from gpq_keras import training\n"
+        f"PAUSE = {float(pause)!r}\n"
+        "end = training.TrainingBackup.on_epoch_end\n"
+        "def paced(self, epoch, logs=None):\n"
+        "    end(self, epoch, logs)\n"
+        "    time.sleep(PAUSE)\n"
+        "training.TrainingBackup.on_epoch_end = paced\n"
+        "sys.exit(cli.main(sys.argv[1:]))"
     )
     argv = [
         "train",
@@ -353,10 +364,11 @@ def _train_process(out, data, epochs=6):
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_a_killed_or_interrupted_train_resumes_when_rerun(tiny_npz, tmp_path, how):
     out = tmp_path / "run"
-    # enough left after epoch 2 that the signal always lands mid-run, even on a loaded machine
     epochs = 16
     argv = _train_process(out, tiny_npz, epochs)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a pause after each backup: the signal lands mid-run however loaded the machine
+    paced = _train_process(out, tiny_npz, epochs, pause=2.0)
+    proc = subprocess.Popen(paced, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_backup(out, 2, proc)
     proc.send_signal(getattr(signal, how))
     _, err = proc.communicate(timeout=120)
