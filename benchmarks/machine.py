@@ -1,21 +1,9 @@
-"""The machine a benchmark ran on, for its table's header."""
+"""The machine a benchmark ran on, for its table's header (`gpq doctor`'s CPU facts)."""
 
-import os
-import platform
-
-
-def cpu_model():
-    """The CPU's model name (Linux' /proc/cpuinfo), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from gpq_keras.environment import cpu_features
 
 
 def cpu_line():
-    """ "<CPU model>, <N> cores"."""
-    return f"{cpu_model()}, {os.cpu_count()} cores"
+    """ "<CPU model>, <N> cores" (the machine's architecture where the model is unknown)."""
+    cpu = cpu_features()
+    return f"{cpu['model'] or cpu['machine']}, {cpu['cores']} cores"

@@ -10,6 +10,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from test_cli_images import CONFIG  # the tiny model of the CLI's image tests
 
 from gpq_keras import GPQ, cli
 from gpq_keras import export as export_module
@@ -29,14 +30,6 @@ from gpq_keras.retrieval.codes import unpack_codes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs", "export.md")
-CONFIG = GPQConfig(
-    num_subspaces=3,
-    num_codewords=8,
-    subspace_dim=4,
-    num_classes=3,
-    image_shape=(16, 16, 3),
-    filters=(4, 8, 8, 8),
-)
 COLOURS = np.array([(30, 40, 210), (30, 200, 40), (220, 30, 30)], np.float64)
 TIE = 1e-5  # a code may differ from the reference only where its two best scores are this close
 FEATURE_RTOL = 1e-4

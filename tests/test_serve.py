@@ -374,6 +374,15 @@ def test_help_and_flag_errors_import_no_tensorflow():
         assert f"status {status} False False" in result.stdout, result.stdout + result.stderr
 
 
+def test_the_flags_defaults_are_the_apps():
+    """cli/serve.py writes the upload bound out (parsing imports no Starlette): the same number."""
+    from gpq_keras.cli import build_parser
+    from gpq_keras.server import app
+
+    args = build_parser().parse_args(["serve", "--model", "m.keras", "--index", "i.npz"])
+    assert args.max_upload_bytes == app.MAX_UPLOAD_BYTES == 20 * 2**20
+
+
 def test_a_taken_port_and_a_faiss_file_are_one_line_errors(files, capsys, tmp_path):
     argv = ["serve", "--model", str(files / "model.keras"), "--index", str(files / "index.npz")]
     with socket.socket() as taken:

@@ -32,6 +32,7 @@ only inside these functions.
 import collections
 import concurrent.futures
 import functools
+import io
 import os
 import re
 
@@ -128,20 +129,33 @@ def image_header(path, fh):
     return size
 
 
-def _check_open(path, fh, max_pixels, limit):
-    """Steps 1-2 of the module's rule on an open file -> its size in bytes."""
-    size = os.fstat(fh.fileno()).st_size
+class ImageTooLarge(UnreadableFile):
+    """An image whose header declares more than `max_pixels`, or a file larger than any image of
+    that many pixels could be (`gpq serve` answers it with 413, a bad image with 400)."""
+
+
+def _check_open(path, fh, max_pixels, limit, size=None):
+    """Steps 1-2 of the module's rule on an open file (`size`: its bytes, default its size on
+    disk) -> its size in bytes."""
+    if size is None:
+        size = os.fstat(fh.fileno()).st_size
     if limit is not None and size > limit:
-        raise UnreadableFile(
+        raise ImageTooLarge(
             f"{display_path(path)}: {size} bytes, larger than any image of --max-pixels "
             f"{max_pixels} could be ({limit} bytes)"
         )
     width, height = image_header(path, fh)
     if max_pixels is not None and width * height > max_pixels:
-        raise UnreadableFile(
+        raise ImageTooLarge(
             f"{display_path(path)}: {width} x {height} pixels exceed --max-pixels {max_pixels}"
         )
     return size
+
+
+def check_image_bytes(name, data, max_pixels=DEFAULT_MAX_PIXELS):
+    """Steps 1-2 of the module's rule on the bytes of an image file (an upload) named `name`:
+    ImageTooLarge or UnreadableFile as for a file, nothing decoded."""
+    _check_open(name, io.BytesIO(data), max_pixels, max_file_bytes(max_pixels), size=len(data))
 
 
 def check_image_files(paths, max_pixels=DEFAULT_MAX_PIXELS, skip_unreadable=False):
@@ -268,7 +282,7 @@ def _read_ahead(chunks):
             yield chunk
 
 
-def _decode_one(path, data, hw, antialias):
+def decode_one(path, data, hw, antialias=False):
     """One file's bytes decoded alone (eagerly: the same ops) -> uint8 (h, w, 3); UnreadableFile
     naming it when it does not decode."""
     import tensorflow as tf
@@ -276,8 +290,12 @@ def _decode_one(path, data, hw, antialias):
     try:
         return decode_image_bytes(tf.constant(data, tf.string), hw, antialias).numpy()
     except tf.errors.OpError as exc:
-        # "{{function_node __wrapped__DecodeImage_device_...}} Invalid PNG data" -> the reason
-        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", " ".join(exc.message.split()))
+        # "{{function_node __wrapped__DecodeImage_device_...}} Invalid PNG data [Op:DecodeImage]
+        # name:" -> the reason
+        message = re.sub(
+            r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", "", " ".join(exc.message.split())
+        )
+        message = message or type(exc).__name__
         raise UnreadableFile(f"{display_path(path)}: not a decodable image ({message})") from None
 
 
@@ -326,7 +344,7 @@ def read_images(
             failed = False
             for position, data in chunk:  # only on this error path: each file alone, to name it
                 try:
-                    out[position] = _decode_one(paths[position], data, hw, antialias)
+                    out[position] = decode_one(paths[position], data, hw, antialias)
                     decoded[position] = True
                 except UnreadableFile as exc:
                     errors[position] = exc

@@ -204,6 +204,13 @@ class PQIndex:
         self._ranking = CodeRanking(self.pq, self._codes)
         return self
 
+    def _item_positions(self, ids):
+        """The positions of the items of `ids` (int array); unlike `search`'s -1 (no result), a
+        negative id is not an item: a ValueError, as for any id not in the index."""
+        if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() < 0:
+            raise ValueError(f"`ids` holds an id not in the index: {int(ids.min())}")
+        return self._store.positions(ids)
+
     def remove(self, ids):
         """Remove the items of `ids` (int, any shape; repeats allowed) -> the number removed.
 
@@ -211,10 +218,7 @@ class PQIndex:
         assigns later continue past the removed ones. An id not in the index (-1 included) raises
         a ValueError naming it, and nothing is removed.
         """
-        ids = np.asarray(ids).reshape(-1)
-        if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() < 0:
-            raise ValueError(f"`ids` holds an id not in the index: {int(ids.min())}")
-        positions = np.unique(self._store.positions(ids))
+        positions = np.unique(self._item_positions(np.asarray(ids).reshape(-1)))
         if not len(positions):
             return 0
         keep = np.ones(self.ntotal, bool)
@@ -235,9 +239,7 @@ class PQIndex:
                 f"`ids` must be {codes.shape[0]} ids, one per row of `x`. Received shape: "
                 f"{ids.shape}"
             )
-        if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() < 0:
-            raise ValueError(f"`ids` holds an id not in the index: {int(ids.min())}")
-        positions = self._store.positions(ids)
+        positions = self._item_positions(ids)
         if len(np.unique(positions)) != len(positions):
             raise ValueError("`ids` holds repeated ids")
         if file_stats is not None:

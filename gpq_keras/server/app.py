@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from gpq_keras.data.images import DEFAULT_MAX_PIXELS, read_image_file
+from gpq_keras.data.images import DEFAULT_MAX_PIXELS, decode_one, read_image_file
 from gpq_keras.files import FileFormatError, display_path
 from gpq_keras.server import page
 from gpq_keras.server.batching import EmptyIndex, SearchBatcher
@@ -108,14 +108,17 @@ def create_app(
         except (ValueError, OverflowError):  # not an id of the index, or past int64
             raise UploadError(404, f"no item {item_id} in the index") from None
 
+    def read_item(path):
+        """The item's file as `gpq search --image` reads it -> uint8 (1, H, W, 3)."""
+        return decode_one(path, read_image_file(path, max_pixels), image_shape[:2])[None]
+
     async def similar(request):
         item_id = request.path_params["item_id"]
         k_value = top_k(request)
         path = item_file(item_id)
-        try:  # the item's file as `gpq search --image` reads it
-            data = await run_in_threadpool(read_image_file, path, max_pixels)
-            image = await run_in_threadpool(decode_upload, data, image_shape, max_pixels, path)
-        except (FileNotFoundError, FileFormatError, OSError, UploadError) as exc:
+        try:
+            image = await run_in_threadpool(read_item, path)
+        except (FileNotFoundError, FileFormatError, OSError) as exc:
             raise UploadError(404, f"item {item_id}: {exc}") from None
         return await answer(image, k_value, path)
 

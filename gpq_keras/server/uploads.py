@@ -1,19 +1,16 @@
 """Uploads: a request body read up to a bound in bytes, its image (the body itself, or a multipart
 field `image`), and the image decoded as `gpq search` decodes files.
 
-The bytes go through the steps of `gpq_keras.data.images` (its header read by Pillow, nothing
-decoded, and refused over `max_pixels`; then `decode_image_bytes`, TensorFlow's decoder and
-bilinear resize to the model's input), so an upload gives the pixels `gpq search` reads from the
+The bytes go through the steps of `gpq_keras.data.images` (`check_image_bytes`: its header read
+by Pillow, nothing decoded, and refused over `max_pixels`; then `decode_one`, TensorFlow's decoder
+and bilinear resize to the model's input), so an upload gives the pixels `gpq search` reads from the
 same file.
 """
 
-import io
-import re
-
 import numpy as np
 
-from gpq_keras.data.images import decode_image_bytes, image_header, max_file_bytes
-from gpq_keras.files import UnreadableFile, display_path
+from gpq_keras.data.images import ImageTooLarge, check_image_bytes, decode_one
+from gpq_keras.files import UnreadableFile
 
 FIELD = "image"  # the multipart field of the image
 
@@ -84,29 +81,11 @@ def decode_upload(data, image_shape, max_pixels, name="upload"):
     """The bytes of an image file -> uint8 (1, H, W, 3) at `image_shape` (the model's input), read
     as `gpq_keras.data.images` reads a file: UploadError 413 over `max_pixels` (or larger than any
     image of that many pixels could be), 400 for bytes that are not a decodable image."""
-    import tensorflow as tf
-
-    shown = display_path(name)
-    limit = max_file_bytes(max_pixels)
-    if limit is not None and len(data) > limit:
-        raise UploadError(
-            413,
-            f"{shown}: {len(data)} bytes, larger than any image of --max-pixels "
-            f"{max_pixels} could be",
-        )
     try:
-        width, height = image_header(name, io.BytesIO(data))
+        check_image_bytes(name, data, max_pixels)
+        image = decode_one(name, data, image_shape[:2])
+    except ImageTooLarge as exc:
+        raise UploadError(413, str(exc)) from None
     except UnreadableFile as exc:
         raise UploadError(400, str(exc)) from None
-    if max_pixels is not None and width * height > max_pixels:
-        raise UploadError(
-            413, f"{shown}: {width} x {height} pixels exceed --max-pixels {max_pixels}"
-        )
-    try:
-        image = decode_image_bytes(tf.constant(data, tf.string), image_shape[:2]).numpy()
-    except tf.errors.OpError as exc:
-        reason = " ".join(exc.message.split())
-        reason = re.sub(r"^.*\}\}\s*|\s*\[Op:[^\]]*\].*$", "", reason)  # TF's node names
-        reason = reason or type(exc).__name__
-        raise UploadError(400, f"{shown}: not a decodable image ({reason})") from None
     return np.asarray(image, np.uint8)[None]
