@@ -130,23 +130,24 @@ def image_header(path, fh):
 
 
 class ImageTooLarge(UnreadableFile):
-    """An image whose header declares more than `max_pixels`, or a file larger than any image of
-    that many pixels could be (`gpq serve` answers it with 413, a bad image with 400)."""
+    """`check_image_bytes`' error for an image whose header declares more than `max_pixels`, or
+    bytes larger than any image of that many pixels could be (`gpq serve` answers it with 413, a
+    bad image with 400)."""
 
 
-def _check_open(path, fh, max_pixels, limit, size=None):
+def _check_open(path, fh, max_pixels, limit, size=None, too_large=UnreadableFile):
     """Steps 1-2 of the module's rule on an open file (`size`: its bytes, default its size on
-    disk) -> its size in bytes."""
+    disk) -> its size in bytes; `too_large`: the error of an image over the limits."""
     if size is None:
         size = os.fstat(fh.fileno()).st_size
     if limit is not None and size > limit:
-        raise ImageTooLarge(
+        raise too_large(
             f"{display_path(path)}: {size} bytes, larger than any image of --max-pixels "
             f"{max_pixels} could be ({limit} bytes)"
         )
     width, height = image_header(path, fh)
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLarge(
+        raise too_large(
             f"{display_path(path)}: {width} x {height} pixels exceed --max-pixels {max_pixels}"
         )
     return size
@@ -154,8 +155,10 @@ def _check_open(path, fh, max_pixels, limit, size=None):
 
 def check_image_bytes(name, data, max_pixels=DEFAULT_MAX_PIXELS):
     """Steps 1-2 of the module's rule on the bytes of an image file (an upload) named `name`:
-    ImageTooLarge or UnreadableFile as for a file, nothing decoded."""
-    _check_open(name, io.BytesIO(data), max_pixels, max_file_bytes(max_pixels), size=len(data))
+    ImageTooLarge over the limits (an UnreadableFile as for a file), else UnreadableFile for
+    bytes that are not an image; nothing decoded."""
+    limit = max_file_bytes(max_pixels)
+    _check_open(name, io.BytesIO(data), max_pixels, limit, len(data), too_large=ImageTooLarge)
 
 
 def check_image_files(paths, max_pixels=DEFAULT_MAX_PIXELS, skip_unreadable=False):
